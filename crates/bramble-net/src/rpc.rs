@@ -1,0 +1,599 @@
+//! A small RPC protocol over mutual-TLS connections.
+//!
+//! Wire format: each message is a 4-byte big-endian length followed by that many bytes of
+//! postcard. A request names a method as `service.method` (for example `cluster.nodes`);
+//! the [`Router`] hands it to the [`Handler`] registered for the service. Requests on one
+//! connection are answered in order; callers that want concurrency open more connections.
+//!
+//! Everything a peer sends is bounded: frame sizes (smaller for anonymous peers), the time
+//! to finish a TLS handshake, to send a whole request, to stay idle, and the number of
+//! connections served at once. A peer that breaks a bound gets an error frame where one
+//! can still be sent and is disconnected; the agent carries on.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bramble_util::Shutdown;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tracing::{debug, info, warn};
+
+use crate::identity::Caller;
+use crate::tls::CLUSTER_SERVER_NAME;
+
+/// Bounds a server applies to every connection.
+#[derive(Debug, Clone)]
+pub struct ServerLimits {
+    /// Connections served at once; more are closed on accept.
+    pub max_connections: usize,
+    /// Largest request from an authenticated member or admin.
+    pub max_frame: u32,
+    /// Largest request from a peer without a certificate (a join request is ~1 KiB).
+    pub max_anonymous_frame: u32,
+    pub handshake_timeout: Duration,
+    /// Time allowed to deliver a whole request once its first byte arrived.
+    pub request_timeout: Duration,
+    /// Time a connection may sit without a request before it is closed.
+    pub idle_timeout: Duration,
+    /// Time a handler may take before the caller gets a timeout error.
+    pub handler_timeout: Duration,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            max_connections: 512,
+            max_frame: 16 * 1024 * 1024,
+            max_anonymous_frame: 16 * 1024,
+            handshake_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(120),
+            handler_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What went wrong, in terms a caller can act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorKind {
+    /// The request could not be decoded or failed validation.
+    BadRequest,
+    /// The caller may not call this method (no or wrong credential).
+    Unauthorized,
+    /// The request was understood and refused (a wrong join token, a taken name).
+    Refused,
+    /// No such service or method.
+    NotFound,
+    /// The request is larger than the server accepts.
+    TooLarge,
+    /// The server cannot serve it right now (shutting down, no quorum, ...).
+    Unavailable,
+    /// The handler did not finish in time.
+    Timeout,
+    /// A bug or I/O failure on the server.
+    Internal,
+}
+
+/// An error returned by a remote handler.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct RpcError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl RpcError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        RpcError {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::BadRequest, message)
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Internal, message)
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct RequestFrame {
+    method: String,
+    body: Vec<u8>,
+}
+
+#[derive(Serialize, Deserialize)]
+enum ResponseFrame {
+    Ok(Vec<u8>),
+    Err(RpcError),
+}
+
+/// A request as a handler sees it.
+pub struct Request<'a> {
+    pub caller: &'a Caller,
+    pub peer_address: SocketAddr,
+    /// The part after the service name: `nodes` for `cluster.nodes`.
+    pub method: &'a str,
+    pub body: &'a [u8],
+}
+
+impl Request<'_> {
+    /// Decodes the body, turning malformed input into a clear `BadRequest`.
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, RpcError> {
+        postcard::from_bytes(self.body).map_err(|error| {
+            RpcError::bad_request(format!("malformed {} request: {error}", self.method))
+        })
+    }
+
+    /// Refuses callers without a cluster certificate.
+    pub fn require_authenticated(&self) -> Result<(), RpcError> {
+        if self.caller.is_authenticated() {
+            Ok(())
+        } else {
+            Err(RpcError::new(
+                ErrorKind::Unauthorized,
+                "this method needs a cluster certificate",
+            ))
+        }
+    }
+}
+
+/// Encodes a handler's reply.
+pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, RpcError> {
+    postcard::to_allocvec(value)
+        .map_err(|error| RpcError::internal(format!("could not encode the reply: {error}")))
+}
+
+/// A service: one per subsystem (`cluster`, later `meta`, `lb`, ...).
+#[async_trait::async_trait]
+pub trait Handler: Send + Sync + 'static {
+    async fn handle(&self, request: Request<'_>) -> Result<Vec<u8>, RpcError>;
+}
+
+/// Maps `service.method` names to handlers and says which methods anonymous peers may use.
+#[derive(Default)]
+pub struct Router {
+    services: HashMap<String, Arc<dyn Handler>>,
+    anonymous_methods: HashSet<String>,
+}
+
+impl Router {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn register(&mut self, service: &str, handler: Arc<dyn Handler>) {
+        self.services.insert(service.to_string(), handler);
+    }
+
+    /// Lets peers without a certificate call `service.method` (only the join).
+    pub fn open_to_anonymous(&mut self, full_method: &str) {
+        self.anonymous_methods.insert(full_method.to_string());
+    }
+
+    async fn dispatch(
+        &self,
+        caller: &Caller,
+        peer_address: SocketAddr,
+        full_method: &str,
+        body: &[u8],
+    ) -> Result<Vec<u8>, RpcError> {
+        if !caller.is_authenticated() && !self.anonymous_methods.contains(full_method) {
+            return Err(RpcError::new(
+                ErrorKind::Unauthorized,
+                format!("{full_method} needs a cluster certificate"),
+            ));
+        }
+        let (service, method) = full_method.split_once('.').unwrap_or((full_method, ""));
+        let handler = self.services.get(service).ok_or_else(|| {
+            RpcError::new(ErrorKind::NotFound, format!("no service named {service:?}"))
+        })?;
+        handler
+            .handle(Request {
+                caller,
+                peer_address,
+                method,
+                body,
+            })
+            .await
+    }
+}
+
+/// Logging budget for events a hostile peer can trigger at will (failed handshakes,
+/// oversized frames): at most `PER_WINDOW` lines every ten seconds, so garbage cannot
+/// flood the disk through the log.
+fn noisy_event_may_log() -> bool {
+    const PER_WINDOW: u64 = 20;
+    static WINDOW: AtomicU64 = AtomicU64::new(0);
+    static COUNT: AtomicU64 = AtomicU64::new(0);
+    let now = bramble_util::time::unix_millis() / 10_000;
+    if WINDOW.swap(now, Ordering::Relaxed) != now {
+        COUNT.store(0, Ordering::Relaxed);
+    }
+    COUNT.fetch_add(1, Ordering::Relaxed) < PER_WINDOW
+}
+
+/// Serves RPC on `listener` until `shutdown` fires. Each connection runs in its own task
+/// which also watches `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    router: Arc<Router>,
+    limits: ServerLimits,
+    mut shutdown: Shutdown,
+) {
+    let acceptor = TlsAcceptor::from(tls);
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let limits = Arc::new(limits);
+    loop {
+        let (stream, peer_address) = tokio::select! {
+            _ = shutdown.wait() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(error) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    warn!(%error, "accepting an RPC connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            if noisy_event_may_log() {
+                warn!(peer = %peer_address, limit = limits.max_connections, "too many RPC connections; closing a new one");
+            }
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let router = router.clone();
+        let limits = limits.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            serve_connection(stream, peer_address, acceptor, router, limits, shutdown).await;
+            drop(permit);
+        });
+    }
+    debug!("RPC listener stopped");
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    peer_address: SocketAddr,
+    acceptor: TlsAcceptor,
+    router: Arc<Router>,
+    limits: Arc<ServerLimits>,
+    mut shutdown: Shutdown,
+) {
+    let mut stream = match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(stream))
+        .await
+    {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => {
+            if noisy_event_may_log() {
+                info!(peer = %peer_address, %error, "refused a connection: TLS handshake failed");
+            }
+            return;
+        }
+        Err(_) => {
+            if noisy_event_may_log() {
+                info!(peer = %peer_address, "refused a connection: no TLS handshake in time");
+            }
+            return;
+        }
+    };
+    let caller = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .map(Caller::from_verified_certificate)
+        .unwrap_or(Caller::Anonymous);
+    let frame_limit = if caller.is_authenticated() {
+        limits.max_frame
+    } else {
+        limits.max_anonymous_frame
+    };
+    loop {
+        let length = tokio::select! {
+            _ = shutdown.wait() => return,
+            read = tokio::time::timeout(limits.idle_timeout, stream.read_u32()) => match read {
+                Ok(Ok(length)) => length,
+                // Closed, reset, or idle too long: nothing to answer.
+                _ => return,
+            },
+        };
+        if length > frame_limit {
+            if noisy_event_may_log() {
+                info!(peer = %peer_address, %caller, length, limit = frame_limit, "refused an oversized request");
+            }
+            let error = RpcError::new(
+                ErrorKind::TooLarge,
+                format!("a request of {length} bytes exceeds the {frame_limit}-byte limit"),
+            );
+            let _ = write_frame(&mut stream, &ResponseFrame::Err(error)).await;
+            return;
+        }
+        let mut body = vec![0u8; length as usize];
+        match tokio::time::timeout(limits.request_timeout, stream.read_exact(&mut body)).await {
+            Ok(Ok(_)) => {}
+            _ => return,
+        }
+        let response = match postcard::from_bytes::<RequestFrame>(&body) {
+            Err(error) => {
+                let error = RpcError::bad_request(format!("malformed request frame: {error}"));
+                let _ = write_frame(&mut stream, &ResponseFrame::Err(error)).await;
+                return;
+            }
+            Ok(request) => {
+                let outcome = tokio::time::timeout(
+                    limits.handler_timeout,
+                    router.dispatch(&caller, peer_address, &request.method, &request.body),
+                )
+                .await;
+                match outcome {
+                    Ok(Ok(reply)) => ResponseFrame::Ok(reply),
+                    Ok(Err(error)) => ResponseFrame::Err(error),
+                    Err(_) => ResponseFrame::Err(RpcError::new(
+                        ErrorKind::Timeout,
+                        format!("{} did not finish in time", request.method),
+                    )),
+                }
+            }
+        };
+        if write_frame(&mut stream, &response).await.is_err() {
+            return;
+        }
+        if !caller.is_authenticated() {
+            // An anonymous peer gets one request per connection.
+            let _ = stream.shutdown().await;
+            return;
+        }
+    }
+}
+
+async fn write_frame<S: AsyncWrite + Unpin, T: Serialize>(
+    stream: &mut S,
+    value: &T,
+) -> std::io::Result<()> {
+    let bytes = postcard::to_allocvec(value).map_err(std::io::Error::other)?;
+    let length = u32::try_from(bytes.len()).map_err(std::io::Error::other)?;
+    let mut buffer = Vec::with_capacity(bytes.len() + 4);
+    buffer.extend_from_slice(&length.to_be_bytes());
+    buffer.extend_from_slice(&bytes);
+    stream.write_all(&buffer).await?;
+    stream.flush().await
+}
+
+async fn read_frame<S: AsyncRead + Unpin>(stream: &mut S, limit: u32) -> Result<Vec<u8>, String> {
+    let length = stream
+        .read_u32()
+        .await
+        .map_err(|error| describe_read_error(&error))?;
+    if length > limit {
+        return Err(format!(
+            "the reply of {length} bytes exceeds the {limit}-byte limit"
+        ));
+    }
+    let mut body = vec![0u8; length as usize];
+    stream
+        .read_exact(&mut body)
+        .await
+        .map_err(|error| describe_read_error(&error))?;
+    Ok(body)
+}
+
+fn describe_read_error(error: &std::io::Error) -> String {
+    if error.kind() == std::io::ErrorKind::UnexpectedEof {
+        "the connection was closed before a reply arrived".to_string()
+    } else {
+        error.to_string()
+    }
+}
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("could not connect to {address}: {source}")]
+    Connect {
+        address: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("TLS handshake with {address} failed: {message}")]
+    Tls {
+        address: SocketAddr,
+        message: String,
+    },
+    #[error("{address} did not answer within {after:?}")]
+    Timeout {
+        address: SocketAddr,
+        after: Duration,
+    },
+    #[error("talking to {address} failed: {message}")]
+    Transport {
+        address: SocketAddr,
+        message: String,
+    },
+    #[error("{address} answered with a reply that could not be decoded: {message}")]
+    Decode {
+        address: SocketAddr,
+        message: String,
+    },
+    #[error("{address}: {error}")]
+    Remote {
+        address: SocketAddr,
+        error: RpcError,
+    },
+}
+
+impl CallError {
+    /// The remote error, if the server answered with one.
+    pub fn remote(&self) -> Option<&RpcError> {
+        match self {
+            CallError::Remote { error, .. } => Some(error),
+            _ => None,
+        }
+    }
+
+    /// True when the peer could not be reached at all (down, stopped or unreachable), as
+    /// opposed to a peer that answered with an error.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            CallError::Connect { .. } | CallError::Timeout { .. } | CallError::Transport { .. }
+        )
+    }
+}
+
+/// Makes RPC connections with one TLS configuration (a member's, an admin's, or a joining
+/// node's pinned-CA configuration).
+#[derive(Clone)]
+pub struct RpcClient {
+    tls: Arc<rustls::ClientConfig>,
+    pub connect_timeout: Duration,
+    pub call_timeout: Duration,
+    pub max_reply: u32,
+}
+
+impl fmt::Debug for RpcClient {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter
+            .debug_struct("RpcClient")
+            .field("call_timeout", &self.call_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RpcClient {
+    pub fn new(tls: Arc<rustls::ClientConfig>) -> Self {
+        RpcClient {
+            tls,
+            connect_timeout: Duration::from_secs(2),
+            call_timeout: Duration::from_secs(10),
+            max_reply: 64 * 1024 * 1024,
+        }
+    }
+
+    pub fn with_timeouts(mut self, connect: Duration, call: Duration) -> Self {
+        self.connect_timeout = connect;
+        self.call_timeout = call;
+        self
+    }
+
+    /// Opens a connection (TCP + TLS handshake), bounded by the connect timeout.
+    pub async fn connect(&self, address: SocketAddr) -> Result<Connection, CallError> {
+        let timeout = self.connect_timeout;
+        let stream = tokio::time::timeout(timeout, TcpStream::connect(address))
+            .await
+            .map_err(|_| CallError::Timeout {
+                address,
+                after: timeout,
+            })?
+            .map_err(|source| CallError::Connect { address, source })?;
+        let _ = stream.set_nodelay(true);
+        let server_name =
+            rustls_pki_types::ServerName::try_from(CLUSTER_SERVER_NAME).map_err(|error| {
+                CallError::Tls {
+                    address,
+                    message: error.to_string(),
+                }
+            })?;
+        let connector = TlsConnector::from(self.tls.clone());
+        let stream = tokio::time::timeout(timeout, connector.connect(server_name, stream))
+            .await
+            .map_err(|_| CallError::Timeout {
+                address,
+                after: timeout,
+            })?
+            .map_err(|error| CallError::Tls {
+                address,
+                message: error.to_string(),
+            })?;
+        Ok(Connection {
+            stream,
+            address,
+            call_timeout: self.call_timeout,
+            max_reply: self.max_reply,
+        })
+    }
+
+    /// Connects, makes one call, and closes.
+    pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        address: SocketAddr,
+        method: &str,
+        request: &Req,
+    ) -> Result<Resp, CallError> {
+        self.connect(address).await?.call(method, request).await
+    }
+}
+
+/// An open connection to one agent; calls on it run one after another.
+pub struct Connection {
+    stream: tokio_rustls::client::TlsStream<TcpStream>,
+    address: SocketAddr,
+    call_timeout: Duration,
+    max_reply: u32,
+}
+
+impl Connection {
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &mut self,
+        method: &str,
+        request: &Req,
+    ) -> Result<Resp, CallError> {
+        let address = self.address;
+        let body = postcard::to_allocvec(request).map_err(|error| CallError::Transport {
+            address,
+            message: format!("could not encode the request: {error}"),
+        })?;
+        let frame = RequestFrame {
+            method: method.to_string(),
+            body,
+        };
+        let timeout = self.call_timeout;
+        let exchange = async {
+            write_frame(&mut self.stream, &frame)
+                .await
+                .map_err(|error| describe_read_error(&error))?;
+            read_frame(&mut self.stream, self.max_reply).await
+        };
+        let reply = tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| CallError::Timeout {
+                address,
+                after: timeout,
+            })?
+            .map_err(|message| CallError::Transport { address, message })?;
+        let response: ResponseFrame =
+            postcard::from_bytes(&reply).map_err(|error| CallError::Decode {
+                address,
+                message: error.to_string(),
+            })?;
+        match response {
+            ResponseFrame::Ok(body) => {
+                postcard::from_bytes(&body).map_err(|error| CallError::Decode {
+                    address,
+                    message: error.to_string(),
+                })
+            }
+            ResponseFrame::Err(error) => Err(CallError::Remote { address, error }),
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! The bottom layer of Bramble: what every other crate needs and nothing above it knows.
+//!
+//! - [`files`]: crash-safe writes (temp file, fsync, rename), private (0600) files for
+//!   secrets, and size-bounded reads so a corrupt or hostile file cannot exhaust memory.
+//! - [`names`]: validation of names that users and peers send us (node names, roles).
+//! - [`shutdown`]: the one signal every background task takes so the agent ends cleanly.
+//! - [`time`]: wall-clock helpers.
+
+pub mod files;
+pub mod names;
+pub mod shutdown;
+pub mod time;
+
+pub use shutdown::{Shutdown, ShutdownTrigger};

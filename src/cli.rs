@@ -1,0 +1,187 @@
+//! The command line: every command, its flags and its `--help` examples.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "bramble",
+    version,
+    about = "One small binary per node that turns a stack of small Linux boards into one self-healing cluster",
+    after_help = "Try it on this PC:\n  bramble up            start an emulated 5-node cluster in ./.bramble\n  bramble nodes         list its members\n  bramble chaos kill n3 kill one and watch the others notice\n  bramble down          stop it"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalOptions,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Where commands find the cluster they talk to.
+#[derive(Debug, Clone, Args)]
+pub struct GlobalOptions {
+    /// Directory of an emulated cluster (made by `bramble up`).
+    #[arg(long, global = true, env = "BRAMBLE_DIR", value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// A node's data directory.
+    #[arg(long, global = true, env = "BRAMBLE_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// An admin credential file (admin.credential.toml) to reach a cluster from anywhere.
+    #[arg(long, global = true, env = "BRAMBLE_CREDENTIAL", value_name = "FILE")]
+    pub credential: Option<PathBuf>,
+    /// The agent to talk to (default: the ones the credential or directory names).
+    #[arg(long, global = true, value_name = "ADDR")]
+    pub addr: Option<SocketAddr>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a new cluster with this machine as its first node.
+    #[command(
+        after_help = "Examples:\n  bramble init --name pi1 --listen 0.0.0.0:7946\n  bramble init --data-dir /tmp/n1 --listen 127.0.0.1:7946\n\nPrints the join token other nodes need; start the node with `bramble agent`."
+    )]
+    Init(InitArgs),
+    /// Join an existing cluster through any of its members.
+    #[command(
+        after_help = "Example:\n  bramble join 192.168.2.11:7946 --token bramble1-<...> --name pi2\n\nThe token is printed by `bramble init`. Start the node afterwards with `bramble agent`."
+    )]
+    Join(JoinArgs),
+    /// Run this node's agent (the long-running process; systemd runs this).
+    #[command(
+        after_help = "Example:\n  bramble agent --data-dir /var/lib/bramble\n\nA restarted agent resumes its identity from the data directory and rejoins by itself."
+    )]
+    Agent,
+    /// Leave the cluster gracefully (the node shows as `left`, not `dead`); its agent exits.
+    #[command(
+        after_help = "Examples:\n  bramble leave                    the node of --data-dir\n  bramble leave --node n4          a node of the emulated cluster in ./.bramble"
+    )]
+    Leave(LeaveArgs),
+    /// List the cluster's nodes with their state, roles, address, load and version.
+    #[command(
+        after_help = "Examples:\n  bramble nodes\n  bramble nodes --json\n  bramble nodes --from n2          as node n2 sees the cluster"
+    )]
+    Nodes(NodesArgs),
+    /// Start an emulated cluster on this PC (processes on loopback, no privileges needed).
+    #[command(
+        after_help = "Examples:\n  bramble up                       5 nodes in ./.bramble\n  bramble up --nodes 20 --dir /tmp/c1\n\nRunning it again on a running cluster says so; on a stopped one, starts it again."
+    )]
+    Up(UpArgs),
+    /// Stop every agent of an emulated cluster (data is kept; `up` starts it again).
+    #[command(
+        after_help = "Examples:\n  bramble down\n  bramble down --purge             also delete the cluster's directory"
+    )]
+    Down(DownArgs),
+    /// Show the emulated cluster's processes: pid, state, addresses, memory, CPU.
+    #[command(after_help = "Examples:\n  bramble status\n  bramble status --json")]
+    Status(JsonFlag),
+    /// Inject faults into an emulated cluster and measure how fast it notices.
+    #[command(
+        after_help = "Examples:\n  bramble chaos kill n3             SIGKILL; waits until every other node says dead\n  bramble chaos restart n3          start it again; waits until it is alive everywhere\n  bramble chaos stop n2             SIGSTOP, a hung board\n  bramble chaos cont n2 --json"
+    )]
+    Chaos(ChaosArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct NodeOptions {
+    /// This node's name (lowercase letters, digits, '-'). Default: the host name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Address to bind, TCP for RPC and UDP for gossip on the same port.
+    #[arg(long, default_value = "0.0.0.0:7946")]
+    pub listen: SocketAddr,
+    /// Address other nodes use to reach this one (default: the listen address, or this
+    /// machine's first network address when listening on 0.0.0.0).
+    #[arg(long)]
+    pub advertise: Option<SocketAddr>,
+    /// A role for this node (repeatable), e.g. `--role lb`.
+    #[arg(long = "role", value_name = "ROLE")]
+    pub roles: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    #[command(flatten)]
+    pub node: NodeOptions,
+}
+
+#[derive(Debug, Args)]
+pub struct JoinArgs {
+    /// Address of any member of the cluster.
+    pub member: SocketAddr,
+    /// The join token printed by `bramble init`.
+    #[arg(long, env = "BRAMBLE_TOKEN", hide_env_values = true)]
+    pub token: String,
+    #[command(flatten)]
+    pub node: NodeOptions,
+}
+
+#[derive(Debug, Args)]
+pub struct LeaveArgs {
+    /// Node of the emulated cluster to make leave.
+    #[arg(long)]
+    pub node: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Args)]
+pub struct JsonFlag {
+    /// Print JSON for scripts instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct NodesArgs {
+    #[command(flatten)]
+    pub output: JsonFlag,
+    /// Ask this member for its view (default: any member that answers).
+    #[arg(long, value_name = "NODE")]
+    pub from: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Number of nodes.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub nodes: u16,
+    /// Seconds to wait for every node to see every other as alive.
+    #[arg(long, default_value_t = 120)]
+    pub timeout: u64,
+    #[command(flatten)]
+    pub output: JsonFlag,
+}
+
+#[derive(Debug, Args)]
+pub struct DownArgs {
+    /// Also delete the emulated cluster's directory.
+    #[arg(long)]
+    pub purge: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ChaosAction {
+    /// SIGKILL the node's agent (power cut).
+    Kill,
+    /// SIGSTOP the node's agent (a hung board).
+    Stop,
+    /// SIGCONT a stopped agent.
+    Cont,
+    /// Start the node's agent again from its data directory (killing it first if running).
+    Restart,
+}
+
+#[derive(Debug, Args)]
+pub struct ChaosArgs {
+    pub action: ChaosAction,
+    /// The emulated node, e.g. n3.
+    pub node: String,
+    /// Return at once instead of waiting for the cluster to notice.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// Seconds to wait for the cluster to notice.
+    #[arg(long, default_value_t = 60)]
+    pub timeout: u64,
+    #[command(flatten)]
+    pub output: JsonFlag,
+}

@@ -1,0 +1,225 @@
+//! How CLI commands find and reach a cluster: which credential to present and which agents
+//! to try. In order of precedence: `--credential FILE`, `--dir` (an emulated cluster),
+//! `--data-dir` (a node's directory), then `./.bramble` and `/var/lib/bramble` if present.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use bramble_cluster::node_dir::Layout;
+use bramble_cluster::{AdminCredential, NodeDir, NodeView};
+use bramble_net::{CallError, RpcClient};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::cli::GlobalOptions;
+use crate::emulator::Emulation;
+
+/// The default data directory of a real node.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/bramble";
+
+/// The data directory commands like `init`, `join` and `agent` work on.
+pub fn data_dir(global: &GlobalOptions) -> PathBuf {
+    global
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR))
+}
+
+/// A way to talk to one cluster.
+pub struct ClusterClient {
+    rpc: RpcClient,
+    /// Agents to try, in order.
+    agents: Vec<SocketAddr>,
+    /// Node names we know the address of without asking (the emulator's nodes).
+    known_names: BTreeMap<String, SocketAddr>,
+    /// Where the credential came from, for error messages.
+    pub source: String,
+}
+
+impl ClusterClient {
+    pub fn resolve(global: &GlobalOptions) -> Result<ClusterClient> {
+        if let Some(path) = &global.credential {
+            let admin = AdminCredential::load(path)
+                .with_context(|| format!("reading the credential {}", path.display()))?;
+            return Self::from_admin(
+                global,
+                admin,
+                &format!("credential {}", path.display()),
+                BTreeMap::new(),
+            );
+        }
+        if global.dir.is_some() || global.data_dir.is_none() {
+            if let Some(emulation) = Emulation::find(global)? {
+                return Self::from_emulation(global, &emulation);
+            }
+            if let Some(dir) = &global.dir {
+                bail!(
+                    "no emulated cluster in {} (no cluster.toml); start one with `bramble up --dir {}`",
+                    dir.display(),
+                    dir.display()
+                );
+            }
+        }
+        let data_dir = data_dir(global);
+        if Layout::new(&data_dir).is_initialised() {
+            return Self::from_data_dir(global, &data_dir);
+        }
+        bail!(
+            "no cluster found: no emulated cluster in ./.bramble and no node in {}.\nStart an emulated cluster with `bramble up`, or point at one with --dir, --data-dir or --credential",
+            data_dir.display()
+        )
+    }
+
+    fn from_admin(
+        global: &GlobalOptions,
+        admin: AdminCredential,
+        source: &str,
+        known_names: BTreeMap<String, SocketAddr>,
+    ) -> Result<ClusterClient> {
+        let tls = admin
+            .tls()
+            .with_context(|| format!("loading the {source}"))?;
+        let mut agents: Vec<SocketAddr> = global.addr.into_iter().collect();
+        agents.extend(known_names.values().copied());
+        agents.extend(admin.agents.iter().copied());
+        dedup_keep_order(&mut agents);
+        Ok(ClusterClient {
+            rpc: client_with_cli_timeouts(tls.client_config()?),
+            agents,
+            known_names,
+            source: source.to_string(),
+        })
+    }
+
+    fn from_emulation(global: &GlobalOptions, emulation: &Emulation) -> Result<ClusterClient> {
+        let admin =
+            AdminCredential::load(&emulation.admin_credential_path()).with_context(|| {
+                format!(
+                    "reading the emulated cluster's admin credential in {}",
+                    emulation.dir.display()
+                )
+            })?;
+        let names = emulation
+            .state
+            .nodes
+            .iter()
+            .map(|node| (node.name.clone(), node.addr))
+            .collect();
+        Self::from_admin(
+            global,
+            admin,
+            &format!("emulated cluster in {}", emulation.dir.display()),
+            names,
+        )
+    }
+
+    fn from_data_dir(global: &GlobalOptions, path: &Path) -> Result<ClusterClient> {
+        let layout = Layout::new(path);
+        if layout.admin_credential().exists() {
+            let admin = AdminCredential::load(&layout.admin_credential())?;
+            let mut client = Self::from_admin(
+                global,
+                admin,
+                &format!("data directory {}", path.display()),
+                BTreeMap::new(),
+            )?;
+            let node = NodeDir::open(path)?;
+            client.agents.insert(0, node.config.advertise);
+            client.agents.extend(node.known_peers().peers);
+            dedup_keep_order(&mut client.agents);
+            return Ok(client);
+        }
+        // A joined node has no admin credential; its own certificate is a cluster
+        // credential too (root on this board can read its key anyway).
+        let node = NodeDir::open(path)?;
+        let mut agents: Vec<SocketAddr> = global.addr.into_iter().collect();
+        agents.push(node.config.advertise);
+        agents.extend(node.known_peers().peers);
+        dedup_keep_order(&mut agents);
+        Ok(ClusterClient {
+            rpc: client_with_cli_timeouts(node.credential.client_config()?),
+            agents,
+            known_names: BTreeMap::new(),
+            source: format!("data directory {}", path.display()),
+        })
+    }
+
+    pub fn rpc(&self) -> &RpcClient {
+        &self.rpc
+    }
+
+    /// Calls `method` on the first agent that answers. Agents that cannot be reached are
+    /// skipped; an agent that answers with an error ends the search with that error.
+    pub async fn call_any<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        method: &str,
+        request: &Req,
+    ) -> Result<(SocketAddr, Resp)> {
+        let mut failures = Vec::new();
+        for agent in &self.agents {
+            match self.rpc.call(*agent, method, request).await {
+                Ok(response) => return Ok((*agent, response)),
+                Err(error) if error.is_unreachable() => failures.push(error.to_string()),
+                Err(error) => return Err(explain(error)),
+            }
+        }
+        Err(anyhow!(
+            "no agent of the {} answered:\n  {}",
+            self.source,
+            failures.join("\n  ")
+        ))
+    }
+
+    /// The address of a node by name: known directly (emulator) or from any member's table.
+    pub async fn address_of(&self, name: &str) -> Result<SocketAddr> {
+        if let Some(address) = self.known_names.get(name) {
+            return Ok(*address);
+        }
+        let (_, nodes): (_, Vec<NodeView>) = self.call_any("cluster.nodes", &()).await?;
+        nodes
+            .iter()
+            .find(|node| node.name == name)
+            .map(|node| node.addr)
+            .ok_or_else(|| anyhow!("no node named {name:?} in the cluster"))
+    }
+
+    /// Calls `method` on one specific agent.
+    pub async fn call_at<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        address: SocketAddr,
+        method: &str,
+        request: &Req,
+    ) -> Result<Resp> {
+        self.rpc
+            .call(address, method, request)
+            .await
+            .map_err(explain)
+    }
+}
+
+/// CLI calls fail fast: a stopped agent should not hold a command for long.
+fn client_with_cli_timeouts(tls: std::sync::Arc<rustls::ClientConfig>) -> RpcClient {
+    RpcClient::new(tls).with_timeouts(Duration::from_secs(2), Duration::from_secs(15))
+}
+
+fn dedup_keep_order(addresses: &mut Vec<SocketAddr>) {
+    let mut seen = std::collections::HashSet::new();
+    addresses.retain(|address| seen.insert(*address));
+}
+
+/// Turns a call error into a message for people, with a hint where one helps.
+pub fn explain(error: CallError) -> anyhow::Error {
+    let text = error.to_string();
+    if text.contains("UnknownCA")
+        || text.contains("CertificateRequired")
+        || text.contains("BadCertificate")
+    {
+        return anyhow!(
+            "{text}\n(the agent does not accept this credential: it belongs to another cluster)"
+        );
+    }
+    anyhow!(text)
+}

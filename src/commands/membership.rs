@@ -1,0 +1,175 @@
+//! `bramble init`, `join`, `leave` and `nodes`.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+use bramble_cluster::join::{JoinOptions, join};
+use bramble_cluster::node_dir::InitOptions;
+use bramble_cluster::{JoinToken, MembershipSettings, NodeDir, NodeView};
+
+use crate::cli::{GlobalOptions, InitArgs, JoinArgs, LeaveArgs, NodeOptions, NodesArgs};
+use crate::client::{ClusterClient, data_dir};
+use crate::emulator::{Emulation, process};
+use crate::output;
+
+/// The node name to use: `--name`, else this machine's host name.
+fn node_name(options: &NodeOptions) -> Result<String> {
+    if let Some(name) = &options.name {
+        return Ok(name.clone());
+    }
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .context("reading the host name (give --name instead)")?;
+    Ok(hostname.trim().to_lowercase())
+}
+
+pub fn init(global: &GlobalOptions, args: &InitArgs) -> Result<()> {
+    let path = data_dir(global);
+    let (node, token, _admin) = NodeDir::init(
+        &path,
+        InitOptions {
+            name: node_name(&args.node)?,
+            listen: args.node.listen,
+            advertise: args.node.advertise,
+            roles: args.node.roles.clone(),
+            membership: MembershipSettings::default(),
+        },
+    )?;
+    println!(
+        "Created cluster {} with node {} in {}.",
+        node.config.cluster_id,
+        node.config.name,
+        path.display()
+    );
+    println!("CA fingerprint: {}", node.credential.ca_fingerprint());
+    println!(
+        "Admin credential: {} (mode 0600; copy it to manage the cluster from elsewhere with --credential)",
+        node.layout().admin_credential().display()
+    );
+    println!(
+        "\nStart this node:\n  bramble agent --data-dir {}",
+        path.display()
+    );
+    println!(
+        "\nJoin other nodes with (keep the token secret):\n  bramble join {} --token {}",
+        node.config.advertise,
+        token.reveal()
+    );
+    Ok(())
+}
+
+pub async fn join_cluster(global: &GlobalOptions, args: &JoinArgs) -> Result<()> {
+    let token: JoinToken = args.token.parse()?;
+    let path = data_dir(global);
+    let node = join(
+        args.member,
+        &token,
+        &path,
+        JoinOptions {
+            name: node_name(&args.node)?,
+            listen: args.node.listen,
+            advertise: args.node.advertise,
+            roles: args.node.roles.clone(),
+            membership: MembershipSettings::default(),
+        },
+    )
+    .await
+    .with_context(|| format!("could not join through {}", args.member))?;
+    println!(
+        "Joined cluster {} as {}; data directory {}.",
+        node.config.cluster_id,
+        node.config.name,
+        path.display()
+    );
+    println!(
+        "Start this node:\n  bramble agent --data-dir {}",
+        path.display()
+    );
+    Ok(())
+}
+
+pub async fn leave(global: &GlobalOptions, args: &LeaveArgs) -> Result<()> {
+    let client = ClusterClient::resolve(global)?;
+    let (name, address) = match &args.node {
+        Some(name) => (name.clone(), client.address_of(name).await?),
+        None => {
+            let node = NodeDir::open(&data_dir(global)).context(
+                "which node should leave? give --node NAME (emulated cluster) or --data-dir of the node",
+            )?;
+            (node.config.name.clone(), node.config.advertise)
+        }
+    };
+    client
+        .call_at::<_, ()>(address, "cluster.leave", &())
+        .await?;
+    if let Some(emulation) = Emulation::find(global)?
+        && emulation.node(&name).is_ok()
+    {
+        process::wait_for_exit(&emulation.node_dir(&name), Duration::from_secs(10)).await;
+    }
+    println!("{name} left the cluster; its agent has stopped. Other nodes show it as `left`.");
+    Ok(())
+}
+
+pub async fn nodes(global: &GlobalOptions, args: &NodesArgs) -> Result<()> {
+    let client = ClusterClient::resolve(global)?;
+    let (source, view): (_, Vec<NodeView>) = match &args.from {
+        Some(name) => {
+            let address = client.address_of(name).await?;
+            (
+                address,
+                client.call_at(address, "cluster.nodes", &()).await?,
+            )
+        }
+        None => client.call_any("cluster.nodes", &()).await?,
+    };
+    if args.output.json {
+        return output::print_json(&view);
+    }
+    let mut table = output::table(&[
+        "NAME",
+        "STATE",
+        "ADDRESS",
+        "ROLES",
+        "LOAD",
+        "MEMORY",
+        "AGENT RSS",
+        "VERSION",
+        "HEARTBEAT",
+    ]);
+    for node in &view {
+        let load = node.load.as_ref();
+        table.add_row(vec![
+            node.name.clone(),
+            node.state.as_str().to_string(),
+            node.addr.to_string(),
+            if node.roles.is_empty() {
+                "-".into()
+            } else {
+                node.roles.join(",")
+            },
+            load.map(|load| format!("{:.2}/{}", load.load1, load.cpus))
+                .unwrap_or_else(|| "-".into()),
+            load.map(|load| format!("{:.0} %", load.memory_used_percent))
+                .unwrap_or_else(|| "-".into()),
+            load.map(|load| output::kib(load.agent_rss_kib))
+                .unwrap_or_else(|| "-".into()),
+            node.version.clone(),
+            node.heartbeat_age_ms
+                .map(|age| format!("{:.1} s ago", age as f64 / 1000.0))
+                .unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    println!("{table}");
+    let alive = view
+        .iter()
+        .filter(|node| node.state == bramble_cluster::NodeState::Alive)
+        .count();
+    println!(
+        "{alive} of {} nodes alive (as seen by {source})",
+        view.len()
+    );
+    if view.is_empty() {
+        return Err(anyhow!("the agent returned an empty node table"));
+    }
+    Ok(())
+}

@@ -1,0 +1,169 @@
+//! `bramble chaos`: the drills' faults on an emulated node, and how long the rest of the
+//! cluster takes to notice. The clock starts just before the signal is sent and stops when
+//! the last answering node's view shows the expected state.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use bramble_cluster::{NodeState, NodeView};
+use serde::Serialize;
+
+use super::Emulation;
+use super::process::{self, ProcessState};
+use super::watch::{self, ViewCondition};
+use crate::cli::{ChaosAction, ChaosArgs, GlobalOptions};
+use crate::client::ClusterClient;
+use crate::output;
+
+#[derive(Serialize)]
+struct ChaosReport {
+    node: String,
+    action: &'static str,
+    pid: Option<u32>,
+    /// The state the other nodes were waited for.
+    expected_state: &'static str,
+    /// Seconds until every answering node agreed (None with --no-wait).
+    seconds: Option<f64>,
+    /// Fastest and slowest observer.
+    first_observer_seconds: Option<f64>,
+    observers: usize,
+}
+
+pub async fn chaos(global: &GlobalOptions, args: &ChaosArgs) -> Result<()> {
+    let emulation = Emulation::require(global)?;
+    let node = emulation.node(&args.node)?.clone();
+    let data_dir = emulation.node_dir(&node.name);
+    let client = ClusterClient::resolve(&GlobalOptions {
+        dir: Some(emulation.dir.clone()),
+        ..global.clone()
+    })?;
+    let current = process::agent_process(&data_dir);
+    let mut minimum_generation = 0;
+    let (action, expected, started, pid) = match args.action {
+        ChaosAction::Kill | ChaosAction::Stop => {
+            let Some(running) = current else {
+                bail!(
+                    "{} is not running; start it with `bramble chaos restart {}`",
+                    node.name,
+                    node.name
+                );
+            };
+            let (signal, action) = if args.action == ChaosAction::Kill {
+                (libc::SIGKILL, "kill")
+            } else {
+                if running.state == ProcessState::Stopped {
+                    bail!(
+                        "{} is already stopped; `bramble chaos cont {}` continues it",
+                        node.name,
+                        node.name
+                    );
+                }
+                (libc::SIGSTOP, "stop")
+            };
+            let started = Instant::now();
+            process::send_signal(running.pid, signal)?;
+            if args.action == ChaosAction::Kill {
+                process::wait_for_exit(&data_dir, Duration::from_secs(5)).await;
+            }
+            (action, NodeState::Dead, started, Some(running.pid))
+        }
+        ChaosAction::Cont => {
+            let Some(stopped) = current.filter(|process| process.state == ProcessState::Stopped)
+            else {
+                bail!("{} is not stopped; nothing to continue", node.name);
+            };
+            let started = Instant::now();
+            process::send_signal(stopped.pid, libc::SIGCONT)?;
+            ("cont", NodeState::Alive, started, Some(stopped.pid))
+        }
+        ChaosAction::Restart => {
+            if current.is_some() {
+                process::stop_agent(&data_dir, Duration::from_secs(5)).await?;
+            }
+            let started = Instant::now();
+            let pid = process::spawn_agent(&data_dir)?;
+            // Wait for the new incarnation to answer so that we wait for *it* to be seen,
+            // not for stale views of the old one.
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let view: Result<Vec<NodeView>> =
+                    client.call_at(node.addr, "cluster.nodes", &()).await;
+                if let Ok(view) = view
+                    && let Some(own) = view.iter().find(|member| member.name == node.name)
+                {
+                    minimum_generation = own.generation;
+                    break;
+                }
+                if Instant::now() > deadline {
+                    bail!(
+                        "{} did not come back within 20 s; its log ends with:\n{}",
+                        node.name,
+                        process::log_tail(&data_dir, 10)
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            ("restart", NodeState::Alive, started, Some(pid))
+        }
+    };
+    let observers: Vec<_> = emulation
+        .answering_nodes()
+        .into_iter()
+        .filter(|(name, _)| *name != node.name)
+        .collect();
+    let observer_count = observers.len();
+    let mut report = ChaosReport {
+        node: node.name.clone(),
+        action,
+        pid,
+        expected_state: expected.as_str(),
+        seconds: None,
+        first_observer_seconds: None,
+        observers: observer_count,
+    };
+    if !args.no_wait && observer_count > 0 {
+        let target = node.name.clone();
+        let condition: ViewCondition = Arc::new(move |view: &[NodeView]| {
+            view.iter().any(|member| {
+                member.name == target
+                    && member.state == expected
+                    && member.generation >= minimum_generation
+            })
+        });
+        let observations = watch::wait_for_views(
+            client.rpc(),
+            observers,
+            condition,
+            started,
+            Duration::from_secs(args.timeout),
+            &|_, _| {},
+        )
+        .await?;
+        report.seconds = observations
+            .iter()
+            .map(|o| o.after.as_secs_f64())
+            .reduce(f64::max);
+        report.first_observer_seconds = observations
+            .iter()
+            .map(|o| o.after.as_secs_f64())
+            .reduce(f64::min);
+    }
+    if args.output.json {
+        return output::print_json(&report);
+    }
+    let pid_text = report
+        .pid
+        .map(|pid| format!(" (pid {pid})"))
+        .unwrap_or_default();
+    match report.seconds {
+        Some(seconds) => println!(
+            "{action} {}{pid_text}: all {observer_count} other answering nodes report it {} after {seconds:.2} s (first after {:.2} s).",
+            node.name,
+            expected.as_str(),
+            report.first_observer_seconds.unwrap_or(seconds)
+        ),
+        None => println!("{action} {}{pid_text}: done.", node.name),
+    }
+    Ok(())
+}

@@ -1,0 +1,523 @@
+//! The emulator: a whole cluster on this PC as agent processes on loopback, no privileges
+//! needed. `up` creates and starts it, `down` stops it, `status` shows it, `chaos` injects
+//! the drills' faults.
+//!
+//! ```text
+//! <dir>/cluster.toml                 the emulated nodes: name and address
+//! <dir>/admin.credential.toml  0600  admin credential for every command run in <dir>
+//! <dir>/<node>/                      each node's data directory, plus agent.pid and agent.log
+//! ```
+
+pub mod chaos;
+pub mod ports;
+pub mod process;
+pub mod watch;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use bramble_cluster::join::{JoinOptions, join};
+use bramble_cluster::node_dir::InitOptions;
+use bramble_cluster::{AdminCredential, MembershipSettings, NodeDir, NodeView};
+use bramble_util::files::{self, Visibility};
+use bramble_util::names::validate_name;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+
+use crate::cli::{DownArgs, GlobalOptions, JsonFlag, UpArgs};
+use crate::client::ClusterClient;
+use crate::output;
+use process::{AgentProcess, ProcessState};
+
+/// Where `bramble up` puts a cluster when no `--dir` is given.
+pub const DEFAULT_DIR: &str = ".bramble";
+const STATE_FILE: &str = "cluster.toml";
+const MAX_NODES: usize = 1000;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmulationState {
+    #[serde(default)]
+    pub nodes: Vec<EmulatedNode>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmulatedNode {
+    pub name: String,
+    pub addr: SocketAddr,
+}
+
+/// An emulated cluster's directory.
+pub struct Emulation {
+    pub dir: PathBuf,
+    pub state: EmulationState,
+}
+
+fn absolute(path: &Path) -> Result<PathBuf> {
+    if path.is_absolute() {
+        return Ok(path.to_path_buf());
+    }
+    Ok(std::env::current_dir()
+        .context("reading the current directory")?
+        .join(path))
+}
+
+impl Emulation {
+    /// The emulated cluster of `--dir` (or `BRAMBLE_DIR`, or `./.bramble`), if one exists.
+    pub fn find(global: &GlobalOptions) -> Result<Option<Emulation>> {
+        let dir = absolute(global.dir.as_deref().unwrap_or(Path::new(DEFAULT_DIR)))?;
+        if !dir.join(STATE_FILE).exists() {
+            return Ok(None);
+        }
+        Ok(Some(Self::load(dir)?))
+    }
+
+    /// Like [`Emulation::find`], with a clear error when there is none.
+    pub fn require(global: &GlobalOptions) -> Result<Emulation> {
+        Self::find(global)?.ok_or_else(|| {
+            let dir = global
+                .dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_DIR));
+            anyhow!(
+                "no emulated cluster in {}; start one with `bramble up` (or pass --dir)",
+                dir.display()
+            )
+        })
+    }
+
+    fn load(dir: PathBuf) -> Result<Emulation> {
+        let state: EmulationState = files::read_toml(&dir.join(STATE_FILE))?;
+        if state.nodes.len() > MAX_NODES {
+            bail!(
+                "{} lists {} nodes; at most {MAX_NODES} are supported",
+                dir.join(STATE_FILE).display(),
+                state.nodes.len()
+            );
+        }
+        for node in &state.nodes {
+            // Node names become directory names: no path may escape <dir>.
+            validate_name("node name", &node.name)
+                .with_context(|| format!("in {}", dir.join(STATE_FILE).display()))?;
+        }
+        Ok(Emulation { dir, state })
+    }
+
+    fn save(&self) -> Result<()> {
+        files::write_toml(&self.dir.join(STATE_FILE), &self.state, Visibility::Public)?;
+        Ok(())
+    }
+
+    pub fn admin_credential_path(&self) -> PathBuf {
+        self.dir.join(AdminCredential::FILE_NAME)
+    }
+
+    pub fn node_dir(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    pub fn node(&self, name: &str) -> Result<&EmulatedNode> {
+        self.state
+            .nodes
+            .iter()
+            .find(|node| node.name == name)
+            .ok_or_else(|| {
+                let names: Vec<&str> = self
+                    .state
+                    .nodes
+                    .iter()
+                    .map(|node| node.name.as_str())
+                    .collect();
+                anyhow!(
+                    "no emulated node named {name:?}; the nodes are {}",
+                    names.join(", ")
+                )
+            })
+    }
+
+    pub fn process(&self, name: &str) -> Option<AgentProcess> {
+        process::agent_process(&self.node_dir(name))
+    }
+
+    /// Names and addresses of the nodes whose agents are running (not stopped or exited):
+    /// the ones that can answer.
+    pub fn answering_nodes(&self) -> Vec<(String, SocketAddr)> {
+        self.state
+            .nodes
+            .iter()
+            .filter(|node| {
+                self.process(&node.name)
+                    .is_some_and(|process| process.state == ProcessState::Running)
+            })
+            .map(|node| (node.name.clone(), node.addr))
+            .collect()
+    }
+
+    fn all_names(&self) -> Vec<String> {
+        self.state
+            .nodes
+            .iter()
+            .map(|node| node.name.clone())
+            .collect()
+    }
+}
+
+fn progress_bar(length: u64, hidden: bool) -> ProgressBar {
+    if hidden {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(length);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.enable_steady_tick(Duration::from_millis(100));
+    bar
+}
+
+/// Starts the agent of `name` and waits until it answers RPC.
+async fn start_node(
+    emulation: &Emulation,
+    client: &ClusterClient,
+    node: &EmulatedNode,
+) -> Result<()> {
+    let data_dir = emulation.node_dir(&node.name);
+    process::spawn_agent(&data_dir)?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let answer: Result<bramble_cluster::service::AgentInfo> =
+            client.call_at(node.addr, "cluster.info", &()).await;
+        if answer.is_ok() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the agent of {} did not answer on {} within 20 s; its log ends with:\n{}",
+                node.name,
+                node.addr,
+                process::log_tail(&data_dir, 10)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `bramble up`.
+pub async fn up(global: &GlobalOptions, args: &UpArgs) -> Result<()> {
+    let started = Instant::now();
+    let dir = absolute(global.dir.as_deref().unwrap_or(Path::new(DEFAULT_DIR)))?;
+    let wanted = usize::from(args.nodes);
+    let mut emulation = match Emulation::find(global)? {
+        Some(existing) => existing,
+        None => {
+            files::create_private_dir(&dir)?;
+            Emulation {
+                dir: dir.clone(),
+                state: EmulationState::default(),
+            }
+        }
+    };
+    let existing = emulation.state.nodes.len();
+    let stopped: Vec<EmulatedNode> = emulation
+        .state
+        .nodes
+        .iter()
+        .filter(|node| emulation.process(&node.name).is_none())
+        .cloned()
+        .collect();
+    if existing > 0 && stopped.is_empty() && existing >= wanted {
+        if args.output.json {
+            return status(global, &JsonFlag { json: true }).await;
+        }
+        println!(
+            "The emulated cluster in {} is already running ({existing} nodes); nothing to do.",
+            emulation.dir.display()
+        );
+        status(global, &JsonFlag { json: false }).await?;
+        return Ok(());
+    }
+    let new_count = wanted.saturating_sub(existing);
+    let bar = progress_bar((stopped.len() + new_count + 1) as u64, args.output.json);
+
+    // Create the first node (a new cluster) if there is none yet.
+    let addresses = ports::free_loopback_addresses(new_count)?;
+    let mut new_nodes: Vec<EmulatedNode> = (0..new_count)
+        .map(|index| EmulatedNode {
+            name: format!("n{}", existing + index + 1),
+            addr: addresses[index],
+        })
+        .collect();
+    if existing == 0 {
+        let first = new_nodes.remove(0);
+        bar.set_message(format!("creating the cluster on {}", first.name));
+        let (node_dir, _token, admin) = NodeDir::init(
+            &emulation.node_dir(&first.name),
+            InitOptions {
+                name: first.name.clone(),
+                listen: first.addr,
+                advertise: Some(first.addr),
+                roles: vec![],
+                membership: MembershipSettings::default(),
+            },
+        )?;
+        drop(node_dir);
+        admin.save(&emulation.admin_credential_path())?;
+        emulation.state.nodes.push(first);
+        emulation.save()?;
+    }
+    let client = ClusterClient::resolve(&GlobalOptions {
+        dir: Some(emulation.dir.clone()),
+        ..global.clone()
+    })?;
+
+    // Start what exists but is not running.
+    let mut to_start: Vec<EmulatedNode> = stopped;
+    if existing == 0 {
+        to_start.push(emulation.state.nodes[0].clone());
+    }
+    for node in &to_start {
+        bar.set_message(format!("starting {}", node.name));
+        start_node(&emulation, &client, node).await?;
+        bar.inc(1);
+    }
+
+    // Join and start the new nodes through members that are up.
+    if !new_nodes.is_empty() {
+        let first_dir = emulation.node_dir(&emulation.state.nodes[0].name);
+        let token = NodeDir::open(&first_dir)?.join_token()?;
+        for (index, node) in new_nodes.iter().enumerate() {
+            bar.set_message(format!("joining {}", node.name));
+            let members = emulation.answering_nodes();
+            let (_, member) = members
+                .get(index % members.len().max(1))
+                .cloned()
+                .ok_or_else(|| anyhow!("no member of the cluster is running to join through"))?;
+            join(
+                member,
+                &token,
+                &emulation.node_dir(&node.name),
+                JoinOptions {
+                    name: node.name.clone(),
+                    listen: node.addr,
+                    advertise: Some(node.addr),
+                    roles: vec![],
+                    membership: MembershipSettings::default(),
+                },
+            )
+            .await
+            .with_context(|| format!("joining {} through {member}", node.name))?;
+            emulation.state.nodes.push(node.clone());
+            emulation.save()?;
+            start_node(&emulation, &client, node).await?;
+            bar.inc(1);
+        }
+        // Commands in <dir> may reach any node with the admin credential.
+        let mut admin = AdminCredential::load(&emulation.admin_credential_path())?;
+        admin.agents = emulation.state.nodes.iter().map(|node| node.addr).collect();
+        admin.save(&emulation.admin_credential_path())?;
+    }
+
+    // Wait until every node sees every node alive.
+    bar.set_message("waiting until every node sees every other alive");
+    let names = emulation.all_names();
+    let observers = emulation.answering_nodes();
+    let converged_bar = bar.clone();
+    let result = watch::wait_for_views(
+        client.rpc(),
+        observers,
+        watch::all_alive(names.clone()),
+        Instant::now(),
+        Duration::from_secs(args.timeout),
+        &move |agreed, total| {
+            converged_bar.set_message(format!(
+                "{agreed}/{total} nodes see all {} alive",
+                names.len()
+            ))
+        },
+    )
+    .await;
+    bar.finish_and_clear();
+    result.context("the cluster did not form")?;
+    let formed = started.elapsed();
+
+    if args.output.json {
+        let nodes: Vec<serde_json::Value> = emulation
+            .state
+            .nodes
+            .iter()
+            .map(|node| {
+                serde_json::json!({
+                    "name": node.name,
+                    "addr": node.addr,
+                    "pid": emulation.process(&node.name).map(|process| process.pid),
+                    "data_dir": emulation.node_dir(&node.name),
+                })
+            })
+            .collect();
+        output::print_json(&serde_json::json!({
+            "dir": emulation.dir,
+            "nodes": nodes,
+            "formed_seconds": formed.as_secs_f64(),
+            "admin_credential": emulation.admin_credential_path(),
+        }))?;
+        return Ok(());
+    }
+    println!(
+        "Bramble is up: {} nodes in {}, every node sees every other alive ({:.2} s).\n",
+        emulation.state.nodes.len(),
+        emulation.dir.display(),
+        formed.as_secs_f64()
+    );
+    let mut table = output::table(&["NODE", "PID", "ADDRESS", "DATA DIR"]);
+    for node in &emulation.state.nodes {
+        table.add_row(vec![
+            node.name.clone(),
+            emulation
+                .process(&node.name)
+                .map(|process| process.pid.to_string())
+                .unwrap_or_else(|| "-".into()),
+            node.addr.to_string(),
+            emulation.node_dir(&node.name).display().to_string(),
+        ]);
+    }
+    println!("{table}\n");
+    let dir_flag = if global.dir.is_some() {
+        format!(" --dir {}", emulation.dir.display())
+    } else {
+        String::new()
+    };
+    println!(
+        "Admin credential: {} (mode 0600)",
+        emulation.admin_credential_path().display()
+    );
+    println!("Try:");
+    println!("  bramble nodes{dir_flag}                the member table (any node answers)");
+    println!(
+        "  bramble chaos kill n2{dir_flag}        power-cut a node; times how fast the others notice"
+    );
+    println!("  bramble chaos restart n2{dir_flag}     bring it back");
+    println!("  bramble status{dir_flag}               processes, memory and CPU");
+    println!("  bramble down{dir_flag}                 stop the cluster (bramble up resumes it)");
+    Ok(())
+}
+
+/// `bramble down`.
+pub async fn down(global: &GlobalOptions, args: &DownArgs) -> Result<()> {
+    let emulation = Emulation::require(global)?;
+    let bar = progress_bar(emulation.state.nodes.len() as u64, false);
+    let mut stopped = 0;
+    for node in &emulation.state.nodes {
+        bar.set_message(format!("stopping {}", node.name));
+        let data_dir = emulation.node_dir(&node.name);
+        if process::agent_process(&data_dir).is_some() {
+            process::stop_agent(&data_dir, Duration::from_secs(5)).await?;
+            stopped += 1;
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    println!(
+        "Stopped {stopped} agent(s) of the emulated cluster in {}.",
+        emulation.dir.display()
+    );
+    if args.purge {
+        std::fs::remove_dir_all(&emulation.dir)
+            .with_context(|| format!("removing {}", emulation.dir.display()))?;
+        println!("Removed {}.", emulation.dir.display());
+    } else {
+        println!("Its data is kept: `bramble up` starts it again.");
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct StatusRow {
+    name: String,
+    pid: Option<u32>,
+    process: ProcessState,
+    addr: SocketAddr,
+    state: Option<String>,
+    rss_kib: Option<u64>,
+    cpu_percent_average: Option<f64>,
+    data_dir: PathBuf,
+}
+
+/// `bramble status`.
+pub async fn status(global: &GlobalOptions, flags: &JsonFlag) -> Result<()> {
+    let emulation = Emulation::require(global)?;
+    let client = ClusterClient::resolve(&GlobalOptions {
+        dir: Some(emulation.dir.clone()),
+        ..global.clone()
+    })?;
+    let membership: Option<Vec<NodeView>> = match emulation.answering_nodes().first() {
+        Some(_) => client
+            .call_any::<_, Vec<NodeView>>("cluster.nodes", &())
+            .await
+            .ok()
+            .map(|(_, view)| view),
+        None => None,
+    };
+    let rows: Vec<StatusRow> = emulation
+        .state
+        .nodes
+        .iter()
+        .map(|node| {
+            let process = emulation.process(&node.name);
+            StatusRow {
+                name: node.name.clone(),
+                pid: process.as_ref().map(|process| process.pid),
+                process: process
+                    .as_ref()
+                    .map(|process| process.state)
+                    .unwrap_or(ProcessState::Exited),
+                addr: node.addr,
+                state: membership.as_ref().and_then(|view| {
+                    view.iter()
+                        .find(|member| member.name == node.name)
+                        .map(|member| member.state.as_str().to_string())
+                }),
+                rss_kib: process.as_ref().map(|process| process.rss_kib),
+                cpu_percent_average: process.as_ref().map(|process| process.cpu_percent_average),
+                data_dir: emulation.node_dir(&node.name),
+            }
+        })
+        .collect();
+    if flags.json {
+        return output::print_json(&serde_json::json!({
+            "dir": emulation.dir,
+            "nodes": rows,
+        }));
+    }
+    let mut table = output::table(&[
+        "NODE",
+        "PID",
+        "PROCESS",
+        "ADDRESS",
+        "STATE",
+        "RSS",
+        "CPU (avg)",
+        "DATA DIR",
+    ]);
+    for row in &rows {
+        table.add_row(vec![
+            row.name.clone(),
+            row.pid
+                .map(|pid| pid.to_string())
+                .unwrap_or_else(|| "-".into()),
+            row.process.as_str().to_string(),
+            row.addr.to_string(),
+            row.state.clone().unwrap_or_else(|| "?".into()),
+            row.rss_kib.map(output::kib).unwrap_or_else(|| "-".into()),
+            row.cpu_percent_average
+                .map(|cpu| format!("{cpu:.2} %"))
+                .unwrap_or_else(|| "-".into()),
+            row.data_dir.display().to_string(),
+        ]);
+    }
+    println!("Emulated cluster in {}", emulation.dir.display());
+    println!("{table}");
+    Ok(())
+}

@@ -1,0 +1,42 @@
+//! Port choice for emulated nodes. Each node needs one port free for both TCP (RPC) and UDP
+//! (gossip). Ports are taken below the kernel's ephemeral range, so that while a node is
+//! down no outgoing connection can borrow its port and keep it from restarting.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+
+use anyhow::{Result, bail};
+
+fn ephemeral_range_start() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| text.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768)
+}
+
+/// Finds `count` loopback ports free for both TCP and UDP, starting at a random offset so
+/// that clusters started at the same moment (parallel tests) rarely probe the same ports.
+pub fn free_loopback_addresses(count: usize) -> Result<Vec<SocketAddr>> {
+    let low: u16 = 10_000;
+    let high = ephemeral_range_start().clamp(low + 2_000, 60_000);
+    let span = u32::from(high - low);
+    let start = (bramble_util::time::unix_millis() as u32
+        ^ std::process::id().wrapping_mul(2_654_435_761))
+        % span;
+    let mut found = Vec::with_capacity(count);
+    for step in 0..span {
+        let port = low + ((start + step) % span) as u16;
+        let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let tcp = TcpListener::bind(address);
+        let udp = UdpSocket::bind(address);
+        if tcp.is_ok() && udp.is_ok() {
+            found.push(address);
+            if found.len() == count {
+                return Ok(found);
+            }
+        }
+    }
+    bail!(
+        "only {} free loopback ports found between {low} and {high}; {count} needed",
+        found.len()
+    )
+}

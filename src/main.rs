@@ -1,0 +1,84 @@
+//! `bramble`: the node agent and the command line in one binary.
+//!
+//! The binary is the top layer: it parses commands (`cli`), finds the cluster a command is
+//! about (`client`), runs the agent (`agent`) and the emulator (`emulator`). Everything it
+//! wires together lives in the crates under `crates/`.
+
+mod agent;
+mod cli;
+mod client;
+mod commands;
+mod emulator;
+mod output;
+
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use tracing_subscriber::filter::Targets;
+
+use cli::{Cli, Command};
+
+fn init_logging() {
+    // RUST_LOG takes `target=level` pairs (e.g. `info,chitchat=debug`). Gossip library chatter
+    // about unreachable peers is expected while a node is down, so it is quiet by default.
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|text| text.parse::<Targets>().ok())
+        .unwrap_or_else(|| {
+            Targets::new()
+                .with_default(tracing::Level::INFO)
+                .with_target("chitchat", tracing::Level::ERROR)
+                .with_target("rustls", tracing::Level::WARN)
+        });
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    tracing_subscriber::registry()
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(filter)
+        .init();
+}
+
+fn runtime(agent: bool) -> Result<tokio::runtime::Runtime> {
+    let cores = std::thread::available_parallelism()
+        .map(|count| count.get())
+        .unwrap_or(1);
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    // The agent is mostly idle; two workers are plenty on a Pi and keep memory low.
+    builder
+        .worker_threads(if agent { cores.min(2) } else { cores.min(4) })
+        .max_blocking_threads(8)
+        .enable_all();
+    builder.build().context("starting the async runtime")
+}
+
+async fn dispatch(cli: Cli) -> Result<()> {
+    let global = &cli.global;
+    match &cli.command {
+        Command::Init(args) => commands::membership::init(global, args),
+        Command::Join(args) => commands::membership::join_cluster(global, args).await,
+        Command::Agent => agent::run(&client::data_dir(global)).await,
+        Command::Leave(args) => commands::membership::leave(global, args).await,
+        Command::Nodes(args) => commands::membership::nodes(global, args).await,
+        Command::Up(args) => emulator::up(global, args).await,
+        Command::Down(args) => emulator::down(global, args).await,
+        Command::Status(args) => emulator::status(global, args).await,
+        Command::Chaos(args) => emulator::chaos::chaos(global, args).await,
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let is_agent = matches!(cli.command, Command::Agent);
+    if is_agent {
+        init_logging();
+    }
+    let result = runtime(is_agent).and_then(|runtime| runtime.block_on(dispatch(cli)));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
