@@ -108,12 +108,23 @@ impl ClusterClient {
             .iter()
             .map(|node| (node.name.clone(), node.addr))
             .collect();
-        Self::from_admin(
+        let mut client = Self::from_admin(
             global,
             admin,
             &format!("emulated cluster in {}", emulation.dir.display()),
             names,
-        )
+        )?;
+        // Try the agents that are running first: a stopped (SIGSTOP) agent accepts TCP
+        // connections but never finishes a handshake, and would cost a timeout.
+        let answering: Vec<SocketAddr> = emulation
+            .answering_nodes()
+            .into_iter()
+            .map(|(_, address)| address)
+            .collect();
+        client
+            .agents
+            .sort_by_key(|address| (Some(*address) != global.addr, !answering.contains(address)));
+        Ok(client)
     }
 
     fn from_data_dir(global: &GlobalOptions, path: &Path) -> Result<ClusterClient> {
@@ -202,7 +213,7 @@ impl ClusterClient {
 
 /// CLI calls fail fast: a stopped agent should not hold a command for long.
 fn client_with_cli_timeouts(tls: std::sync::Arc<rustls::ClientConfig>) -> RpcClient {
-    RpcClient::new(tls).with_timeouts(Duration::from_secs(2), Duration::from_secs(15))
+    RpcClient::new(tls).with_timeouts(Duration::from_secs(1), Duration::from_secs(15))
 }
 
 fn dedup_keep_order(addresses: &mut Vec<SocketAddr>) {
