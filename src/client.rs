@@ -224,12 +224,15 @@ fn dedup_keep_order(addresses: &mut Vec<SocketAddr>) {
 /// Turns a call error into a message for people, with a hint where one helps.
 pub fn explain(error: CallError) -> anyhow::Error {
     let text = error.to_string();
-    if text.contains("UnknownCA")
-        || text.contains("CertificateRequired")
-        || text.contains("BadCertificate")
-    {
+    let foreign = [
+        "UnknownIssuer",
+        "UnknownCA",
+        "CertificateRequired",
+        "BadCertificate",
+    ];
+    if foreign.iter().any(|marker| text.contains(marker)) {
         return anyhow!(
-            "{text}\n(the agent does not accept this credential: it belongs to another cluster)"
+            "{text}\n(the credential and the agent belong to different clusters: check --credential, --dir or --data-dir)"
         );
     }
     anyhow!(text)

@@ -124,7 +124,9 @@ pub async fn admit(
     let join: JoinRequest = request.decode()?;
     let peer = request.peer_address;
     let refuse = |why: String| {
-        warn!(%peer, "refused a join: {why}");
+        if bramble_net::rpc::noisy_event_may_log() {
+            warn!(%peer, "refused a join: {why}");
+        }
         RpcError::new(ErrorKind::Refused, format!("join refused: {why}"))
     };
     let join_secret = node

@@ -211,9 +211,9 @@ impl Router {
 }
 
 /// Logging budget for events a hostile peer can trigger at will (failed handshakes,
-/// oversized frames): at most `PER_WINDOW` lines every ten seconds, so garbage cannot
-/// flood the disk through the log.
-fn noisy_event_may_log() -> bool {
+/// oversized frames, refused joins): at most `PER_WINDOW` lines every ten seconds, so
+/// garbage cannot flood the disk through the log. Services use it for their own refusals.
+pub fn noisy_event_may_log() -> bool {
     const PER_WINDOW: u64 = 20;
     static WINDOW: AtomicU64 = AtomicU64::new(0);
     static COUNT: AtomicU64 = AtomicU64::new(0);
@@ -305,10 +305,18 @@ async fn serve_connection(
     } else {
         limits.max_anonymous_frame
     };
+    // An anonymous peer (a joining node) sends its one request right after the handshake;
+    // letting it idle for the full idle timeout would let a few hundred silent connections
+    // hold every slot and lock members out.
+    let idle_timeout = if caller.is_authenticated() {
+        limits.idle_timeout
+    } else {
+        limits.handshake_timeout
+    };
     loop {
         let length = tokio::select! {
             _ = shutdown.wait() => return,
-            read = tokio::time::timeout(limits.idle_timeout, stream.read_u32()) => match read {
+            read = tokio::time::timeout(idle_timeout, stream.read_u32()) => match read {
                 Ok(Ok(length)) => length,
                 // Closed, reset, or idle too long: nothing to answer.
                 _ => return,
