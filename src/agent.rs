@@ -1,6 +1,7 @@
 //! `bramble agent`: the long-running node process. It wires the layers together — the RPC
-//! listener (net), membership and the cluster service (cluster) — and runs until SIGTERM,
-//! SIGINT or a graceful leave, then shuts every task down through one shutdown signal.
+//! listener (net), membership and the cluster service (cluster), the Raft catalog (meta) —
+//! and runs until SIGTERM, SIGINT or a graceful leave, then shuts every task down through
+//! one shutdown signal.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -9,6 +10,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use bramble_cluster::service::ClusterService;
 use bramble_cluster::{Membership, NodeDir};
+use bramble_meta::Meta;
+use bramble_meta::service::MetaService;
 use bramble_net::{Router, ServerLimits, serve};
 use bramble_util::ShutdownTrigger;
 use bramble_util::files::{self, Visibility};
@@ -41,6 +44,9 @@ pub async fn run(data_dir: &Path) -> Result<()> {
         .await
         .with_context(|| format!("could not listen on {}/tcp", node.config.listen))?;
     let membership = Membership::start(&node, shutdown.clone()).await?;
+    let meta = Meta::start(&node, membership.clone(), shutdown.clone())
+        .await
+        .context("starting the catalog")?;
     files::write_atomic(
         &pid_file,
         std::process::id().to_string().as_bytes(),
@@ -57,6 +63,7 @@ pub async fn run(data_dir: &Path) -> Result<()> {
             leave_requested.clone(),
         )),
     );
+    router.register("meta", Arc::new(MetaService::new(meta.clone())));
     router.open_to_anonymous(bramble_cluster::join::METHOD);
     let server = tokio::spawn(serve(
         listener,
@@ -85,6 +92,7 @@ pub async fn run(data_dir: &Path) -> Result<()> {
     // Give the leave's RPC reply a moment to reach the caller before connections close.
     tokio::time::sleep(Duration::from_millis(50)).await;
     trigger.trigger();
+    meta.stop().await;
     membership.stop().await;
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
     let _ = std::fs::remove_file(&pid_file);

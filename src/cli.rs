@@ -76,6 +76,18 @@ pub enum Command {
     /// Show the emulated cluster's processes: pid, state, addresses, memory, CPU.
     #[command(after_help = "Examples:\n  bramble status\n  bramble status --json")]
     Status(JsonFlag),
+    /// The Raft catalog: leader, term, commit index, voters and their lag; snapshots.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  bramble cluster status\n  bramble cluster status --json\n  bramble cluster snapshot"
+    )]
+    Cluster(ClusterCommand),
+    /// Read and write the replicated catalog's keys (for operators and tests).
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  bramble kv put demo/greeting hello\n  bramble kv get demo/greeting\n  bramble kv get demo/greeting --stale     from the nearest replica, no quorum round\n  bramble kv ls demo/ --json\n  bramble kv rm demo/greeting"
+    )]
+    Kv(KvCommand),
     /// Inject faults into an emulated cluster and measure how fast it notices.
     #[command(
         after_help = "Examples:\n  bramble chaos kill n3             SIGKILL; waits until every other node says dead\n  bramble chaos restart n3          start it again; waits until it is alive everywhere\n  bramble chaos stop n2             SIGSTOP, a hung board\n  bramble chaos cont n2 --json"
@@ -148,6 +160,9 @@ pub struct UpArgs {
     /// Seconds to wait for every node to see every other as alive.
     #[arg(long, default_value_t = 120)]
     pub timeout: u64,
+    /// Seconds a catalog voter may be down before a healthy non-voter replaces it.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub voter_grace_secs: u64,
     #[command(flatten)]
     pub output: JsonFlag,
 }
@@ -184,4 +199,65 @@ pub struct ChaosArgs {
     pub timeout: u64,
     #[command(flatten)]
     pub output: JsonFlag,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Leader, term, commit index, and each voter's and learner's state and lag.
+    #[command(after_help = "Example:\n  bramble cluster status --json")]
+    Status(JsonFlag),
+    /// Take a catalog snapshot now (older log entries are then purged).
+    #[command(after_help = "Example:\n  bramble cluster snapshot")]
+    Snapshot,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KvCommand {
+    /// Write a key; returns its new version once committed by a quorum.
+    #[command(
+        after_help = "Examples:\n  bramble kv put app/mode blue\n  bramble kv put app/mode green --if-version 7"
+    )]
+    Put {
+        key: String,
+        value: String,
+        /// Write only if the key's current version is this (0: only if it does not exist).
+        #[arg(long)]
+        if_version: Option<u64>,
+        #[command(flatten)]
+        output: JsonFlag,
+    },
+    /// Read a key (linearizable unless --stale).
+    #[command(
+        after_help = "Examples:\n  bramble kv get app/mode\n  bramble kv get app/mode --stale --json"
+    )]
+    Get {
+        key: String,
+        /// Read the answering node's replica without a quorum round.
+        #[arg(long)]
+        stale: bool,
+        #[command(flatten)]
+        output: JsonFlag,
+    },
+    /// List keys under a prefix.
+    #[command(
+        name = "ls",
+        after_help = "Examples:\n  bramble kv ls\n  bramble kv ls app/ --json"
+    )]
+    List {
+        #[arg(default_value = "")]
+        prefix: String,
+        #[arg(long)]
+        stale: bool,
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
+        #[command(flatten)]
+        output: JsonFlag,
+    },
+    /// Remove a key.
+    #[command(name = "rm", after_help = "Example:\n  bramble kv rm app/mode")]
+    Remove {
+        key: String,
+        #[command(flatten)]
+        output: JsonFlag,
+    },
 }

@@ -64,6 +64,8 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Command::Down(args) => emulator::down(global, args).await,
         Command::Status(args) => emulator::status(global, args).await,
         Command::Chaos(args) => emulator::chaos::chaos(global, args).await,
+        Command::Cluster(command) => commands::catalog::cluster(global, command).await,
+        Command::Kv(command) => commands::catalog::kv(global, command).await,
     }
 }
 

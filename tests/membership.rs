@@ -31,6 +31,16 @@ fn five_nodes_form_a_cluster_that_any_member_describes() {
             );
         }
     }
+    // `down` then `up` resumes the same cluster.
+    cluster.bramble_ok(&["down"]);
+    assert!(
+        cluster
+            .all()
+            .iter()
+            .all(|name| cluster.process_state(name) == "exited")
+    );
+    cluster.bramble_ok(&["up", "--nodes", "5"]);
+    cluster.assert_all_alive(LONG);
     // `up` again on a running cluster says so and changes nothing.
     let again = cluster.bramble_ok(&["up", "--nodes", "5"]);
     assert!(again.stdout.contains("already running"), "{}", again.stdout);

@@ -6,6 +6,7 @@ use anyhow::{Context, Result, anyhow};
 use bramble_cluster::join::{JoinOptions, join};
 use bramble_cluster::node_dir::InitOptions;
 use bramble_cluster::{JoinToken, MembershipSettings, NodeDir, NodeView};
+use bramble_meta::MetaSettings;
 
 use crate::cli::{GlobalOptions, InitArgs, JoinArgs, LeaveArgs, NodeOptions, NodesArgs};
 use crate::client::{ClusterClient, data_dir};
@@ -34,6 +35,11 @@ pub fn init(global: &GlobalOptions, args: &InitArgs) -> Result<()> {
             membership: MembershipSettings::default(),
         },
     )?;
+    MetaSettings {
+        bootstrap: true,
+        ..MetaSettings::default()
+    }
+    .save(&path)?;
     println!(
         "Created cluster {} with node {} in {}.",
         node.config.cluster_id,

@@ -1,4 +1,5 @@
-//! The commands that create, join, leave and inspect a cluster (the emulator's commands
-//! live in `crate::emulator`).
+//! The commands that create, join, leave and inspect a cluster, and the catalog commands
+//! (the emulator's commands live in `crate::emulator`).
 
+pub mod catalog;
 pub mod membership;

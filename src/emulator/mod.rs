@@ -21,6 +21,8 @@ use anyhow::{Context, Result, anyhow, bail};
 use bramble_cluster::join::{JoinOptions, join};
 use bramble_cluster::node_dir::InitOptions;
 use bramble_cluster::{AdminCredential, MembershipSettings, NodeDir, NodeView};
+use bramble_meta::MetaSettings;
+use bramble_meta::api::{ClusterStatus, METHOD_STATUS, StatusRequest};
 use bramble_util::files::{self, Visibility};
 use bramble_util::names::validate_name;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -264,6 +266,12 @@ pub async fn up(global: &GlobalOptions, args: &UpArgs) -> Result<()> {
             },
         )?;
         drop(node_dir);
+        MetaSettings {
+            bootstrap: true,
+            voter_grace_secs: args.voter_grace_secs,
+            ..MetaSettings::default()
+        }
+        .save(&emulation.node_dir(&first.name))?;
         admin.save(&emulation.admin_credential_path())?;
         emulation.state.nodes.push(first);
         emulation.save()?;
@@ -309,6 +317,11 @@ pub async fn up(global: &GlobalOptions, args: &UpArgs) -> Result<()> {
             )
             .await
             .with_context(|| format!("joining {} through {member}", node.name))?;
+            MetaSettings {
+                voter_grace_secs: args.voter_grace_secs,
+                ..MetaSettings::default()
+            }
+            .save(&emulation.node_dir(&node.name))?;
             emulation.state.nodes.push(node.clone());
             emulation.save()?;
             start_node(&emulation, &client, node).await?;
@@ -342,6 +355,13 @@ pub async fn up(global: &GlobalOptions, args: &UpArgs) -> Result<()> {
     bar.finish_and_clear();
     result.context("the cluster did not form")?;
     let formed = started.elapsed();
+    let catalog = wait_for_catalog(
+        &client,
+        emulation.state.nodes.len(),
+        Duration::from_secs(args.timeout),
+    )
+    .await
+    .context("the catalog did not form")?;
 
     if args.output.json {
         let nodes: Vec<serde_json::Value> = emulation
@@ -361,6 +381,8 @@ pub async fn up(global: &GlobalOptions, args: &UpArgs) -> Result<()> {
             "dir": emulation.dir,
             "nodes": nodes,
             "formed_seconds": formed.as_secs_f64(),
+            "catalog_leader": catalog.leader,
+            "catalog_voters": catalog.members.iter().filter(|member| member.voter).count(),
             "admin_credential": emulation.admin_credential_path(),
         }))?;
         return Ok(());
@@ -390,6 +412,11 @@ pub async fn up(global: &GlobalOptions, args: &UpArgs) -> Result<()> {
         String::new()
     };
     println!(
+        "Catalog (Raft): leader {}, {} voters.",
+        catalog.leader.as_deref().unwrap_or("-"),
+        catalog.members.iter().filter(|member| member.voter).count()
+    );
+    println!(
         "Admin credential: {} (mode 0600)",
         emulation.admin_credential_path().display()
     );
@@ -402,6 +429,32 @@ pub async fn up(global: &GlobalOptions, args: &UpArgs) -> Result<()> {
     println!("  bramble status{dir_flag}               processes, memory and CPU");
     println!("  bramble down{dir_flag}                 stop the cluster (bramble up resumes it)");
     Ok(())
+}
+
+/// Waits until the catalog has a leader and as many voters as the cluster's size calls
+/// for (the leader promotes learners as they join).
+async fn wait_for_catalog(
+    client: &ClusterClient,
+    nodes: usize,
+    timeout: Duration,
+) -> Result<ClusterStatus> {
+    let deadline = Instant::now() + timeout;
+    let wanted = bramble_meta::node::desired_voters(nodes);
+    loop {
+        let answer = client
+            .call_any::<_, ClusterStatus>(METHOD_STATUS, &StatusRequest { forwarded: false })
+            .await;
+        if let Ok((_, status)) = &answer
+            && status.leader.is_some()
+            && status.members.iter().filter(|member| member.voter).count() >= wanted
+        {
+            return Ok(status.clone());
+        }
+        if Instant::now() > deadline {
+            bail!("no leader with {wanted} voters within {timeout:?} (last answer: {answer:?})");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// `bramble down`.
@@ -440,6 +493,8 @@ struct StatusRow {
     process: ProcessState,
     addr: SocketAddr,
     state: Option<String>,
+    /// leader, voter or learner in the Raft catalog.
+    catalog_role: Option<String>,
     rss_kib: Option<u64>,
     cpu_percent_average: Option<f64>,
     data_dir: PathBuf,
@@ -460,6 +515,26 @@ pub async fn status(global: &GlobalOptions, flags: &JsonFlag) -> Result<()> {
             .map(|(_, view)| view),
         None => None,
     };
+    // The catalog's roles (leader, voter, learner), if a leader answers.
+    let catalog: Option<ClusterStatus> = match membership {
+        Some(_) => client
+            .call_any::<_, ClusterStatus>(METHOD_STATUS, &StatusRequest { forwarded: false })
+            .await
+            .ok()
+            .map(|(_, status)| status),
+        None => None,
+    };
+    let catalog_role = |name: &str| -> Option<String> {
+        let catalog = catalog.as_ref()?;
+        let member = catalog.members.iter().find(|member| member.name == name)?;
+        Some(if catalog.leader.as_deref() == Some(name) {
+            "leader".to_string()
+        } else if member.voter {
+            "voter".to_string()
+        } else {
+            "learner".to_string()
+        })
+    };
     let rows: Vec<StatusRow> = emulation
         .state
         .nodes
@@ -479,6 +554,7 @@ pub async fn status(global: &GlobalOptions, flags: &JsonFlag) -> Result<()> {
                         .find(|member| member.name == node.name)
                         .map(|member| member.state.as_str().to_string())
                 }),
+                catalog_role: catalog_role(&node.name),
                 rss_kib: process.as_ref().map(|process| process.rss_kib),
                 cpu_percent_average: process.as_ref().map(|process| process.cpu_percent_average),
                 data_dir: emulation.node_dir(&node.name),
@@ -497,6 +573,7 @@ pub async fn status(global: &GlobalOptions, flags: &JsonFlag) -> Result<()> {
         "PROCESS",
         "ADDRESS",
         "STATE",
+        "CATALOG",
         "RSS",
         "CPU (avg)",
         "DATA DIR",
@@ -510,6 +587,7 @@ pub async fn status(global: &GlobalOptions, flags: &JsonFlag) -> Result<()> {
             row.process.as_str().to_string(),
             row.addr.to_string(),
             row.state.clone().unwrap_or_else(|| "?".into()),
+            row.catalog_role.clone().unwrap_or_else(|| "-".into()),
             row.rss_kib.map(output::kib).unwrap_or_else(|| "-".into()),
             row.cpu_percent_average
                 .map(|cpu| format!("{cpu:.2} %"))

@@ -23,6 +23,9 @@ pub fn free_loopback_addresses(count: usize) -> Result<Vec<SocketAddr>> {
         ^ std::process::id().wrapping_mul(2_654_435_761))
         % span;
     let mut found = Vec::with_capacity(count);
+    if count == 0 {
+        return Ok(found);
+    }
     for step in 0..span {
         let port = low + ((start + step) % span) as u16;
         let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));

@@ -82,6 +82,11 @@ pub struct TestCluster {
 impl TestCluster {
     /// `bramble up --nodes <count>` in a fresh temporary directory.
     pub fn up(count: usize) -> TestCluster {
+        Self::up_with(count, &[])
+    }
+
+    /// `bramble up --nodes <count> <extra flags>` in a fresh temporary directory.
+    pub fn up_with(count: usize, extra: &[&str]) -> TestCluster {
         let dir = tempfile::Builder::new()
             .prefix("bramble-test-")
             .tempdir()
@@ -90,7 +95,10 @@ impl TestCluster {
             dir,
             names: (1..=count).map(|index| format!("n{index}")).collect(),
         };
-        let run = cluster.bramble(&["up", "--nodes", &count.to_string(), "--json"]);
+        let count_text = count.to_string();
+        let mut arguments = vec!["up", "--nodes", count_text.as_str(), "--json"];
+        arguments.extend_from_slice(extra);
+        let run = cluster.bramble(&arguments);
         assert!(
             run.success,
             "bramble up failed:\n{}\n{}",

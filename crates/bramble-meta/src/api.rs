@@ -1,0 +1,82 @@
+//! The requests and answers of the catalog's client surface (`meta.write`, `meta.read`,
+//! `meta.list`, `meta.status`, `meta.snapshot_now`), shared by the agent and the CLI.
+
+use serde::{Deserialize, Serialize};
+
+use crate::types::{Command, VersionedValue};
+
+pub const METHOD_WRITE: &str = "meta.write";
+pub const METHOD_READ: &str = "meta.read";
+pub const METHOD_LIST: &str = "meta.list";
+pub const METHOD_STATUS: &str = "meta.status";
+pub const METHOD_SNAPSHOT_NOW: &str = "meta.snapshot_now";
+
+/// How fresh a read must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Consistency {
+    /// Confirmed with a quorum by the leader: reflects every write acknowledged before it.
+    Linearizable,
+    /// This node's replica as it is: cheap, possibly behind by a few heartbeats.
+    Stale,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WriteRequest {
+    pub command: Command,
+    /// Set by a node that forwards the request to the leader, so it is not forwarded again.
+    pub forwarded: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReadRequest {
+    pub key: String,
+    pub consistency: Consistency,
+    pub forwarded: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ListRequest {
+    pub prefix: String,
+    pub limit: u32,
+    pub consistency: Consistency,
+    pub forwarded: bool,
+}
+
+pub type ListResponse = Vec<(String, VersionedValue)>;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusRequest {
+    pub forwarded: bool,
+}
+
+/// One member of the Raft group.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MemberStatus {
+    pub name: String,
+    pub addr: String,
+    pub voter: bool,
+    /// Gossip's view of the node: alive, suspect, dead, left (or unknown).
+    pub state: String,
+    /// Last log index known to be replicated on it (leader's view).
+    pub matched_index: Option<u64>,
+    /// How many entries it is behind the leader's log.
+    pub lag: Option<u64>,
+}
+
+/// `bramble cluster status`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// The node that answered.
+    pub reporter: String,
+    /// The reporter's role: leader, follower, learner, candidate.
+    pub role: String,
+    pub leader: Option<String>,
+    pub term: u64,
+    /// Leader's last log index (the reporter's, if there is no leader).
+    pub last_log_index: u64,
+    pub commit_index: u64,
+    pub last_applied: u64,
+    pub snapshot_index: Option<u64>,
+    pub keys: u64,
+    pub members: Vec<MemberStatus>,
+}

@@ -1,0 +1,21 @@
+//! The control plane: a typed, versioned cluster catalog replicated by Raft (openraft 0.9)
+//! and stored in redb. Every node holds a replica; up to five are voters.
+//!
+//! - [`types`]: the Raft type configuration and the catalog's commands.
+//! - [`store`]: the Raft log and the state machine (the catalog) in one redb file.
+//! - [`network`]: Raft's RPCs over the cluster's mutual-TLS transport.
+//! - [`node`]: a node's Raft instance, request routing to the leader, voter management.
+//! - [`service`]: the `meta.*` RPC methods.
+//! - [`api`]: requests and answers shared with the CLI.
+//! - [`settings`] holds this node's `meta.toml`.
+
+pub mod api;
+pub mod network;
+pub mod node;
+pub mod service;
+pub mod settings;
+pub mod store;
+pub mod types;
+
+pub use node::{Meta, MetaError, Watch};
+pub use settings::MetaSettings;

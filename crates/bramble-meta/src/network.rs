@@ -1,0 +1,160 @@
+//! Raft's network: openraft's RPCs (append entries, vote, install snapshot) carried over the
+//! cluster's mutual-TLS RPC as `meta.append`, `meta.vote` and `meta.snapshot`.
+//!
+//! Each replication stream keeps one connection open to its target and reconnects after
+//! an error. A peer that cannot be reached is reported as `Unreachable`, which makes
+//! openraft back off instead of hammering a dead board.
+
+use bramble_net::{CallError, Connection, RpcClient};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::types::{MetaNode, NodeId, TypeConfig};
+
+pub const METHOD_APPEND: &str = "meta.append";
+pub const METHOD_VOTE: &str = "meta.vote";
+pub const METHOD_SNAPSHOT: &str = "meta.snapshot";
+
+/// Makes one [`PeerConnection`] per replication target.
+#[derive(Clone)]
+pub struct Network {
+    rpc: RpcClient,
+}
+
+impl Network {
+    /// `rpc` must present this node's certificate: peers accept Raft traffic only from
+    /// members.
+    pub fn new(rpc: RpcClient) -> Self {
+        Network { rpc }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerConnection;
+
+    async fn new_client(&mut self, target: NodeId, node: &MetaNode) -> PeerConnection {
+        PeerConnection {
+            rpc: self.rpc.clone(),
+            target,
+            node: node.clone(),
+            connection: None,
+        }
+    }
+}
+
+/// The connection to one Raft peer.
+pub struct PeerConnection {
+    rpc: RpcClient,
+    target: NodeId,
+    node: MetaNode,
+    connection: Option<Connection>,
+}
+
+impl PeerConnection {
+    /// Sends one request and returns the peer's answer, which is itself the result of the
+    /// peer's Raft call.
+    async fn call<Request, Response, Error>(
+        &mut self,
+        method: &str,
+        request: &Request,
+        option: &RPCOption,
+    ) -> Result<Response, RPCError<NodeId, MetaNode, Error>>
+    where
+        Request: Serialize,
+        Response: DeserializeOwned,
+        Error: std::error::Error + DeserializeOwned,
+    {
+        let address = self.node.addr.parse().map_err(|error| {
+            RPCError::Unreachable(Unreachable::new(&std::io::Error::other(format!(
+                "node {} has a bad address {:?}: {error}",
+                self.node.name, self.node.addr
+            ))))
+        })?;
+        if self.connection.is_none() {
+            let connection = self
+                .rpc
+                .connect(address)
+                .await
+                .map_err(|error| RPCError::Unreachable(Unreachable::new(&error)))?;
+            self.connection = Some(connection);
+        }
+        let Some(connection) = self.connection.as_mut() else {
+            unreachable!("a connection was just stored");
+        };
+        let outcome = tokio::time::timeout(
+            option.hard_ttl(),
+            connection.call::<_, Result<Response, Error>>(method, request),
+        )
+        .await;
+        let reply = match outcome {
+            Err(_) => {
+                // A half-finished exchange leaves the stream out of step; start afresh.
+                self.connection = None;
+                return Err(RPCError::Unreachable(Unreachable::new(
+                    &std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!(
+                            "{} did not answer {method} in {:?}",
+                            self.node,
+                            option.hard_ttl()
+                        ),
+                    ),
+                )));
+            }
+            Ok(Err(error)) => {
+                self.connection = None;
+                return Err(match error {
+                    CallError::Connect { .. } | CallError::Timeout { .. } => {
+                        RPCError::Unreachable(Unreachable::new(&error))
+                    }
+                    other => RPCError::Network(NetworkError::new(&other)),
+                });
+            }
+            Ok(Ok(reply)) => reply,
+        };
+        reply.map_err(|error| {
+            RPCError::RemoteError(RemoteError::new_with_node(
+                self.target,
+                self.node.clone(),
+                error,
+            ))
+        })
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerConnection {
+    async fn append_entries(
+        &mut self,
+        request: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, MetaNode, RaftError<NodeId>>> {
+        self.call(METHOD_APPEND, &request, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        request: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, MetaNode, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        self.call(METHOD_SNAPSHOT, &request, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        request: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, MetaNode, RaftError<NodeId>>> {
+        self.call(METHOD_VOTE, &request, &option).await
+    }
+}
