@@ -189,7 +189,7 @@ pub enum ChaosAction {
 #[derive(Debug, Args)]
 pub struct ChaosArgs {
     pub action: ChaosAction,
-    /// The emulated node, e.g. n3.
+    /// The emulated node, e.g. n3, or `leader` for the catalog's current leader.
     pub node: String,
     /// Return at once instead of waiting for the cluster to notice.
     #[arg(long)]
@@ -260,4 +260,27 @@ pub enum KvCommand {
         #[command(flatten)]
         output: JsonFlag,
     },
+    /// Measure committed writes per second and their latency (keys under bench/).
+    #[command(
+        after_help = "Examples:\n  bramble kv bench                       2000 writes, 16 at a time, through every node\n  bramble kv bench --through n2 --json   all through one node (followers forward to the leader)"
+    )]
+    Bench(KvBenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct KvBenchArgs {
+    /// Number of writes.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub writes: u64,
+    /// Writes in flight at once.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub concurrency: u64,
+    /// `all` to spread writes over every node, or a node name.
+    #[arg(long, default_value = "all")]
+    pub through: String,
+    /// Bytes per value.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(0..=1_048_576))]
+    pub value_size: u64,
+    #[command(flatten)]
+    pub output: JsonFlag,
 }

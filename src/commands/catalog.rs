@@ -1,14 +1,22 @@
 //! `bramble kv ...` and `bramble cluster status|snapshot`: the Raft catalog from the
 //! command line. Any member answers; it forwards to the leader where needed.
 
-use anyhow::{Result, bail};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use bramble_cluster::{NodeState, NodeView};
 use bramble_meta::api::{
     ClusterStatus, Consistency, ListRequest, ListResponse, METHOD_LIST, METHOD_READ,
     METHOD_SNAPSHOT_NOW, METHOD_STATUS, METHOD_WRITE, ReadRequest, StatusRequest, WriteRequest,
 };
 use bramble_meta::types::{Command, CommandResult, VersionedValue};
+use indicatif::{ProgressBar, ProgressStyle};
+use tokio::task::JoinSet;
 
-use crate::cli::{ClusterCommand, GlobalOptions, KvCommand};
+use crate::cli::{ClusterCommand, GlobalOptions, KvBenchArgs, KvCommand};
 use crate::client::ClusterClient;
 use crate::output;
 
@@ -124,6 +132,7 @@ pub async fn kv(global: &GlobalOptions, command: &KvCommand) -> Result<()> {
             println!("{}", display_value(&value.value));
             Ok(())
         }
+        KvCommand::Bench(args) => bench(&client, args).await,
         KvCommand::List {
             prefix,
             stale,
@@ -216,4 +225,121 @@ pub async fn cluster(global: &GlobalOptions, command: &ClusterCommand) -> Result
             Ok(())
         }
     }
+}
+
+/// `bramble kv bench`: committed writes per second through one node or all of them. Each
+/// worker keeps one connection and has one write in flight; latency is measured per write
+/// from request to committed answer.
+async fn bench(client: &ClusterClient, args: &KvBenchArgs) -> Result<()> {
+    let targets: Vec<(String, SocketAddr)> = if args.through == "all" {
+        let (_, nodes): (_, Vec<NodeView>) = client.call_any("cluster.nodes", &()).await?;
+        nodes
+            .into_iter()
+            .filter(|node| node.state == NodeState::Alive)
+            .map(|node| (node.name, node.addr))
+            .collect()
+    } else {
+        vec![(
+            args.through.clone(),
+            client.address_of(&args.through).await?,
+        )]
+    };
+    if targets.is_empty() {
+        bail!("no alive node to write through");
+    }
+    let run = bramble_util::time::unix_millis();
+    let value = vec![b'x'; args.value_size as usize];
+    let next_index = Arc::new(AtomicU64::new(0));
+    let bar = if args.output.json {
+        ProgressBar::hidden()
+    } else {
+        let bar = ProgressBar::new(args.writes);
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} {bar:30} {pos}/{len} writes {per_sec}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar
+    };
+    let started = Instant::now();
+    let mut workers = JoinSet::new();
+    for worker in 0..args.concurrency as usize {
+        let (_, address) = targets[worker % targets.len()].clone();
+        let rpc = client.rpc().clone();
+        let next_index = next_index.clone();
+        let bar = bar.clone();
+        let value = value.clone();
+        let total = args.writes;
+        workers.spawn(async move {
+            let mut connection = rpc.connect(address).await?;
+            let mut latencies = Vec::new();
+            loop {
+                let index = next_index.fetch_add(1, Ordering::Relaxed);
+                if index >= total {
+                    return Ok::<_, anyhow::Error>(latencies);
+                }
+                let request = WriteRequest {
+                    command: Command::Put {
+                        key: format!("bench/{run}/{index}"),
+                        value: value.clone(),
+                    },
+                    forwarded: false,
+                };
+                let sent = Instant::now();
+                let result: CommandResult = connection
+                    .call(METHOD_WRITE, &request)
+                    .await
+                    .with_context(|| format!("write {index} through {address}"))?;
+                if !matches!(result, CommandResult::Written { .. }) {
+                    bail!("write {index} was not applied: {result:?}");
+                }
+                latencies.push(sent.elapsed());
+                bar.inc(1);
+            }
+        });
+    }
+    let mut latencies: Vec<Duration> = Vec::with_capacity(args.writes as usize);
+    while let Some(joined) = workers.join_next().await {
+        latencies.extend(joined.context("a bench worker failed")??);
+    }
+    let elapsed = started.elapsed();
+    bar.finish_and_clear();
+    latencies.sort();
+    let percentile = |fraction: f64| {
+        let index = ((latencies.len() as f64 - 1.0) * fraction).round() as usize;
+        latencies
+            .get(index)
+            .map(|latency| latency.as_secs_f64() * 1000.0)
+            .unwrap_or(0.0)
+    };
+    let writes_per_second = latencies.len() as f64 / elapsed.as_secs_f64();
+    let report = serde_json::json!({
+        "writes": latencies.len(),
+        "concurrency": args.concurrency,
+        "through": targets.iter().map(|(name, _)| name.clone()).collect::<Vec<_>>(),
+        "value_size": args.value_size,
+        "seconds": elapsed.as_secs_f64(),
+        "writes_per_second": writes_per_second,
+        "p50_ms": percentile(0.50),
+        "p99_ms": percentile(0.99),
+        "max_ms": percentile(1.0),
+    });
+    if args.output.json {
+        return output::print_json(&report);
+    }
+    println!(
+        "{} committed writes of {} bytes through {} in {:.2} s: {:.0} writes/s; latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        latencies.len(),
+        args.value_size,
+        if args.through == "all" {
+            format!("all {} nodes", targets.len())
+        } else {
+            args.through.clone()
+        },
+        elapsed.as_secs_f64(),
+        writes_per_second,
+        percentile(0.50),
+        percentile(0.99),
+        percentile(1.0),
+    );
+    Ok(())
 }

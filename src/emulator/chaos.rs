@@ -5,8 +5,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use std::net::SocketAddr;
+
+use anyhow::{Context, Result, bail};
 use bramble_cluster::{NodeState, NodeView};
+use bramble_meta::api::{ClusterStatus, METHOD_STATUS, METHOD_WRITE, StatusRequest, WriteRequest};
+use bramble_meta::types::{Command, CommandResult};
+use bramble_net::RpcClient;
 use serde::Serialize;
 
 use super::Emulation;
@@ -28,16 +33,68 @@ struct ChaosReport {
     /// Fastest and slowest observer.
     first_observer_seconds: Option<f64>,
     observers: usize,
+    /// When the victim led the catalog: seconds until a write committed again.
+    catalog_failover_seconds: Option<f64>,
+    new_leader: Option<String>,
+}
+
+/// Writes a probe key through the surviving nodes until one is committed: the time from
+/// the fault until the catalog accepts writes again under a new leader.
+async fn time_catalog_failover(
+    rpc: RpcClient,
+    through: Vec<SocketAddr>,
+    started: Instant,
+    timeout: Duration,
+) -> Result<f64> {
+    let request = WriteRequest {
+        command: Command::Put {
+            key: "chaos/failover-probe".to_string(),
+            value: bramble_util::time::unix_millis().to_string().into_bytes(),
+        },
+        forwarded: false,
+    };
+    let mut attempt = 0;
+    loop {
+        if started.elapsed() > timeout {
+            bail!("the catalog accepted no write within {timeout:?} of the fault");
+        }
+        let address = through[attempt % through.len().max(1)];
+        attempt += 1;
+        if rpc
+            .call::<_, CommandResult>(address, METHOD_WRITE, &request)
+            .await
+            .is_ok()
+        {
+            return Ok(started.elapsed().as_secs_f64());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 pub async fn chaos(global: &GlobalOptions, args: &ChaosArgs) -> Result<()> {
     let emulation = Emulation::require(global)?;
-    let node = emulation.node(&args.node)?.clone();
-    let data_dir = emulation.node_dir(&node.name);
     let client = ClusterClient::resolve(&GlobalOptions {
         dir: Some(emulation.dir.clone()),
         ..global.clone()
     })?;
+    // The catalog leader before the fault: `leader` names it, and killing or stopping it
+    // also times the catalog's failover.
+    let leader_before: Option<String> = client
+        .call_any::<_, ClusterStatus>(METHOD_STATUS, &StatusRequest { forwarded: false })
+        .await
+        .ok()
+        .and_then(|(_, status)| status.leader);
+    let target_name = if args.node == "leader" {
+        leader_before
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("the catalog has no leader right now"))?
+    } else {
+        args.node.clone()
+    };
+    let node = emulation.node(&target_name)?.clone();
+    let data_dir = emulation.node_dir(&node.name);
+    let victim_was_leader = leader_before.as_deref() == Some(node.name.as_str())
+        && matches!(args.action, ChaosAction::Kill | ChaosAction::Stop);
     let current = process::agent_process(&data_dir);
     let mut minimum_generation = 0;
     let (action, expected, started, pid) = match args.action {
@@ -113,6 +170,18 @@ pub async fn chaos(global: &GlobalOptions, args: &ChaosArgs) -> Result<()> {
         .filter(|(name, _)| *name != node.name)
         .collect();
     let observer_count = observers.len();
+    let failover = if victim_was_leader && !args.no_wait {
+        let rpc = client.rpc().clone();
+        let through: Vec<SocketAddr> = observers.iter().map(|(_, address)| *address).collect();
+        Some(tokio::spawn(time_catalog_failover(
+            rpc,
+            through,
+            started,
+            Duration::from_secs(args.timeout),
+        )))
+    } else {
+        None
+    };
     let mut report = ChaosReport {
         node: node.name.clone(),
         action,
@@ -121,6 +190,8 @@ pub async fn chaos(global: &GlobalOptions, args: &ChaosArgs) -> Result<()> {
         seconds: None,
         first_observer_seconds: None,
         observers: observer_count,
+        catalog_failover_seconds: None,
+        new_leader: None,
     };
     if !args.no_wait && observer_count > 0 {
         let target = node.name.clone();
@@ -149,6 +220,15 @@ pub async fn chaos(global: &GlobalOptions, args: &ChaosArgs) -> Result<()> {
             .map(|o| o.after.as_secs_f64())
             .reduce(f64::min);
     }
+    if let Some(failover) = failover {
+        let seconds = failover.await.context("the failover timer failed")??;
+        report.catalog_failover_seconds = Some(seconds);
+        report.new_leader = client
+            .call_any::<_, ClusterStatus>(METHOD_STATUS, &StatusRequest { forwarded: false })
+            .await
+            .ok()
+            .and_then(|(_, status)| status.leader);
+    }
     if args.output.json {
         return output::print_json(&report);
     }
@@ -164,6 +244,13 @@ pub async fn chaos(global: &GlobalOptions, args: &ChaosArgs) -> Result<()> {
             report.first_observer_seconds.unwrap_or(seconds)
         ),
         None => println!("{action} {}{pid_text}: done.", node.name),
+    }
+    if let Some(seconds) = report.catalog_failover_seconds {
+        println!(
+            "{} was the catalog leader: a new leader ({}) committed a write {seconds:.2} s after the fault.",
+            node.name,
+            report.new_leader.as_deref().unwrap_or("?")
+        );
     }
     Ok(())
 }
