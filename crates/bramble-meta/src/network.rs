@@ -9,7 +9,9 @@ use bramble_net::{CallError, Connection, RpcClient};
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
 };
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use std::time::Duration;
+
+use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
@@ -78,39 +80,37 @@ impl PeerConnection {
                 self.node.name, self.node.addr
             ))))
         })?;
-        if self.connection.is_none() {
-            let connection = self
+        // The connection is taken out for the duration of the exchange and put back only
+        // after a complete reply. openraft cancels an append that outlives its heartbeat
+        // interval; had the connection stayed in `self`, the cancelled request's reply would
+        // still be in flight and the next request would read it as its own answer.
+        let mut connection = match self.connection.take() {
+            Some(connection) => connection,
+            None => self
                 .rpc
                 .connect(address)
                 .await
-                .map_err(|error| RPCError::Unreachable(Unreachable::new(&error)))?;
-            self.connection = Some(connection);
-        }
-        let Some(connection) = self.connection.as_mut() else {
-            unreachable!("a connection was just stored");
+                .map_err(|error| RPCError::Unreachable(Unreachable::new(&error)))?,
         };
         let outcome = tokio::time::timeout(
-            option.hard_ttl(),
+            option.soft_ttl(),
             connection.call::<_, Result<Response, Error>>(method, request),
         )
         .await;
         let reply = match outcome {
             Err(_) => {
-                // A half-finished exchange leaves the stream out of step; start afresh.
-                self.connection = None;
                 return Err(RPCError::Unreachable(Unreachable::new(
                     &std::io::Error::new(
                         std::io::ErrorKind::TimedOut,
                         format!(
                             "{} did not answer {method} in {:?}",
                             self.node,
-                            option.hard_ttl()
+                            option.soft_ttl()
                         ),
                     ),
                 )));
             }
             Ok(Err(error)) => {
-                self.connection = None;
                 return Err(match error {
                     CallError::Connect { .. } | CallError::Timeout { .. } => {
                         RPCError::Unreachable(Unreachable::new(&error))
@@ -118,7 +118,10 @@ impl PeerConnection {
                     other => RPCError::Network(NetworkError::new(&other)),
                 });
             }
-            Ok(Ok(reply)) => reply,
+            Ok(Ok(reply)) => {
+                self.connection = Some(connection);
+                reply
+            }
         };
         reply.map_err(|error| {
             RPCError::RemoteError(RemoteError::new_with_node(
@@ -156,5 +159,11 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, MetaNode, RaftError<NodeId>>> {
         self.call(METHOD_VOTE, &request, &option).await
+    }
+
+    /// A board that is down stays down for seconds at least: retry about once a second
+    /// rather than filling the log and the network with attempts.
+    fn backoff(&self) -> Backoff {
+        Backoff::new(std::iter::repeat(Duration::from_secs(1)))
     }
 }

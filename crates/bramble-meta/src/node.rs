@@ -488,16 +488,25 @@ impl Meta {
         let known: BTreeSet<NodeId> = membership.nodes().map(|(id, _)| *id).collect();
         let is_up = |state: NodeState| matches!(state, NodeState::Alive | NodeState::Suspect);
 
-        for member in view.iter().filter(|member| is_up(member.state)) {
-            let id = node_id_of(&member.name);
-            if !known.contains(&id) {
-                info!(name = %member.name, "adding a node to the catalog as a learner");
-                self.raft
-                    .add_learner(id, MetaNode::new(&member.name, member.addr), false)
-                    .await
-                    .map_err(|error| format!("adding {} as a learner: {error}", member.name))?;
-                return Ok(());
-            }
+        // Every live node that is not a member yet joins as a learner, all in one
+        // membership change (one log entry), so a large cluster forms in one round.
+        let newcomers: BTreeMap<NodeId, MetaNode> = view
+            .iter()
+            .filter(|member| is_up(member.state))
+            .map(|member| (node_id_of(&member.name), member))
+            .filter(|(id, _)| !known.contains(id))
+            .map(|(id, member)| (id, MetaNode::new(&member.name, member.addr)))
+            .collect();
+        if !newcomers.is_empty() {
+            info!(
+                count = newcomers.len(),
+                "adding nodes to the catalog as learners"
+            );
+            self.raft
+                .change_membership(ChangeMembers::AddNodes(newcomers), true)
+                .await
+                .map_err(|error| format!("adding learners: {error}"))?;
+            return Ok(());
         }
 
         let state_of = |id: NodeId| {

@@ -534,6 +534,7 @@ impl RpcClient {
             address,
             call_timeout: self.call_timeout,
             max_reply: self.max_reply,
+            exchange_in_progress: false,
         })
     }
 
@@ -554,6 +555,10 @@ pub struct Connection {
     address: SocketAddr,
     call_timeout: Duration,
     max_reply: u32,
+    /// Set while a call is between sending its request and reading its reply. If a call
+    /// is cancelled (its future dropped) in that window, the reply is still on its way, and
+    /// the connection must not be used again: the next call would read it as its own.
+    exchange_in_progress: bool,
 }
 
 impl Connection {
@@ -567,6 +572,12 @@ impl Connection {
         request: &Req,
     ) -> Result<Resp, CallError> {
         let address = self.address;
+        if self.exchange_in_progress {
+            return Err(CallError::Transport {
+                address,
+                message: "an earlier call on this connection was cancelled mid-exchange; open a new connection".to_string(),
+            });
+        }
         let body = postcard::to_allocvec(request).map_err(|error| CallError::Transport {
             address,
             message: format!("could not encode the request: {error}"),
@@ -576,6 +587,7 @@ impl Connection {
             body,
         };
         let timeout = self.call_timeout;
+        self.exchange_in_progress = true;
         let exchange = async {
             write_frame(&mut self.stream, &frame)
                 .await
@@ -589,6 +601,7 @@ impl Connection {
                 after: timeout,
             })?
             .map_err(|message| CallError::Transport { address, message })?;
+        self.exchange_in_progress = false;
         let response: ResponseFrame =
             postcard::from_bytes(&reply).map_err(|error| CallError::Decode {
                 address,
