@@ -69,7 +69,12 @@ load = lambda name: json.load(open(f"{scratch}/{name}.json"))
 status = load("status")
 rss = {n["name"]: n["rss_kib"] for n in status["nodes"] if n.get("rss_kib")}
 roles = {n["name"]: n.get("catalog_role") for n in status["nodes"]}
+import datetime, subprocess
+commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
 result = {
+    "benchmark": "catalog",
+    "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    "git_commit": commit,
     "failover_seconds": failovers,
     "throughput": {k: load(k) for k in ("leader", "follower", "all")},
     "big_catalog": {"keys": big, "bench": load("big"), "rss_kib": rss, "roles": roles, "leader_meta_redb_bytes": redb_bytes},

@@ -79,11 +79,20 @@ pub async fn chaos(global: &GlobalOptions, args: &ChaosArgs) -> Result<()> {
     })?;
     // The catalog leader before the fault: `leader` names it, and killing or stopping it
     // also times the catalog's failover.
-    let leader_before: Option<String> = client
+    let catalog_before: Option<ClusterStatus> = client
         .call_any::<_, ClusterStatus>(METHOD_STATUS, &StatusRequest { forwarded: false })
         .await
         .ok()
-        .and_then(|(_, status)| status.leader);
+        .map(|(_, status)| status);
+    let leader_before = catalog_before
+        .as_ref()
+        .and_then(|status| status.leader.clone());
+    // A failover can happen only if the voters left still form a majority.
+    let voters = catalog_before
+        .as_ref()
+        .map(|status| status.members.iter().filter(|member| member.voter).count())
+        .unwrap_or(0);
+    let failover_possible = voters > 1 && voters - 1 > voters / 2;
     let target_name = if args.node == "leader" {
         leader_before
             .clone()
@@ -94,7 +103,8 @@ pub async fn chaos(global: &GlobalOptions, args: &ChaosArgs) -> Result<()> {
     let node = emulation.node(&target_name)?.clone();
     let data_dir = emulation.node_dir(&node.name);
     let victim_was_leader = leader_before.as_deref() == Some(node.name.as_str())
-        && matches!(args.action, ChaosAction::Kill | ChaosAction::Stop);
+        && matches!(args.action, ChaosAction::Kill | ChaosAction::Stop)
+        && failover_possible;
     let current = process::agent_process(&data_dir);
     let mut minimum_generation = 0;
     let (action, expected, started, pid) = match args.action {
@@ -221,8 +231,10 @@ pub async fn chaos(global: &GlobalOptions, args: &ChaosArgs) -> Result<()> {
             .reduce(f64::min);
     }
     if let Some(failover) = failover {
-        let seconds = failover.await.context("the failover timer failed")??;
-        report.catalog_failover_seconds = Some(seconds);
+        match failover.await.context("the failover timer failed")? {
+            Ok(seconds) => report.catalog_failover_seconds = Some(seconds),
+            Err(error) => eprintln!("warning: {error:#}"),
+        }
         report.new_leader = client
             .call_any::<_, ClusterStatus>(METHOD_STATUS, &StatusRequest { forwarded: false })
             .await

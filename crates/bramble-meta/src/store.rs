@@ -207,16 +207,24 @@ fn snapshot_path_for(path: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// Memory redb may use to cache pages of `meta.redb`.
+pub const CATALOG_CACHE_BYTES: usize = 16 * 1024 * 1024;
+
 /// Opens (or creates) the catalog database at `path` and returns the Raft log store, the
 /// state machine and a reader of the committed catalog, all sharing the one file.
 ///
 /// Only one process may hold the file: a second `open` of the same path fails until every
 /// handle of the first has been dropped.
 pub fn open(path: &Path) -> Result<(LogStore, StateMachineStore, CatalogReader), MetaStoreError> {
-    let database = Database::create(path).map_err(|source| MetaStoreError::Open {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    // redb caches up to 1 GiB of pages by default; a Pi Zero has 512 MB in all. The
+    // catalog is small and its hot part (recent log, live keys) fits in a few MiB.
+    let database = Database::builder()
+        .set_cache_size(CATALOG_CACHE_BYTES)
+        .create(path)
+        .map_err(|source| MetaStoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
     // Create every table up front, so read transactions never meet a missing table.
     let transaction = database.begin_write().map_err(database_error(path))?;
     for table in [LOG_META, CATALOG, STATE_META] {
