@@ -88,6 +88,13 @@ pub enum Command {
         after_help = "Examples:\n  bramble kv put demo/greeting hello\n  bramble kv get demo/greeting\n  bramble kv get demo/greeting --stale     from the nearest replica, no quorum round\n  bramble kv ls demo/ --json\n  bramble kv rm demo/greeting"
     )]
     Kv(KvCommand),
+    /// Run the built-in demo web server (the recipe's web1/web2): a page naming the server,
+    /// `/lb-check.txt` for health checks, and `/session` for the sticky-session drill.
+    #[command(
+        name = "demo-web",
+        after_help = "Examples:\n  bramble demo-web --name web1 --port 8081\n  bramble demo-web --name web2 --port 8082 --bind 0.0.0.0"
+    )]
+    DemoWeb(DemoWebArgs),
     /// Inject faults into an emulated cluster and measure how fast it notices.
     #[command(
         after_help = "Examples:\n  bramble chaos kill n3             SIGKILL; waits until every other node says dead\n  bramble chaos restart n3          start it again; waits until it is alive everywhere\n  bramble chaos stop n2             SIGSTOP, a hung board\n  bramble chaos cont n2 --json"
@@ -283,4 +290,16 @@ pub struct KvBenchArgs {
     pub value_size: u64,
     #[command(flatten)]
     pub output: JsonFlag,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoWebArgs {
+    /// The name the pages show (and the X-Served-By header).
+    #[arg(long)]
+    pub name: String,
+    #[arg(long)]
+    pub port: u16,
+    /// Address to bind.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub bind: std::net::IpAddr,
 }

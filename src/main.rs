@@ -71,12 +71,13 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Command::Chaos(args) => emulator::chaos::chaos(global, args).await,
         Command::Cluster(command) => commands::catalog::cluster(global, command).await,
         Command::Kv(command) => commands::catalog::kv(global, command).await,
+        Command::DemoWeb(args) => commands::demo_web::run(args).await,
     }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let is_agent = matches!(cli.command, Command::Agent);
+    let is_agent = matches!(cli.command, Command::Agent | Command::DemoWeb(_));
     if is_agent {
         init_logging();
     }

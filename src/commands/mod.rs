@@ -2,4 +2,5 @@
 //! (the emulator's commands live in `crate::emulator`).
 
 pub mod catalog;
+pub mod demo_web;
 pub mod membership;

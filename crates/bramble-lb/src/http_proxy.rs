@@ -1,0 +1,1035 @@
+//! The HTTP data path: serves clients over HTTP/1.1 (keep-alive) and HTTP/2, and forwards
+//! each request to a backend over pooled HTTP/1.1 keep-alive connections.
+//!
+//! Per request: the body is checked against `max_body_bytes`; the backend is chosen by
+//! the sticky cookie when its server can take it, else by the balance algorithm;
+//! hop-by-hop headers are dropped and X-Forwarded-For/-Proto set. A backend that refuses
+//! the connection is recorded for passive ejection and the request goes to another one
+//! (up to [`MAX_ATTEMPTS`]); so does an idempotent request with a replayable body whose
+//! backend dies before answering. What the balancer cannot deliver it answers itself, with
+//! a plain-text body that says what went wrong: 413, 502, 503, 504.
+//!
+//! Client timeouts: hyper's header read timeout bounds how long a request head may take
+//! (slowloris), and [`ClientIo`] closes connections on which the client sends nothing for
+//! `client_ms` while no request is under way (idle keep-alive, idle HTTP/2, and clients
+//! that connect and never speak, which hyper's protocol detection would wait on forever).
+
+use std::convert::Infallible;
+use std::error::Error as StdError;
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bramble_util::Shutdown;
+use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::http::request::Parts;
+use hyper::http::uri::PathAndQuery;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
+use tracing::debug;
+
+use crate::balance::{MAX_ATTEMPTS, hash_key_for};
+use crate::balancer::{Activity, FrontendCounters, InFlight, Runtime, RuntimeCell};
+use crate::config::{Limits, Sticky, Timeouts};
+use crate::pool::SessionGuard;
+
+pub(crate) type BoxError = Box<dyn StdError + Send + Sync>;
+/// Bodies in both directions: streamed from the other side, buffered, or the balancer's own.
+pub(crate) type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+pub(crate) type BackendClient = Client<HttpConnector, ProxyBody>;
+
+/// How long open connections get to finish their requests when the balancer stops.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Request bodies up to this size (by Content-Length) are read whole before forwarding,
+/// so the request can be replayed on another backend if the first one dies.
+const REPLAY_BUFFER_BYTES: u64 = 64 * 1024;
+/// Idle backend connections are closed after this long: shorter than common backend
+/// keep-alive timeouts (Apache's 5 s), so the balancer rarely reuses a connection the
+/// backend is closing at that very moment.
+const BACKEND_POOL_IDLE: Duration = Duration::from_secs(4);
+/// hyper refuses a smaller HTTP/1 read buffer; `max_header_bytes` may be as low as 1 KiB.
+const MINIMUM_READ_BUFFER: usize = 8192;
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// Headers that describe one connection, not the message (RFC 9110 section 7.6.1, plus
+/// the older ones proxies still meet); they must not be passed on.
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "proxy-connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// The client for the backends: keep-alive pool, connect timeout from the spec.
+pub(crate) fn backend_client(timeouts: &Timeouts) -> BackendClient {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(Duration::from_millis(timeouts.connect_ms)));
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(BACKEND_POOL_IDLE)
+        .pool_timer(TokioTimer::new())
+        .build(connector)
+}
+
+/// Serves one client connection until it closes, times out or the balancer stops.
+pub(crate) async fn serve_connection(
+    cell: Arc<RuntimeCell>,
+    stream: TcpStream,
+    client: SocketAddr,
+    mut stop: Shutdown,
+) {
+    // Connection-level settings come from the spec at accept time; every request loads
+    // the spec current when it arrives.
+    let (client_timeout, max_header_bytes, frontend) = {
+        let runtime = cell.load();
+        (
+            Duration::from_millis(runtime.spec.timeouts.client_ms),
+            runtime.spec.limits.max_header_bytes,
+            runtime.frontend.clone(),
+        )
+    };
+    let activity = Arc::new(Activity::new());
+    let io = ClientIo::new(stream, activity.clone(), client_timeout);
+
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(client_timeout)
+        // A request head larger than the read buffer is refused with 431.
+        .max_buf_size(max_header_bytes.max(MINIMUM_READ_BUFFER))
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX));
+
+    let service = service_fn(move |request: Request<Incoming>| {
+        let runtime = cell.load();
+        let in_flight = InFlight::new(activity.clone());
+        async move { Ok::<_, Infallible>(proxy(runtime, client, request, in_flight).await) }
+    });
+    let connection = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        _ = stop.wait() => {
+            connection.as_mut().graceful_shutdown();
+            tokio::time::timeout(SHUTDOWN_GRACE, connection.as_mut()).await.unwrap_or(Ok(()))
+        }
+    };
+    if let Err(error) = result {
+        note_connection_error(&frontend, client, error.as_ref());
+    }
+}
+
+/// Counts requests hyper refused before they reached [`proxy`] (malformed, or a head
+/// over the limit: hyper has answered 400 or 431); timeouts and resets are not errors of
+/// the balancer.
+fn note_connection_error(
+    frontend: &FrontendCounters,
+    client: SocketAddr,
+    error: &(dyn StdError + 'static),
+) {
+    let refused = source_chain(error)
+        .find_map(|cause| cause.downcast_ref::<hyper::Error>())
+        .is_some_and(hyper::Error::is_parse);
+    if refused {
+        frontend.errors.fetch_add(1, Ordering::Relaxed);
+    }
+    debug!(%client, error = %describe(error), "client connection ended with an error");
+}
+
+async fn proxy(
+    runtime: Arc<Runtime>,
+    client: SocketAddr,
+    request: Request<Incoming>,
+    in_flight: InFlight,
+) -> Response<ProxyBody> {
+    runtime.frontend.sessions.fetch_add(1, Ordering::Relaxed);
+    match forward(&runtime, client, request, in_flight).await {
+        Ok(response) => response,
+        Err(error) => {
+            runtime.frontend.errors.fetch_add(1, Ordering::Relaxed);
+            debug!(balancer = %runtime.spec.name, %client, %error, "request answered by the balancer");
+            error.response()
+        }
+    }
+}
+
+/// What went wrong with a request that the balancer answers itself.
+#[derive(Debug, thiserror::Error)]
+enum ProxyError {
+    #[error("the request body is larger than this balancer's limit of {limit} bytes")]
+    BodyTooLarge { limit: u64 },
+    #[error("the client did not send the request body within {timeout_ms} ms")]
+    ClientTimeout { timeout_ms: u64 },
+    #[error("the request body could not be read: {detail}")]
+    BadRequestBody { detail: String },
+    #[error("the request cannot be forwarded: {detail}")]
+    InvalidRequest { detail: String },
+    #[error("this balancer does not support the CONNECT method")]
+    MethodNotAllowed,
+    #[error("no backend available for balancer {balancer}")]
+    NoBackend { balancer: String },
+    #[error("backend {backend} sent an invalid HTTP response ({detail})")]
+    InvalidResponse { backend: String, detail: String },
+    #[error("backend {backend} failed before answering ({detail})")]
+    BackendFailed { backend: String, detail: String },
+    #[error("backend {backend} did not answer within {timeout_ms} ms")]
+    GatewayTimeout { backend: String, timeout_ms: u64 },
+}
+
+impl ProxyError {
+    fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::ClientTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::BadRequestBody { .. } | ProxyError::InvalidRequest { .. } => {
+                StatusCode::BAD_REQUEST
+            }
+            ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::NoBackend { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::InvalidResponse { .. } | ProxyError::BackendFailed { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
+            ProxyError::GatewayTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// A plain-text answer a person can read in curl's output.
+    fn response(&self) -> Response<ProxyBody> {
+        let status = self.status();
+        let text = format!(
+            "{} {}: {self}\n",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or("Error")
+        );
+        let mut response = Response::new(full_body(Bytes::from(text)));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        response
+    }
+}
+
+async fn forward(
+    runtime: &Runtime,
+    client: SocketAddr,
+    request: Request<Incoming>,
+    in_flight: InFlight,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let spec = &runtime.spec;
+    let (mut parts, body) = request.into_parts();
+    if parts.method == Method::CONNECT {
+        return Err(ProxyError::MethodNotAllowed);
+    }
+    let declared_length = declared_length(&parts.headers);
+    if declared_length.is_some_and(|length| length > spec.limits.max_body_bytes) {
+        return Err(ProxyError::BodyTooLarge {
+            limit: spec.limits.max_body_bytes,
+        });
+    }
+    let hash_key = hash_key_for(
+        &spec.balance,
+        client.ip(),
+        Some(&parts.headers),
+        Some(parts.uri.path()),
+    );
+    let sticky_server = read_sticky_cookie(spec.sticky.as_ref(), &mut parts.headers);
+    prepare_request_headers(&mut parts.headers, &parts.uri, client.ip());
+    let body = RequestBody::read(
+        body,
+        declared_length,
+        &spec.limits,
+        Duration::from_millis(spec.timeouts.client_ms),
+    )
+    .await?;
+    let replay_after_failure = is_idempotent(&parts.method);
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let response_timeout =
+        Duration::from_millis(spec.timeouts.connect_ms + spec.timeouts.server_ms);
+
+    let mut tried = Vec::with_capacity(MAX_ATTEMPTS);
+    while tried.len() < MAX_ATTEMPTS {
+        let Some(index) = choose(
+            runtime,
+            sticky_server.as_deref(),
+            hash_key.as_deref(),
+            &tried,
+        ) else {
+            break;
+        };
+        tried.push(index);
+        let backend = runtime.pool.backends[index].clone();
+        let outgoing = build_request(
+            &parts,
+            &path_and_query,
+            backend.spec.addr,
+            body.for_attempt(),
+        )?;
+        let session = SessionGuard::new(backend.clone());
+        let name = backend.spec.name.clone();
+        match tokio::time::timeout(response_timeout, runtime.client.request(outgoing)).await {
+            Ok(Ok(response)) => {
+                backend.record_success();
+                return Ok(respond(
+                    runtime,
+                    response,
+                    session,
+                    sticky_server.as_deref(),
+                    in_flight,
+                ));
+            }
+            Ok(Err(error)) => match Failure::of(&error, spec.limits.max_body_bytes) {
+                Failure::RequestBody(error) => return Err(error),
+                Failure::Connect(detail) => {
+                    backend.record_connect_error();
+                    debug!(backend = %name, %detail, "backend connection failed; trying another");
+                    if !body.can_replay() {
+                        return Err(ProxyError::BackendFailed {
+                            backend: name,
+                            detail,
+                        });
+                    }
+                }
+                Failure::InvalidResponse(detail) => {
+                    // The backend is up and took the request; sending it elsewhere could
+                    // run it twice, and the fault is the application's, so no ejection.
+                    backend.errors.fetch_add(1, Ordering::Relaxed);
+                    return Err(ProxyError::InvalidResponse {
+                        backend: name,
+                        detail,
+                    });
+                }
+                Failure::Broken(detail) => {
+                    backend.record_connect_error();
+                    debug!(backend = %name, %detail, "backend failed before answering");
+                    if !(replay_after_failure && body.can_replay()) {
+                        return Err(ProxyError::BackendFailed {
+                            backend: name,
+                            detail,
+                        });
+                    }
+                }
+            },
+            Err(_elapsed) => {
+                backend.errors.fetch_add(1, Ordering::Relaxed);
+                return Err(ProxyError::GatewayTimeout {
+                    backend: name,
+                    timeout_ms: spec.timeouts.server_ms,
+                });
+            }
+        }
+    }
+    Err(ProxyError::NoBackend {
+        balancer: spec.name.clone(),
+    })
+}
+
+/// The sticky server when it can take the request, else the balance algorithm's pick.
+fn choose(
+    runtime: &Runtime,
+    sticky_server: Option<&str>,
+    hash_key: Option<&[u8]>,
+    tried: &[usize],
+) -> Option<usize> {
+    if let Some(name) = sticky_server
+        && let Some(index) = runtime
+            .pool
+            .backends
+            .iter()
+            .position(|backend| backend.spec.name == name)
+        && !tried.contains(&index)
+        && runtime.pool.backends[index].accepts_sticky_sessions()
+    {
+        return Some(index);
+    }
+    runtime.selector.pick(&runtime.pool, hash_key, tried)
+}
+
+fn build_request(
+    parts: &Parts,
+    path_and_query: &PathAndQuery,
+    address: SocketAddr,
+    body: ProxyBody,
+) -> Result<Request<ProxyBody>, ProxyError> {
+    let uri = Uri::builder()
+        .scheme("http")
+        .authority(address.to_string())
+        .path_and_query(path_and_query.clone())
+        .build()
+        .map_err(|error| ProxyError::InvalidRequest {
+            detail: error.to_string(),
+        })?;
+    let mut request = Request::new(body);
+    *request.method_mut() = parts.method.clone();
+    *request.uri_mut() = uri;
+    // Backends get HTTP/1.1 whatever the client spoke.
+    *request.version_mut() = Version::HTTP_11;
+    *request.headers_mut() = parts.headers.clone();
+    Ok(request)
+}
+
+fn respond(
+    runtime: &Runtime,
+    response: Response<Incoming>,
+    session: SessionGuard,
+    sticky_server: Option<&str>,
+    in_flight: InFlight,
+) -> Response<ProxyBody> {
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    let server = session.backend().spec.name.clone();
+    match &runtime.spec.sticky {
+        Some(Sticky::PrefixCookie(cookie)) => {
+            prefix_set_cookies(&mut parts.headers, cookie, &server)
+        }
+        Some(Sticky::InsertCookie(cookie)) if sticky_server != Some(server.as_str()) => {
+            insert_cookie(&mut parts.headers, cookie, &server);
+        }
+        _ => {}
+    }
+    // The session lasts until the response body has been passed on.
+    let idle = Duration::from_millis(runtime.spec.timeouts.server_ms);
+    let body = TimedBody::new(body, idle, "backend").holding(session, in_flight);
+    Response::from_parts(parts, body.boxed_unsync())
+}
+
+/// Why a forwarding attempt failed, which decides whether to try another backend.
+enum Failure {
+    /// The client's side failed (body over the limit, too slow, gone).
+    RequestBody(ProxyError),
+    /// No connection to the backend: nothing was sent, any request may go elsewhere.
+    Connect(String),
+    /// The backend answered, but not in HTTP.
+    InvalidResponse(String),
+    /// The connection broke before a response arrived; the request may have been sent.
+    Broken(String),
+}
+
+impl Failure {
+    fn of(error: &hyper_util::client::legacy::Error, body_limit: u64) -> Failure {
+        if error.is_connect() {
+            return Failure::Connect(describe(error));
+        }
+        for cause in source_chain(error) {
+            if cause.is::<LengthLimitError>() || cause.is::<BodyTimeout>() {
+                return Failure::RequestBody(request_body_error(cause, body_limit));
+            }
+        }
+        match source_chain(error).find_map(|cause| cause.downcast_ref::<hyper::Error>()) {
+            // A failure of the body hyper was sending for us: the client's.
+            Some(hyper_error) if hyper_error.is_user() => {
+                Failure::RequestBody(request_body_error(hyper_error, body_limit))
+            }
+            Some(hyper_error) if hyper_error.is_parse() => {
+                Failure::InvalidResponse(describe(hyper_error))
+            }
+            _ => Failure::Broken(describe(error)),
+        }
+    }
+}
+
+fn request_body_error(error: &(dyn StdError + 'static), body_limit: u64) -> ProxyError {
+    for cause in source_chain(error) {
+        if cause.is::<LengthLimitError>() {
+            return ProxyError::BodyTooLarge { limit: body_limit };
+        }
+        if let Some(timeout) = cause.downcast_ref::<BodyTimeout>() {
+            return ProxyError::ClientTimeout {
+                timeout_ms: timeout.timeout_ms,
+            };
+        }
+    }
+    ProxyError::BadRequestBody {
+        detail: describe(error),
+    }
+}
+
+fn source_chain<'error>(
+    error: &'error (dyn StdError + 'static),
+) -> impl Iterator<Item = &'error (dyn StdError + 'static)> {
+    std::iter::successors(Some(error), |cause: &&'error (dyn StdError + 'static)| {
+        (*cause).source()
+    })
+}
+
+/// An error and its causes on one line ("client error (Connect): tcp connect error: ...").
+fn describe(error: &(dyn StdError + 'static)) -> String {
+    let mut text = error.to_string();
+    for cause in source_chain(error).skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
+}
+
+/// Methods a backend may receive twice without harm (RFC 9110 section 9.2.2).
+fn is_idempotent(method: &Method) -> bool {
+    [
+        Method::GET,
+        Method::HEAD,
+        Method::PUT,
+        Method::DELETE,
+        Method::OPTIONS,
+        Method::TRACE,
+    ]
+    .contains(method)
+}
+
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn full_body(bytes: Bytes) -> ProxyBody {
+    Full::new(bytes)
+        .map_err(|never: Infallible| match never {})
+        .boxed_unsync()
+}
+
+fn prepare_request_headers(headers: &mut HeaderMap, uri: &Uri, client: IpAddr) {
+    strip_hop_by_hop(headers);
+    // HTTP/2 clients name the host in :authority; HTTP/1.1 backends expect Host.
+    if !headers.contains_key(header::HOST)
+        && let Some(authority) = uri.authority()
+        && let Ok(value) = HeaderValue::from_str(authority.as_str())
+    {
+        headers.insert(header::HOST, value);
+    }
+    let client = client.to_canonical().to_string();
+    let prior: Option<Vec<&str>> = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .map(|value| value.to_str().ok())
+        .collect();
+    let forwarded_for = match prior {
+        Some(prior) if !prior.is_empty() => format!("{}, {client}", prior.join(", ")),
+        // Absent, or not text (then not trustworthy either): only the address we saw.
+        _ => client.clone(),
+    };
+    let value = HeaderValue::from_str(&forwarded_for).or_else(|_| HeaderValue::from_str(&client));
+    if let Ok(value) = value {
+        headers.insert(X_FORWARDED_FOR, value);
+    }
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Connection may name further headers that belong to this hop only.
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// Reads the sticky cookie (the server it names) and rewrites the Cookie header for the
+/// backend: the prefix mode strips `<server>~` from the application's cookie, the insert
+/// mode removes the balancer's cookie, which the application never set. Several Cookie
+/// headers (as HTTP/2 clients send) become one, as HTTP/1.1 requires.
+fn read_sticky_cookie(sticky: Option<&Sticky>, headers: &mut HeaderMap) -> Option<String> {
+    let values: Vec<String> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .map(|value| value.to_str().map(str::to_string))
+        .collect::<Result<_, _>>()
+        .ok()?;
+    if values.is_empty() {
+        return None;
+    }
+    let mut server = None;
+    let mut kept = Vec::new();
+    for pair in values
+        .iter()
+        .flat_map(|value| value.split(';'))
+        .map(str::trim)
+        .filter(|pair| !pair.is_empty())
+    {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let name = name.trim();
+        match sticky {
+            Some(Sticky::PrefixCookie(cookie)) if name == cookie => {
+                if let Some((prefix, original)) = value.split_once('~') {
+                    server.get_or_insert_with(|| prefix.to_string());
+                    kept.push(format!("{name}={original}"));
+                    continue;
+                }
+            }
+            Some(Sticky::InsertCookie(cookie)) if name == cookie => {
+                server.get_or_insert_with(|| value.trim().to_string());
+                continue;
+            }
+            _ => {}
+        }
+        kept.push(pair.to_string());
+    }
+    headers.remove(header::COOKIE);
+    if !kept.is_empty()
+        && let Ok(value) = HeaderValue::from_str(&kept.join("; "))
+    {
+        headers.insert(header::COOKIE, value);
+    }
+    server
+}
+
+/// HAProxy's `cookie <name> prefix`: the application's cookie leaves as `<server>~<value>`.
+fn prefix_set_cookies(headers: &mut HeaderMap, cookie: &str, server: &str) {
+    if !headers.contains_key(header::SET_COOKIE) {
+        return;
+    }
+    let values: Vec<HeaderValue> = headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .cloned()
+        .collect();
+    headers.remove(header::SET_COOKIE);
+    for value in values {
+        let prefixed = value
+            .to_str()
+            .ok()
+            .and_then(|text| text.split_once('='))
+            .filter(|(name, _)| name.trim() == cookie)
+            .and_then(|(name, rest)| {
+                HeaderValue::from_str(&format!("{}={server}~{rest}", name.trim())).ok()
+            });
+        headers.append(header::SET_COOKIE, prefixed.unwrap_or(value));
+    }
+}
+
+/// HAProxy's `cookie <name> insert`: a cookie naming the server that answered.
+fn insert_cookie(headers: &mut HeaderMap, cookie: &str, server: &str) {
+    if let Ok(value) = HeaderValue::from_str(&format!("{cookie}={server}; Path=/; HttpOnly")) {
+        headers.append(header::SET_COOKIE, value);
+    }
+}
+
+/// The client's request body, ready to be sent to one backend or more.
+enum RequestBody {
+    /// Small or empty: held whole, so a failed attempt can be replayed elsewhere.
+    Buffered(Bytes),
+    /// Large or of unknown length: streamed as it arrives. The first attempt that starts
+    /// reading it takes it; until then (say, while connections are refused) it can still
+    /// go to another backend.
+    Streaming {
+        slot: Arc<Mutex<Option<ClientBody>>>,
+        size_hint: SizeHint,
+    },
+}
+
+type ClientBody = TimedBody<Limited<Incoming>>;
+
+impl RequestBody {
+    async fn read(
+        body: Incoming,
+        declared_length: Option<u64>,
+        limits: &Limits,
+        client_timeout: Duration,
+    ) -> Result<RequestBody, ProxyError> {
+        if body.is_end_stream() {
+            return Ok(RequestBody::Buffered(Bytes::new()));
+        }
+        let limited = Limited::new(
+            body,
+            usize::try_from(limits.max_body_bytes).unwrap_or(usize::MAX),
+        );
+        if declared_length.is_some_and(|length| length <= REPLAY_BUFFER_BYTES) {
+            let collected = tokio::time::timeout(client_timeout, limited.collect())
+                .await
+                .map_err(|_| ProxyError::ClientTimeout {
+                    timeout_ms: client_timeout.as_millis() as u64,
+                })?
+                .map_err(|error| request_body_error(error.as_ref(), limits.max_body_bytes))?;
+            return Ok(RequestBody::Buffered(collected.to_bytes()));
+        }
+        let size_hint = limited.size_hint();
+        let body = TimedBody::new(limited, client_timeout, "client");
+        Ok(RequestBody::Streaming {
+            slot: Arc::new(Mutex::new(Some(body))),
+            size_hint,
+        })
+    }
+
+    fn for_attempt(&self) -> ProxyBody {
+        match self {
+            RequestBody::Buffered(bytes) => full_body(bytes.clone()),
+            RequestBody::Streaming { slot, size_hint } => DeferredBody {
+                slot: slot.clone(),
+                taken: None,
+                size_hint: *size_hint,
+            }
+            .boxed_unsync(),
+        }
+    }
+
+    fn can_replay(&self) -> bool {
+        match self {
+            RequestBody::Buffered(_) => true,
+            RequestBody::Streaming { slot, .. } => slot
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner())
+                .is_some(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the request body was already sent to another backend")]
+struct BodyAlreadySent;
+
+/// A streamed request body that stays with the [`RequestBody`] until a backend reads it.
+struct DeferredBody {
+    slot: Arc<Mutex<Option<ClientBody>>>,
+    taken: Option<ClientBody>,
+    size_hint: SizeHint,
+}
+
+impl Body for DeferredBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if this.taken.is_none() {
+            this.taken = this
+                .slot
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner())
+                .take();
+        }
+        match this.taken.as_mut() {
+            Some(body) => Pin::new(body).poll_frame(context),
+            None => Poll::Ready(Some(Err(Box::new(BodyAlreadySent)))),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.size_hint
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("no data from the {side} for {timeout_ms} ms")]
+struct BodyTimeout {
+    side: &'static str,
+    timeout_ms: u64,
+}
+
+/// A body that fails when its sender goes quiet for longer than `idle` (the client's
+/// upload, the backend's response), and that can hold what must live as long as the
+/// transfer: the backend session and the request's in-flight mark.
+pub(crate) struct TimedBody<B> {
+    inner: B,
+    idle: Duration,
+    side: &'static str,
+    deadline: Pin<Box<Sleep>>,
+    last_frame: Option<Instant>,
+    session: Option<SessionGuard>,
+    in_flight: Option<InFlight>,
+}
+
+impl<B> TimedBody<B> {
+    fn new(inner: B, idle: Duration, side: &'static str) -> TimedBody<B> {
+        TimedBody {
+            inner,
+            idle,
+            side,
+            deadline: Box::pin(tokio::time::sleep(idle)),
+            last_frame: None,
+            session: None,
+            in_flight: None,
+        }
+    }
+
+    fn holding(mut self, session: SessionGuard, in_flight: InFlight) -> TimedBody<B> {
+        self.session = Some(session);
+        self.in_flight = Some(in_flight);
+        self
+    }
+}
+
+impl<B> Body for TimedBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        // The clock starts at the first poll: a request body may wait in its slot while
+        // connections are attempted, which is not the client's delay.
+        let last_frame = *this.last_frame.get_or_insert_with(Instant::now);
+        match Pin::new(&mut this.inner).poll_frame(context) {
+            Poll::Ready(Some(Ok(frame))) => {
+                // Only the time is noted here; the timer is moved lazily when it fires,
+                // which keeps a busy transfer from resetting a timer per frame.
+                this.last_frame = Some(Instant::now());
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(error.into()))),
+            Poll::Ready(None) => {
+                // Done: the backend session and the request end now, not whenever the
+                // server gets round to dropping the body.
+                this.session = None;
+                this.in_flight = None;
+                Poll::Ready(None)
+            }
+            Poll::Pending => loop {
+                ready!(this.deadline.as_mut().poll(context));
+                let quiet_until = last_frame + this.idle;
+                if Instant::now() < quiet_until {
+                    this.deadline.as_mut().reset(quiet_until);
+                    continue;
+                }
+                let timeout_ms = this.idle.as_millis() as u64;
+                return Poll::Ready(Some(Err(Box::new(BodyTimeout {
+                    side: this.side,
+                    timeout_ms,
+                }))));
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The client's socket, closed with a timeout error when the client sends nothing for
+/// `idle` while no request of it is being served.
+struct ClientIo {
+    stream: TcpStream,
+    activity: Arc<Activity>,
+    idle: Duration,
+    deadline: Pin<Box<Sleep>>,
+}
+
+impl ClientIo {
+    fn new(stream: TcpStream, activity: Arc<Activity>, idle: Duration) -> ClientIo {
+        ClientIo {
+            stream,
+            activity,
+            idle,
+            deadline: Box::pin(tokio::time::sleep(idle)),
+        }
+    }
+}
+
+impl AsyncRead for ClientIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        buffer: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let before = buffer.filled().len();
+        if let Poll::Ready(result) = Pin::new(&mut this.stream).poll_read(context, buffer) {
+            if buffer.filled().len() > before {
+                this.activity.touch();
+            }
+            return Poll::Ready(result);
+        }
+        loop {
+            ready!(this.deadline.as_mut().poll(context));
+            let idle_for = this.activity.idle_for();
+            if this.activity.is_busy() {
+                this.deadline.as_mut().reset(Instant::now() + this.idle);
+            } else if idle_for < this.idle {
+                this.deadline
+                    .as_mut()
+                    .reset(Instant::now() + (this.idle - idle_for));
+            } else {
+                let message = format!("the client sent nothing for {} ms", this.idle.as_millis());
+                return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, message)));
+            }
+        }
+    }
+}
+
+impl AsyncWrite for ClientIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(context, data)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        buffers: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(context, buffers)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(context)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(context)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                value.parse().unwrap(),
+            );
+        }
+        headers
+    }
+
+    #[test]
+    fn prefix_cookies_are_read_stripped_and_joined() {
+        let sticky = Sticky::PrefixCookie("JSESSIONID".into());
+        let mut request = headers(&[
+            ("cookie", "theme=dark; JSESSIONID=web1~abc"),
+            ("cookie", "lang=en"),
+        ]);
+        assert_eq!(
+            read_sticky_cookie(Some(&sticky), &mut request).as_deref(),
+            Some("web1")
+        );
+        assert_eq!(request.get_all(header::COOKIE).iter().count(), 1);
+        assert_eq!(
+            request[header::COOKIE],
+            "theme=dark; JSESSIONID=abc; lang=en"
+        );
+
+        let mut unprefixed = headers(&[("cookie", "JSESSIONID=abc")]);
+        assert_eq!(read_sticky_cookie(Some(&sticky), &mut unprefixed), None);
+        assert_eq!(unprefixed[header::COOKIE], "JSESSIONID=abc");
+
+        let mut response = headers(&[
+            ("set-cookie", "JSESSIONID=abc; Path=/"),
+            ("set-cookie", "theme=dark"),
+        ]);
+        prefix_set_cookies(&mut response, "JSESSIONID", "web2");
+        let cookies: Vec<&str> = response
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .map(|value| value.to_str().unwrap())
+            .collect();
+        assert_eq!(cookies, ["JSESSIONID=web2~abc; Path=/", "theme=dark"]);
+    }
+
+    #[test]
+    fn inserted_cookies_are_read_and_removed() {
+        let sticky = Sticky::InsertCookie("SERVERID".into());
+        let mut request = headers(&[("cookie", "SERVERID=web2; theme=dark")]);
+        assert_eq!(
+            read_sticky_cookie(Some(&sticky), &mut request).as_deref(),
+            Some("web2")
+        );
+        assert_eq!(request[header::COOKIE], "theme=dark");
+        let mut only = headers(&[("cookie", "SERVERID=web2")]);
+        read_sticky_cookie(Some(&sticky), &mut only);
+        assert!(!only.contains_key(header::COOKIE));
+    }
+
+    #[test]
+    fn hop_by_hop_headers_go_and_forwarding_headers_come() {
+        let mut request = headers(&[
+            ("connection", "keep-alive, x-hop"),
+            ("x-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("transfer-encoding", "chunked"),
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-forwarded-proto", "https"),
+            ("x-kept", "1"),
+        ]);
+        let uri: Uri = "http://example.org/path".parse().unwrap();
+        prepare_request_headers(&mut request, &uri, "::ffff:192.0.2.7".parse().unwrap());
+        for gone in ["connection", "x-hop", "keep-alive", "transfer-encoding"] {
+            assert!(!request.contains_key(gone), "{gone} was passed on");
+        }
+        assert_eq!(request["x-forwarded-for"], "10.0.0.1, 192.0.2.7");
+        assert_eq!(request["x-forwarded-proto"], "http");
+        assert_eq!(request[header::HOST], "example.org");
+        assert_eq!(request["x-kept"], "1");
+    }
+
+    #[test]
+    fn error_answers_say_what_went_wrong() {
+        let response = ProxyError::NoBackend {
+            balancer: "webfarm".into(),
+        }
+        .response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            response.headers()[header::CONTENT_TYPE],
+            "text/plain; charset=utf-8"
+        );
+    }
+}
