@@ -1,5 +1,6 @@
 //! `bramble agent`: the long-running node process. It wires the layers together — the RPC
-//! listener (net), membership and the cluster service (cluster), the Raft catalog (meta) —
+//! listener (net), membership and the cluster service (cluster), the Raft catalog (meta),
+//! the load balancers (lb) —
 //! and runs until SIGTERM, SIGINT or a graceful leave, then shuts every task down through
 //! one shutdown signal.
 
@@ -10,6 +11,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use bramble_cluster::service::ClusterService;
 use bramble_cluster::{Membership, NodeDir};
+use bramble_lb::service::LbService;
+use bramble_lb::subsystem::LoadBalancers;
 use bramble_meta::Meta;
 use bramble_meta::service::MetaService;
 use bramble_net::{Router, ServerLimits, serve};
@@ -47,6 +50,16 @@ pub async fn run(data_dir: &Path) -> Result<()> {
     let meta = Meta::start(&node, membership.clone(), shutdown.clone())
         .await
         .context("starting the catalog")?;
+    let load_balancers = LoadBalancers::start(
+        &node.config.name,
+        &node.config.roles,
+        &node.path,
+        meta.clone(),
+        membership.clone(),
+        shutdown.clone(),
+    )
+    .await
+    .context("starting the load balancers")?;
     files::write_atomic(
         &pid_file,
         std::process::id().to_string().as_bytes(),
@@ -64,6 +77,7 @@ pub async fn run(data_dir: &Path) -> Result<()> {
         )),
     );
     router.register("meta", Arc::new(MetaService::new(meta.clone())));
+    router.register("lb", Arc::new(LbService::new(load_balancers)));
     router.open_to_anonymous(bramble_cluster::join::METHOD);
     let server = tokio::spawn(serve(
         listener,

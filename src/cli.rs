@@ -88,6 +88,12 @@ pub enum Command {
         after_help = "Examples:\n  bramble kv put demo/greeting hello\n  bramble kv get demo/greeting\n  bramble kv get demo/greeting --stale     from the nearest replica, no quorum round\n  bramble kv ls demo/ --json\n  bramble kv rm demo/greeting"
     )]
     Kv(KvCommand),
+    /// HA load balancers (HAProxy + Keepalived in the agent), configured in the catalog.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  bramble lb create webfarm --listen 127.0.2.100:8080 --backend web1=127.0.0.1:8081 --backend web2=127.0.0.1:8082 --check 'HEAD /lb-check.txt' --sticky-cookie JSESSIONID --priority n2=101 --priority n3=100\n  bramble lb ls\n  bramble lb show webfarm --json\n  bramble lb backend drain webfarm web1"
+    )]
+    Lb(LbCommand),
     /// Run the built-in demo web server (the recipe's web1/web2): a page naming the server,
     /// `/lb-check.txt` for health checks, and `/session` for the sticky-session drill.
     #[command(
@@ -302,4 +308,104 @@ pub struct DemoWebArgs {
     /// Address to bind.
     #[arg(long, default_value = "127.0.0.1")]
     pub bind: std::net::IpAddr,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LbCommand {
+    /// Create a balancer.
+    #[command(
+        after_help = "Example:\n  bramble lb create webfarm --listen 127.0.2.100:8080 --backend web1=127.0.0.1:8081 --backend web2=127.0.0.1:8082 --check 'HEAD /lb-check.txt'"
+    )]
+    Create(LbCreateArgs),
+    /// List balancers: listen address, mode, balance, backends, VIP holder.
+    #[command(name = "ls", after_help = "Example:\n  bramble lb ls --json")]
+    List(JsonFlag),
+    /// One balancer's configuration and its backends' live state.
+    #[command(after_help = "Example:\n  bramble lb show webfarm --json")]
+    Show {
+        name: String,
+        #[command(flatten)]
+        output: JsonFlag,
+    },
+    /// Change a balancer (only the options given change; --backend replaces the list).
+    #[command(
+        after_help = "Examples:\n  bramble lb set webfarm --balance leastconn\n  bramble lb set webfarm --backend web1=127.0.0.1:8081 --backend web3=127.0.0.1:8083"
+    )]
+    Set(LbSetArgs),
+    /// Remove a balancer.
+    #[command(name = "rm", after_help = "Example:\n  bramble lb rm webfarm")]
+    Remove { name: String },
+    /// Runtime changes to one backend.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  bramble lb backend drain webfarm web1\n  bramble lb backend weight webfarm web2 3"
+    )]
+    Backend(LbBackendCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct LbCreateArgs {
+    pub name: String,
+    /// The VIP and port clients use (in the emulator a 127.x address).
+    #[arg(long)]
+    pub listen: SocketAddr,
+    /// A backend: ADDR or NAME=ADDR, optionally followed by ,weight=N (repeatable).
+    #[arg(long = "backend", required = true)]
+    pub backends: Vec<String>,
+    #[command(flatten)]
+    pub options: LbOptions,
+}
+
+#[derive(Debug, Args)]
+pub struct LbSetArgs {
+    pub name: String,
+    /// Replaces the backend list.
+    #[arg(long = "backend")]
+    pub backends: Vec<String>,
+    #[command(flatten)]
+    pub options: LbOptions,
+}
+
+#[derive(Debug, Args)]
+pub struct LbOptions {
+    /// http or tcp.
+    #[arg(long)]
+    pub mode: Option<String>,
+    /// roundrobin, leastconn, random, hash-source, hash-header:<name>, hash-uri.
+    #[arg(long)]
+    pub balance: Option<String>,
+    /// Active health check: `tcp` or `METHOD /path [STATUS]`, e.g. "HEAD /lb-check.txt".
+    #[arg(long)]
+    pub check: Option<String>,
+    /// Prefix this application cookie with the server name (HAProxy `cookie NAME prefix`).
+    #[arg(long, value_name = "NAME", conflicts_with = "sticky_insert")]
+    pub sticky_cookie: Option<String>,
+    /// Insert a cookie of this name naming the server.
+    #[arg(long, value_name = "NAME")]
+    pub sticky_insert: Option<String>,
+    /// VIP priority of a node, NODE=PRIORITY (repeatable; default 100).
+    #[arg(long = "priority", value_name = "NODE=PRIORITY")]
+    pub priorities: Vec<String>,
+    /// Do not take the VIP back when a higher-priority node returns.
+    #[arg(long)]
+    pub no_preempt: bool,
+    /// Seconds over which a recovered backend's weight ramps up.
+    #[arg(long)]
+    pub slow_start: Option<u32>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LbBackendCommand {
+    /// No new sessions (sticky ones continue); open connections finish.
+    Drain { balancer: String, backend: String },
+    /// Back into rotation.
+    Enable { balancer: String, backend: String },
+    /// No traffic at all.
+    Disable { balancer: String, backend: String },
+    /// Change the weight (0-256).
+    Weight {
+        balancer: String,
+        backend: String,
+        weight: u32,
+    },
 }

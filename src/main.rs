@@ -72,6 +72,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Command::Cluster(command) => commands::catalog::cluster(global, command).await,
         Command::Kv(command) => commands::catalog::kv(global, command).await,
         Command::DemoWeb(args) => commands::demo_web::run(args).await,
+        Command::Lb(command) => commands::lb::run(global, command).await,
     }
 }
 
@@ -79,6 +80,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let is_agent = matches!(cli.command, Command::Agent | Command::DemoWeb(_));
     if is_agent {
+        bramble_util::memory::limit_allocator_arenas();
         init_logging();
     }
     let result = runtime(is_agent).and_then(|runtime| runtime.block_on(dispatch(cli)));

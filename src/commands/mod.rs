@@ -3,4 +3,5 @@
 
 pub mod catalog;
 pub mod demo_web;
+pub mod lb;
 pub mod membership;

@@ -261,7 +261,7 @@ pub async fn up(global: &GlobalOptions, args: &UpArgs) -> Result<()> {
                 name: first.name.clone(),
                 listen: first.addr,
                 advertise: Some(first.addr),
-                roles: vec![],
+                roles: emulated_roles(&first.name, wanted),
                 membership: MembershipSettings::default(),
             },
         )?;
@@ -311,7 +311,7 @@ pub async fn up(global: &GlobalOptions, args: &UpArgs) -> Result<()> {
                     name: node.name.clone(),
                     listen: node.addr,
                     advertise: Some(node.addr),
-                    roles: vec![],
+                    roles: emulated_roles(&node.name, wanted),
                     membership: MembershipSettings::default(),
                 },
             )
@@ -429,6 +429,22 @@ pub async fn up(global: &GlobalOptions, args: &UpArgs) -> Result<()> {
     println!("  bramble status{dir_flag}               processes, memory and CPU");
     println!("  bramble down{dir_flag}                 stop the cluster (bramble up resumes it)");
     Ok(())
+}
+
+/// Roles of an emulated node: n2 and n3 run the load balancers (the recipe's lb1 and lb2;
+/// n1 starts as the catalog's leader, so losing a balancer does not also cost a Raft
+/// election). Smaller clusters put them on the nodes they have.
+fn emulated_roles(name: &str, nodes: usize) -> Vec<String> {
+    let balancer_nodes: &[&str] = match nodes {
+        0 | 1 => &["n1"],
+        2 => &["n1", "n2"],
+        _ => &["n2", "n3"],
+    };
+    if balancer_nodes.contains(&name) {
+        vec![bramble_lb::subsystem::LB_ROLE.to_string()]
+    } else {
+        Vec::new()
+    }
 }
 
 /// Waits until the catalog has a leader and as many voters as the cluster's size calls

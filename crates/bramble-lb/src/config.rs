@@ -496,6 +496,12 @@ impl BalancerSpec {
                 format!("{interface:?} is not an interface name"),
             ));
         }
+        if self.vip.interface.is_some() {
+            return Err(invalid(
+                "vip.interface",
+                "the real-interface VIP mode is not built yet; leave it out to use the loopback mode",
+            ));
+        }
         for node in self.vip.priorities.keys() {
             validate_name("node name", node)
                 .map_err(|error| invalid("vip.priorities", error.to_string()))?;

@@ -11,9 +11,12 @@
 //! - [`health`]: active checks with HAProxy's interval/rise/fall and check status codes.
 //! - [`stats`]: the authenticated statistics page (HTML, JSON, Prometheus).
 //! - [`demo_web`]: the recipe's web server, built in (`bramble demo-web`).
+//! - [`vip`]: who may hold a balancer's virtual IP: a lease in the Raft catalog.
+//! - [`subsystem`]: runs the catalog's balancers on `lb` nodes, serving each VIP only
+//!   while holding its lease; the stats page.
 //!
-//! Not built yet: the agent subsystem that runs balancers from the catalog on `lb` nodes,
-//! the `bramble lb` commands, and virtual-IP failover (docs/ARCHITECTURE.md has the design).
+//! Not built yet: the real-interface VIP mode (address on an interface + gratuitous ARP);
+//! only the loopback mode of the emulator runs.
 
 pub mod balance;
 pub mod balancer;
@@ -22,5 +25,8 @@ pub mod demo_web;
 pub mod health;
 pub mod http_proxy;
 pub mod pool;
+pub mod service;
 pub mod stats;
+pub mod subsystem;
 pub mod tcp_proxy;
+pub mod vip;

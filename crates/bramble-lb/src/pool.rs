@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::{AdminState, BackendSpec};
 
@@ -41,7 +41,7 @@ pub struct BackendState {
 }
 
 /// A point-in-time view of one backend, for the stats page and `lb show`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BackendStats {
     pub name: String,
     pub addr: String,
@@ -221,7 +221,7 @@ impl Drop for SessionGuard {
 }
 
 /// A point-in-time view of one balancer on one node: `lb show`, the stats page.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BalancerStats {
     pub name: String,
     pub listen: String,

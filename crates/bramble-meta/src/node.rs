@@ -456,10 +456,17 @@ impl Meta {
         let mut ticker = tokio::time::interval(RECONCILE_INTERVAL);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut down_since: HashMap<NodeId, Instant> = HashMap::new();
+        let mut ticks: u64 = 0;
         loop {
             tokio::select! {
                 _ = shutdown.wait() => return,
                 _ = ticker.tick() => {}
+            }
+            ticks += 1;
+            // Snapshots of a large catalog are built and sent as one buffer; give the
+            // memory back to the kernel now and then instead of keeping it resident.
+            if ticks.is_multiple_of(30) {
+                bramble_util::memory::release_free_memory();
             }
             if self.raft.metrics().borrow().current_leader != Some(self.self_id) {
                 down_since.clear();

@@ -2,11 +2,13 @@
 //!
 //! - [`files`]: crash-safe writes (temp file, fsync, rename), private (0600) files for
 //!   secrets, and size-bounded reads so a corrupt or hostile file cannot exhaust memory.
+//! - [`memory`]: keeping the resident size low after bursts of allocation.
 //! - [`names`]: validation of names that users and peers send us (node names, roles).
 //! - [`shutdown`]: the one signal every background task takes so the agent ends cleanly.
 //! - [`time`]: wall-clock helpers.
 
 pub mod files;
+pub mod memory;
 pub mod names;
 pub mod shutdown;
 pub mod time;

@@ -1,0 +1,475 @@
+//! The balancer subsystem of an agent with the `lb` role: it runs every balancer the
+//! catalog describes (`lb/balancers/<name>`), serves each one's VIP only while this node
+//! holds the VIP's lease ([`crate::vip`]), runs the active health checks where the
+//! balancer runs, and serves the stats page.
+//!
+//! Every `lb` node runs an election task per balancer; the one holding the lease binds the
+//! VIP (loopback mode: the 127.x address itself) and proxies; the others stand by, ready
+//! to take over when the lease goes quiet.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bramble_cluster::{Membership, NodeState};
+use bramble_meta::Meta;
+use bramble_meta::types::{Change, Command, CommandResult};
+use bramble_util::files;
+use bramble_util::{Shutdown, ShutdownTrigger};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::balancer::{Balancer, BalancerHandle};
+use crate::config::{BalancerSpec, CATALOG_PREFIX};
+use crate::health::spawn_checks;
+use crate::pool::BalancerStats;
+use crate::stats::{StatsCredentials, serve_stats};
+use crate::vip::{
+    Candidate, DEFAULT_PRIORITY, Decision, RENEW_EVERY, VipElection, VipLease, lease_key,
+};
+
+/// The role that makes a node run balancers.
+pub const LB_ROLE: &str = "lb";
+/// A holder that cannot bind its VIP for this long gives the lease to another node.
+const BIND_FAILURE_LIMIT: Duration = Duration::from_secs(2);
+
+/// `<data-dir>/lb.toml`: this node's stats page.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LbSettings {
+    /// Where the stats page listens (HAProxy's `listen stats` / `bind :8880`). None: off.
+    pub stats_listen: Option<SocketAddr>,
+    pub stats_user: Option<String>,
+    /// SHA-256 of the stats password, hex. The password itself is never stored here.
+    pub stats_password_sha256: Option<String>,
+}
+
+impl LbSettings {
+    pub fn path(data_dir: &Path) -> std::path::PathBuf {
+        data_dir.join("lb.toml")
+    }
+
+    pub fn load(data_dir: &Path) -> Result<Self, files::FileError> {
+        let path = Self::path(data_dir);
+        if !path.exists() {
+            return Ok(Self::default());
+        }
+        files::read_toml(&path)
+    }
+
+    pub fn save(&self, data_dir: &Path) -> Result<(), files::FileError> {
+        files::write_toml(&Self::path(data_dir), self, files::Visibility::Private)
+    }
+
+    fn credentials(&self) -> Option<StatsCredentials> {
+        let user = self.stats_user.clone()?;
+        let digest = self.stats_password_sha256.as_ref()?;
+        let mut password_sha256 = [0u8; 32];
+        if digest.len() != 64 {
+            return None;
+        }
+        for (index, chunk) in digest.as_bytes().chunks(2).enumerate() {
+            let text = std::str::from_utf8(chunk).ok()?;
+            password_sha256[index] = u8::from_str_radix(text, 16).ok()?;
+        }
+        Some(StatsCredentials {
+            user,
+            password_sha256,
+        })
+    }
+}
+
+/// A balancer this node takes part in.
+struct Participation {
+    spec: watch::Sender<BalancerSpec>,
+    stop: ShutdownTrigger,
+    task: JoinHandle<()>,
+    /// The running balancer while this node holds the VIP.
+    running: Arc<Mutex<Option<BalancerHandle>>>,
+    holder: Arc<Mutex<Option<String>>>,
+}
+
+/// The subsystem; `stats()` serves `lb.stats` and the stats page.
+pub struct LoadBalancers {
+    node: String,
+    meta: Arc<Meta>,
+    membership: Arc<Membership>,
+    participations: Mutex<BTreeMap<String, Participation>>,
+}
+
+impl LoadBalancers {
+    /// Starts the subsystem. On a node without the `lb` role it runs nothing and reports
+    /// no balancers.
+    pub async fn start(
+        node: &str,
+        roles: &[String],
+        data_dir: &Path,
+        meta: Arc<Meta>,
+        membership: Arc<Membership>,
+        shutdown: Shutdown,
+    ) -> Result<Arc<LoadBalancers>, files::FileError> {
+        let subsystem = Arc::new(LoadBalancers {
+            node: node.to_string(),
+            meta,
+            membership,
+            participations: Mutex::new(BTreeMap::new()),
+        });
+        if !roles.iter().any(|role| role == LB_ROLE) {
+            return Ok(subsystem);
+        }
+        let settings = LbSettings::load(data_dir)?;
+        if let (Some(listen), Some(credentials)) = (settings.stats_listen, settings.credentials()) {
+            match tokio::net::TcpListener::bind(listen).await {
+                Ok(listener) => {
+                    let source_subsystem = subsystem.clone();
+                    let source: Arc<dyn Fn() -> Vec<BalancerStats> + Send + Sync> =
+                        Arc::new(move || source_subsystem.stats());
+                    tokio::spawn(serve_stats(listener, source, credentials, shutdown.clone()));
+                    info!(%listen, "stats page listening");
+                }
+                Err(error) => warn!(%listen, %error, "could not start the stats page"),
+            }
+        }
+        tokio::spawn(subsystem.clone().follow_catalog(shutdown));
+        Ok(subsystem)
+    }
+
+    /// Stats of the balancers this node serves now (as VIP holder), and the configured
+    /// ones it stands by for.
+    pub fn stats(&self) -> Vec<BalancerStats> {
+        let participations = self
+            .participations
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        participations
+            .values()
+            .map(|participation| {
+                let holder = participation
+                    .holder
+                    .lock()
+                    .unwrap_or_else(|poison| poison.into_inner())
+                    .clone();
+                let running = participation
+                    .running
+                    .lock()
+                    .unwrap_or_else(|poison| poison.into_inner())
+                    .clone();
+                let mut stats = match running {
+                    Some(handle) => handle.stats(),
+                    None => {
+                        let spec = participation.spec.borrow();
+                        BalancerStats {
+                            name: spec.name.clone(),
+                            listen: spec.listen.to_string(),
+                            mode: format!("{:?}", spec.mode).to_lowercase(),
+                            balance: spec.balance.to_string(),
+                            vip_holder: None,
+                            frontend_sessions: 0,
+                            frontend_errors: 0,
+                            backends: Vec::new(),
+                        }
+                    }
+                };
+                stats.vip_holder = holder;
+                stats
+            })
+            .collect()
+    }
+
+    /// Applies the catalog's balancer specs now and after every change.
+    async fn follow_catalog(self: Arc<Self>, mut shutdown: Shutdown) {
+        let mut changes = self.meta.watch(CATALOG_PREFIX);
+        loop {
+            self.reconcile(&shutdown);
+            tokio::select! {
+                _ = shutdown.wait() => break,
+                change = changes.next() => match change {
+                    Some(Change::Key { .. } | Change::Reset) => {}
+                    None => break,
+                },
+            }
+        }
+        let participations: Vec<Participation> = {
+            let mut map = self
+                .participations
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner());
+            std::mem::take(&mut *map).into_values().collect()
+        };
+        for participation in participations {
+            participation.stop.trigger();
+            let _ = participation.task.await;
+        }
+    }
+
+    fn reconcile(self: &Arc<Self>, shutdown: &Shutdown) {
+        let specs: BTreeMap<String, BalancerSpec> =
+            match self.meta.reader().list(CATALOG_PREFIX, 10_000) {
+                Ok(entries) => entries
+                    .into_iter()
+                    .filter_map(|(key, value)| {
+                        let spec: BalancerSpec = match serde_json::from_slice(&value.value) {
+                            Ok(spec) => spec,
+                            Err(error) => {
+                                warn!(%key, %error, "ignoring an unreadable balancer spec");
+                                return None;
+                            }
+                        };
+                        match spec.validate() {
+                            Ok(()) => Some((spec.name.clone(), spec)),
+                            Err(error) => {
+                                warn!(%key, %error, "ignoring an invalid balancer spec");
+                                None
+                            }
+                        }
+                    })
+                    .collect(),
+                Err(error) => {
+                    warn!(%error, "could not read balancer specs from the catalog");
+                    return;
+                }
+            };
+        let mut participations = self
+            .participations
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        participations.retain(|name, participation| {
+            let keep = specs.contains_key(name);
+            if !keep {
+                info!(balancer = %name, "balancer removed from the catalog; stopping");
+                participation.stop.trigger();
+            }
+            keep
+        });
+        for (name, spec) in specs {
+            match participations.get(&name) {
+                Some(participation) => {
+                    if *participation.spec.borrow() != spec {
+                        participation.spec.send_replace(spec);
+                    }
+                }
+                None => {
+                    let (spec_sender, spec_receiver) = watch::channel(spec);
+                    let (stop, stop_signal) = ShutdownTrigger::new();
+                    let running = Arc::new(Mutex::new(None));
+                    let holder = Arc::new(Mutex::new(None));
+                    let task = tokio::spawn(self.clone().participate(
+                        name.clone(),
+                        spec_receiver,
+                        running.clone(),
+                        holder.clone(),
+                        stop_signal,
+                        shutdown.clone(),
+                    ));
+                    participations.insert(
+                        name,
+                        Participation {
+                            spec: spec_sender,
+                            stop,
+                            task,
+                            running,
+                            holder,
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    /// The candidates for a balancer's VIP: live `lb` nodes, with their priorities.
+    async fn candidates(&self, spec: &BalancerSpec) -> Vec<Candidate> {
+        self.membership
+            .nodes()
+            .await
+            .into_iter()
+            .filter(|node| {
+                node.state == NodeState::Alive && node.roles.iter().any(|role| role == LB_ROLE)
+            })
+            .map(|node| Candidate {
+                priority: spec
+                    .vip
+                    .priorities
+                    .get(&node.name)
+                    .copied()
+                    .unwrap_or(DEFAULT_PRIORITY),
+                name: node.name,
+            })
+            .collect()
+    }
+
+    /// One balancer's election loop on this node: renew or take the lease, serve the VIP
+    /// while holding it, let go in time when not.
+    async fn participate(
+        self: Arc<Self>,
+        name: String,
+        mut spec: watch::Receiver<BalancerSpec>,
+        running: Arc<Mutex<Option<BalancerHandle>>>,
+        holder: Arc<Mutex<Option<String>>>,
+        mut stop: Shutdown,
+        agent_shutdown: Shutdown,
+    ) {
+        let key = lease_key(&name);
+        let mut election = VipElection::new(self.node.clone());
+        let mut ticker = tokio::time::interval(RENEW_EVERY);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut checks: Option<JoinHandle<()>> = None;
+        let mut bind_failing_since: Option<Instant> = None;
+        let mut served_spec: Option<BalancerSpec> = None;
+        loop {
+            tokio::select! {
+                _ = stop.wait() => break,
+                _ = ticker.tick() => {}
+                _ = spec.changed() => {}
+            }
+            let current_spec = spec.borrow().clone();
+            let lease: Option<(VipLease, u64)> = self
+                .meta
+                .reader()
+                .get(&key)
+                .ok()
+                .flatten()
+                .and_then(|value| {
+                    Some((serde_json::from_slice(&value.value).ok()?, value.version))
+                });
+            *holder.lock().unwrap_or_else(|poison| poison.into_inner()) =
+                lease.as_ref().map(|(lease, _)| lease.holder.clone());
+            let candidates = self.candidates(&current_spec).await;
+            let healthy =
+                bind_failing_since.is_none_or(|since| since.elapsed() < BIND_FAILURE_LIMIT);
+            let now = Instant::now();
+            let decision =
+                election.decide(lease, &candidates, current_spec.vip.preempt, healthy, now);
+            let write = match decision {
+                Decision::Idle => None,
+                Decision::HandOver {
+                    expected_version,
+                    lease,
+                } => {
+                    // Stop serving before the lease names someone else.
+                    stop_serving(&running, &mut checks).await;
+                    info!(balancer = %name, to = %lease.holder, "handing the VIP over");
+                    Some((expected_version, lease, false))
+                }
+                Decision::Renew {
+                    expected_version,
+                    lease,
+                } => Some((expected_version, lease, true)),
+                Decision::Acquire {
+                    expected_version,
+                    lease,
+                } => {
+                    info!(balancer = %name, epoch = lease.epoch, "taking the VIP lease");
+                    Some((expected_version, lease, true))
+                }
+            };
+            if let Some((expected_version, lease, extends_our_lease)) = write {
+                let command = Command::PutIfVersion {
+                    key: key.clone(),
+                    value: serde_json::to_vec(&lease).unwrap_or_default(),
+                    expected_version,
+                };
+                // Never wait past our own lease: the VIP must be released on time.
+                let patience = election
+                    .lease_remaining(now)
+                    .unwrap_or(RENEW_EVERY * 2)
+                    .min(RENEW_EVERY * 2);
+                let sent_at = Instant::now();
+                let outcome = tokio::time::timeout(patience, self.meta.write(command, false)).await;
+                let committed = matches!(outcome, Ok(Ok(CommandResult::Written { .. })));
+                if extends_our_lease {
+                    election.record_write(sent_at, committed);
+                }
+            }
+            if election.holds(Instant::now()) {
+                let needs_start = running
+                    .lock()
+                    .unwrap_or_else(|poison| poison.into_inner())
+                    .is_none();
+                if needs_start {
+                    match Balancer::start(current_spec.clone(), agent_shutdown.clone()) {
+                        Ok(handle) => {
+                            info!(balancer = %name, listen = %current_spec.listen, "holding the VIP: serving");
+                            checks = current_spec.check.clone().map(|check| {
+                                spawn_checks(
+                                    handle.pool(),
+                                    check,
+                                    current_spec.timeouts.clone(),
+                                    agent_shutdown.clone(),
+                                )
+                            });
+                            *running.lock().unwrap_or_else(|poison| poison.into_inner()) =
+                                Some(handle);
+                            served_spec = Some(current_spec.clone());
+                            bind_failing_since = None;
+                        }
+                        Err(error) => {
+                            if bind_failing_since.is_none() {
+                                warn!(balancer = %name, %error, "holding the VIP but cannot serve it yet");
+                            }
+                            bind_failing_since.get_or_insert_with(Instant::now);
+                        }
+                    }
+                } else if served_spec.as_ref() != Some(&current_spec) {
+                    let handle = running
+                        .lock()
+                        .unwrap_or_else(|poison| poison.into_inner())
+                        .clone();
+                    if let Some(handle) = handle {
+                        match handle.update(current_spec.clone()) {
+                            Ok(()) => {
+                                // The pool was rebuilt: point the checks at the new one.
+                                if let Some(old) = checks.take() {
+                                    old.abort();
+                                }
+                                checks = current_spec.check.clone().map(|check| {
+                                    spawn_checks(
+                                        handle.pool(),
+                                        check,
+                                        current_spec.timeouts.clone(),
+                                        agent_shutdown.clone(),
+                                    )
+                                });
+                                served_spec = Some(current_spec.clone());
+                            }
+                            Err(error) => {
+                                warn!(balancer = %name, %error, "could not apply the new configuration")
+                            }
+                        }
+                    }
+                }
+            } else if running
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner())
+                .is_some()
+            {
+                info!(balancer = %name, "not holding the VIP: releasing it");
+                stop_serving(&running, &mut checks).await;
+                served_spec = None;
+            }
+        }
+        stop_serving(&running, &mut checks).await;
+    }
+}
+
+/// Stops the balancer (closing the VIP's listener) and its health checks.
+async fn stop_serving(
+    running: &Arc<Mutex<Option<BalancerHandle>>>,
+    checks: &mut Option<JoinHandle<()>>,
+) {
+    if let Some(task) = checks.take() {
+        task.abort();
+    }
+    let handle = running
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner())
+        .take();
+    if let Some(handle) = handle {
+        // The listener closes at once; open connections get their grace period in the
+        // background rather than delaying a handover.
+        let _ = tokio::time::timeout(Duration::from_millis(100), handle.stop()).await;
+    }
+}
