@@ -197,6 +197,22 @@ impl ClusterClient {
             .ok_or_else(|| anyhow!("no node named {name:?} in the cluster"))
     }
 
+    /// Proposes a catalog command through any member (which forwards it to the leader)
+    /// and returns what applying it did, once committed.
+    pub async fn catalog_write(
+        &self,
+        command: bramble_meta::types::Command,
+    ) -> Result<bramble_meta::types::CommandResult> {
+        let request = bramble_meta::api::WriteRequest {
+            command,
+            forwarded: false,
+        };
+        let (_, result) = self
+            .call_any(bramble_meta::api::METHOD_WRITE, &request)
+            .await?;
+        Ok(result)
+    }
+
     /// Calls `method` on one specific agent.
     pub async fn call_at<Req: Serialize, Resp: DeserializeOwned>(
         &self,

@@ -86,28 +86,12 @@ pub async fn kv(global: &GlobalOptions, command: &KvCommand) -> Result<()> {
                     value: value.as_bytes().to_vec(),
                 },
             };
-            let (_, result): (_, CommandResult) = client
-                .call_any(
-                    METHOD_WRITE,
-                    &WriteRequest {
-                        command,
-                        forwarded: false,
-                    },
-                )
-                .await?;
+            let result = client.catalog_write(command).await?;
             report_write(result, key, output.json)
         }
         KvCommand::Remove { key, output } => {
             let command = Command::Delete { key: key.clone() };
-            let (_, result): (_, CommandResult) = client
-                .call_any(
-                    METHOD_WRITE,
-                    &WriteRequest {
-                        command,
-                        forwarded: false,
-                    },
-                )
-                .await?;
+            let result = client.catalog_write(command).await?;
             report_write(result, key, output.json)
         }
         KvCommand::Get { key, stale, output } => {

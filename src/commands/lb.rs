@@ -14,8 +14,7 @@ use bramble_lb::pool::BalancerStats;
 use bramble_lb::subsystem::LB_ROLE;
 use bramble_lb::vip::{VipLease, lease_key};
 use bramble_meta::api::{
-    Consistency, ListRequest, ListResponse, METHOD_LIST, METHOD_READ, METHOD_WRITE, ReadRequest,
-    WriteRequest,
+    Consistency, ListRequest, ListResponse, METHOD_LIST, METHOD_READ, ReadRequest,
 };
 use bramble_meta::types::{Command, CommandResult, VersionedValue};
 
@@ -50,15 +49,7 @@ async fn write_spec(
         value: serde_json::to_vec(spec)?,
         expected_version,
     };
-    let (_, result): (_, CommandResult) = client
-        .call_any(
-            METHOD_WRITE,
-            &WriteRequest {
-                command,
-                forwarded: false,
-            },
-        )
-        .await?;
+    let result = client.catalog_write(command).await?;
     match result {
         CommandResult::Written { .. } => Ok(()),
         CommandResult::VersionMismatch { .. } if expected_version == 0 => bail!(
@@ -204,15 +195,7 @@ pub async fn run(global: &GlobalOptions, command: &LbCommand) -> Result<()> {
             read_spec(&client, name).await?;
             for key in [BalancerSpec::catalog_key(name), lease_key(name)] {
                 let command = Command::Delete { key };
-                let _: (_, CommandResult) = client
-                    .call_any(
-                        METHOD_WRITE,
-                        &WriteRequest {
-                            command,
-                            forwarded: false,
-                        },
-                    )
-                    .await?;
+                client.catalog_write(command).await?;
             }
             println!("removed balancer {name}");
             Ok(())
