@@ -65,7 +65,7 @@ pub enum Command {
     Nodes(NodesArgs),
     /// Start an emulated cluster on this PC (processes on loopback, no privileges needed).
     #[command(
-        after_help = "Examples:\n  bramble up                       5 nodes in ./.bramble\n  bramble up --nodes 20 --dir /tmp/c1\n\nRunning it again on a running cluster says so; on a stopped one, starts it again."
+        after_help = "Examples:\n  bramble up                       5 nodes in ./.bramble, with the HA website demo\n  bramble up --nodes 20 --dir /tmp/c1 --bare\n\nRunning it again on a running cluster says so; on a stopped one, starts it again."
     )]
     Up(UpArgs),
     /// Stop every agent of an emulated cluster (data is kept; `up` starts it again).
@@ -173,6 +173,9 @@ pub struct UpArgs {
     /// Seconds to wait for every node to see every other as alive.
     #[arg(long, default_value_t = 120)]
     pub timeout: u64,
+    /// Skip the demo (the recipe's web servers, balancer, VIP and stats pages).
+    #[arg(long)]
+    pub bare: bool,
     /// Seconds a catalog voter may be down before a healthy non-voter replaces it.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub voter_grace_secs: u64,

@@ -284,3 +284,99 @@ fn invalid_balancers_are_refused_with_the_field_named() {
         Some(0)
     );
 }
+
+/// Standard base64 (for a Basic authorization header).
+fn base64(input: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in input.chunks(3) {
+        let bytes = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let number = (u32::from(bytes[0]) << 16) | (u32::from(bytes[1]) << 8) | u32::from(bytes[2]);
+        for index in 0..4 {
+            if index <= chunk.len() {
+                out.push(ALPHABET[((number >> (18 - 6 * index)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// GET with optional Basic credentials; returns the status and the body.
+fn get_with_auth(address: SocketAddr, path: &str, credentials: Option<&str>) -> (u16, String) {
+    let mut stream =
+        TcpStream::connect_timeout(&address, Duration::from_secs(2)).expect("connects");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let authorization = credentials
+        .map(|pair| format!("Authorization: Basic {}\r\n", base64(pair.as_bytes())))
+        .unwrap_or_default();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: stats\r\n{authorization}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = Vec::new();
+    stream.take(1024 * 1024).read_to_end(&mut answer).unwrap();
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
+
+#[test]
+fn up_sets_up_the_recipe_with_a_password_protected_stats_page() {
+    let cluster = TestCluster::up_with(3, &[]);
+    let status = cluster.bramble_ok(&["status", "--json"]).json();
+    let demo = &status["demo"];
+    let site: SocketAddr = demo["site"]
+        .as_str()
+        .expect("the demo site")
+        .parse()
+        .unwrap();
+    let served: Vec<String> = (0..4)
+        .map(|_| get(site, "/").expect("the site answers").1)
+        .collect();
+    assert!(
+        served.contains(&"web1".to_string()) && served.contains(&"web2".to_string()),
+        "{served:?}"
+    );
+    let stats: SocketAddr = demo["stats"][0]["addr"].as_str().unwrap().parse().unwrap();
+    let password = std::fs::read_to_string(cluster.path().join("stats-password")).unwrap();
+    let (status_code, _) = get_with_auth(stats, "/", None);
+    assert_eq!(status_code, 401, "the stats page needs credentials");
+    let (status_code, _) = get_with_auth(stats, "/", Some("admin:wrong"));
+    assert_eq!(status_code, 401);
+    // The stats page of the node that holds the VIP shows both servers.
+    let holder = vip_holder(&cluster).expect("a VIP holder");
+    let holder_stats: SocketAddr = demo["stats"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|page| page["name"] == holder.as_str())
+        .and_then(|page| page["addr"].as_str())
+        .unwrap()
+        .parse()
+        .unwrap();
+    let (status_code, page) = get_with_auth(
+        holder_stats,
+        "/",
+        Some(&format!("admin:{}", password.trim())),
+    );
+    assert_eq!(status_code, 200);
+    assert!(page.contains("web1") && page.contains("web2"), "{page}");
+    // `down` stops the web servers too; `up` brings the whole site back.
+    cluster.bramble_ok(&["down"]);
+    assert!(get(site, "/").is_err(), "the site is down with the cluster");
+    cluster.bramble_ok(&["up", "--nodes", "3"]);
+    assert_eq!(get(site, "/").expect("the site is back").0, 200);
+}

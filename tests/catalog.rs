@@ -251,7 +251,7 @@ fn two_voters_down_keep_writes_going_a_third_stops_them_with_a_clear_error() {
 
 #[test]
 fn a_voter_down_past_the_grace_period_is_replaced_and_catches_up_when_it_returns() {
-    let cluster = TestCluster::up_with(6, &["--voter-grace-secs", "3"]);
+    let cluster = TestCluster::up_with(6, &["--bare", "--voter-grace-secs", "3"]);
     let before = wait_for_voters(&cluster, 5);
     let leader = wait_for_leader(&cluster);
     let victim = before.iter().find(|name| **name != leader).unwrap().clone();

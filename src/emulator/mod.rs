@@ -11,6 +11,7 @@
 pub mod chaos;
 pub mod ports;
 pub mod process;
+pub mod recipe;
 pub mod watch;
 
 use std::net::SocketAddr;
@@ -43,6 +44,9 @@ const MAX_NODES: usize = 1000;
 pub struct EmulationState {
     #[serde(default)]
     pub nodes: Vec<EmulatedNode>,
+    /// The HA website demo, when `up` set it up.
+    #[serde(default)]
+    pub demo: Option<recipe::DemoState>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -244,6 +248,7 @@ pub async fn up(global: &GlobalOptions, args: &UpArgs) -> Result<()> {
     let new_count = wanted.saturating_sub(existing);
     let bar = progress_bar((stopped.len() + new_count + 1) as u64, args.output.json);
 
+    let mut stats_pages: Vec<EmulatedNode> = Vec::new();
     // Create the first node (a new cluster) if there is none yet.
     let addresses = ports::free_loopback_addresses(new_count)?;
     let mut new_nodes: Vec<EmulatedNode> = (0..new_count)
@@ -266,6 +271,13 @@ pub async fn up(global: &GlobalOptions, args: &UpArgs) -> Result<()> {
             },
         )?;
         drop(node_dir);
+        if !args.bare && is_balancer_node(&first.name, wanted) {
+            let page = recipe::prepare_lb_node(&emulation.dir, &emulation.node_dir(&first.name))?;
+            stats_pages.push(EmulatedNode {
+                name: first.name.clone(),
+                addr: page,
+            });
+        }
         MetaSettings {
             bootstrap: true,
             voter_grace_secs: args.voter_grace_secs,
@@ -322,6 +334,14 @@ pub async fn up(global: &GlobalOptions, args: &UpArgs) -> Result<()> {
                 ..MetaSettings::default()
             }
             .save(&emulation.node_dir(&node.name))?;
+            if !args.bare && existing == 0 && is_balancer_node(&node.name, wanted) {
+                let page =
+                    recipe::prepare_lb_node(&emulation.dir, &emulation.node_dir(&node.name))?;
+                stats_pages.push(EmulatedNode {
+                    name: node.name.clone(),
+                    addr: page,
+                });
+            }
             emulation.state.nodes.push(node.clone());
             emulation.save()?;
             start_node(&emulation, &client, node).await?;
@@ -362,6 +382,22 @@ pub async fn up(global: &GlobalOptions, args: &UpArgs) -> Result<()> {
     )
     .await
     .context("the catalog did not form")?;
+    // The HA website: set up on a new cluster, restarted with an existing one.
+    if existing == 0 && !args.bare {
+        let lb_nodes: Vec<String> = emulation
+            .state
+            .nodes
+            .iter()
+            .filter(|node| is_balancer_node(&node.name, wanted))
+            .map(|node| node.name.clone())
+            .collect();
+        recipe::set_up(&mut emulation, &client, &lb_nodes, stats_pages)
+            .await
+            .context("setting up the HA website demo (use --bare to skip it)")?;
+    } else if let Some(demo) = &emulation.state.demo {
+        recipe::start_stopped_webs(&emulation)?;
+        recipe::wait_for_site(demo.site).await?;
+    }
 
     if args.output.json {
         let nodes: Vec<serde_json::Value> = emulation
@@ -383,6 +419,7 @@ pub async fn up(global: &GlobalOptions, args: &UpArgs) -> Result<()> {
             "formed_seconds": formed.as_secs_f64(),
             "catalog_leader": catalog.leader,
             "catalog_voters": catalog.members.iter().filter(|member| member.voter).count(),
+            "demo": emulation.state.demo,
             "admin_credential": emulation.admin_credential_path(),
         }))?;
         return Ok(());
@@ -411,6 +448,11 @@ pub async fn up(global: &GlobalOptions, args: &UpArgs) -> Result<()> {
     } else {
         String::new()
     };
+    if let Some(demo) = &emulation.state.demo {
+        for line in recipe::describe(&emulation, demo) {
+            println!("{line}");
+        }
+    }
     println!(
         "Catalog (Raft): leader {}, {} voters.",
         catalog.leader.as_deref().unwrap_or("-"),
@@ -434,6 +476,10 @@ pub async fn up(global: &GlobalOptions, args: &UpArgs) -> Result<()> {
 /// Roles of an emulated node: n2 and n3 run the load balancers (the recipe's lb1 and lb2;
 /// n1 starts as the catalog's leader, so losing a balancer does not also cost a Raft
 /// election). Smaller clusters put them on the nodes they have.
+fn is_balancer_node(name: &str, nodes: usize) -> bool {
+    !emulated_roles(name, nodes).is_empty()
+}
+
 fn emulated_roles(name: &str, nodes: usize) -> Vec<String> {
     let balancer_nodes: &[&str] = match nodes {
         0 | 1 => &["n1"],
@@ -487,7 +533,11 @@ pub async fn down(global: &GlobalOptions, args: &DownArgs) -> Result<()> {
         }
         bar.inc(1);
     }
+    let webs = recipe::stop_webs(&emulation).await?;
     bar.finish_and_clear();
+    if webs > 0 {
+        println!("Stopped {webs} demo web server(s).");
+    }
     println!(
         "Stopped {stopped} agent(s) of the emulated cluster in {}.",
         emulation.dir.display()
@@ -581,6 +631,7 @@ pub async fn status(global: &GlobalOptions, flags: &JsonFlag) -> Result<()> {
         return output::print_json(&serde_json::json!({
             "dir": emulation.dir,
             "nodes": rows,
+            "demo": emulation.state.demo,
         }));
     }
     let mut table = output::table(&[
@@ -613,5 +664,17 @@ pub async fn status(global: &GlobalOptions, flags: &JsonFlag) -> Result<()> {
     }
     println!("Emulated cluster in {}", emulation.dir.display());
     println!("{table}");
+    if let Some(demo) = &emulation.state.demo {
+        for web in &demo.webs {
+            let state = match recipe::web_process(&emulation, &web.name) {
+                Some(pid) => format!("running, pid {pid}"),
+                None => "not running".to_string(),
+            };
+            println!("{} on {}: {state}", web.name, web.addr);
+        }
+        for line in recipe::describe(&emulation, demo) {
+            println!("{line}");
+        }
+    }
     Ok(())
 }

@@ -115,6 +115,16 @@ pub fn spawn_agent(data_dir: &Path) -> Result<u32> {
         .stdin(Stdio::null())
         .stdout(log.try_clone().context("duplicating the log file handle")?)
         .stderr(log);
+    detach(&mut command);
+    let child = command
+        .spawn()
+        .with_context(|| format!("starting the agent for {}", data_dir.display()))?;
+    Ok(child.id())
+}
+
+/// Makes a child start its own session, so that closing the terminal or pressing Ctrl-C in
+/// it does not reach the child.
+pub fn detach(command: &mut Command) {
     // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
     unsafe {
         command.pre_exec(|| {
@@ -122,10 +132,6 @@ pub fn spawn_agent(data_dir: &Path) -> Result<u32> {
             Ok(())
         });
     }
-    let child = command
-        .spawn()
-        .with_context(|| format!("starting the agent for {}", data_dir.display()))?;
-    Ok(child.id())
 }
 
 pub fn send_signal(pid: u32, signal: libc::c_int) -> Result<()> {

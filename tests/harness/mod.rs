@@ -80,9 +80,10 @@ pub struct TestCluster {
 }
 
 impl TestCluster {
-    /// `bramble up --nodes <count>` in a fresh temporary directory.
+    /// `bramble up --nodes <count> --bare` (no demo website) in a fresh temporary
+    /// directory.
     pub fn up(count: usize) -> TestCluster {
-        Self::up_with(count, &[])
+        Self::up_with(count, &["--bare"])
     }
 
     /// `bramble up --nodes <count> <extra flags>` in a fresh temporary directory.

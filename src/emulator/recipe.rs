@@ -1,0 +1,292 @@
+//! The cookbook's HA website (recipe 1), set up by `bramble up`: two demo web servers
+//! (web1, web2), the balancer `webfarm` on a virtual IP held by one of the two `lb` nodes,
+//! and a stats page on each `lb` node behind a generated password (no default password).
+//! `bramble up --bare` skips all of it.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use bramble_lb::config::{BalancerSpec, Limits, Sticky, Timeouts, VipSpec};
+use bramble_lb::stats::StatsCredentials;
+use bramble_lb::subsystem::LbSettings;
+use bramble_meta::types::{Command as CatalogCommand, CommandResult};
+use bramble_util::files::{self, Visibility};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::{EmulatedNode, Emulation, ports, process};
+use crate::client::ClusterClient;
+
+pub const BALANCER: &str = "webfarm";
+const STATS_USER: &str = "admin";
+/// The recipe's VIP, on loopback; another 127.0.2.x address if it is taken.
+const PREFERRED_VIP: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::new(127, 0, 2, 100)), 8080);
+
+/// What `up` set up, kept in `cluster.toml`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DemoState {
+    /// The website's address (the balancer's VIP).
+    pub site: SocketAddr,
+    pub webs: Vec<EmulatedNode>,
+    /// Each `lb` node's stats page.
+    pub stats: Vec<EmulatedNode>,
+}
+
+fn password_path(dir: &Path) -> PathBuf {
+    dir.join("stats-password")
+}
+
+/// The stats password of this emulated cluster, generated (and stored 0600) on first use.
+fn stats_password(dir: &Path) -> Result<String> {
+    let path = password_path(dir);
+    if path.exists() {
+        return Ok(files::read_small_text(&path)?.trim().to_string());
+    }
+    let password = bramble_cluster::token::Secret::random().to_hex()[..20].to_string();
+    files::write_atomic(&path, password.as_bytes(), Visibility::Private)?;
+    Ok(password)
+}
+
+/// Writes an `lb` node's `lb.toml` (its stats page) before its agent first starts.
+pub fn prepare_lb_node(dir: &Path, node_dir: &Path) -> Result<SocketAddr> {
+    let listen = ports::free_loopback_addresses(1)?[0];
+    let credentials = StatsCredentials::from_password(STATS_USER, &stats_password(dir)?);
+    LbSettings {
+        stats_listen: Some(listen),
+        stats_user: Some(STATS_USER.to_string()),
+        stats_password_sha256: Some(
+            credentials
+                .password_sha256
+                .iter()
+                .map(|byte| format!("{byte:02x}"))
+                .collect(),
+        ),
+    }
+    .save(node_dir)?;
+    Ok(listen)
+}
+
+/// The VIP: the recipe's address if free, else a free port on another 127.0.2.x.
+fn choose_vip() -> Result<SocketAddr> {
+    if TcpListener::bind(PREFERRED_VIP).is_ok() {
+        return Ok(PREFERRED_VIP);
+    }
+    for host in 101..=250u8 {
+        let ip = Ipv4Addr::new(127, 0, 2, host);
+        if let Ok(listener) = TcpListener::bind((ip, 8080)).or_else(|_| TcpListener::bind((ip, 0)))
+        {
+            return Ok(listener.local_addr()?);
+        }
+    }
+    bail!("no free address for the VIP in 127.0.2.0/24")
+}
+
+fn web_dir(emulation: &Emulation, name: &str) -> PathBuf {
+    emulation.dir.join(name)
+}
+
+/// The pid of a demo web server started by `up`, if it still runs.
+pub fn web_process(emulation: &Emulation, name: &str) -> Option<u32> {
+    let pid: u32 = files::read_small_text(&web_dir(emulation, name).join("demo-web.pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let command_line = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let arguments: Vec<&[u8]> = command_line.split(|byte| *byte == 0).collect();
+    let is_ours =
+        arguments.contains(&b"demo-web".as_slice()) && arguments.contains(&name.as_bytes());
+    let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let zombie = state
+        .rsplit_once(')')
+        .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+    (is_ours && !zombie).then_some(pid)
+}
+
+fn start_web(emulation: &Emulation, web: &EmulatedNode) -> Result<()> {
+    let dir = web_dir(emulation, &web.name);
+    files::create_private_dir(&dir)?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("demo-web.log"))?;
+    let mut command =
+        Command::new(std::env::current_exe().context("finding the bramble executable")?);
+    command
+        .args([
+            "demo-web",
+            "--name",
+            &web.name,
+            "--port",
+            &web.addr.port().to_string(),
+            "--bind",
+            &web.addr.ip().to_string(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    process::detach(&mut command);
+    let child = command
+        .spawn()
+        .with_context(|| format!("starting {}", web.name))?;
+    files::write_atomic(
+        &dir.join("demo-web.pid"),
+        child.id().to_string().as_bytes(),
+        Visibility::Public,
+    )?;
+    Ok(())
+}
+
+/// Starts the demo web servers that are not running.
+pub fn start_stopped_webs(emulation: &Emulation) -> Result<()> {
+    if let Some(demo) = &emulation.state.demo {
+        for web in &demo.webs {
+            if web_process(emulation, &web.name).is_none() {
+                start_web(emulation, web)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Stops the demo web servers (SIGTERM, then SIGKILL).
+pub async fn stop_webs(emulation: &Emulation) -> Result<usize> {
+    let mut stopped = 0;
+    if let Some(demo) = &emulation.state.demo {
+        for web in &demo.webs {
+            if let Some(pid) = web_process(emulation, &web.name) {
+                process::send_signal(pid, libc::SIGTERM)?;
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while web_process(emulation, &web.name).is_some() && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                if let Some(pid) = web_process(emulation, &web.name) {
+                    process::send_signal(pid, libc::SIGKILL)?;
+                }
+                stopped += 1;
+            }
+        }
+    }
+    Ok(stopped)
+}
+
+/// GETs `/` from the site; true on a 200.
+async fn site_answers(site: SocketAddr) -> bool {
+    let attempt = async {
+        let mut stream = tokio::net::TcpStream::connect(site).await.ok()?;
+        stream
+            .write_all(b"GET / HTTP/1.0\r\nHost: site\r\n\r\n")
+            .await
+            .ok()?;
+        let mut head = [0u8; 16];
+        let read = stream.read(&mut head).await.ok()?;
+        Some(head[..read].starts_with(b"HTTP/1.1 200") || head[..read].starts_with(b"HTTP/1.0 200"))
+    };
+    tokio::time::timeout(Duration::from_secs(2), attempt)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+}
+
+/// Creates the recipe on a freshly formed cluster: web servers, the balancer, and waits
+/// until the site answers through the VIP.
+pub async fn set_up(
+    emulation: &mut Emulation,
+    client: &ClusterClient,
+    lb_nodes: &[String],
+    stats: Vec<EmulatedNode>,
+) -> Result<DemoState> {
+    let web_addresses = ports::free_loopback_addresses(2)?;
+    let webs: Vec<EmulatedNode> = ["web1", "web2"]
+        .iter()
+        .zip(web_addresses)
+        .map(|(name, addr)| EmulatedNode {
+            name: name.to_string(),
+            addr,
+        })
+        .collect();
+    let site = choose_vip()?;
+    let demo = DemoState {
+        site,
+        webs: webs.clone(),
+        stats,
+    };
+    emulation.state.demo = Some(demo.clone());
+    emulation.save()?;
+    start_stopped_webs(emulation)?;
+    let mut spec = BalancerSpec {
+        name: BALANCER.to_string(),
+        listen: site,
+        mode: Default::default(),
+        balance: Default::default(),
+        backends: webs
+            .iter()
+            .map(|web| format!("{}={}", web.name, web.addr).parse())
+            .collect::<Result<_, _>>()?,
+        check: Some("HEAD /lb-check.txt".parse()?),
+        sticky: Some(Sticky::PrefixCookie("JSESSIONID".to_string())),
+        timeouts: Timeouts::default(),
+        limits: Limits::default(),
+        slow_start_secs: 10,
+        vip: VipSpec {
+            preempt: true,
+            ..VipSpec::default()
+        },
+    };
+    // The recipe's Keepalived priorities: 101 for lb1, 100 for lb2.
+    for (index, node) in lb_nodes.iter().enumerate() {
+        spec.vip
+            .priorities
+            .insert(node.clone(), 101u8.saturating_sub(index as u8));
+    }
+    spec.normalize_and_validate()?;
+    let command = CatalogCommand::PutIfVersion {
+        key: BalancerSpec::catalog_key(BALANCER),
+        value: serde_json::to_vec(&spec)?,
+        expected_version: 0,
+    };
+    match client.catalog_write(command).await? {
+        CommandResult::Written { .. } | CommandResult::VersionMismatch { .. } => {}
+        other => bail!("the demo balancer was not created: {other:?}"),
+    }
+    wait_for_site(site).await?;
+    Ok(demo)
+}
+
+/// Waits until the website answers through its VIP (the lease is taken within a second
+/// or two of the balancer nodes starting).
+pub async fn wait_for_site(site: SocketAddr) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !site_answers(site).await {
+        if Instant::now() > deadline {
+            bail!("the demo website did not answer on http://{site}/ within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+/// Lines for people: where the site and the stats pages are.
+pub fn describe(emulation: &Emulation, demo: &DemoState) -> Vec<String> {
+    let mut lines = vec![format!(
+        "Website (recipe 1): http://{}/ — web1 and web2 behind balancer {BALANCER} on a virtual IP (`bramble lb ls` shows the holder)",
+        demo.site
+    )];
+    for page in &demo.stats {
+        lines.push(format!(
+            "Stats page on {}: http://{}/ (user {STATS_USER})",
+            page.name, page.addr
+        ));
+    }
+    lines.push(format!(
+        "Stats password: {} (mode 0600)",
+        password_path(&emulation.dir).display()
+    ));
+    lines
+}
