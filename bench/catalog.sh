@@ -27,7 +27,7 @@ build_release
 new_cluster_dir
 export BRAMBLE_DIR="$CLUSTER_DIR"
 log "starting 5 nodes in $CLUSTER_DIR"
-"$BRAMBLE" up --nodes 5 --json >"$SCRATCH_DIR/up.json"
+"$BRAMBLE" up --nodes 5 --bare --json >"$SCRATCH_DIR/up.json"
 
 leader() { "$BRAMBLE" cluster status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["leader"] or "")'; }
 

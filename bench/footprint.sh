@@ -50,7 +50,7 @@ LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
 for size in $SIZES; do
     new_cluster_dir
     log "size $size: starting a $size-node cluster in $CLUSTER_DIR"
-    "$BRAMBLE" up --nodes "$size" --dir "$CLUSTER_DIR" --json --timeout 300 >"$WORK_DIR/up.json"
+    "$BRAMBLE" up --nodes "$size" --bare --dir "$CLUSTER_DIR" --json --timeout 300 >"$WORK_DIR/up.json"
     formed="$(json_get "$WORK_DIR/up.json" formed_seconds)"
     log "size $size: formed in $formed s; settling ${SETTLE} s"
     sleep "$SETTLE"

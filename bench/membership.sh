@@ -46,7 +46,7 @@ RAW="$WORK/raw.jsonl"
 LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
 
 log "starting a $NODES-node cluster in $DIR"
-"$BRAMBLE" up --nodes "$NODES" --dir "$DIR" --json --timeout 120 >"$WORK/up.json"
+"$BRAMBLE" up --nodes "$NODES" --bare --dir "$DIR" --json --timeout 120 >"$WORK/up.json"
 FORMED="$(json_get "$WORK/up.json" formed_seconds)"
 log "formed in ${FORMED} s"
 

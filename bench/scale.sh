@@ -84,7 +84,7 @@ for size in $SIZES; do
     log "size $size: bramble up --nodes $size --timeout $FORM_TIMEOUT (hard limit ${UP_HARD_LIMIT} s)"
     up_rc=0
     t_start="$(now_seconds)"
-    timeout "$UP_HARD_LIMIT" "$BRAMBLE" up --nodes "$size" --dir "$CLUSTER_DIR" --json \
+    timeout "$UP_HARD_LIMIT" "$BRAMBLE" up --nodes "$size" --bare --dir "$CLUSTER_DIR" --json \
         --timeout "$FORM_TIMEOUT" >"$WORK_DIR/up.json" 2>"$WORK_DIR/up.err" || up_rc=$?
     t_end="$(now_seconds)"
     up_wall="$(python3 -c "print(round($t_end - $t_start, 3))")"
