@@ -319,6 +319,7 @@ impl LoadBalancers {
         let mut checks: Option<JoinHandle<()>> = None;
         let mut bind_failing_since: Option<Instant> = None;
         let mut served_spec: Option<BalancerSpec> = None;
+        let mut last_written: Option<(VipLease, u64)> = None;
         loop {
             tokio::select! {
                 _ = stop.wait() => break,
@@ -326,7 +327,7 @@ impl LoadBalancers {
                 _ = spec.changed() => {}
             }
             let current_spec = spec.borrow().clone();
-            let lease: Option<(VipLease, u64)> = self
+            let replica: Option<(VipLease, u64)> = self
                 .meta
                 .reader()
                 .get(&key)
@@ -335,6 +336,12 @@ impl LoadBalancers {
                 .and_then(|value| {
                     Some((serde_json::from_slice(&value.value).ok()?, value.version))
                 });
+            // Our own last committed write is newer than this node's replica until the
+            // replica applies it (a heartbeat later when we are not the Raft leader).
+            let lease = match (replica, &last_written) {
+                (Some(seen), Some(written)) if written.1 > seen.1 => Some(written.clone()),
+                (seen, _) => seen,
+            };
             *holder.lock().unwrap_or_else(|poison| poison.into_inner()) =
                 lease.as_ref().map(|(lease, _)| lease.holder.clone());
             let candidates = self.candidates(&current_spec).await;
@@ -372,6 +379,7 @@ impl LoadBalancers {
                     value: serde_json::to_vec(&lease).unwrap_or_default(),
                     expected_version,
                 };
+                let written_lease = lease.clone();
                 // Never wait past our own lease: the VIP must be released on time.
                 let patience = election
                     .lease_remaining(now)
@@ -379,7 +387,13 @@ impl LoadBalancers {
                     .min(RENEW_EVERY * 2);
                 let sent_at = Instant::now();
                 let outcome = tokio::time::timeout(patience, self.meta.write(command, false)).await;
-                let committed = matches!(outcome, Ok(Ok(CommandResult::Written { .. })));
+                let committed = match outcome {
+                    Ok(Ok(CommandResult::Written { version })) => {
+                        last_written = Some((written_lease, version));
+                        true
+                    }
+                    _ => false,
+                };
                 if extends_our_lease {
                     election.record_write(sent_at, committed);
                 }
