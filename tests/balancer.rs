@@ -380,3 +380,96 @@ fn up_sets_up_the_recipe_with_a_password_protected_stats_page() {
     cluster.bramble_ok(&["up", "--nodes", "3"]);
     assert_eq!(get(site, "/").expect("the site is back").0, 200);
 }
+
+/// GET with an optional Cookie header; returns (status, X-Served-By, Set-Cookie value).
+fn get_with_cookie(
+    address: SocketAddr,
+    path: &str,
+    cookie: Option<&str>,
+) -> (u16, String, Option<String>) {
+    let mut stream =
+        TcpStream::connect_timeout(&address, Duration::from_secs(2)).expect("connects");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let cookie_header = cookie
+        .map(|value| format!("Cookie: {value}\r\n"))
+        .unwrap_or_default();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: site\r\n{cookie_header}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = Vec::new();
+    stream.take(256 * 1024).read_to_end(&mut answer).unwrap();
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    let header = |name: &str| {
+        text.lines()
+            .take_while(|line| !line.is_empty())
+            .find_map(|line| {
+                let (key, value) = line.split_once(':')?;
+                key.eq_ignore_ascii_case(name)
+                    .then(|| value.trim().to_string())
+            })
+    };
+    (
+        status,
+        header("x-served-by").unwrap_or_default(),
+        header("set-cookie"),
+    )
+}
+
+#[test]
+fn a_session_stays_on_its_server_until_that_server_dies_then_moves() {
+    let cluster = TestCluster::up_with(3, &[]);
+    let site: SocketAddr = cluster.bramble_ok(&["status", "--json"]).json()["demo"]["site"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // The first visit gets a session cookie, prefixed with the server's name by the balancer
+    // (the recipe's `cookie JSESSIONID prefix`).
+    let (status, first_server, set_cookie) = get_with_cookie(site, "/session", None);
+    assert_eq!(status, 200);
+    let set_cookie = set_cookie.expect("a session cookie");
+    let cookie = set_cookie.split(';').next().unwrap().to_string();
+    assert!(
+        cookie.starts_with(&format!("JSESSIONID={first_server}~")),
+        "{cookie}"
+    );
+    // The session sticks to its server.
+    for _ in 0..6 {
+        let (status, server, _) = get_with_cookie(site, "/session", Some(&cookie));
+        assert_eq!((status, server.as_str()), (200, first_server.as_str()));
+    }
+    // Its server dies: the session moves to the other one, which sets its own cookie.
+    let pid: i32 = std::fs::read_to_string(cluster.path().join(&first_server).join("demo-web.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap();
+    let (status, second_server, new_cookie) = get_with_cookie(site, "/session", Some(&cookie));
+    assert_eq!(status, 200);
+    assert_ne!(second_server, first_server);
+    let new_cookie = new_cookie.expect("the new server sets its cookie");
+    assert!(
+        new_cookie.starts_with(&format!("JSESSIONID={second_server}~")),
+        "{new_cookie}"
+    );
+    let moved = new_cookie.split(';').next().unwrap().to_string();
+    for _ in 0..4 {
+        assert_eq!(
+            get_with_cookie(site, "/session", Some(&moved)).1,
+            second_server
+        );
+    }
+}

@@ -7,6 +7,7 @@
 //! backend answered without parsing the page.
 
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bramble_util::Shutdown;
@@ -43,15 +44,48 @@ pub async fn serve_demo_web(name: String, listener: TcpListener, shutdown: Shutd
     // Checked once here so every response can carry the name without a fallible step.
     let served_by =
         HeaderValue::from_str(&name).unwrap_or_else(|_| HeaderValue::from_static("invalid-name"));
+    let sessions = Arc::new(Mutex::new(Sessions::default()));
     let handler = move |request: &Request<Incoming>, _peer: SocketAddr| {
-        let mut response = respond(&name, request);
+        let mut response = respond(&name, &sessions, request);
         response.headers_mut().insert(SERVED_BY, served_by.clone());
         response
     };
     serve_http1("demo-web", listener, DEMO_LIMITS, handler, shutdown).await;
 }
 
-fn respond(name: &str, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+/// The sessions this server issued, like an application server's session table: a
+/// session id it did not issue (one from another server, after a failover) gets a new
+/// session, as Tomcat would. Bounded: the oldest are forgotten first.
+#[derive(Default)]
+struct Sessions {
+    known: std::collections::HashSet<String>,
+    order: std::collections::VecDeque<String>,
+}
+
+const MAX_SESSIONS: usize = 10_000;
+
+impl Sessions {
+    fn contains(&self, id: &str) -> bool {
+        self.known.contains(id)
+    }
+
+    fn insert(&mut self, id: String) {
+        if self.known.insert(id.clone()) {
+            self.order.push_back(id);
+        }
+        while self.order.len() > MAX_SESSIONS {
+            if let Some(oldest) = self.order.pop_front() {
+                self.known.remove(&oldest);
+            }
+        }
+    }
+}
+
+fn respond(
+    name: &str,
+    sessions: &Mutex<Sessions>,
+    request: &Request<Incoming>,
+) -> Response<Full<Bytes>> {
     let path = request.uri().path();
     if !["/", "/index.html", "/lb-check.txt", "/session"].contains(&path) {
         return text(StatusCode::NOT_FOUND, "not found\n".to_string());
@@ -69,7 +103,7 @@ fn respond(name: &str, request: &Request<Incoming>) -> Response<Full<Bytes>> {
     match path {
         // Like the recipe's `touch lb-check.txt`: an empty file that exists.
         "/lb-check.txt" => text(StatusCode::OK, String::new()),
-        "/session" => session_page(name, request),
+        "/session" => session_page(name, sessions, request),
         _ => home_page(name, request),
     }
 }
@@ -104,11 +138,21 @@ fn home_page(name: &str, request: &Request<Incoming>) -> Response<Full<Bytes>> {
 
 /// Shows the session id, creating one when the request has none: behind a sticky
 /// balancer, reloading keeps showing the same server and id.
-fn session_page(name: &str, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+fn session_page(
+    name: &str,
+    sessions: &Mutex<Sessions>,
+    request: &Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let mut sessions = sessions.lock().unwrap_or_else(|poison| poison.into_inner());
     let (session_id, is_new) = match session_id_of(request) {
-        Some(existing) => (existing, false),
-        None => (new_session_id(), true),
+        Some(existing) if sessions.contains(&existing) => (existing, false),
+        _ => {
+            let id = new_session_id();
+            sessions.insert(id.clone());
+            (id, true)
+        }
     };
+    drop(sessions);
     let mut response = text(
         StatusCode::OK,
         format!(
