@@ -77,8 +77,29 @@ fn free_port(ip: [u8; 4]) -> u16 {
     }
 }
 
-/// GET `path` over a fresh connection; returns the status and the X-Served-By header.
-fn get(address: SocketAddr, path: &str) -> Result<(u16, String), String> {
+/// One answer to a raw HTTP/1.1 request.
+struct Answer {
+    status: u16,
+    text: String,
+}
+
+impl Answer {
+    /// A response header's value (names compared without case).
+    fn header(&self, name: &str) -> Option<String> {
+        self.text
+            .lines()
+            .skip(1)
+            .take_while(|line| !line.is_empty())
+            .find_map(|line| {
+                let (key, value) = line.split_once(':')?;
+                key.eq_ignore_ascii_case(name)
+                    .then(|| value.trim().to_string())
+            })
+    }
+}
+
+/// GET `path` over a fresh connection with `extra_headers` (each ending in CRLF).
+fn request(address: SocketAddr, path: &str, extra_headers: &str) -> Result<Answer, String> {
     let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(2))
         .map_err(|error| error.to_string())?;
     stream
@@ -86,29 +107,30 @@ fn get(address: SocketAddr, path: &str) -> Result<(u16, String), String> {
         .map_err(|error| error.to_string())?;
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: site\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: site\r\n{extra_headers}Connection: close\r\n\r\n"
     )
     .map_err(|error| error.to_string())?;
     let mut answer = Vec::new();
     stream
-        .take(256 * 1024)
+        .take(1024 * 1024)
         .read_to_end(&mut answer)
         .map_err(|error| error.to_string())?;
-    let text = String::from_utf8_lossy(&answer);
+    let text = String::from_utf8_lossy(&answer).into_owned();
     let status = text
         .split_whitespace()
         .nth(1)
         .and_then(|code| code.parse().ok())
         .ok_or_else(|| format!("no status line in {text:?}"))?;
-    let served_by = text
-        .lines()
-        .find_map(|line| {
-            line.to_ascii_lowercase()
-                .strip_prefix("x-served-by:")
-                .map(|value| value.trim().to_string())
-        })
-        .unwrap_or_default();
-    Ok((status, served_by))
+    Ok(Answer { status, text })
+}
+
+/// GET `path`; returns the status and the X-Served-By header.
+fn get(address: SocketAddr, path: &str) -> Result<(u16, String), String> {
+    let answer = request(address, path, "")?;
+    Ok((
+        answer.status,
+        answer.header("x-served-by").unwrap_or_default(),
+    ))
 }
 
 fn vip_holder(cluster: &TestCluster) -> Option<String> {
@@ -307,30 +329,13 @@ fn base64(input: &[u8]) -> String {
     out
 }
 
-/// GET with optional Basic credentials; returns the status and the body.
+/// GET with optional Basic credentials; returns the status and the whole answer.
 fn get_with_auth(address: SocketAddr, path: &str, credentials: Option<&str>) -> (u16, String) {
-    let mut stream =
-        TcpStream::connect_timeout(&address, Duration::from_secs(2)).expect("connects");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
     let authorization = credentials
         .map(|pair| format!("Authorization: Basic {}\r\n", base64(pair.as_bytes())))
         .unwrap_or_default();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: stats\r\n{authorization}Connection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut answer = Vec::new();
-    stream.take(1024 * 1024).read_to_end(&mut answer).unwrap();
-    let text = String::from_utf8_lossy(&answer).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0);
-    (status, text)
+    let answer = request(address, path, &authorization).expect("the stats page answers");
+    (answer.status, answer.text)
 }
 
 #[test]
@@ -387,40 +392,14 @@ fn get_with_cookie(
     path: &str,
     cookie: Option<&str>,
 ) -> (u16, String, Option<String>) {
-    let mut stream =
-        TcpStream::connect_timeout(&address, Duration::from_secs(2)).expect("connects");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
     let cookie_header = cookie
         .map(|value| format!("Cookie: {value}\r\n"))
         .unwrap_or_default();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: site\r\n{cookie_header}Connection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut answer = Vec::new();
-    stream.take(256 * 1024).read_to_end(&mut answer).unwrap();
-    let text = String::from_utf8_lossy(&answer).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0);
-    let header = |name: &str| {
-        text.lines()
-            .take_while(|line| !line.is_empty())
-            .find_map(|line| {
-                let (key, value) = line.split_once(':')?;
-                key.eq_ignore_ascii_case(name)
-                    .then(|| value.trim().to_string())
-            })
-    };
+    let answer = request(address, path, &cookie_header).expect("the site answers");
     (
-        status,
-        header("x-served-by").unwrap_or_default(),
-        header("set-cookie"),
+        answer.status,
+        answer.header("x-served-by").unwrap_or_default(),
+        answer.header("set-cookie"),
     )
 }
 
