@@ -390,8 +390,29 @@ pub struct LbOptions {
     #[arg(long = "priority", value_name = "NODE=PRIORITY")]
     pub priorities: Vec<String>,
     /// Do not take the VIP back when a higher-priority node returns.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "preempt")]
     pub no_preempt: bool,
+    /// Take the VIP back when a higher-priority node returns (the default).
+    #[arg(long)]
+    pub preempt: bool,
+    /// Add the VIP to this network interface on the holder, with gratuitous ARP
+    /// (Keepalived's real mode; needs root or CAP_NET_ADMIN + CAP_NET_RAW). `none`: the
+    /// loopback mode, where the holder only binds the address.
+    #[arg(long, value_name = "INTERFACE")]
+    pub vip_interface: Option<String>,
+    /// Time to connect to a backend, e.g. 5s or 500ms (HAProxy's `timeout connect`).
+    #[arg(long, value_name = "DURATION")]
+    pub timeout_connect: Option<String>,
+    /// Inactivity allowed from a client (HAProxy's `timeout client`).
+    #[arg(long, value_name = "DURATION")]
+    pub timeout_client: Option<String>,
+    /// Inactivity allowed from a backend (HAProxy's `timeout server`).
+    #[arg(long, value_name = "DURATION")]
+    pub timeout_server: Option<String>,
+    /// An idempotent request whose backend has not answered within this time is sent to
+    /// another server (HAProxy's `retry-on response-timeout`); `0` turns it off.
+    #[arg(long, value_name = "DURATION")]
+    pub timeout_retry: Option<String>,
     /// Seconds over which a recovered backend's weight ramps up.
     #[arg(long)]
     pub slow_start: Option<u32>,

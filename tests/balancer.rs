@@ -6,11 +6,11 @@
 mod harness;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use harness::{TestCluster, bramble_binary, wait_until};
+use harness::{TestCluster, bramble_binary, free_port, wait_until};
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -63,17 +63,6 @@ impl DemoWeb {
 impl Drop for DemoWeb {
     fn drop(&mut self) {
         self.kill();
-    }
-}
-
-fn free_port(ip: [u8; 4]) -> u16 {
-    loop {
-        let listener = TcpListener::bind((std::net::Ipv4Addr::from(ip), 0)).unwrap();
-        let port = listener.local_addr().unwrap().port();
-        // Stay below the ephemeral range so nothing borrows it between tests.
-        if port < 60_000 {
-            return port;
-        }
     }
 }
 

@@ -543,6 +543,9 @@ pub async fn down(global: &GlobalOptions, args: &DownArgs) -> Result<()> {
         emulation.dir.display()
     );
     if args.purge {
+        if let Some(demo) = &emulation.state.demo {
+            recipe::release_vip_claim(demo.site, &emulation.dir);
+        }
         std::fs::remove_dir_all(&emulation.dir)
             .with_context(|| format!("removing {}", emulation.dir.display()))?;
         println!("Removed {}.", emulation.dir.display());

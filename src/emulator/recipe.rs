@@ -71,16 +71,66 @@ pub fn prepare_lb_node(dir: &Path, node_dir: &Path) -> Result<SocketAddr> {
     Ok(listen)
 }
 
-/// The VIP: the recipe's address if free, else a free port on another 127.0.2.x.
-fn choose_vip() -> Result<SocketAddr> {
-    if TcpListener::bind(PREFERRED_VIP).is_ok() {
-        return Ok(PREFERRED_VIP);
-    }
-    for host in 101..=250u8 {
-        let ip = Ipv4Addr::new(127, 0, 2, host);
-        if let Ok(listener) = TcpListener::bind((ip, 8080)).or_else(|_| TcpListener::bind((ip, 0)))
+/// Where emulated clusters on this machine claim their VIPs: a free address is not
+/// enough, since another `up` may have chosen it a moment ago and not bound it yet.
+fn vip_claims_dir() -> PathBuf {
+    std::env::temp_dir().join("bramble-emulator-vips")
+}
+
+/// Claims `site` for the cluster in `dir` with a file created exclusively. A claim whose
+/// cluster directory is gone (purged, or a finished test's) is stale and taken over.
+fn claim_vip(site: SocketAddr, dir: &Path) -> Result<bool> {
+    let claims = vip_claims_dir();
+    std::fs::create_dir_all(&claims).with_context(|| format!("creating {}", claims.display()))?;
+    let path = claims.join(site.to_string().replace(':', "_"));
+    for _ in 0..2 {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
         {
-            return Ok(listener.local_addr()?);
+            Ok(mut file) => {
+                use std::io::Write;
+                file.write_all(dir.to_string_lossy().as_bytes())
+                    .with_context(|| format!("writing {}", path.display()))?;
+                return Ok(true);
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+                let owner = files::read_small_text(&path).unwrap_or_default();
+                let owner = Path::new(owner.trim());
+                if owner == dir {
+                    return Ok(true);
+                }
+                if owner.as_os_str().is_empty() || owner.join("cluster.toml").exists() {
+                    return Ok(false);
+                }
+                let _ = std::fs::remove_file(&path);
+            }
+            Err(error) => {
+                return Err(error).with_context(|| format!("creating {}", path.display()));
+            }
+        }
+    }
+    Ok(false)
+}
+
+/// Gives up the VIP claim of the cluster in `dir` (after `down --purge`).
+pub fn release_vip_claim(site: SocketAddr, dir: &Path) {
+    let path = vip_claims_dir().join(site.to_string().replace(':', "_"));
+    let owner = files::read_small_text(&path).unwrap_or_default();
+    if Path::new(owner.trim()) == dir {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// The VIP: the recipe's address if free and unclaimed, else port 8080 on another
+/// 127.0.2.x.
+fn choose_vip(dir: &Path) -> Result<SocketAddr> {
+    let candidates = std::iter::once(PREFERRED_VIP)
+        .chain((101..=250u8).map(|host| SocketAddr::from((Ipv4Addr::new(127, 0, 2, host), 8080))));
+    for site in candidates {
+        if TcpListener::bind(site).is_ok() && claim_vip(site, dir)? {
+            return Ok(site);
         }
     }
     bail!("no free address for the VIP in 127.0.2.0/24")
@@ -211,7 +261,7 @@ pub async fn set_up(
             addr,
         })
         .collect();
-    let site = choose_vip()?;
+    let site = choose_vip(&emulation.dir)?;
     let demo = DemoState {
         site,
         webs: webs.clone(),

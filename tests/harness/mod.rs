@@ -59,6 +59,19 @@ pub fn run_bramble(dir: Option<&Path>, args: &[&str]) -> Run {
     Run::from(command.output().expect("running the bramble binary"))
 }
 
+/// A free TCP port on `ip`, below the ephemeral range so that nothing borrows it between
+/// the probe and the test's use.
+pub fn free_port(ip: [u8; 4]) -> u16 {
+    loop {
+        let listener = std::net::TcpListener::bind((std::net::Ipv4Addr::from(ip), 0))
+            .expect("binding a probe port");
+        let port = listener.local_addr().expect("probe address").port();
+        if port < 60_000 {
+            return port;
+        }
+    }
+}
+
 /// Polls `condition` every 100 ms until it holds; panics with `what` after `timeout`.
 pub fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) -> Duration {
     let started = Instant::now();

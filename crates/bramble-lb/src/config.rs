@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 
 use bramble_util::names::validate_name;
@@ -276,6 +276,10 @@ pub struct Timeouts {
     pub connect_ms: u64,
     pub client_ms: u64,
     pub server_ms: u64,
+    /// An idempotent request whose backend has not answered after this long goes to
+    /// another server when one is left (HAProxy's `retry-on response-timeout` with a
+    /// shorter timeout); 0 turns it off.
+    pub retry_ms: u64,
 }
 
 impl Default for Timeouts {
@@ -284,6 +288,7 @@ impl Default for Timeouts {
             connect_ms: 5_000,
             client_ms: 30_000,
             server_ms: 30_000,
+            retry_ms: 3_000,
         }
     }
 }
@@ -469,6 +474,12 @@ impl BalancerSpec {
                 return Err(invalid(field, "must be between 10 and 3600000 ms"));
             }
         }
+        if self.timeouts.retry_ms != 0 && !(10..=3_600_000).contains(&self.timeouts.retry_ms) {
+            return Err(invalid(
+                "timeouts.retry_ms",
+                "must be 0 (off) or between 10 and 3600000 ms",
+            ));
+        }
         if !(1024..=1024 * 1024).contains(&self.limits.max_header_bytes) {
             return Err(invalid(
                 "limits.max_header_bytes",
@@ -497,10 +508,22 @@ impl BalancerSpec {
             ));
         }
         if self.vip.interface.is_some() {
-            return Err(invalid(
-                "vip.interface",
-                "the real-interface VIP mode is not built yet; leave it out to use the loopback mode",
-            ));
+            match self.listen.ip() {
+                IpAddr::V4(address)
+                    if !(address.is_loopback()
+                        || address.is_unspecified()
+                        || address.is_multicast()
+                        || address.is_broadcast()) => {}
+                other => {
+                    return Err(invalid(
+                        "vip.interface",
+                        format!(
+                            "a VIP on an interface must be a unicast IPv4 address, not {other} \
+                             (IPv6 VIPs are not built yet; loopback VIPs need no interface)"
+                        ),
+                    ));
+                }
+            }
         }
         for node in self.vip.priorities.keys() {
             validate_name("node name", node)

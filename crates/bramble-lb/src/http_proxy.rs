@@ -6,7 +6,8 @@
 //! hop-by-hop headers are dropped and X-Forwarded-For/-Proto set. A backend that refuses
 //! the connection is recorded for passive ejection and the request goes to another one
 //! (up to [`MAX_ATTEMPTS`]); so does an idempotent request with a replayable body whose
-//! backend dies before answering. What the balancer cannot deliver it answers itself, with
+//! backend dies before answering, or has not answered within `timeouts.retry_ms` while
+//! another server could take it (a hung server). What the balancer cannot deliver it answers itself, with
 //! a plain-text body that says what went wrong: 413, 502, 503, 504.
 //!
 //! Client timeouts: hyper's header read timeout bounds how long a request head may take
@@ -194,6 +195,14 @@ enum ProxyError {
     MethodNotAllowed,
     #[error("no backend available for balancer {balancer}")]
     NoBackend { balancer: String },
+    #[error(
+        "no backend of balancer {balancer} could be reached; the last one tried, {backend}: {detail}"
+    )]
+    Unreachable {
+        balancer: String,
+        backend: String,
+        detail: String,
+    },
     #[error("backend {backend} sent an invalid HTTP response ({detail})")]
     InvalidResponse { backend: String, detail: String },
     #[error("backend {backend} failed before answering ({detail})")]
@@ -211,7 +220,9 @@ impl ProxyError {
                 StatusCode::BAD_REQUEST
             }
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ProxyError::NoBackend { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoBackend { .. } | ProxyError::Unreachable { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::InvalidResponse { .. } | ProxyError::BackendFailed { .. } => {
                 StatusCode::BAD_GATEWAY
             }
@@ -281,6 +292,8 @@ async fn forward(
         Duration::from_millis(spec.timeouts.connect_ms + spec.timeouts.server_ms);
 
     let mut tried = Vec::with_capacity(MAX_ATTEMPTS);
+    // What to answer if no attempt succeeds: the last failure, said as it was.
+    let mut last_failure: Option<ProxyError> = None;
     while tried.len() < MAX_ATTEMPTS {
         let Some(index) = choose(
             runtime,
@@ -300,7 +313,25 @@ async fn forward(
         )?;
         let session = SessionGuard::new(backend.clone());
         let name = backend.spec.name.clone();
-        match tokio::time::timeout(response_timeout, runtime.client.request(outgoing)).await {
+        // A hung server (stopped, deadlocked) accepts connections and never answers:
+        // an idempotent request waits only `retry_ms` for it while another server could
+        // take the request. The last possible attempt waits the full server timeout.
+        let may_retry = replay_after_failure
+            && body.can_replay()
+            && spec.timeouts.retry_ms > 0
+            && tried.len() < MAX_ATTEMPTS
+            && runtime
+                .pool
+                .backends
+                .iter()
+                .enumerate()
+                .any(|(other, state)| !tried.contains(&other) && state.accepts_new_sessions());
+        let attempt_timeout = if may_retry {
+            Duration::from_millis(spec.timeouts.retry_ms).min(response_timeout)
+        } else {
+            response_timeout
+        };
+        match tokio::time::timeout(attempt_timeout, runtime.client.request(outgoing)).await {
             Ok(Ok(response)) => {
                 backend.record_success();
                 return Ok(respond(
@@ -322,6 +353,11 @@ async fn forward(
                             detail,
                         });
                     }
+                    last_failure = Some(ProxyError::Unreachable {
+                        balancer: spec.name.clone(),
+                        backend: name,
+                        detail,
+                    });
                 }
                 Failure::InvalidResponse(detail) => {
                     // The backend is up and took the request; sending it elsewhere could
@@ -335,26 +371,38 @@ async fn forward(
                 Failure::Broken(detail) => {
                     backend.record_connect_error();
                     debug!(backend = %name, %detail, "backend failed before answering");
+                    let failure = ProxyError::BackendFailed {
+                        backend: name,
+                        detail,
+                    };
                     if !(replay_after_failure && body.can_replay()) {
-                        return Err(ProxyError::BackendFailed {
-                            backend: name,
-                            detail,
-                        });
+                        return Err(failure);
                     }
+                    last_failure = Some(failure);
                 }
             },
+            Err(_elapsed) if may_retry => {
+                // Counts toward passive ejection: a server that keeps not answering is
+                // taken out of rotation until it answers checks again.
+                backend.record_connect_error();
+                debug!(backend = %name, "no answer within the retry timeout; trying another");
+                last_failure = Some(ProxyError::GatewayTimeout {
+                    backend: name,
+                    timeout_ms: attempt_timeout.as_millis() as u64,
+                });
+            }
             Err(_elapsed) => {
                 backend.errors.fetch_add(1, Ordering::Relaxed);
                 return Err(ProxyError::GatewayTimeout {
                     backend: name,
-                    timeout_ms: spec.timeouts.server_ms,
+                    timeout_ms: attempt_timeout.as_millis() as u64,
                 });
             }
         }
     }
-    Err(ProxyError::NoBackend {
+    Err(last_failure.unwrap_or_else(|| ProxyError::NoBackend {
         balancer: spec.name.clone(),
-    })
+    }))
 }
 
 /// The sticky server when it can take the request, else the balance algorithm's pick.

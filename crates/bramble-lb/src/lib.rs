@@ -12,11 +12,10 @@
 //! - [`stats`]: the authenticated statistics page (HTML, JSON, Prometheus).
 //! - [`demo_web`]: the recipe's web server, built in (`bramble demo-web`).
 //! - [`vip`]: who may hold a balancer's virtual IP: a lease in the Raft catalog.
+//! - [`vip_interface`]: the real-interface mode: the VIP added to a network interface
+//!   with a kernel lifetime, and gratuitous ARP on takeover.
 //! - [`subsystem`]: runs the catalog's balancers on `lb` nodes, serving each VIP only
 //!   while holding its lease; the stats page.
-//!
-//! Not built yet: the real-interface VIP mode (address on an interface + gratuitous ARP);
-//! only the loopback mode of the emulator runs.
 
 pub mod balance;
 pub mod balancer;
@@ -30,3 +29,4 @@ pub mod stats;
 pub mod subsystem;
 pub mod tcp_proxy;
 pub mod vip;
+pub mod vip_interface;

@@ -4,8 +4,10 @@
 //! balancer runs, and serves the stats page.
 //!
 //! Every `lb` node runs an election task per balancer; the one holding the lease binds the
-//! VIP (loopback mode: the 127.x address itself) and proxies; the others stand by, ready
-//! to take over when the lease goes quiet.
+//! VIP and proxies; the others stand by, ready to take over when the lease goes quiet.
+//! In the loopback mode (the emulator) the holder just binds the 127.x address; with
+//! `vip.interface` it first adds the address to that interface ([`crate::vip_interface`])
+//! and deletes it after closing the listener when it lets go.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -31,6 +33,7 @@ use crate::stats::{StatsCredentials, serve_stats};
 use crate::vip::{
     Candidate, DEFAULT_PRIORITY, Decision, RENEW_EVERY, VipElection, VipLease, lease_key,
 };
+use crate::vip_interface::InterfaceVip;
 
 /// The role that makes a node run balancers.
 pub const LB_ROLE: &str = "lb";
@@ -320,6 +323,8 @@ impl LoadBalancers {
         let mut bind_failing_since: Option<Instant> = None;
         let mut served_spec: Option<BalancerSpec> = None;
         let mut last_written: Option<(VipLease, u64)> = None;
+        let mut interface_vip: Option<InterfaceVip> = None;
+        let mut link_was_ready = true;
         loop {
             tokio::select! {
                 _ = stop.wait() => break,
@@ -327,6 +332,55 @@ impl LoadBalancers {
                 _ = spec.changed() => {}
             }
             let current_spec = spec.borrow().clone();
+            let wanted_interface = current_spec
+                .vip
+                .interface
+                .as_deref()
+                .map(|interface| (interface, current_spec.listen.ip()));
+            let current_interface = interface_vip
+                .as_ref()
+                .map(|vip| (vip.interface(), vip.address()));
+            if current_interface != wanted_interface {
+                // The VIP moved to another address or interface: let go of the old one
+                // entirely; the next round serves the new one.
+                if interface_vip.is_some() {
+                    let_go(&name, &running, &mut checks, &mut interface_vip).await;
+                    served_spec = None;
+                }
+                interface_vip = match wanted_interface {
+                    None => None,
+                    Some((interface, address)) => match InterfaceVip::new(interface, address) {
+                        Ok(vip) => Some(vip),
+                        Err(error) => {
+                            warn!(balancer = %name, %error, "cannot hold this VIP");
+                            None
+                        }
+                    },
+                };
+            }
+            // Keepalived's interface tracking: a node whose VIP interface is down or has
+            // no carrier gives the VIP away.
+            let link_ready = match &interface_vip {
+                None => true,
+                Some(vip) => match vip.link_ready() {
+                    Ok(ready) => ready,
+                    Err(error) => {
+                        if link_was_ready {
+                            warn!(balancer = %name, %error, "cannot read the VIP interface's state");
+                        }
+                        false
+                    }
+                },
+            };
+            if link_ready != link_was_ready {
+                match (link_ready, &interface_vip) {
+                    (false, Some(vip)) => {
+                        warn!(balancer = %name, interface = vip.interface(), "VIP interface is down: standing back")
+                    }
+                    _ => info!(balancer = %name, "VIP interface is up again"),
+                }
+                link_was_ready = link_ready;
+            }
             let replica: Option<(VipLease, u64)> = self
                 .meta
                 .reader()
@@ -345,8 +399,8 @@ impl LoadBalancers {
             *holder.lock().unwrap_or_else(|poison| poison.into_inner()) =
                 lease.as_ref().map(|(lease, _)| lease.holder.clone());
             let candidates = self.candidates(&current_spec).await;
-            let healthy =
-                bind_failing_since.is_none_or(|since| since.elapsed() < BIND_FAILURE_LIMIT);
+            let healthy = link_ready
+                && bind_failing_since.is_none_or(|since| since.elapsed() < BIND_FAILURE_LIMIT);
             let now = Instant::now();
             let decision =
                 election.decide(lease, &candidates, current_spec.vip.preempt, healthy, now);
@@ -357,7 +411,8 @@ impl LoadBalancers {
                     lease,
                 } => {
                     // Stop serving before the lease names someone else.
-                    stop_serving(&running, &mut checks).await;
+                    let_go(&name, &running, &mut checks, &mut interface_vip).await;
+                    served_spec = None;
                     info!(balancer = %name, to = %lease.holder, "handing the VIP over");
                     Some((expected_version, lease, false))
                 }
@@ -398,7 +453,24 @@ impl LoadBalancers {
                     election.record_write(sent_at, committed);
                 }
             }
-            if election.holds(Instant::now()) {
+            let mut holds = election.holds(Instant::now());
+            if holds && let Some(vip) = &mut interface_vip {
+                // Add the address (or refresh its kernel lifetime) before binding it.
+                match vip.hold() {
+                    Ok(true) => {
+                        info!(balancer = %name, interface = vip.interface(), address = %vip.address(), "VIP added to the interface; announced by gratuitous ARP")
+                    }
+                    Ok(false) => {}
+                    Err(error) => {
+                        if bind_failing_since.is_none() {
+                            warn!(balancer = %name, %error, "holding the VIP but cannot add it to the interface");
+                        }
+                        bind_failing_since.get_or_insert_with(Instant::now);
+                        holds = false;
+                    }
+                }
+            }
+            if holds {
                 let needs_start = running
                     .lock()
                     .unwrap_or_else(|poison| poison.into_inner())
@@ -459,13 +531,34 @@ impl LoadBalancers {
                 .lock()
                 .unwrap_or_else(|poison| poison.into_inner())
                 .is_some()
+                || interface_vip.as_ref().is_some_and(InterfaceVip::is_present)
             {
-                info!(balancer = %name, "not holding the VIP: releasing it");
-                stop_serving(&running, &mut checks).await;
+                if !election.holds(Instant::now()) {
+                    info!(balancer = %name, "not holding the VIP: releasing it");
+                }
+                let_go(&name, &running, &mut checks, &mut interface_vip).await;
                 served_spec = None;
             }
         }
-        stop_serving(&running, &mut checks).await;
+        let_go(&name, &running, &mut checks, &mut interface_vip).await;
+    }
+}
+
+/// Stops serving the VIP: closes the listener and stops the checks, then deletes the
+/// address from its interface. Called before the lease may pass to another node, so that
+/// two nodes never hold the address at once.
+async fn let_go(
+    name: &str,
+    running: &Arc<Mutex<Option<BalancerHandle>>>,
+    checks: &mut Option<JoinHandle<()>>,
+    interface_vip: &mut Option<InterfaceVip>,
+) {
+    stop_serving(running, checks).await;
+    if let Some(vip) = interface_vip
+        && let Err(error) = vip.release()
+    {
+        // The kernel lifetime removes it within seconds anyway.
+        warn!(balancer = %name, %error, "could not delete the VIP from its interface");
     }
 }
 

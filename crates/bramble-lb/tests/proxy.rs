@@ -182,6 +182,26 @@ async fn start_garbage_backend() -> (SocketAddr, JoinHandle<()>) {
     (addr, task)
 }
 
+/// A listener that accepts connections, reads the requests and never answers: a hung
+/// (stopped, deadlocked) server, which the kernel still accepts connections for.
+async fn start_silent_backend() -> (SocketAddr, JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let mut connections = JoinSet::new();
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
+            connections.spawn(async move {
+                let mut request = [0u8; 4096];
+                while matches!(stream.read(&mut request).await, Ok(read) if read > 0) {}
+            });
+        }
+    });
+    (addr, task)
+}
+
 /// A TCP echo server that can be killed like [`Backend`].
 async fn start_echo_backend() -> (SocketAddr, JoinHandle<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -225,6 +245,7 @@ fn spec(backends: &[(&str, SocketAddr)], balance: &str) -> BalancerSpec {
             connect_ms: 500,
             client_ms: 3000,
             server_ms: 3000,
+            retry_ms: 300,
         },
         limits: Limits::default(),
         slow_start_secs: 0,
@@ -425,6 +446,29 @@ async fn a_closed_backend_costs_no_failed_get_and_is_ejected() {
     assert_eq!(stats.frontend_errors, 0);
 }
 
+/// A hung server costs GETs only the retry timeout, never a failure, and is ejected after
+/// a few; a POST is never sent twice, so it waits for the server timeout.
+#[tokio::test]
+async fn a_hung_backend_costs_no_failed_get_and_is_ejected() {
+    let web2 = Backend::start("web2", "xyz").await;
+    let (hung, _task) = start_silent_backend().await;
+    let balancer = start(spec(&[("hung", hung), ("web2", web2.addr)], "roundrobin")).await;
+    let client = client();
+    for _ in 0..10 {
+        let answer = get(&client, balancer.address, "/", &[]).await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
+        assert_eq!(answer.backend(), "web2");
+    }
+    let stats = balancer.handle.stats();
+    let hung_stats = stats
+        .backends
+        .iter()
+        .find(|backend| backend.name == "hung")
+        .unwrap();
+    assert_eq!(hung_stats.status, "ejected", "{hung_stats:?}");
+    assert_eq!(stats.frontend_errors, 0);
+}
+
 #[tokio::test]
 async fn all_backends_down_gives_503_with_a_clear_body() {
     let (mut web1, mut web2) = (
@@ -438,8 +482,12 @@ async fn all_backends_down_gives_503_with_a_clear_body() {
     for _ in 0..3 {
         let answer = get(&client, balancer.address, "/", &[]).await;
         assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+        // Either every backend was tried and refused (the body names the last one), or
+        // passive ejection already took them all out of rotation.
         assert!(
-            answer
+            answer.body.contains(
+                "no backend of balancer webfarm could be reached; the last one tried, web"
+            ) || answer
                 .body
                 .contains("no backend available for balancer webfarm"),
             "{}",
@@ -1027,7 +1075,8 @@ async fn a_backend_slower_than_the_server_timeout_gives_504() {
     assert!(
         answer
             .body
-            .contains("backend web1 did not answer within 300 ms"),
+            // The wait covers connecting (500 ms at most) and the server's 300 ms.
+            .contains("backend web1 did not answer within 800 ms"),
         "{}",
         answer.body
     );
