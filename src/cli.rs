@@ -205,7 +205,8 @@ pub enum ChaosAction {
 #[derive(Debug, Args)]
 pub struct ChaosArgs {
     pub action: ChaosAction,
-    /// The emulated node, e.g. n3, or `leader` for the catalog's current leader.
+    /// The emulated node, e.g. n3, `leader` for the catalog's current leader, or one of
+    /// the demo's web servers (web1, web2).
     pub node: String,
     /// Return at once instead of waiting for the cluster to notice.
     #[arg(long)]

@@ -441,3 +441,70 @@ fn a_session_stays_on_its_server_until_that_server_dies_then_moves() {
         );
     }
 }
+
+/// Requests the site every 30 ms while `fault` runs; returns the answers (status and
+/// server, or the error) and whether every request succeeded.
+fn serve_during(
+    site: SocketAddr,
+    fault: impl FnOnce() + Send,
+) -> Vec<Result<(u16, String), String>> {
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let client = scope.spawn(|| {
+            let mut answers = Vec::new();
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                answers.push(get(site, "/"));
+                std::thread::sleep(Duration::from_millis(30));
+            }
+            answers
+        });
+        fault();
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        client.join().expect("the client thread")
+    })
+}
+
+/// The recipe's "kill web1" steps through `bramble chaos`, on the demo `up` sets up: a
+/// hung web1 (SIGSTOP) and a dead one (SIGKILL) cost no client request, the balancer
+/// reports web1 down, and web1 returns to rotation when it comes back.
+#[test]
+fn a_hung_or_dead_web_server_costs_no_request_and_returns_to_rotation() {
+    let cluster = TestCluster::up_with(3, &[]);
+    let status = cluster.bramble_ok(&["status", "--json"]).json();
+    let site: SocketAddr = status["demo"]["site"]
+        .as_str()
+        .expect("the demo site")
+        .parse()
+        .unwrap();
+    wait_until("the site answers", LONG, || {
+        get(site, "/").is_ok_and(|(code, _)| code == 200)
+    });
+    for (fault, recovery) in [("stop", "cont"), ("kill", "restart")] {
+        // `chaos` returns once the balancer reports web1 down: every request sent
+        // meanwhile must have been answered, by web2 when web1 could not.
+        let answers = serve_during(site, || {
+            let report = cluster
+                .bramble_ok(&["chaos", fault, "web1", "--json"])
+                .json();
+            assert_eq!(report["expected_status"], "down", "{report}");
+        });
+        // Requests that met the hung server waited the retry timeout (3 s) each.
+        assert!(answers.len() >= 5, "too few requests: {answers:?}");
+        let failed: Vec<_> = answers
+            .iter()
+            .filter(|answer| !matches!(answer, Ok((200, _))))
+            .collect();
+        assert!(
+            failed.is_empty(),
+            "{fault} web1: failed requests {failed:?}"
+        );
+        assert_eq!(backend_state(&cluster, "web1").as_deref(), Some("down"));
+        let report = cluster
+            .bramble_ok(&["chaos", recovery, "web1", "--json"])
+            .json();
+        assert_eq!(report["expected_status"], "up", "{report}");
+        wait_until("web1 serves again", LONG, || {
+            (0..4).any(|_| get(site, "/").is_ok_and(|(_, served_by)| served_by == "web1"))
+        });
+    }
+}

@@ -1,6 +1,7 @@
-//! `bramble chaos`: the drills' faults on an emulated node, and how long the rest of the
-//! cluster takes to notice. The clock starts just before the signal is sent and stops when
-//! the last answering node's view shows the expected state.
+//! `bramble chaos`: the drills' faults on an emulated node or a demo web server, and how
+//! long the rest of the cluster takes to notice. The clock starts just before the signal
+//! is sent and stops when the last answering node's view shows the expected state (for a
+//! web server: when the balancer serving the VIP reports it down or up).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,14 +10,15 @@ use std::net::SocketAddr;
 
 use anyhow::{Context, Result, bail};
 use bramble_cluster::{NodeState, NodeView};
+use bramble_lb::pool::BalancerStats;
 use bramble_meta::api::{ClusterStatus, METHOD_STATUS, METHOD_WRITE, StatusRequest, WriteRequest};
 use bramble_meta::types::{Command, CommandResult};
 use bramble_net::RpcClient;
 use serde::Serialize;
 
-use super::Emulation;
 use super::process::{self, ProcessState};
 use super::watch::{self, ViewCondition};
+use super::{Emulation, recipe};
 use crate::cli::{ChaosAction, ChaosArgs, GlobalOptions};
 use crate::client::ClusterClient;
 use crate::output;
@@ -77,6 +79,14 @@ pub async fn chaos(global: &GlobalOptions, args: &ChaosArgs) -> Result<()> {
         dir: Some(emulation.dir.clone()),
         ..global.clone()
     })?;
+    let is_web = emulation
+        .state
+        .demo
+        .as_ref()
+        .is_some_and(|demo| demo.webs.iter().any(|web| web.name == args.node));
+    if is_web {
+        return web_chaos(&emulation, &client, args).await;
+    }
     // The catalog leader before the fault: `leader` names it, and killing or stopping it
     // also times the catalog's failover.
     let catalog_before: Option<ClusterStatus> = client
@@ -263,6 +273,133 @@ pub async fn chaos(global: &GlobalOptions, args: &ChaosArgs) -> Result<()> {
             node.name,
             report.new_leader.as_deref().unwrap_or("?")
         );
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct WebChaosReport {
+    web: String,
+    action: &'static str,
+    pid: Option<u32>,
+    /// The status the serving balancer's stats were waited for: down or up.
+    expected_status: &'static str,
+    /// Seconds until the balancer holding the VIP reported it (None with --no-wait).
+    seconds: Option<f64>,
+    /// The node whose balancer reported it.
+    balancer_node: Option<String>,
+}
+
+/// The status of `backend` in the demo balancer, from the lb node that serves it.
+async fn demo_backend_status(
+    emulation: &Emulation,
+    client: &ClusterClient,
+    backend: &str,
+) -> Option<(String, String)> {
+    let demo = emulation.state.demo.as_ref()?;
+    for page in &demo.stats {
+        let Ok(node) = emulation.node(&page.name) else {
+            continue;
+        };
+        let Ok(list) = client
+            .call_at::<_, Vec<BalancerStats>>(node.addr, "lb.stats", &())
+            .await
+        else {
+            continue;
+        };
+        // Only the VIP holder runs the balancer and its checks; the others list no
+        // backends.
+        if let Some(status) = list
+            .iter()
+            .filter(|stats| stats.name == recipe::BALANCER)
+            .flat_map(|stats| stats.backends.iter())
+            .find(|stats| stats.name == backend)
+        {
+            return Some((node.name.clone(), status.status.clone()));
+        }
+    }
+    None
+}
+
+/// The recipe's "kill web1" steps: a signal to a demo web server, then the time until the
+/// balancer serving the VIP sees it down (its checks: HAProxy's inter 2 s, fall 3) or up
+/// again (rise 2).
+async fn web_chaos(emulation: &Emulation, client: &ClusterClient, args: &ChaosArgs) -> Result<()> {
+    let name = args.node.as_str();
+    let current = recipe::web_process(emulation, name);
+    let stopped = current.is_some_and(process::process_is_stopped);
+    let started = Instant::now();
+    let (action, expected, pid) = match args.action {
+        ChaosAction::Kill | ChaosAction::Stop => {
+            let Some(pid) = current else {
+                bail!("{name} is not running; start it with `bramble chaos restart {name}`");
+            };
+            if args.action == ChaosAction::Kill {
+                process::send_signal(pid, libc::SIGKILL)?;
+                ("kill", "down", Some(pid))
+            } else {
+                if stopped {
+                    bail!("{name} is already stopped; `bramble chaos cont {name}` continues it");
+                }
+                process::send_signal(pid, libc::SIGSTOP)?;
+                ("stop", "down", Some(pid))
+            }
+        }
+        ChaosAction::Cont => {
+            let Some(pid) = current.filter(|_| stopped) else {
+                bail!("{name} is not stopped; nothing to continue");
+            };
+            process::send_signal(pid, libc::SIGCONT)?;
+            ("cont", "up", Some(pid))
+        }
+        ChaosAction::Restart => {
+            if let Some(pid) = current {
+                process::send_signal(pid, libc::SIGKILL)?;
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while recipe::web_process(emulation, name).is_some() && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            recipe::start_web_named(emulation, name)?;
+            ("restart", "up", recipe::web_process(emulation, name))
+        }
+    };
+    let mut report = WebChaosReport {
+        web: name.to_string(),
+        action,
+        pid,
+        expected_status: expected,
+        seconds: None,
+        balancer_node: None,
+    };
+    if !args.no_wait {
+        let deadline = started + Duration::from_secs(args.timeout);
+        loop {
+            if let Some((node, status)) = demo_backend_status(emulation, client, name).await
+                && status == expected
+            {
+                report.seconds = Some(started.elapsed().as_secs_f64());
+                report.balancer_node = Some(node);
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{action} {name}: the balancer did not report it {expected} within {} s",
+                    args.timeout
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    if args.output.json {
+        return output::print_json(&report);
+    }
+    let pid_text = pid.map(|pid| format!(" (pid {pid})")).unwrap_or_default();
+    match (report.seconds, &report.balancer_node) {
+        (Some(seconds), Some(node)) => println!(
+            "{action} {name}{pid_text}: the balancer on {node} reports it {expected} after {seconds:.2} s."
+        ),
+        _ => println!("{action} {name}{pid_text}: done."),
     }
     Ok(())
 }

@@ -96,6 +96,21 @@ pub fn agent_process(data_dir: &Path) -> Option<AgentProcess> {
     })
 }
 
+/// Whether process `pid` is stopped (SIGSTOP), from /proc.
+pub fn process_is_stopped(pid: u32) -> bool {
+    read_proc(&format!("/proc/{pid}/stat"))
+        .and_then(|stat| {
+            let state = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .next()?
+                .to_string();
+            Some(state == "T" || state == "t")
+        })
+        .unwrap_or(false)
+}
+
 /// Starts `bramble agent --data-dir <data_dir>` in its own session (so closing the terminal
 /// or pressing Ctrl-C in it does not reach the agent), logging to `<data_dir>/agent.log`.
 pub fn spawn_agent(data_dir: &Path) -> Result<u32> {

@@ -192,6 +192,24 @@ fn start_web(emulation: &Emulation, web: &EmulatedNode) -> Result<()> {
     Ok(())
 }
 
+/// Starts one demo web server of the recipe, by name, if it is not running.
+pub fn start_web_named(emulation: &Emulation, name: &str) -> Result<()> {
+    let demo = emulation
+        .state
+        .demo
+        .as_ref()
+        .context("this emulated cluster has no demo (it was started with --bare)")?;
+    let web = demo
+        .webs
+        .iter()
+        .find(|web| web.name == name)
+        .with_context(|| format!("the demo has no web server named {name}"))?;
+    if web_process(emulation, name).is_none() {
+        start_web(emulation, web)?;
+    }
+    Ok(())
+}
+
 /// Starts the demo web servers that are not running.
 pub fn start_stopped_webs(emulation: &Emulation) -> Result<()> {
     if let Some(demo) = &emulation.state.demo {
