@@ -83,10 +83,60 @@ def catalog(data):
     return "\n".join(out)
 
 
+def lb(data):
+    p = data["parameters"]
+    t = data["targets"]
+    r = data["ratios_bramble_over_haproxy"]
+    out = [
+        f"| target (`{p['wrk']}`) | requests/s | p50 | p99 | RSS of the serving process (peak) | its CPU per request | errors |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    rows = (
+        ("direct", "web1 alone, no proxy (`bramble demo-web`)"),
+        ("haproxy", f"HAProxy {data['versions']['haproxy'].split()[2].split('-')[0]}, `nbthread {p['haproxy_nbthread']}`, over web1 + web2"),
+        ("bramble", "Bramble's balancer (the VIP-holding agent), over web1 + web2"),
+    )
+    for key, label in rows:
+        x = t[key]
+        errors = sum(x["errors"].values())
+        detail = ", ".join(f"{k} {v}" for k, v in x["errors"].items() if v)
+        out.append(
+            f"| {label} | {x['requests_per_second']:,.0f} | {x['p50_ms']:.2f} ms | {x['p99_ms']:.2f} ms"
+            f" | {x['rss_kib'] / 1024:.1f} MB ({x['peak_rss_kib'] / 1024:.1f} MB) | {x['cpu_us_per_request']:.0f} µs | {errors}{f' ({detail})' if errors else ''} |"
+        )
+    out.append(
+        f"| **Bramble / HAProxy** | **{r['throughput']:.2f}x** | {r['p50']:.2f}x | **{r['p99']:.2f}x** | **{r['rss']:.2f}x** ({r['peak_rss']:.2f}x) | {r['cpu_per_request']:.2f}x | |"
+    )
+    out.append("")
+    rounds = f"median of {p['rounds']} rounds" if p["rounds"] > 1 else "one round"
+    out.append(
+        f"wrk, both proxies and both backends share the machine's {data['machine']['nproc']} cores ({rounds}, after a {p['warmup_s']} s warm-up each);"
+        " HTTP keep-alive, roundrobin, `HEAD /lb-check.txt` health checks, X-Forwarded-For added by both."
+        f" Threads: HAProxy {t['haproxy'].get('threads', '?')}, the Bramble agent {t['bramble'].get('threads', '?')} (its tokio workers and the main thread);"
+        " the agent is also a Raft voter of its 3-node cluster. "
+        + provenance(data)
+    )
+    if data.get("source_tree_dirty"):
+        out[-1] += " _The binary was built from a working tree with uncommitted changes._"
+    elif data.get("build_skipped"):
+        out[-1] += " _Built with SKIP_BUILD=1: the binary may not match the commit._"
+    releases = data.get("vip_releases") or []
+    failed = sum(t[k].get("failed_runs", 0) for k in ("direct", "haproxy", "bramble"))
+    if releases or failed:
+        out.append("")
+        out.append(
+            f"During this run the VIP-holding agent lost its VIP lease {len(releases)} time(s) and stopped serving until it took it back"
+            + (f", and {failed} wrk run(s) failed" if failed else "")
+            + ": with wrk and a proxy saturating both cores, the agents' lease renewals and Raft heartbeats were late"
+            " (`bench/results/lb.json` has the times and the agents' log lines)."
+        )
+    return "\n".join(out)
+
+
 def main():
     readme = ROOT / "README.md"
     text = readme.read_text()
-    for name, render in (("membership", membership), ("footprint", footprint), ("scale", scale), ("catalog", catalog)):
+    for name, render in (("membership", membership), ("footprint", footprint), ("scale", scale), ("catalog", catalog), ("lb", lb)):
         data = load(name)
         if data is None:
             continue
