@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use bramble_util::{Shutdown, ShutdownTrigger};
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
@@ -23,6 +23,7 @@ use crate::config::{BalancerSpec, Mode, SpecError};
 use crate::http_proxy::{self, BackendClient};
 use crate::pool::{BalancerStats, Pool};
 use crate::tcp_proxy;
+use crate::workers::{self, workers};
 
 /// Pending connections the kernel queues for the accept loop.
 const LISTEN_BACKLOG: u32 = 1024;
@@ -61,8 +62,9 @@ pub(crate) struct Runtime {
     pub(crate) spec: BalancerSpec,
     pub(crate) pool: Arc<Pool>,
     pub(crate) selector: Selector,
-    /// Keep-alive connections to the backends (HTTP mode).
-    pub(crate) client: BackendClient,
+    /// Keep-alive connections to the backends (HTTP mode), one pool per data-plane
+    /// thread so that a request and its backend connection share a thread.
+    clients: Vec<BackendClient>,
     pub(crate) frontend: Arc<FrontendCounters>,
 }
 
@@ -76,22 +78,29 @@ impl Runtime {
             Some(previous) => Pool::carry_over(&spec.backends, &previous.pool),
             None => Pool::new(&spec.backends),
         };
-        // Reusing the client keeps its idle backend connections warm across a change;
-        // only its connect timeout is baked in.
-        let client = match previous {
+        // Reusing the clients keeps their idle backend connections warm across a change;
+        // only their connect timeout is baked in.
+        let clients = match previous {
             Some(previous) if previous.spec.timeouts.connect_ms == spec.timeouts.connect_ms => {
-                previous.client.clone()
+                previous.clients.clone()
             }
-            _ => http_proxy::backend_client(&spec.timeouts),
+            _ => (0..workers().count())
+                .map(|_| http_proxy::backend_client(&spec.timeouts))
+                .collect(),
         };
         let selector = Selector::new(spec.balance.clone(), slow_start(&spec), pool.backends.len());
         Runtime {
             spec,
             pool: Arc::new(pool),
             selector,
-            client,
+            clients,
             frontend,
         }
+    }
+
+    /// The backend connection pool of the data-plane thread running the caller.
+    pub(crate) fn client(&self) -> &BackendClient {
+        &self.clients[workers::current_index() % self.clients.len()]
     }
 }
 
@@ -438,23 +447,27 @@ async fn accept_loop(
         };
         // Small requests and answers should not wait for Nagle's algorithm.
         let _ = stream.set_nodelay(true);
+        // The connection moves to a data-plane thread, whose runtime registers it anew.
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(error) => {
+                debug!(%error, %client, "could not hand a connection over to a worker");
+                continue;
+            }
+        };
         let stop = stop.clone();
         let running = running.clone();
-        match runtime.spec.mode {
-            Mode::Http => {
-                let cell = cell.clone();
-                tokio::spawn(async move {
-                    http_proxy::serve_connection(cell, stream, client, stop).await;
-                    drop((slot, running));
-                });
+        let cell = cell.clone();
+        workers().spawn(async move {
+            match TcpStream::from_std(stream) {
+                Ok(stream) => match runtime.spec.mode {
+                    Mode::Http => http_proxy::serve_connection(cell, stream, client, stop).await,
+                    Mode::Tcp => tcp_proxy::serve_connection(runtime, stream, client, stop).await,
+                },
+                Err(error) => debug!(%error, %client, "a worker could not take a connection"),
             }
-            Mode::Tcp => {
-                tokio::spawn(async move {
-                    tcp_proxy::serve_connection(runtime, stream, client, stop).await;
-                    drop((slot, running));
-                });
-            }
-        }
+            drop((slot, running));
+        });
     }
     // The socket closes before this task counts as ended, so once stop() returns the
     // address refuses connections and can be bound again.

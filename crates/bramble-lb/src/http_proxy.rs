@@ -331,7 +331,7 @@ async fn forward(
         } else {
             response_timeout
         };
-        match tokio::time::timeout(attempt_timeout, runtime.client.request(outgoing)).await {
+        match tokio::time::timeout(attempt_timeout, runtime.client().request(outgoing)).await {
             Ok(Ok(response)) => {
                 backend.record_success();
                 return Ok(respond(

@@ -6,6 +6,8 @@
 //! - [`balance`]: choosing a backend: weighted round robin, least connections, power of two
 //!   random choices, consistent hashing on source address, header or URI.
 //! - [`balancer`]: one running balancer: listener, connection limit, live reconfiguration.
+//! - [`workers`]: the data-plane threads (one single-threaded runtime per core) that
+//!   serve client connections, each with its own backend connection pool.
 //! - [`http_proxy`] and [`tcp_proxy`]: the data path, with retries, redispatch, sticky
 //!   cookies, X-Forwarded-For, timeouts and size bounds.
 //! - [`health`]: active checks with HAProxy's interval/rise/fall and check status codes.
@@ -30,3 +32,4 @@ pub mod subsystem;
 pub mod tcp_proxy;
 pub mod vip;
 pub mod vip_interface;
+pub mod workers;

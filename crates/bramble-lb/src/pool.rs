@@ -128,7 +128,11 @@ impl BackendState {
     }
 
     pub fn record_success(&self) {
-        self.consecutive_errors.store(0, Ordering::Relaxed);
+        // Read first: an unconditional store on every request would bounce this cache
+        // line between the data-plane threads.
+        if self.consecutive_errors.load(Ordering::Relaxed) != 0 {
+            self.consecutive_errors.store(0, Ordering::Relaxed);
+        }
     }
 
     /// Weight now, ramped linearly over `slow_start` after the backend came back up.
