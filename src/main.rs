@@ -44,7 +44,7 @@ fn init_logging() {
         .init();
 }
 
-fn runtime(agent: bool) -> Result<tokio::runtime::Runtime> {
+fn runtime(agent: bool, control_plane: bool) -> Result<tokio::runtime::Runtime> {
     let cores = std::thread::available_parallelism()
         .map(|count| count.get())
         .unwrap_or(1);
@@ -54,6 +54,13 @@ fn runtime(agent: bool) -> Result<tokio::runtime::Runtime> {
         .worker_threads(if agent { cores.min(2) } else { cores.min(4) })
         .max_blocking_threads(8)
         .enable_all();
+    if control_plane {
+        // Every thread of this runtime (workers and blocking threads: Raft's disk
+        // writes) is control plane; the load balancer's data plane has its own threads.
+        builder.on_thread_start(|| {
+            bramble_util::scheduling::raise_control_plane_priority();
+        });
+    }
     builder.build().context("starting the async runtime")
 }
 
@@ -77,13 +84,28 @@ async fn dispatch(cli: Cli) -> Result<()> {
 }
 
 fn main() -> ExitCode {
+    // A CLI piped into `head` should end quietly when the pipe closes, as other Unix
+    // tools do, instead of panicking on the failed print. The agent keeps ignoring
+    // SIGPIPE (Rust's default): a peer closing a socket must never kill it.
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Agent | Command::DemoWeb(_)) {
+        #[cfg(unix)]
+        // SAFETY: restoring the default disposition of one signal before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let is_agent = matches!(cli.command, Command::Agent | Command::DemoWeb(_));
     if is_agent {
         bramble_util::memory::limit_allocator_arenas();
         init_logging();
     }
-    let result = runtime(is_agent).and_then(|runtime| runtime.block_on(dispatch(cli)));
+    let control_plane = matches!(cli.command, Command::Agent);
+    if control_plane {
+        bramble_util::scheduling::raise_control_plane_priority();
+    }
+    let result =
+        runtime(is_agent, control_plane).and_then(|runtime| runtime.block_on(dispatch(cli)));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

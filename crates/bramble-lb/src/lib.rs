@@ -6,7 +6,7 @@
 //! - [`balance`]: choosing a backend: weighted round robin, least connections, power of two
 //!   random choices, consistent hashing on source address, header or URI.
 //! - [`balancer`]: one running balancer: listener, connection limit, live reconfiguration.
-//! - [`workers`]: the data-plane threads (one single-threaded runtime per core) that
+//! - [`workers`]: the data-plane threads (single-threaded runtimes, one per two cores) that
 //!   serve client connections, each with its own backend connection pool.
 //! - [`http_proxy`] and [`tcp_proxy`]: the data path, with retries, redispatch, sticky
 //!   cookies, X-Forwarded-For, timeouts and size bounds.

@@ -449,6 +449,20 @@ impl LoadBalancers {
                     }
                     _ => false,
                 };
+                let took = sent_at.elapsed();
+                if extends_our_lease
+                    && election.holds(sent_at)
+                    && (!committed || took > RENEW_EVERY)
+                {
+                    // The lease is in danger: say why, for whoever finds the VIP moved.
+                    let reason = match &outcome {
+                        Ok(Ok(CommandResult::Written { .. })) => "committed late".to_string(),
+                        Ok(Ok(other)) => format!("refused: {other:?}"),
+                        Ok(Err(error)) => format!("failed: {error}"),
+                        Err(_) => format!("gave up after {} ms", patience.as_millis()),
+                    };
+                    warn!(balancer = %name, took_ms = took.as_millis() as u64, %reason, "slow VIP lease renewal");
+                }
                 if extends_our_lease {
                     election.record_write(sent_at, committed);
                 }

@@ -97,24 +97,25 @@ impl PeerConnection {
             connection.call::<_, Result<Response, Error>>(method, request),
         )
         .await;
+        // Only a peer that cannot be connected to is "unreachable", which makes openraft
+        // back off for a second (see `backoff`). A slow answer is a network error, retried
+        // at the next heartbeat: on a loaded board one append over its time budget must not
+        // stop replication to that follower for a whole second, or the catalog stops
+        // committing long enough for the VIP lease to lapse.
         let reply = match outcome {
             Err(_) => {
-                return Err(RPCError::Unreachable(Unreachable::new(
-                    &std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        format!(
-                            "{} did not answer {method} in {:?}",
-                            self.node,
-                            option.soft_ttl()
-                        ),
+                return Err(RPCError::Network(NetworkError::new(&std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "{} did not answer {method} in {:?}",
+                        self.node,
+                        option.soft_ttl()
                     ),
-                )));
+                ))));
             }
             Ok(Err(error)) => {
                 return Err(match error {
-                    CallError::Connect { .. } | CallError::Timeout { .. } => {
-                        RPCError::Unreachable(Unreachable::new(&error))
-                    }
+                    CallError::Connect { .. } => RPCError::Unreachable(Unreachable::new(&error)),
                     other => RPCError::Network(NetworkError::new(&other)),
                 });
             }

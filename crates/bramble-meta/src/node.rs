@@ -257,7 +257,7 @@ impl Meta {
                         };
                         match self
                             .forwarder
-                            .call::<_, CommandResult>(leader, METHOD_WRITE, &request)
+                            .call_reusing::<_, CommandResult>(leader, METHOD_WRITE, &request)
                             .await
                         {
                             Ok(result) => return Ok(result),
@@ -342,7 +342,7 @@ impl Meta {
             };
             return self
                 .forwarder
-                .call(leader, METHOD_READ, &request)
+                .call_reusing(leader, METHOD_READ, &request)
                 .await
                 .map_err(call_error);
         }
@@ -365,7 +365,7 @@ impl Meta {
             };
             return self
                 .forwarder
-                .call(leader, METHOD_LIST, &request)
+                .call_reusing(leader, METHOD_LIST, &request)
                 .await
                 .map_err(call_error);
         }
@@ -382,7 +382,7 @@ impl Meta {
             && let Ok(address) = node.addr.parse::<SocketAddr>()
             && let Ok(status) = self
                 .forwarder
-                .call::<_, ClusterStatus>(
+                .call_reusing::<_, ClusterStatus>(
                     address,
                     METHOD_STATUS,
                     &StatusRequest { forwarded: true },

@@ -13,9 +13,9 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bramble_util::Shutdown;
 use serde::de::DeserializeOwned;
@@ -473,7 +473,18 @@ pub struct RpcClient {
     pub connect_timeout: Duration,
     pub call_timeout: Duration,
     pub max_reply: u32,
+    /// Idle connections kept by [`RpcClient::call_reusing`], shared by clones.
+    idle: Arc<Mutex<IdleConnections>>,
 }
+
+/// Connections kept for reuse, by address, with when each went idle.
+type IdleConnections = HashMap<SocketAddr, Vec<(Connection, Instant)>>;
+
+/// Idle connections [`RpcClient::call_reusing`] keeps per address.
+const IDLE_PER_ADDRESS: usize = 4;
+/// How long an idle connection is kept: well under the server's idle timeout (120 s), so
+/// a kept connection is rarely one the server has just closed.
+const KEEP_IDLE: Duration = Duration::from_secs(30);
 
 impl fmt::Debug for RpcClient {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -491,6 +502,7 @@ impl RpcClient {
             connect_timeout: Duration::from_secs(2),
             call_timeout: Duration::from_secs(10),
             max_reply: 64 * 1024 * 1024,
+            idle: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
@@ -546,6 +558,56 @@ impl RpcClient {
         request: &Req,
     ) -> Result<Resp, CallError> {
         self.connect(address).await?.call(method, request).await
+    }
+
+    /// Makes one call on an idle connection to `address` kept from an earlier call, or on
+    /// a new one, and keeps the connection afterwards. For hot paths (a follower forwards
+    /// the VIP lease renewals to the leader several times a second): a TLS handshake per
+    /// call costs CPU and round trips that a loaded board cannot spare. A connection that
+    /// fails, or whose call is cancelled, is dropped, never reused.
+    pub async fn call_reusing<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        address: SocketAddr,
+        method: &str,
+        request: &Req,
+    ) -> Result<Resp, CallError> {
+        let kept = self.take_idle(address);
+        let mut connection = match kept {
+            Some(connection) => connection,
+            None => self.connect(address).await?,
+        };
+        let outcome = connection.call(method, request).await;
+        // A remote error is an answer: the exchange completed and the connection is fine.
+        if matches!(outcome, Ok(_) | Err(CallError::Remote { .. })) {
+            self.keep_idle(connection);
+        }
+        outcome
+    }
+
+    fn take_idle(&self, address: SocketAddr) -> Option<Connection> {
+        let mut idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        let kept = idle.get_mut(&address)?;
+        while let Some((connection, since)) = kept.pop() {
+            if since.elapsed() < KEEP_IDLE {
+                return Some(connection);
+            }
+        }
+        None
+    }
+
+    fn keep_idle(&self, connection: Connection) {
+        let mut idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        let kept = idle.entry(connection.address).or_default();
+        kept.retain(|(_, since)| since.elapsed() < KEEP_IDLE);
+        if kept.len() < IDLE_PER_ADDRESS {
+            kept.push((connection, Instant::now()));
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 //! - [`files`]: crash-safe writes (temp file, fsync, rename), private (0600) files for
 //!   secrets, and size-bounded reads so a corrupt or hostile file cannot exhaust memory.
 //! - [`memory`]: keeping the resident size low after bursts of allocation.
+//! - [`scheduling`]: the control plane's threads first when the CPU is saturated.
 //! - [`names`]: validation of names that users and peers send us (node names, roles).
 //! - [`shutdown`]: the one signal every background task takes so the agent ends cleanly.
 //! - [`time`]: wall-clock helpers.
@@ -10,6 +11,7 @@
 pub mod files;
 pub mod memory;
 pub mod names;
+pub mod scheduling;
 pub mod shutdown;
 pub mod time;
 

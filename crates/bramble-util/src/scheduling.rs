@@ -1,0 +1,91 @@
+//! Which of the agent's threads the kernel should run first when the CPU is saturated.
+//!
+//! The control plane (gossip, Raft heartbeats and the VIP lease renewals) needs little
+//! CPU but needs it on time: a lease renewal delayed by 600 ms hands the VIP to another
+//! node. On a board whose CPU is saturated by something else (a busy web server, a
+//! benchmark) that happened. So the agent's control-plane threads run at a higher
+//! priority (nice [`CONTROL_PLANE_NICE`]) when the agent may raise it (root, or
+//! CAP_SYS_NICE, as under systemd), and the data-plane threads go back to the priority
+//! the agent was started with, so the proxy competes with other programs as equals.
+//!
+//! On Linux a nice value belongs to a thread, and new threads inherit their creator's.
+
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+
+/// Nice value of the control plane's threads, when permitted.
+pub const CONTROL_PLANE_NICE: i32 = -10;
+
+static ORIGINAL_NICE: AtomicI32 = AtomicI32::new(0);
+static ORIGINAL_RECORDED: AtomicBool = AtomicBool::new(false);
+
+#[cfg(target_os = "linux")]
+fn current_nice() -> i32 {
+    // getpriority can return -1 legitimately; errno tells an error apart, but a failure
+    // here only means "assume the default".
+    // SAFETY: plain system call without pointers.
+    unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) }
+}
+
+#[cfg(target_os = "linux")]
+fn set_nice(nice: i32) -> bool {
+    // SAFETY: plain system call without pointers; `0` is the calling thread on Linux.
+    unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) == 0 }
+}
+
+/// Raises the calling thread to the control plane's priority. Returns false when not
+/// permitted (an unprivileged agent keeps its priority; nothing else changes).
+pub fn raise_control_plane_priority() -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        if !ORIGINAL_RECORDED.swap(true, Ordering::SeqCst) {
+            ORIGINAL_NICE.store(current_nice(), Ordering::SeqCst);
+        }
+        set_nice(CONTROL_PLANE_NICE.min(ORIGINAL_NICE.load(Ordering::SeqCst)))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        false
+    }
+}
+
+/// Returns the calling thread to the priority the process started with (for data-plane
+/// threads created by a control-plane thread).
+pub fn restore_original_priority() {
+    #[cfg(target_os = "linux")]
+    if ORIGINAL_RECORDED.load(Ordering::SeqCst) {
+        set_nice(ORIGINAL_NICE.load(Ordering::SeqCst));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_thread_can_be_raised_and_restored_without_touching_others() {
+        std::thread::spawn(|| {
+            let before = current_nice();
+            let raised = raise_control_plane_priority();
+            if raised {
+                assert_eq!(current_nice(), CONTROL_PLANE_NICE.min(before));
+            } else {
+                assert_eq!(current_nice(), before, "a refused raise changes nothing");
+            }
+            let child = std::thread::spawn(|| {
+                let inherited = current_nice();
+                restore_original_priority();
+                (inherited, current_nice())
+            })
+            .join()
+            .unwrap();
+            assert_eq!(
+                child.0,
+                current_nice(),
+                "threads inherit their creator's nice"
+            );
+            assert_eq!(child.1, before);
+        })
+        .join()
+        .unwrap();
+    }
+}
