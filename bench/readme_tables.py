@@ -112,7 +112,7 @@ def lb(data):
     out.append(
         f"wrk, both proxies and both backends share the machine's {data['machine']['nproc']} cores ({rounds}, after a {p['warmup_s']} s warm-up each);"
         " HTTP keep-alive, roundrobin, `HEAD /lb-check.txt` health checks, X-Forwarded-For added by both."
-        f" Threads: HAProxy {t['haproxy'].get('threads', '?')}, the Bramble agent {t['bramble'].get('threads', '?')} (its tokio workers and the main thread);"
+        f" Threads: HAProxy {t['haproxy'].get('threads', '?')}, the Bramble agent {t['bramble'].get('threads', '?')} (the control plane's tokio workers and main thread at nice -10, and the data plane: one `lb-worker` thread per two cores, so one here, at normal priority);"
         " the agent is also a Raft voter of its 3-node cluster. "
         + provenance(data)
     )
