@@ -160,67 +160,57 @@ async fn answer(
         .unwrap())
 }
 
-/// A listener that answers every connection with bytes that are not HTTP.
-async fn start_garbage_backend() -> (SocketAddr, JoinHandle<()>) {
+/// A raw TCP backend on a free port that runs `serve` on every connection it accepts.
+async fn start_raw_backend<F, Serving>(serve: F) -> (SocketAddr, JoinHandle<()>)
+where
+    F: Fn(TcpStream) -> Serving + Send + 'static,
+    Serving: Future<Output = ()> + Send + 'static,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let task = tokio::spawn(async move {
+        // Owning the connection tasks here means aborting this task ends them all.
         let mut connections = JoinSet::new();
         loop {
-            let Ok((mut stream, _)) = listener.accept().await else {
+            let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
-            connections.spawn(async move {
-                let mut request = [0u8; 4096];
-                let _ = stream.read(&mut request).await;
-                let _ = stream.write_all(b"this is not HTTP at all\r\n\r\n").await;
-                let _ = stream.shutdown().await;
-            });
+            connections.spawn(serve(stream));
             while connections.try_join_next().is_some() {}
         }
     });
     (addr, task)
+}
+
+/// A listener that answers every connection with bytes that are not HTTP.
+async fn start_garbage_backend() -> (SocketAddr, JoinHandle<()>) {
+    start_raw_backend(|mut stream| async move {
+        let mut request = [0u8; 4096];
+        let _ = stream.read(&mut request).await;
+        let _ = stream.write_all(b"this is not HTTP at all\r\n\r\n").await;
+        let _ = stream.shutdown().await;
+    })
+    .await
 }
 
 /// A listener that accepts connections, reads the requests and never answers: a hung
 /// (stopped, deadlocked) server, which the kernel still accepts connections for.
 async fn start_silent_backend() -> (SocketAddr, JoinHandle<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let task = tokio::spawn(async move {
-        let mut connections = JoinSet::new();
-        loop {
-            let Ok((mut stream, _)) = listener.accept().await else {
-                continue;
-            };
-            connections.spawn(async move {
-                let mut request = [0u8; 4096];
-                while matches!(stream.read(&mut request).await, Ok(read) if read > 0) {}
-            });
-        }
-    });
-    (addr, task)
+    start_raw_backend(|mut stream| async move {
+        let mut request = [0u8; 4096];
+        while matches!(stream.read(&mut request).await, Ok(read) if read > 0) {}
+    })
+    .await
 }
 
 /// A TCP echo server that can be killed like [`Backend`].
 async fn start_echo_backend() -> (SocketAddr, JoinHandle<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let task = tokio::spawn(async move {
-        let mut connections = JoinSet::new();
-        loop {
-            let Ok((mut stream, _)) = listener.accept().await else {
-                continue;
-            };
-            connections.spawn(async move {
-                let (mut reader, mut writer) = stream.split();
-                let _ = tokio::io::copy(&mut reader, &mut writer).await;
-                let _ = writer.shutdown().await;
-            });
-            while connections.try_join_next().is_some() {}
-        }
-    });
-    (addr, task)
+    start_raw_backend(|mut stream| async move {
+        let (mut reader, mut writer) = stream.split();
+        let _ = tokio::io::copy(&mut reader, &mut writer).await;
+        let _ = writer.shutdown().await;
+    })
+    .await
 }
 
 fn spec(backends: &[(&str, SocketAddr)], balance: &str) -> BalancerSpec {
