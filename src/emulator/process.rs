@@ -66,8 +66,7 @@ pub fn agent_process(data_dir: &Path) -> Option<AgentProcess> {
         return None;
     }
     let stat = read_proc(&format!("/proc/{pid}/stat"))?;
-    // The command name in parentheses may contain spaces; fields follow the last ')'.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let fields = stat_fields(&stat);
     let state = match fields.first()? {
         &"T" | &"t" => ProcessState::Stopped,
         &"Z" | &"X" => return None,
@@ -100,15 +99,19 @@ pub fn agent_process(data_dir: &Path) -> Option<AgentProcess> {
 pub fn process_is_stopped(pid: u32) -> bool {
     read_proc(&format!("/proc/{pid}/stat"))
         .and_then(|stat| {
-            let state = stat
-                .rsplit_once(')')?
-                .1
-                .split_whitespace()
-                .next()?
-                .to_string();
-            Some(state == "T" || state == "t")
+            stat_fields(&stat)
+                .first()
+                .map(|state| matches!(*state, "T" | "t"))
         })
         .unwrap_or(false)
+}
+
+/// The fields of `/proc/<pid>/stat` after the command name, which sits in parentheses
+/// and may itself contain spaces: the process state first.
+fn stat_fields(stat: &str) -> Vec<&str> {
+    stat.rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default()
 }
 
 /// Starts `bramble agent --data-dir <data_dir>` in its own session (so closing the terminal

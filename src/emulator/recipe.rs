@@ -77,12 +77,17 @@ fn vip_claims_dir() -> PathBuf {
     std::env::temp_dir().join("bramble-emulator-vips")
 }
 
+/// The claim file of one VIP address (`127.0.2.100_8080`).
+fn vip_claim_path(site: SocketAddr) -> PathBuf {
+    vip_claims_dir().join(site.to_string().replace(':', "_"))
+}
+
 /// Claims `site` for the cluster in `dir` with a file created exclusively. A claim whose
 /// cluster directory is gone (purged, or a finished test's) is stale and taken over.
 fn claim_vip(site: SocketAddr, dir: &Path) -> Result<bool> {
     let claims = vip_claims_dir();
     std::fs::create_dir_all(&claims).with_context(|| format!("creating {}", claims.display()))?;
-    let path = claims.join(site.to_string().replace(':', "_"));
+    let path = vip_claim_path(site);
     for _ in 0..2 {
         match std::fs::OpenOptions::new()
             .write(true)
@@ -116,7 +121,7 @@ fn claim_vip(site: SocketAddr, dir: &Path) -> Result<bool> {
 
 /// Gives up the VIP claim of the cluster in `dir` (after `down --purge`).
 pub fn release_vip_claim(site: SocketAddr, dir: &Path) {
-    let path = vip_claims_dir().join(site.to_string().replace(':', "_"));
+    let path = vip_claim_path(site);
     let owner = files::read_small_text(&path).unwrap_or_default();
     if Path::new(owner.trim()) == dir {
         let _ = std::fs::remove_file(path);
