@@ -77,7 +77,7 @@ pub async fn run(data_dir: &Path) -> Result<()> {
         )),
     );
     router.register("meta", Arc::new(MetaService::new(meta.clone())));
-    router.register("lb", Arc::new(LbService::new(load_balancers)));
+    router.register("lb", Arc::new(LbService::new(load_balancers.clone())));
     router.open_to_anonymous(bramble_cluster::join::METHOD);
     let server = tokio::spawn(serve(
         listener,
@@ -105,6 +105,9 @@ pub async fn run(data_dir: &Path) -> Result<()> {
     info!("stopping after {reason}");
     // Give the leave's RPC reply a moment to reach the caller before connections close.
     tokio::time::sleep(Duration::from_millis(50)).await;
+    // The balancers first, while the catalog still runs: they release their VIPs so the
+    // backups take over at once.
+    load_balancers.stop().await;
     trigger.trigger();
     meta.stop().await;
     membership.stop().await;

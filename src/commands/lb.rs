@@ -12,10 +12,11 @@ use bramble_lb::config::{
 };
 use bramble_lb::pool::BalancerStats;
 use bramble_lb::subsystem::LB_ROLE;
-use bramble_lb::vip::{VipLease, lease_key};
+use bramble_lb::vip::lease_name;
 use bramble_meta::api::{
     Consistency, ListRequest, ListResponse, METHOD_LIST, METHOD_READ, ReadRequest,
 };
+use bramble_meta::lease::{LeaseRecord, lease_key};
 use bramble_meta::types::{Command, CommandResult, VersionedValue};
 
 use crate::cli::{GlobalOptions, LbBackendCommand, LbCommand, LbOptions};
@@ -194,14 +195,13 @@ async fn live_stats(client: &ClusterClient) -> BTreeMap<String, BalancerStats> {
 
 async fn vip_holder(client: &ClusterClient, name: &str) -> Option<String> {
     let request = ReadRequest {
-        key: lease_key(name),
+        key: lease_key(&lease_name(name)),
         consistency: Consistency::Stale,
         forwarded: false,
     };
     let (_, value): (_, Option<VersionedValue>) =
         client.call_any(METHOD_READ, &request).await.ok()?;
-    let lease: VipLease = serde_json::from_slice(&value?.value).ok()?;
-    Some(lease.holder)
+    LeaseRecord::decode(&value?.value).ok()?.holder
 }
 
 pub async fn run(global: &GlobalOptions, command: &LbCommand) -> Result<()> {
@@ -248,10 +248,11 @@ pub async fn run(global: &GlobalOptions, command: &LbCommand) -> Result<()> {
         }
         LbCommand::Remove { name } => {
             read_spec(&client, name).await?;
-            for key in [BalancerSpec::catalog_key(name), lease_key(name)] {
-                let command = Command::Delete { key };
-                client.catalog_write(command).await?;
-            }
+            // The VIP's lease is released by its holder when the balancer stops.
+            let command = Command::Delete {
+                key: BalancerSpec::catalog_key(name),
+            };
+            client.catalog_write(command).await?;
             println!("removed balancer {name}");
             Ok(())
         }

@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use bramble_cluster::{Membership, NodeState};
 use bramble_meta::Meta;
-use bramble_meta::types::{Change, Command, CommandResult};
+use bramble_meta::lease::{LeaseAnswer, LeaseOperation, LeaseRecord, LeaseRequest, lease_key};
+use bramble_meta::types::Change;
 use bramble_util::files;
 use bramble_util::{Shutdown, ShutdownTrigger};
 use serde::{Deserialize, Serialize};
@@ -31,7 +32,7 @@ use crate::health::spawn_checks;
 use crate::pool::BalancerStats;
 use crate::stats::{StatsCredentials, serve_stats};
 use crate::vip::{
-    Candidate, DEFAULT_PRIORITY, Decision, RENEW_EVERY, VipElection, VipLease, lease_key,
+    Candidate, DEFAULT_PRIORITY, Decision, LEASE_TTL, RENEW_EVERY, VipElection, lease_name,
 };
 use crate::vip_interface::InterfaceVip;
 
@@ -39,6 +40,12 @@ use crate::vip_interface::InterfaceVip;
 pub const LB_ROLE: &str = "lb";
 /// A holder that cannot bind its VIP for this long gives the lease to another node.
 const BIND_FAILURE_LIMIT: Duration = Duration::from_secs(2);
+/// After taking a VIP that another node released or let lapse, do not hand it back to
+/// that node by preemption until gossip has seen it down, or for this long: a node that
+/// stops cleanly still looks alive for about a second after it released the VIP.
+const PASS_OVER_LIMIT: Duration = Duration::from_secs(30);
+/// How long a stopping holder waits for its release to commit.
+const RELEASE_PATIENCE: Duration = Duration::from_secs(1);
 
 /// `<data-dir>/lb.toml`: this node's stats page.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -102,6 +109,8 @@ pub struct LoadBalancers {
     meta: Arc<Meta>,
     membership: Arc<Membership>,
     participations: Mutex<BTreeMap<String, Participation>>,
+    /// Set by [`LoadBalancers::stop`]: no new participation starts after it.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 impl LoadBalancers {
@@ -120,6 +129,7 @@ impl LoadBalancers {
             meta,
             membership,
             participations: Mutex::new(BTreeMap::new()),
+            stopping: std::sync::atomic::AtomicBool::new(false),
         });
         if !roles.iter().any(|role| role == LB_ROLE) {
             return Ok(subsystem);
@@ -139,6 +149,27 @@ impl LoadBalancers {
         }
         tokio::spawn(subsystem.clone().follow_catalog(shutdown));
         Ok(subsystem)
+    }
+
+    /// Stops every balancer this node takes part in and releases the VIPs it holds, so the
+    /// backups take over at once (Keepalived's priority-0 advert on shutdown) instead of
+    /// waiting out the lease. Call before the catalog stops.
+    pub async fn stop(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let participations: Vec<Participation> = {
+            let mut map = self
+                .participations
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner());
+            std::mem::take(&mut *map).into_values().collect()
+        };
+        for participation in &participations {
+            participation.stop.trigger();
+        }
+        for participation in participations {
+            let _ = tokio::time::timeout(RELEASE_PATIENCE * 2, participation.task).await;
+        }
     }
 
     /// Stats of the balancers this node serves now (as VIP holder), and the configured
@@ -210,6 +241,9 @@ impl LoadBalancers {
     }
 
     fn reconcile(self: &Arc<Self>, shutdown: &Shutdown) {
+        if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
         let specs: BTreeMap<String, BalancerSpec> =
             match self.meta.reader().list(CATALOG_PREFIX, 10_000) {
                 Ok(entries) => entries
@@ -315,14 +349,20 @@ impl LoadBalancers {
         mut stop: Shutdown,
         agent_shutdown: Shutdown,
     ) {
-        let key = lease_key(&name);
+        let lease = lease_name(&name);
+        let mut lease_changes = self.meta.watch(&lease_key(&lease));
+        let mut watching_lease = true;
         let mut election = VipElection::new(self.node.clone());
         let mut ticker = tokio::time::interval(RENEW_EVERY);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut checks: Option<JoinHandle<()>> = None;
         let mut bind_failing_since: Option<Instant> = None;
         let mut served_spec: Option<BalancerSpec> = None;
-        let mut last_written: Option<(VipLease, u64)> = None;
+        // Our own last grant, newer than this node's replica until the replica applies it.
+        let mut last_granted: Option<(LeaseRecord, u64)> = None;
+        // The version of the grant the lease names us by, as last known.
+        let mut our_grant: Option<u64> = None;
+        let mut passed_over: Option<(String, Instant)> = None;
         let mut interface_vip: Option<InterfaceVip> = None;
         let mut link_was_ready = true;
         loop {
@@ -330,6 +370,10 @@ impl LoadBalancers {
                 _ = stop.wait() => break,
                 _ = ticker.tick() => {}
                 _ = spec.changed() => {}
+                change = lease_changes.next(), if watching_lease => {
+                    // A lease that became free is taken at once, not at the next tick.
+                    watching_lease = change.is_some();
+                }
             }
             let current_spec = spec.borrow().clone();
             let wanted_interface = current_spec
@@ -381,90 +425,116 @@ impl LoadBalancers {
                 }
                 link_was_ready = link_ready;
             }
-            let replica: Option<(VipLease, u64)> = self
-                .meta
-                .reader()
-                .get(&key)
-                .ok()
-                .flatten()
-                .and_then(|value| {
-                    Some((serde_json::from_slice(&value.value).ok()?, value.version))
-                });
-            // Our own last committed write is newer than this node's replica until the
-            // replica applies it (a heartbeat later when we are not the Raft leader).
-            let lease = match (replica, &last_written) {
-                (Some(seen), Some(written)) if written.1 > seen.1 => Some(written.clone()),
+            let known = match (self.meta.lease_record(&lease), &last_granted) {
+                (Some(seen), Some(granted)) if granted.1 > seen.1 => Some(granted.clone()),
+                (None, Some(granted)) => Some(granted.clone()),
                 (seen, _) => seen,
             };
-            *holder.lock().unwrap_or_else(|poison| poison.into_inner()) =
-                lease.as_ref().map(|(lease, _)| lease.holder.clone());
-            let candidates = self.candidates(&current_spec).await;
+            let holder_name = known.as_ref().and_then(|(record, _)| record.holder.clone());
+            our_grant = known
+                .as_ref()
+                .filter(|_| holder_name.as_deref() == Some(self.node.as_str()))
+                .map(|(_, version)| *version);
+            *holder.lock().unwrap_or_else(|poison| poison.into_inner()) = holder_name;
+            let mut candidates = self.candidates(&current_spec).await;
+            if let Some((previous, since)) = &passed_over {
+                let seen_down = !candidates
+                    .iter()
+                    .any(|candidate| &candidate.name == previous);
+                if our_grant.is_none() || seen_down || since.elapsed() > PASS_OVER_LIMIT {
+                    passed_over = None;
+                } else {
+                    candidates.retain(|candidate| &candidate.name != previous);
+                }
+            }
             let healthy = link_ready
                 && bind_failing_since.is_none_or(|since| since.elapsed() < BIND_FAILURE_LIMIT);
             let now = Instant::now();
-            let decision =
-                election.decide(lease, &candidates, current_spec.vip.preempt, healthy, now);
-            let write = match decision {
+            let decision = election.decide(
+                known.clone(),
+                &candidates,
+                current_spec.vip.preempt,
+                healthy,
+            );
+            let operation = match decision {
                 Decision::Idle => None,
-                Decision::HandOver {
-                    expected_version,
-                    lease,
-                } => {
+                Decision::HandOver { version, to } => {
                     // Stop serving before the lease names someone else.
                     let_go(&name, &running, &mut checks, &mut interface_vip).await;
                     served_spec = None;
-                    info!(balancer = %name, to = %lease.holder, "handing the VIP over");
-                    Some((expected_version, lease, false))
+                    info!(balancer = %name, %to, "handing the VIP over");
+                    Some(LeaseOperation::HandOver { version, to })
                 }
-                Decision::Renew {
-                    expected_version,
-                    lease,
-                } => Some((expected_version, lease, true)),
-                Decision::Acquire {
-                    expected_version,
-                    lease,
-                } => {
-                    info!(balancer = %name, epoch = lease.epoch, "taking the VIP lease");
-                    Some((expected_version, lease, true))
+                Decision::Renew { version } => Some(LeaseOperation::Renew { version }),
+                Decision::Acquire => {
+                    info!(balancer = %name, "taking the VIP lease");
+                    Some(LeaseOperation::Acquire {
+                        ttl_ms: LEASE_TTL.as_millis() as u32,
+                    })
                 }
             };
-            if let Some((expected_version, lease, extends_our_lease)) = write {
-                let command = Command::PutIfVersion {
-                    key: key.clone(),
-                    value: serde_json::to_vec(&lease).unwrap_or_default(),
-                    expected_version,
+            if let Some(operation) = operation {
+                let extends_our_lease = matches!(
+                    operation,
+                    LeaseOperation::Renew { .. } | LeaseOperation::Acquire { .. }
+                );
+                let request = LeaseRequest {
+                    name: lease.clone(),
+                    holder: self.node.clone(),
+                    operation,
+                    forwarded: false,
                 };
-                let written_lease = lease.clone();
                 // Never wait past our own lease: the VIP must be released on time.
                 let patience = election
                     .lease_remaining(now)
                     .unwrap_or(RENEW_EVERY * 2)
                     .min(RENEW_EVERY * 2);
+                let was_holding = election.holds(now);
                 let sent_at = Instant::now();
-                let outcome = tokio::time::timeout(patience, self.meta.write(command, false)).await;
-                let committed = match outcome {
-                    Ok(Ok(CommandResult::Written { version })) => {
-                        last_written = Some((written_lease, version));
+                let outcome = tokio::time::timeout(patience, self.meta.lease(request)).await;
+                let took = sent_at.elapsed();
+                let granted = match &outcome {
+                    Ok(Ok(LeaseAnswer::Granted { version, epoch })) => {
+                        last_granted = Some((
+                            LeaseRecord {
+                                holder: Some(self.node.clone()),
+                                epoch: *epoch,
+                                ttl_ms: LEASE_TTL.as_millis() as u32,
+                                previous: None,
+                            },
+                            *version,
+                        ));
+                        passed_over = known
+                            .as_ref()
+                            .and_then(|(record, _)| record.previous.clone())
+                            .filter(|previous| *previous != self.node)
+                            .map(|previous| (previous, Instant::now()));
                         true
                     }
-                    _ => false,
+                    Ok(Ok(LeaseAnswer::Renewed)) => true,
+                    Ok(Ok(LeaseAnswer::Done)) => {
+                        last_granted = None;
+                        false
+                    }
+                    Ok(Ok(LeaseAnswer::Refused { .. })) => {
+                        election.record_refusal();
+                        last_granted = None;
+                        false
+                    }
+                    Ok(Err(_)) | Err(_) => false,
                 };
-                let took = sent_at.elapsed();
-                if extends_our_lease
-                    && election.holds(sent_at)
-                    && (!committed || took > RENEW_EVERY)
-                {
+                if extends_our_lease && was_holding && (!granted || took > RENEW_EVERY) {
                     // The lease is in danger: say why, for whoever finds the VIP moved.
                     let reason = match &outcome {
-                        Ok(Ok(CommandResult::Written { .. })) => "committed late".to_string(),
-                        Ok(Ok(other)) => format!("refused: {other:?}"),
+                        Ok(Ok(LeaseAnswer::Refused { reason, .. })) => format!("refused: {reason}"),
+                        Ok(Ok(_)) => "answered late".to_string(),
                         Ok(Err(error)) => format!("failed: {error}"),
                         Err(_) => format!("gave up after {} ms", patience.as_millis()),
                     };
                     warn!(balancer = %name, took_ms = took.as_millis() as u64, %reason, "slow VIP lease renewal");
                 }
                 if extends_our_lease {
-                    election.record_write(sent_at, committed);
+                    election.record_answer(sent_at, granted);
                 }
             }
             let mut holds = election.holds(Instant::now());
@@ -555,6 +625,28 @@ impl LoadBalancers {
             }
         }
         let_go(&name, &running, &mut checks, &mut interface_vip).await;
+        if let Some(version) = our_grant {
+            // We have stopped serving: hand the VIP to the backup now rather than make it
+            // wait for the lease to run out.
+            let request = LeaseRequest {
+                name: lease.clone(),
+                holder: self.node.clone(),
+                operation: LeaseOperation::Release { version },
+                forwarded: false,
+            };
+            match tokio::time::timeout(RELEASE_PATIENCE, self.meta.lease(request)).await {
+                Ok(Ok(LeaseAnswer::Done)) => info!(balancer = %name, "released the VIP lease"),
+                Ok(Ok(answer)) => {
+                    info!(balancer = %name, ?answer, "the VIP lease was not ours to release")
+                }
+                Ok(Err(error)) => {
+                    warn!(balancer = %name, %error, "could not release the VIP lease; the backup takes over when it runs out")
+                }
+                Err(_) => {
+                    warn!(balancer = %name, "releasing the VIP lease timed out; the backup takes over when it runs out")
+                }
+            }
+        }
     }
 }
 

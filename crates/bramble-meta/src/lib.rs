@@ -5,11 +5,13 @@
 //! - [`store`]: the Raft log and the state machine (the catalog) in one redb file.
 //! - [`network`]: Raft's RPCs over the cluster's mutual-TLS transport.
 //! - [`node`]: a node's Raft instance, request routing to the leader, voter management.
+//! - [`lease`]: leases renewed in the leader's memory, committed only when they change hands.
 //! - [`service`]: the `meta.*` RPC methods.
 //! - [`api`]: requests and answers shared with the CLI.
 //! - [`settings`] holds this node's `meta.toml`.
 
 pub mod api;
+pub mod lease;
 pub mod network;
 pub mod node;
 pub mod service;

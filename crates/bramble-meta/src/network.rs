@@ -2,8 +2,9 @@
 //! cluster's mutual-TLS RPC as `meta.append`, `meta.vote` and `meta.snapshot`.
 //!
 //! Each replication stream keeps one connection open to its target and reconnects after
-//! an error. A peer that cannot be reached is reported as `Unreachable`, which makes
-//! openraft back off instead of hammering a dead board.
+//! an error; short-lived clients borrow connections from a shared pool. A peer that
+//! cannot be reached is reported as `Unreachable`, which makes openraft back off instead
+//! of hammering a dead board.
 
 use bramble_net::{CallError, Connection, RpcClient};
 use openraft::error::{
@@ -84,7 +85,11 @@ impl PeerConnection {
         // after a complete reply. openraft cancels an append that outlives its heartbeat
         // interval; had the connection stayed in `self`, the cancelled request's reply would
         // still be in flight and the next request would read it as its own answer.
-        let mut connection = match self.connection.take() {
+        let mut connection = match self
+            .connection
+            .take()
+            .or_else(|| self.rpc.take_idle(address))
+        {
             Some(connection) => connection,
             None => self
                 .rpc
@@ -131,6 +136,17 @@ impl PeerConnection {
                 error,
             ))
         })
+    }
+}
+
+/// openraft makes a short-lived client for each leadership confirmation (a linearizable
+/// read, a lease renewal): its connection goes back to the shared pool instead of being
+/// closed, so the next confirmation costs no TLS handshake.
+impl Drop for PeerConnection {
+    fn drop(&mut self) {
+        if let Some(connection) = self.connection.take() {
+            self.rpc.keep_idle(connection);
+        }
     }
 }
 

@@ -22,6 +22,8 @@ use tokio::sync::broadcast;
 use tracing::{info, warn};
 
 use crate::api::*;
+use crate::lease::LEASE_PREFIX;
+use crate::lease::leader::LeaseLeader;
 use crate::network::Network;
 use crate::settings::MetaSettings;
 use crate::store::{self, CatalogReader};
@@ -59,20 +61,21 @@ pub fn desired_voters(members: usize) -> usize {
 
 /// The control plane of one node.
 pub struct Meta {
-    raft: Raft,
-    reader: CatalogReader,
-    self_id: NodeId,
+    pub(crate) raft: Raft,
+    pub(crate) reader: CatalogReader,
+    pub(crate) self_id: NodeId,
     self_name: String,
-    forwarder: RpcClient,
+    pub(crate) forwarder: RpcClient,
     membership: Arc<Membership>,
     settings: MetaSettings,
+    pub(crate) leases: LeaseLeader,
 }
 
-fn unavailable(message: impl Into<String>) -> RpcError {
+pub(crate) fn unavailable(message: impl Into<String>) -> RpcError {
     RpcError::new(ErrorKind::Unavailable, message)
 }
 
-fn internal(error: impl std::fmt::Display) -> RpcError {
+pub(crate) fn internal(error: impl std::fmt::Display) -> RpcError {
     RpcError::internal(error.to_string())
 }
 
@@ -144,8 +147,10 @@ impl Meta {
                 .with_timeouts(Duration::from_secs(1), QUORUM_WAIT),
             membership,
             settings,
+            leases: LeaseLeader::default(),
         });
-        tokio::spawn(meta.clone().run_reconciler(shutdown));
+        tokio::spawn(meta.clone().run_reconciler(shutdown.clone()));
+        tokio::spawn(meta.clone().run_lease_keeper(shutdown));
         Ok(meta)
     }
 
@@ -235,6 +240,11 @@ impl Meta {
         forwarded: bool,
     ) -> Result<CommandResult, RpcError> {
         command.validate().map_err(RpcError::bad_request)?;
+        if command.key().starts_with(LEASE_PREFIX) {
+            return Err(RpcError::bad_request(format!(
+                "keys under {LEASE_PREFIX} are changed only by the lease protocol, not by writes"
+            )));
+        }
         let deadline = Instant::now() + QUORUM_WAIT;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
@@ -586,7 +596,7 @@ impl Meta {
     }
 }
 
-fn call_error(error: bramble_net::CallError) -> RpcError {
+pub(crate) fn call_error(error: bramble_net::CallError) -> RpcError {
     match error.remote() {
         Some(remote) => remote.clone(),
         None => unavailable(error.to_string()),

@@ -7,6 +7,7 @@ use bramble_net::rpc::{Request, encode};
 use bramble_net::{Caller, ErrorKind, Handler, RpcError};
 
 use crate::api::{ListRequest, ReadRequest, StatusRequest, WriteRequest};
+use crate::lease::LeaseRequest;
 use crate::node::Meta;
 
 pub struct MetaService {
@@ -77,6 +78,21 @@ impl Handler for MetaService {
             "status" => {
                 let status: StatusRequest = request.decode()?;
                 encode(&self.meta.status(status.forwarded).await?)
+            }
+            "lease" => {
+                let lease: LeaseRequest = request.decode()?;
+                // A node acts only for itself; a forwarded request was checked at its
+                // first hop. Operators (admin credentials) may act for any node.
+                if let Caller::Node(caller) = &request.caller
+                    && !lease.forwarded
+                    && *caller != lease.holder
+                {
+                    return Err(RpcError::new(
+                        ErrorKind::Unauthorized,
+                        format!("node {caller} cannot act on a lease for {}", lease.holder),
+                    ));
+                }
+                encode(&self.meta.lease(lease).await?)
             }
             "snapshot_now" => {
                 self.meta.snapshot_now().await?;

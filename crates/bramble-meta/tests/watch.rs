@@ -2,25 +2,12 @@
 //! subsystem that watches a key prefix sees committed changes, in order, and nothing
 //! outside its prefix; and compare-and-set refuses a stale version.
 
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+mod common;
+
 use std::time::Duration;
 
-use bramble_cluster::node_dir::InitOptions;
-use bramble_cluster::{Membership, MembershipSettings, NodeDir};
 use bramble_meta::api::Consistency;
 use bramble_meta::types::{Change, Command, CommandResult};
-use bramble_meta::{Meta, MetaSettings};
-use bramble_util::ShutdownTrigger;
-
-fn free_address() -> SocketAddr {
-    loop {
-        let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
-        let address = tcp.local_addr().unwrap();
-        if UdpSocket::bind(address).is_ok() {
-            return address;
-        }
-    }
-}
 
 async fn next_change(watch: &mut bramble_meta::Watch) -> Change {
     tokio::time::timeout(Duration::from_secs(10), watch.next())
@@ -31,30 +18,8 @@ async fn next_change(watch: &mut bramble_meta::Watch) -> Change {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watchers_see_committed_changes_under_their_prefix_in_order() {
-    let work = tempfile::tempdir().unwrap();
-    let address = free_address();
-    let (node, _token, _admin) = NodeDir::init(
-        work.path(),
-        InitOptions {
-            name: "solo".into(),
-            listen: address,
-            advertise: Some(address),
-            roles: vec![],
-            membership: MembershipSettings::default(),
-        },
-    )
-    .unwrap();
-    MetaSettings {
-        bootstrap: true,
-        ..MetaSettings::default()
-    }
-    .save(work.path())
-    .unwrap();
-    let (trigger, shutdown) = ShutdownTrigger::new();
-    let membership = Membership::start(&node, shutdown.clone()).await.unwrap();
-    let meta = Meta::start(&node, membership.clone(), shutdown)
-        .await
-        .unwrap();
+    let node = common::SoloNode::start("solo").await;
+    let meta = node.meta.clone();
 
     let mut watch = meta.watch("lb/");
     let put = |key: &str, value: &str| Command::Put {
@@ -140,7 +105,5 @@ async fn watchers_see_committed_changes_under_their_prefix_in_order() {
     let error = meta.write(put("", "x"), false).await.unwrap_err();
     assert!(error.message.contains("key is empty"), "{error}");
 
-    trigger.trigger();
-    meta.stop().await;
-    membership.stop().await;
+    node.stop().await;
 }

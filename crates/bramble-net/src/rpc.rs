@@ -584,7 +584,8 @@ impl RpcClient {
         outcome
     }
 
-    fn take_idle(&self, address: SocketAddr) -> Option<Connection> {
+    /// An idle connection to `address` kept from an earlier exchange, if any.
+    pub fn take_idle(&self, address: SocketAddr) -> Option<Connection> {
         let mut idle = self
             .idle
             .lock()
@@ -598,7 +599,11 @@ impl RpcClient {
         None
     }
 
-    fn keep_idle(&self, connection: Connection) {
+    /// Keeps a connection whose last exchange completed, for a later call to reuse.
+    pub fn keep_idle(&self, connection: Connection) {
+        if connection.exchange_in_progress {
+            return;
+        }
         let mut idle = self
             .idle
             .lock()
