@@ -7,6 +7,8 @@
 
 #![allow(dead_code)]
 
+pub mod web;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
