@@ -8,6 +8,7 @@
 //! - [`lease`]: leases renewed in the leader's memory, committed only when they change hands.
 //! - [`service`]: the `meta.*` RPC methods.
 //! - [`api`]: requests and answers shared with the CLI.
+//! - [`watch`]: prefix watches with a bounded queue per watcher.
 //! - [`settings`] holds this node's `meta.toml`.
 
 pub mod api;
@@ -18,6 +19,8 @@ pub mod service;
 pub mod settings;
 pub mod store;
 pub mod types;
+pub mod watch;
 
-pub use node::{Meta, MetaError, Watch};
+pub use node::{Meta, MetaError};
 pub use settings::MetaSettings;
+pub use watch::Watch;

@@ -18,7 +18,6 @@ use bramble_net::{ErrorKind, RpcClient, RpcError};
 use bramble_util::Shutdown;
 use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
 use openraft::{ChangeMembers, Config, ServerState, SnapshotPolicy};
-use tokio::sync::broadcast;
 use tracing::{info, warn};
 
 use crate::api::*;
@@ -27,9 +26,8 @@ use crate::lease::leader::LeaseLeader;
 use crate::network::Network;
 use crate::settings::MetaSettings;
 use crate::store::{self, CatalogReader};
-use crate::types::{
-    Change, Command, CommandResult, MetaNode, NodeId, Raft, VersionedValue, node_id_of,
-};
+use crate::types::{Command, CommandResult, MetaNode, NodeId, Raft, VersionedValue, node_id_of};
+use crate::watch::Watch;
 
 /// How long a write or linearizable read may wait for a leader with a quorum.
 pub const QUORUM_WAIT: Duration = Duration::from_secs(5);
@@ -163,12 +161,10 @@ impl Meta {
         &self.reader
     }
 
-    /// Changes under `prefix`, in log order, from now on.
+    /// Changes under `prefix`, in log order, from now on (filtered here, queued per
+    /// watcher with a bound: [`crate::watch`]).
     pub fn watch(&self, prefix: &str) -> Watch {
-        Watch {
-            receiver: self.reader.subscribe(),
-            prefix: prefix.to_string(),
-        }
+        self.reader.watch(prefix)
     }
 
     /// Stops Raft.
@@ -600,40 +596,6 @@ pub(crate) fn call_error(error: bramble_net::CallError) -> RpcError {
     match error.remote() {
         Some(remote) => remote.clone(),
         None => unavailable(error.to_string()),
-    }
-}
-
-/// Changes under a key prefix, read from this node's replica.
-pub struct Watch {
-    receiver: broadcast::Receiver<Change>,
-    prefix: String,
-}
-
-impl Watch {
-    /// The next change under the prefix. A watcher that fell behind gets
-    /// [`Change::Reset`] and should re-read what it cares about. `None` once Raft stopped.
-    pub async fn next(&mut self) -> Option<Change> {
-        loop {
-            match self.receiver.recv().await {
-                Ok(Change::Key {
-                    key,
-                    value,
-                    version,
-                }) => {
-                    if key.starts_with(&self.prefix) {
-                        return Some(Change::Key {
-                            key,
-                            value,
-                            version,
-                        });
-                    }
-                }
-                Ok(Change::Reset) | Err(broadcast::error::RecvError::Lagged(_)) => {
-                    return Some(Change::Reset);
-                }
-                Err(broadcast::error::RecvError::Closed) => return None,
-            }
-        }
     }
 }
 

@@ -46,11 +46,11 @@ use redb::{
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use tokio::sync::broadcast;
 
 use crate::types::{
     Change, Command, CommandResult, MetaNode, NodeId, StorageError, TypeConfig, VersionedValue,
 };
+use crate::watch::{Watch, WatchRegistry};
 
 /// Raft log entries by index, each a postcard-encoded `openraft::Entry<TypeConfig>`.
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
@@ -70,9 +70,6 @@ const SNAPSHOT_COUNTER_KEY: &str = "snapshot_counter";
 /// The last log id of the last installed snapshot: the saved snapshot must reach at least
 /// this far (see [`Shared::install_snapshot`]).
 const SNAPSHOT_FLOOR_KEY: &str = "snapshot_floor";
-
-/// How many changes a watcher may fall behind before it is told it lagged.
-const CHANGE_CHANNEL_CAPACITY: usize = 4096;
 
 /// Snapshot files start with this, so a foreign or truncated file is recognized as such.
 const SNAPSHOT_MAGIC: &[u8; 8] = b"BRSNAP01";
@@ -245,13 +242,12 @@ pub fn open(path: &Path) -> Result<(LogStore, StateMachineStore, CatalogReader),
 
     let database = Arc::new(database);
     let path: Arc<Path> = Arc::from(path);
-    let (changes, _) = broadcast::channel(CHANGE_CHANNEL_CAPACITY);
     let shared = Arc::new(Shared {
         database: Arc::clone(&database),
         snapshot_path: snapshot_path_for(&path),
         path: Arc::clone(&path),
         snapshot_file_lock: Mutex::new(()),
-        changes,
+        watches: WatchRegistry::default(),
         last_applied_index: AtomicU64::new(last_applied.map_or(0, |log_id| log_id.index)),
     });
     let log_store = LogStore { database, path };
@@ -520,7 +516,7 @@ struct Shared {
     /// own task, concurrently with applies and installs; without the lock two writers would
     /// also share `write_atomic`'s temporary file name.
     snapshot_file_lock: Mutex<()>,
-    changes: broadcast::Sender<Change>,
+    watches: WatchRegistry,
     /// A copy of the durable last applied index, so readers get it without a transaction.
     last_applied_index: AtomicU64,
 }
@@ -596,10 +592,7 @@ impl Shared {
     }
 
     fn announce(&self, changes: Vec<Change>) {
-        for change in changes {
-            // An error only means nobody is watching.
-            let _ = self.changes.send(change);
-        }
+        self.watches.announce(&changes);
     }
 
     /// Reads the whole state machine from one read transaction, so the snapshot is a
@@ -1135,13 +1128,13 @@ impl CatalogReader {
         self.shared.last_applied_index.load(Ordering::Acquire)
     }
 
-    /// Changes to the catalog, in log order, from now on (deleting a missing key is not a
-    /// change). To follow a part of the catalog, subscribe first, then read it: a change
-    /// whose version is not above the version read for its key is already reflected. A
-    /// receiver that falls more than 4096 changes behind gets `RecvError::Lagged` and, like
-    /// one that sees [`Change::Reset`], must read again.
-    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
-        self.shared.changes.subscribe()
+    /// Changes under `prefix`, in log order, from now on (deleting a missing key is not a
+    /// change). To follow a part of the catalog, watch first, then read it: a change whose
+    /// version is not above the version read for its key is already reflected. A watcher
+    /// that falls behind, like one that sees [`Change::Reset`], must read again
+    /// ([`crate::watch`]).
+    pub fn watch(&self, prefix: &str) -> Watch {
+        self.shared.watches.watch(prefix)
     }
 }
 
@@ -1350,7 +1343,7 @@ mod tests {
 
         let (_, mut follower, follower_reader) = open_in(&follower_directory);
         follower.apply([put(1, "stale", b"gone")]).await.unwrap();
-        let mut watcher = follower_reader.subscribe();
+        let mut watcher = follower_reader.watch("");
         let current = leader.get_current_snapshot().await.unwrap().unwrap();
         assert_eq!(current.meta, again.meta);
         follower
@@ -1358,7 +1351,7 @@ mod tests {
             .await
             .unwrap();
 
-        assert_eq!(watcher.recv().await.unwrap(), Change::Reset);
+        assert_eq!(watcher.next().await.unwrap(), Change::Reset);
         assert_eq!(
             follower_reader.list("", usize::MAX).unwrap(),
             leader_reader.list("", usize::MAX).unwrap()
@@ -1430,7 +1423,7 @@ mod tests {
     async fn watchers_see_changes_in_log_order() {
         let directory = TempDir::new().unwrap();
         let (_, mut state_machine, reader) = open_in(&directory);
-        let mut watcher = reader.subscribe();
+        let mut watcher = reader.watch("");
         state_machine
             .apply([put(1, "k", b"1"), put(2, "j", b"2"), delete(3, "missing")])
             .await
@@ -1440,7 +1433,7 @@ mod tests {
             .await
             .unwrap();
         let mut seen = Vec::new();
-        while let Ok(change) = watcher.try_recv() {
+        while let Some(change) = watcher.try_next() {
             seen.push(change);
         }
         let key = |key: &str, value: Option<&[u8]>, version| Change::Key {
@@ -1473,7 +1466,7 @@ mod tests {
                 },
             )
         };
-        let mut watcher = reader.subscribe();
+        let mut watcher = reader.watch("");
         let results = state_machine
             .apply([
                 put_if(1, 0, b"first"),
@@ -1499,10 +1492,10 @@ mod tests {
         );
         // Only the successful write is announced; the entries are applied all the same.
         assert!(matches!(
-            watcher.try_recv(),
-            Ok(Change::Key { version: 1, .. })
+            watcher.try_next(),
+            Some(Change::Key { version: 1, .. })
         ));
-        assert!(watcher.try_recv().is_err());
+        assert!(watcher.try_next().is_none());
         assert_eq!(reader.last_applied_index(), 3);
 
         let results = state_machine
