@@ -1,29 +1,35 @@
-//! `bramble agent`: the long-running node process. It wires the layers together — the RPC
-//! listener (net), membership and the cluster service (cluster), the Raft catalog (meta),
-//! the load balancers (lb) —
-//! and runs until SIGTERM, SIGINT or a graceful leave, then shuts every task down through
-//! one shutdown signal.
+//! `bramble agent`: the long-running node process. It starts the layers in order — the
+//! RPC listener (net), membership (cluster), the Raft catalog (meta) — then the
+//! subsystems declared in [`SUBSYSTEMS`] (bramble-platform's contract), and runs until
+//! SIGTERM, SIGINT or a graceful leave. It stops in reverse: subsystems first, within
+//! their deadlines (a VIP holder releases its lease while the catalog still runs), then
+//! the catalog, gossip and every named worker, through one shutdown signal.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context as _, Result, anyhow, bail};
 use bramble_cluster::service::ClusterService;
 use bramble_cluster::{Membership, NodeDir};
-use bramble_lb::service::LbService;
-use bramble_lb::subsystem::LoadBalancers;
 use bramble_meta::Meta;
 use bramble_meta::service::MetaService;
-use bramble_net::{Router, ServerLimits, serve};
-use bramble_util::ShutdownTrigger;
+use bramble_net::{Router, RpcClient, ServerLimits, serve};
+use bramble_platform::service::AgentService;
+use bramble_platform::{Context, Subsystem, Subsystems};
 use bramble_util::files::{self, Visibility};
+use bramble_util::{ShutdownTrigger, Workers};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::Notify;
-use tracing::info;
+use tracing::{info, warn};
 
-use crate::emulator::process;
+use crate::process;
+
+/// Every subsystem of the agent, in start order (stopped in reverse).
+const SUBSYSTEMS: &[Subsystem] = &[bramble_lb::subsystem::SUBSYSTEM];
+/// How long the agent waits for its workers to end after the shutdown signal.
+const WORKERS_DEADLINE: Duration = Duration::from_secs(5);
 
 pub async fn run(data_dir: &Path) -> Result<()> {
     let data_dir = if data_dir.is_absolute() {
@@ -43,23 +49,27 @@ pub async fn run(data_dir: &Path) -> Result<()> {
         );
     }
     let (trigger, shutdown) = ShutdownTrigger::new();
+    let workers = Workers::new(shutdown.clone());
     let listener = TcpListener::bind(node.config.listen)
         .await
         .with_context(|| format!("could not listen on {}/tcp", node.config.listen))?;
-    let membership = Membership::start(&node, shutdown.clone()).await?;
-    let meta = Meta::start(&node, membership.clone(), shutdown.clone())
+    let membership = Membership::start(&node, &workers).await?;
+    let meta = Meta::start(&node, membership.clone(), &workers)
         .await
         .context("starting the catalog")?;
-    let load_balancers = LoadBalancers::start(
-        &node.config.name,
-        &node.config.roles,
-        &node.path,
-        meta.clone(),
-        membership.clone(),
-        shutdown.clone(),
-    )
-    .await
-    .context("starting the load balancers")?;
+    let context = Context {
+        node: node.clone(),
+        membership: membership.clone(),
+        meta: meta.clone(),
+        rpc: RpcClient::new(node.credential.client_config()?),
+        shutdown: shutdown.clone(),
+        workers: workers.clone(),
+    };
+    let subsystems = Arc::new(
+        Subsystems::start(&context, SUBSYSTEMS)
+            .await
+            .map_err(|error| anyhow!(error))?,
+    );
     files::write_atomic(
         &pid_file,
         std::process::id().to_string().as_bytes(),
@@ -77,7 +87,15 @@ pub async fn run(data_dir: &Path) -> Result<()> {
         )),
     );
     router.register("meta", Arc::new(MetaService::new(meta.clone())));
-    router.register("lb", Arc::new(LbService::new(load_balancers.clone())));
+    router.register(
+        "agent",
+        Arc::new(AgentService::new(
+            &node.config.name,
+            workers.clone(),
+            subsystems.clone(),
+        )),
+    );
+    subsystems.register_services(&mut router);
     router.open_to_anonymous(bramble_cluster::join::METHOD);
     let server = tokio::spawn(serve(
         listener,
@@ -105,12 +123,13 @@ pub async fn run(data_dir: &Path) -> Result<()> {
     info!("stopping after {reason}");
     // Give the leave's RPC reply a moment to reach the caller before connections close.
     tokio::time::sleep(Duration::from_millis(50)).await;
-    // The balancers first, while the catalog still runs: they release their VIPs so the
-    // backups take over at once.
-    load_balancers.stop().await;
+    subsystems.stop().await;
     trigger.trigger();
     meta.stop().await;
     membership.stop().await;
+    if !workers.wait(WORKERS_DEADLINE).await {
+        warn!("some workers were still running at exit");
+    }
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
     let _ = std::fs::remove_file(&pid_file);
     info!("agent stopped");

@@ -63,6 +63,11 @@ pub enum Command {
         after_help = "Examples:\n  bramble nodes\n  bramble nodes --json\n  bramble nodes --from n2          as node n2 sees the cluster"
     )]
     Nodes(NodesArgs),
+    /// The named background workers of every node: state, errors, restarts, progress.
+    #[command(
+        after_help = "Examples:\n  bramble workers\n  bramble workers --node n2\n  bramble workers --json\n\nA worker that failed or panicked shows its error count and last error; most are restarted\nwith back-off (1 s, doubling up to 60 s)."
+    )]
+    Workers(WorkersArgs),
     /// Start an emulated cluster on this PC (processes on loopback, no privileges needed).
     #[command(
         after_help = "Examples:\n  bramble up                       5 nodes in ./.bramble, with the HA website demo\n  bramble up --nodes 20 --dir /tmp/c1 --bare\n\nRunning it again on a running cluster says so; on a stopped one, starts it again."
@@ -163,6 +168,15 @@ pub struct NodesArgs {
     /// Ask this member for its view (default: any member that answers).
     #[arg(long, value_name = "NODE")]
     pub from: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkersArgs {
+    #[command(flatten)]
+    pub output: JsonFlag,
+    /// Only this node (default: every live node).
+    #[arg(long, value_name = "NODE")]
+    pub node: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -10,6 +10,7 @@ mod client;
 mod commands;
 mod emulator;
 mod output;
+mod process;
 
 use std::process::ExitCode;
 
@@ -72,6 +73,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Command::Agent => agent::run(&client::data_dir(global)).await,
         Command::Leave(args) => commands::membership::leave(global, args).await,
         Command::Nodes(args) => commands::membership::nodes(global, args).await,
+        Command::Workers(args) => commands::workers::run(global, args).await,
         Command::Up(args) => emulator::up(global, args).await,
         Command::Down(args) => emulator::down(global, args).await,
         Command::Status(args) => emulator::status(global, args).await,

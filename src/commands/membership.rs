@@ -10,8 +10,9 @@ use bramble_meta::MetaSettings;
 
 use crate::cli::{GlobalOptions, InitArgs, JoinArgs, LeaveArgs, NodeOptions, NodesArgs};
 use crate::client::{ClusterClient, data_dir};
-use crate::emulator::{Emulation, process};
+use crate::emulator::Emulation;
 use crate::output;
+use crate::process;
 
 /// The node name to use: `--name`, else this machine's host name.
 fn node_name(options: &NodeOptions) -> Result<String> {

@@ -5,3 +5,4 @@ pub mod catalog;
 pub mod demo_web;
 pub mod lb;
 pub mod membership;
+pub mod workers;

@@ -16,12 +16,12 @@ use bramble_meta::types::{Command, CommandResult};
 use bramble_net::RpcClient;
 use serde::Serialize;
 
-use super::process::{self, ProcessState};
 use super::watch::{self, ViewCondition};
 use super::{Emulation, recipe};
 use crate::cli::{ChaosAction, ChaosArgs, GlobalOptions};
 use crate::client::ClusterClient;
 use crate::output;
+use crate::process::{self, ProcessState};
 
 #[derive(Serialize)]
 struct ChaosReport {

@@ -10,7 +10,6 @@
 
 pub mod chaos;
 pub mod ports;
-pub mod process;
 pub mod recipe;
 pub mod watch;
 
@@ -32,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use crate::cli::{DownArgs, GlobalOptions, JsonFlag, UpArgs};
 use crate::client::ClusterClient;
 use crate::output;
-use process::{AgentProcess, ProcessState};
+use crate::process::{self, AgentProcess, ProcessState};
 
 /// Where `bramble up` puts a cluster when no `--dir` is given.
 pub const DEFAULT_DIR: &str = ".bramble";

@@ -17,8 +17,9 @@ use bramble_util::files::{self, Visibility};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{EmulatedNode, Emulation, ports, process};
+use super::{EmulatedNode, Emulation, ports};
 use crate::client::ClusterClient;
+use crate::process;
 
 pub const BALANCER: &str = "webfarm";
 const STATS_USER: &str = "admin";

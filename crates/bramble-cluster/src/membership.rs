@@ -18,8 +18,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bramble_util::Shutdown;
 use bramble_util::files::{self, Visibility};
+use bramble_util::{Restart, Shutdown, Workers};
 use chitchat::transport::Transport;
 use chitchat::{
     Chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, Heartbeat,
@@ -163,7 +163,8 @@ fn next_generation(node: &NodeDir) -> Result<u64> {
 
 impl Membership {
     /// Binds the gossip socket and starts gossiping; background tasks end on `shutdown`.
-    pub async fn start(node: &NodeDir, shutdown: Shutdown) -> Result<Arc<Membership>> {
+    /// Starts gossip; its background tasks run as `workers` (ending on their shutdown).
+    pub async fn start(node: &NodeDir, workers: &Workers) -> Result<Arc<Membership>> {
         let config = &node.config;
         let settings = config.membership.clone();
         let self_id = ChitchatId::new(
@@ -226,9 +227,30 @@ impl Membership {
             peers_file: node.layout().peers(),
         });
         info!(name = %config.name, listen = %config.listen, advertise = %config.advertise, seeds = seeds.len(), "gossip started");
-        tokio::spawn(membership.clone().track_heartbeats(shutdown.clone()));
-        tokio::spawn(membership.clone().publish_load(shutdown.clone()));
-        tokio::spawn(membership.clone().remember_peers(shutdown));
+        let tracker = membership.clone();
+        workers.spawn("gossip-heartbeats", Restart::OnFailure, move |worker| {
+            let tracker = tracker.clone();
+            async move {
+                tracker.track_heartbeats(worker.shutdown()).await;
+                Ok(())
+            }
+        });
+        let publisher = membership.clone();
+        workers.spawn("gossip-load", Restart::OnFailure, move |worker| {
+            let publisher = publisher.clone();
+            async move {
+                publisher.publish_load(worker.shutdown()).await;
+                Ok(())
+            }
+        });
+        let saver = membership.clone();
+        workers.spawn("peers-file", Restart::OnFailure, move |worker| {
+            let saver = saver.clone();
+            async move {
+                saver.remember_peers(worker.shutdown()).await;
+                Ok(())
+            }
+        });
         Ok(membership)
     }
 

@@ -19,8 +19,10 @@ use bramble_cluster::{Membership, NodeState};
 use bramble_meta::Meta;
 use bramble_meta::lease::{LeaseAnswer, LeaseOperation, LeaseRecord, LeaseRequest, lease_key};
 use bramble_meta::types::Change;
+use bramble_platform::subsystem::StartFuture;
+use bramble_platform::{Context, Running, Subsystem};
 use bramble_util::files;
-use bramble_util::{Shutdown, ShutdownTrigger};
+use bramble_util::{Restart, Shutdown, ShutdownTrigger, WorkerContext, WorkerState, Workers};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -30,6 +32,7 @@ use crate::balancer::{Balancer, BalancerHandle};
 use crate::config::{BalancerSpec, CATALOG_PREFIX};
 use crate::health::spawn_checks;
 use crate::pool::BalancerStats;
+use crate::service::LbService;
 use crate::stats::{StatsCredentials, serve_stats};
 use crate::vip::{
     Candidate, DEFAULT_PRIORITY, Decision, LEASE_TTL, RENEW_EVERY, VipElection, lease_name,
@@ -97,7 +100,8 @@ impl LbSettings {
 struct Participation {
     spec: watch::Sender<BalancerSpec>,
     stop: ShutdownTrigger,
-    task: JoinHandle<()>,
+    /// Becomes true when its worker has let go of the VIP and ended.
+    finished: watch::Receiver<bool>,
     /// The running balancer while this node holds the VIP.
     running: Arc<Mutex<Option<BalancerHandle>>>,
     holder: Arc<Mutex<Option<String>>>,
@@ -108,46 +112,66 @@ pub struct LoadBalancers {
     node: String,
     meta: Arc<Meta>,
     membership: Arc<Membership>,
+    workers: Workers,
+    shutdown: Shutdown,
     participations: Mutex<BTreeMap<String, Participation>>,
     /// Set by [`LoadBalancers::stop`]: no new participation starts after it.
     stopping: std::sync::atomic::AtomicBool,
 }
 
 impl LoadBalancers {
-    /// Starts the subsystem. On a node without the `lb` role it runs nothing and reports
-    /// no balancers.
-    pub async fn start(
-        node: &str,
-        roles: &[String],
-        data_dir: &Path,
-        meta: Arc<Meta>,
-        membership: Arc<Membership>,
-        shutdown: Shutdown,
-    ) -> Result<Arc<LoadBalancers>, files::FileError> {
+    /// Starts the subsystem on an `lb` node: the stats page (if `lb.toml` asks for it) and
+    /// the worker that follows the catalog's balancers.
+    pub async fn start(context: &Context) -> Result<Arc<LoadBalancers>, files::FileError> {
         let subsystem = Arc::new(LoadBalancers {
-            node: node.to_string(),
-            meta,
-            membership,
+            node: context.node_name().to_string(),
+            meta: context.meta.clone(),
+            membership: context.membership.clone(),
+            workers: context.workers.clone(),
+            shutdown: context.shutdown.clone(),
             participations: Mutex::new(BTreeMap::new()),
             stopping: std::sync::atomic::AtomicBool::new(false),
         });
-        if !roles.iter().any(|role| role == LB_ROLE) {
-            return Ok(subsystem);
-        }
-        let settings = LbSettings::load(data_dir)?;
+        let settings = LbSettings::load(&context.node.path)?;
         if let (Some(listen), Some(credentials)) = (settings.stats_listen, settings.credentials()) {
             match tokio::net::TcpListener::bind(listen).await {
                 Ok(listener) => {
                     let source_subsystem = subsystem.clone();
                     let source: Arc<dyn Fn() -> Vec<BalancerStats> + Send + Sync> =
                         Arc::new(move || source_subsystem.stats());
-                    tokio::spawn(serve_stats(listener, source, credentials, shutdown.clone()));
+                    // The listener cannot be rebound by a restart: one run only.
+                    let listener = Arc::new(Mutex::new(Some(listener)));
+                    context
+                        .workers
+                        .spawn("lb-stats-page", Restart::Never, move |worker| {
+                            let listener = listener
+                                .lock()
+                                .unwrap_or_else(|poison| poison.into_inner())
+                                .take();
+                            let source = source.clone();
+                            let credentials = credentials.clone();
+                            async move {
+                                let listener =
+                                    listener.ok_or("the stats page's listener is gone")?;
+                                serve_stats(listener, source, credentials, worker.shutdown()).await;
+                                Ok(())
+                            }
+                        });
                     info!(%listen, "stats page listening");
                 }
                 Err(error) => warn!(%listen, %error, "could not start the stats page"),
             }
         }
-        tokio::spawn(subsystem.clone().follow_catalog(shutdown));
+        let follower = subsystem.clone();
+        context
+            .workers
+            .spawn("lb-catalog", Restart::OnFailure, move |worker| {
+                let follower = follower.clone();
+                async move {
+                    follower.follow_catalog(worker.shutdown()).await;
+                    Ok(())
+                }
+            });
         Ok(subsystem)
     }
 
@@ -167,8 +191,12 @@ impl LoadBalancers {
         for participation in &participations {
             participation.stop.trigger();
         }
-        for participation in participations {
-            let _ = tokio::time::timeout(RELEASE_PATIENCE * 2, participation.task).await;
+        for mut participation in participations {
+            let _ = tokio::time::timeout(
+                RELEASE_PATIENCE * 2,
+                participation.finished.wait_for(|finished| *finished),
+            )
+            .await;
         }
     }
 
@@ -218,7 +246,7 @@ impl LoadBalancers {
     async fn follow_catalog(self: Arc<Self>, mut shutdown: Shutdown) {
         let mut changes = self.meta.watch(CATALOG_PREFIX);
         loop {
-            self.reconcile(&shutdown);
+            self.reconcile();
             tokio::select! {
                 _ = shutdown.wait() => break,
                 change = changes.next() => match change {
@@ -234,13 +262,13 @@ impl LoadBalancers {
                 .unwrap_or_else(|poison| poison.into_inner());
             std::mem::take(&mut *map).into_values().collect()
         };
-        for participation in participations {
+        for mut participation in participations {
             participation.stop.trigger();
-            let _ = participation.task.await;
+            let _ = participation.finished.wait_for(|finished| *finished).await;
         }
     }
 
-    fn reconcile(self: &Arc<Self>, shutdown: &Shutdown) {
+    fn reconcile(self: &Arc<Self>) {
         if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
             return;
         }
@@ -294,20 +322,40 @@ impl LoadBalancers {
                     let (stop, stop_signal) = ShutdownTrigger::new();
                     let running = Arc::new(Mutex::new(None));
                     let holder = Arc::new(Mutex::new(None));
-                    let task = tokio::spawn(self.clone().participate(
-                        name.clone(),
-                        spec_receiver,
-                        running.clone(),
-                        holder.clone(),
+                    let (finished_sender, finished) = watch::channel(false);
+                    let finished_sender = Arc::new(finished_sender);
+                    let subsystem = self.clone();
+                    let balancer = name.clone();
+                    let (task_running, task_holder) = (running.clone(), holder.clone());
+                    let agent_shutdown = self.shutdown.clone();
+                    self.workers.spawn_until(
+                        format!("lb-vip/{name}"),
+                        Restart::OnFailure,
                         stop_signal,
-                        shutdown.clone(),
-                    ));
+                        move |worker| {
+                            let subsystem = subsystem.clone();
+                            let finished_sender = finished_sender.clone();
+                            let participation = subsystem.participate(
+                                balancer.clone(),
+                                spec_receiver.clone(),
+                                task_running.clone(),
+                                task_holder.clone(),
+                                worker,
+                                agent_shutdown.clone(),
+                            );
+                            async move {
+                                participation.await;
+                                finished_sender.send_replace(true);
+                                Ok(())
+                            }
+                        },
+                    );
                     participations.insert(
                         name,
                         Participation {
                             spec: spec_sender,
                             stop,
-                            task,
+                            finished,
                             running,
                             holder,
                         },
@@ -346,9 +394,10 @@ impl LoadBalancers {
         mut spec: watch::Receiver<BalancerSpec>,
         running: Arc<Mutex<Option<BalancerHandle>>>,
         holder: Arc<Mutex<Option<String>>>,
-        mut stop: Shutdown,
+        worker: WorkerContext,
         agent_shutdown: Shutdown,
     ) {
+        let mut stop = worker.shutdown();
         let lease = lease_name(&name);
         let mut lease_changes = self.meta.watch(&lease_key(&lease));
         let mut watching_lease = true;
@@ -623,6 +672,24 @@ impl LoadBalancers {
                 let_go(&name, &running, &mut checks, &mut interface_vip).await;
                 served_spec = None;
             }
+            let serving = running
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner())
+                .is_some();
+            worker.set_state(if serving {
+                WorkerState::Busy
+            } else {
+                WorkerState::Idle
+            });
+            let holder_now = holder
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner())
+                .clone();
+            worker.set_progress(match (serving, holder_now) {
+                (true, _) => format!("serving {}", current_spec.listen),
+                (false, Some(holder)) => format!("standing by; {holder} holds the VIP"),
+                (false, None) => "standing by; nobody holds the VIP".to_string(),
+            });
         }
         let_go(&name, &running, &mut checks, &mut interface_vip).await;
         if let Some(version) = our_grant {
@@ -684,5 +751,55 @@ async fn stop_serving(
         // The listener closes at once; open connections get their grace period in the
         // background rather than delaying a handover.
         let _ = tokio::time::timeout(Duration::from_millis(100), handle.stop()).await;
+    }
+}
+
+/// The balancer subsystem as the agent declares it: on `lb` nodes, with the `lb.*` RPC
+/// service; stopping it releases the VIPs this node holds.
+pub const SUBSYSTEM: Subsystem = Subsystem {
+    name: "lb",
+    roles: &[LB_ROLE],
+    start: start_subsystem,
+    stop_deadline: Duration::from_secs(3),
+};
+
+fn start_subsystem(context: Context) -> StartFuture {
+    Box::pin(async move {
+        let balancers = LoadBalancers::start(&context)
+            .await
+            .map_err(|error| error.to_string())?;
+        Ok(Arc::new(RunningBalancers { balancers }) as Arc<dyn Running>)
+    })
+}
+
+struct RunningBalancers {
+    balancers: Arc<LoadBalancers>,
+}
+
+#[async_trait::async_trait]
+impl Running for RunningBalancers {
+    fn service(&self) -> Option<Arc<dyn bramble_net::Handler>> {
+        Some(Arc::new(LbService::new(self.balancers.clone())))
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let balancers: Vec<serde_json::Value> = self
+            .balancers
+            .stats()
+            .into_iter()
+            .map(|stats| {
+                serde_json::json!({
+                    "name": stats.name,
+                    "listen": stats.listen,
+                    "vip_holder": stats.vip_holder,
+                    "serving_here": !stats.backends.is_empty(),
+                })
+            })
+            .collect();
+        serde_json::json!({ "balancers": balancers })
+    }
+
+    async fn stop(&self) {
+        self.balancers.stop().await;
     }
 }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use bramble_cluster::{Membership, NodeDir, NodeState, NodeView};
 use bramble_net::{ErrorKind, RpcClient, RpcError};
-use bramble_util::Shutdown;
+use bramble_util::{Restart, WorkerContext, WorkerState, Workers};
 use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
 use openraft::{ChangeMembers, Config, ServerState, SnapshotPolicy};
 use tracing::{info, warn};
@@ -83,7 +83,7 @@ impl Meta {
     pub async fn start(
         node: &NodeDir,
         membership: Arc<Membership>,
-        shutdown: Shutdown,
+        workers: &Workers,
     ) -> Result<Arc<Meta>, MetaError> {
         let settings = MetaSettings::load(&node.path)
             .map_err(|error| MetaError::Settings(error.to_string()))?;
@@ -147,8 +147,14 @@ impl Meta {
             settings,
             leases: LeaseLeader::default(),
         });
-        tokio::spawn(meta.clone().run_reconciler(shutdown.clone()));
-        tokio::spawn(meta.clone().run_lease_keeper(shutdown));
+        let reconciler = meta.clone();
+        workers.spawn("catalog-voters", Restart::OnFailure, move |worker| {
+            reconciler.clone().run_reconciler(worker)
+        });
+        let lease_keeper = meta.clone();
+        workers.spawn("catalog-leases", Restart::OnFailure, move |worker| {
+            lease_keeper.clone().run_lease_keeper(worker)
+        });
         Ok(meta)
     }
 
@@ -458,14 +464,15 @@ impl Meta {
         self.raft.trigger().snapshot().await.map_err(internal)
     }
 
-    async fn run_reconciler(self: Arc<Self>, mut shutdown: Shutdown) {
+    async fn run_reconciler(self: Arc<Self>, worker: WorkerContext) -> Result<(), String> {
+        let mut shutdown = worker.shutdown();
         let mut ticker = tokio::time::interval(RECONCILE_INTERVAL);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut down_since: HashMap<NodeId, Instant> = HashMap::new();
         let mut ticks: u64 = 0;
         loop {
             tokio::select! {
-                _ = shutdown.wait() => return,
+                _ = shutdown.wait() => return Ok(()),
                 _ = ticker.tick() => {}
             }
             ticks += 1;
@@ -476,11 +483,13 @@ impl Meta {
             }
             if self.raft.metrics().borrow().current_leader != Some(self.self_id) {
                 down_since.clear();
+                worker.set_state(WorkerState::Idle);
                 continue;
             }
+            worker.set_state(WorkerState::Busy);
             let view = self.membership.nodes().await;
             if let Err(error) = self.reconcile_voters(&view, &mut down_since).await {
-                warn!(%error, "could not update the catalog's voters");
+                worker.report_error(&format!("could not update the catalog's voters: {error}"));
             }
         }
     }

@@ -7,6 +7,7 @@
 //! - [`names`]: validation of names that users and peers send us (node names, roles).
 //! - [`shutdown`]: the one signal every background task takes so the agent ends cleanly.
 //! - [`time`]: wall-clock helpers.
+//! - [`workers`]: named background workers with their state, errors and restarts.
 
 pub mod files;
 pub mod memory;
@@ -14,5 +15,7 @@ pub mod names;
 pub mod scheduling;
 pub mod shutdown;
 pub mod time;
+pub mod workers;
 
 pub use shutdown::{Shutdown, ShutdownTrigger};
+pub use workers::{Restart, WorkerContext, WorkerInfo, WorkerState, Workers};

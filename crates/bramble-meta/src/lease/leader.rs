@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bramble_net::RpcError;
-use bramble_util::Shutdown;
+use bramble_util::{WorkerContext, WorkerState};
 use openraft::ServerState;
 use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::Mutex;
@@ -253,24 +253,33 @@ impl Meta {
 
     /// On every node: while it leads, take over the leases at the start of each term and
     /// commit the expiry of leases that ran out. Ends on `shutdown`.
-    pub(crate) async fn run_lease_keeper(self: Arc<Self>, mut shutdown: Shutdown) {
+    pub(crate) async fn run_lease_keeper(
+        self: Arc<Self>,
+        worker: WorkerContext,
+    ) -> Result<(), String> {
+        let mut shutdown = worker.shutdown();
         let mut ticker = tokio::time::interval(EXPIRY_CHECK_EVERY);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = shutdown.wait() => return,
+                _ = shutdown.wait() => return Ok(()),
                 _ = ticker.tick() => {}
             }
             let Some(term) = self.leading_term() else {
                 self.leases.table.lock().await.clear();
+                worker.set_state(WorkerState::Idle);
+                worker.set_progress("not the catalog leader");
                 continue;
             };
+            worker.set_state(WorkerState::Busy);
             let ready = self.leases.table.lock().await.is_ready_for(term);
             if !ready {
                 self.take_over_leases(term).await;
                 continue;
             }
             self.expire_leases(term).await;
+            let held = self.leases.table.lock().await.len();
+            worker.set_progress(format!("leading term {term}: {held} leases held"));
         }
     }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use bramble_cluster::node_dir::InitOptions;
 use bramble_cluster::{Membership, MembershipSettings, NodeDir};
 use bramble_meta::{Meta, MetaSettings};
-use bramble_util::ShutdownTrigger;
+use bramble_util::{ShutdownTrigger, Workers};
 
 fn free_address() -> SocketAddr {
     loop {
@@ -48,8 +48,9 @@ impl SoloNode {
         .save(directory.path())
         .unwrap();
         let (trigger, shutdown) = ShutdownTrigger::new();
-        let membership = Membership::start(&node, shutdown.clone()).await.unwrap();
-        let meta = Meta::start(&node, membership.clone(), shutdown)
+        let workers = Workers::new(shutdown);
+        let membership = Membership::start(&node, &workers).await.unwrap();
+        let meta = Meta::start(&node, membership.clone(), &workers)
             .await
             .unwrap();
         SoloNode {

@@ -1,5 +1,6 @@
-//! Agent processes of an emulated cluster: starting them detached, finding them again from
-//! their pid files, reading their state and footprint from /proc, and sending signals.
+//! Agent processes: finding them from their pid files (the agent refuses to start twice on
+//! one data directory), reading their state and footprint from /proc, sending signals, and
+//! starting them detached (the emulator).
 
 use std::fs::OpenOptions;
 use std::os::unix::process::CommandExt;

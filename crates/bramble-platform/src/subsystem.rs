@@ -1,0 +1,190 @@
+//! The subsystem contract. A subsystem is a part of the agent that runs on the nodes with
+//! certain roles (every node if none): it gets a [`Context`] with everything the layers
+//! below offer, registers its background tasks as named workers, may offer an RPC service
+//! under its name, reports a status, and stops when asked — in the reverse order of
+//! starting, within a deadline, before the catalog and membership stop, so that what it
+//! holds (a VIP lease) can be handed over while the cluster still listens.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bramble_cluster::{Membership, NodeDir};
+use bramble_meta::Meta;
+use bramble_net::rpc::Request;
+use bramble_net::{ErrorKind, Handler, Router, RpcClient, RpcError};
+use bramble_util::{Shutdown, Workers};
+use tracing::{info, warn};
+
+/// What a subsystem starts with.
+#[derive(Clone)]
+pub struct Context {
+    pub node: Arc<NodeDir>,
+    pub membership: Arc<Membership>,
+    pub meta: Arc<Meta>,
+    /// A client with this node's certificate, for calls to other agents.
+    pub rpc: RpcClient,
+    /// Fires when the agent stops (after every subsystem's own stop).
+    pub shutdown: Shutdown,
+    /// Where to register background tasks.
+    pub workers: Workers,
+}
+
+impl Context {
+    pub fn node_name(&self) -> &str {
+        &self.node.config.name
+    }
+
+    pub fn has_role(&self, role: &str) -> bool {
+        self.node.config.roles.iter().any(|own| own == role)
+    }
+}
+
+/// A running subsystem.
+#[async_trait::async_trait]
+pub trait Running: Send + Sync {
+    /// Its RPC service, registered under the subsystem's name (`lb.stats`, ...).
+    fn service(&self) -> Option<Arc<dyn Handler>>;
+    /// Its state for `bramble status` and the API.
+    fn status(&self) -> serde_json::Value;
+    /// Stops it: hand over what it holds, end its workers. Called once.
+    async fn stop(&self);
+}
+
+/// How a subsystem starts.
+pub type StartFuture =
+    Pin<Box<dyn Future<Output = Result<Arc<dyn Running>, String>> + Send + 'static>>;
+
+/// A subsystem's declaration.
+pub struct Subsystem {
+    pub name: &'static str,
+    /// The roles it runs on (any of them); empty: every node.
+    pub roles: &'static [&'static str],
+    pub start: fn(Context) -> StartFuture,
+    /// Longest its stop may take before the agent moves on.
+    pub stop_deadline: Duration,
+}
+
+#[derive(Clone)]
+struct Started {
+    name: &'static str,
+    running: Arc<dyn Running>,
+    stop_deadline: Duration,
+}
+
+/// The agent's subsystems, in start order.
+#[derive(Default)]
+pub struct Subsystems {
+    started: Mutex<Vec<Started>>,
+    /// Declared subsystems that this node's roles do not run, with the roles they need.
+    absent: Vec<(&'static str, &'static [&'static str])>,
+}
+
+impl Subsystems {
+    /// Starts each declared subsystem whose roles this node has, in order. A failure stops
+    /// the ones already started and is returned.
+    pub async fn start(context: &Context, declared: &[Subsystem]) -> Result<Subsystems, String> {
+        let mut subsystems = Subsystems::default();
+        let mut started = Vec::new();
+        for subsystem in declared {
+            let runs_here = subsystem.roles.is_empty()
+                || subsystem.roles.iter().any(|role| context.has_role(role));
+            if !runs_here {
+                subsystems.absent.push((subsystem.name, subsystem.roles));
+                continue;
+            }
+            match (subsystem.start)(context.clone()).await {
+                Ok(running) => {
+                    info!(subsystem = subsystem.name, "subsystem started");
+                    started.push(Started {
+                        name: subsystem.name,
+                        running,
+                        stop_deadline: subsystem.stop_deadline,
+                    });
+                }
+                Err(error) => {
+                    subsystems.started = Mutex::new(started);
+                    subsystems.stop().await;
+                    return Err(format!(
+                        "starting the {} subsystem: {error}",
+                        subsystem.name
+                    ));
+                }
+            }
+        }
+        subsystems.started = Mutex::new(started);
+        Ok(subsystems)
+    }
+
+    fn started(&self) -> std::sync::MutexGuard<'_, Vec<Started>> {
+        self.started
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// Registers every subsystem's RPC service; a subsystem that does not run here
+    /// answers with an error that names the roles it needs.
+    pub fn register_services(&self, router: &mut Router) {
+        for started in self.started().iter() {
+            if let Some(service) = started.running.service() {
+                router.register(started.name, service);
+            }
+        }
+        for (name, roles) in &self.absent {
+            router.register(
+                name,
+                Arc::new(NotHere {
+                    name,
+                    roles: roles.join(" or "),
+                }),
+            );
+        }
+    }
+
+    /// Each running subsystem's status, by name.
+    pub fn statuses(&self) -> Vec<(String, serde_json::Value)> {
+        self.started()
+            .iter()
+            .map(|started| (started.name.to_string(), started.running.status()))
+            .collect()
+    }
+
+    /// Stops the subsystems in reverse start order, each within its deadline.
+    pub async fn stop(&self) {
+        loop {
+            let Some(started) = self.started().pop() else {
+                break;
+            };
+            let stopped = tokio::time::timeout(started.stop_deadline, started.running.stop()).await;
+            match stopped {
+                Ok(()) => info!(subsystem = started.name, "subsystem stopped"),
+                Err(_) => warn!(
+                    subsystem = started.name,
+                    deadline_ms = started.stop_deadline.as_millis() as u64,
+                    "subsystem did not stop within its deadline"
+                ),
+            }
+        }
+    }
+}
+
+/// The service of a subsystem that does not run on this node.
+struct NotHere {
+    name: &'static str,
+    roles: String,
+}
+
+#[async_trait::async_trait]
+impl Handler for NotHere {
+    async fn handle(&self, request: Request<'_>) -> Result<Vec<u8>, RpcError> {
+        request.require_authenticated()?;
+        Err(RpcError::new(
+            ErrorKind::NotFound,
+            format!(
+                "the {} subsystem does not run on this node (it needs the role {})",
+                self.name, self.roles
+            ),
+        ))
+    }
+}
