@@ -1,13 +1,13 @@
-//! How CLI commands find and reach a cluster: which credential to present and which agents
-//! to try. In order of precedence: `--credential FILE`, `--dir` (an emulated cluster),
-//! `--data-dir` (a node's directory), then `./.bramble` and `/var/lib/bramble` if present.
+//! How CLI commands reach a cluster once they know which one (`crate::target` decides):
+//! the credential to present, the agents to try in order, and calls to any, one or every
+//! agent.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow};
 use bramble_cluster::node_dir::Layout;
 use bramble_cluster::{AdminCredential, NodeDir, NodeView};
 use bramble_net::{CallError, RpcClient};
@@ -15,7 +15,6 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::cli::GlobalOptions;
-use crate::emulator::Emulation;
 
 /// The default data directory of a real node.
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/bramble";
@@ -40,40 +39,9 @@ pub struct ClusterClient {
 }
 
 impl ClusterClient {
-    pub fn resolve(global: &GlobalOptions) -> Result<ClusterClient> {
-        if let Some(path) = &global.credential {
-            let admin = AdminCredential::load(path)
-                .with_context(|| format!("reading the credential {}", path.display()))?;
-            return Self::from_admin(
-                global,
-                admin,
-                &format!("credential {}", path.display()),
-                BTreeMap::new(),
-            );
-        }
-        if global.dir.is_some() || global.data_dir.is_none() {
-            if let Some(emulation) = Emulation::find(global)? {
-                return Self::from_emulation(global, &emulation);
-            }
-            if let Some(dir) = &global.dir {
-                bail!(
-                    "no emulated cluster in {} (no cluster.toml); start one with `bramble up --dir {}`",
-                    dir.display(),
-                    dir.display()
-                );
-            }
-        }
-        let data_dir = data_dir(global);
-        if Layout::new(&data_dir).is_initialised() {
-            return Self::from_data_dir(global, &data_dir);
-        }
-        bail!(
-            "no cluster found: no emulated cluster in ./.bramble and no node in {}.\nStart an emulated cluster with `bramble up`, or point at one with --dir, --data-dir or --credential",
-            data_dir.display()
-        )
-    }
-
-    fn from_admin(
+    /// A client presenting an admin credential; `known_names` are node addresses known
+    /// without asking (the emulator's nodes), tried before the credential's agents.
+    pub fn from_admin(
         global: &GlobalOptions,
         admin: AdminCredential,
         source: &str,
@@ -94,40 +62,9 @@ impl ClusterClient {
         })
     }
 
-    fn from_emulation(global: &GlobalOptions, emulation: &Emulation) -> Result<ClusterClient> {
-        let admin =
-            AdminCredential::load(&emulation.admin_credential_path()).with_context(|| {
-                format!(
-                    "reading the emulated cluster's admin credential in {}",
-                    emulation.dir.display()
-                )
-            })?;
-        let names = emulation
-            .state
-            .nodes
-            .iter()
-            .map(|node| (node.name.clone(), node.addr))
-            .collect();
-        let mut client = Self::from_admin(
-            global,
-            admin,
-            &format!("emulated cluster in {}", emulation.dir.display()),
-            names,
-        )?;
-        // Try the agents that are running first: a stopped (SIGSTOP) agent accepts TCP
-        // connections but never finishes a handshake, and would cost a timeout.
-        let answering: Vec<SocketAddr> = emulation
-            .answering_nodes()
-            .into_iter()
-            .map(|(_, address)| address)
-            .collect();
-        client
-            .agents
-            .sort_by_key(|address| (Some(*address) != global.addr, !answering.contains(address)));
-        Ok(client)
-    }
-
-    fn from_data_dir(global: &GlobalOptions, path: &Path) -> Result<ClusterClient> {
+    /// A client for the node whose data directory is `path`: its admin credential if it
+    /// has one, else the node's own certificate.
+    pub fn from_data_dir(global: &GlobalOptions, path: &Path) -> Result<ClusterClient> {
         let layout = Layout::new(path);
         if layout.admin_credential().exists() {
             let admin = AdminCredential::load(&layout.admin_credential())?;
@@ -156,6 +93,13 @@ impl ClusterClient {
             known_names: BTreeMap::new(),
             source: format!("data directory {}", path.display()),
         })
+    }
+
+    /// Tries `first` (the agents known to answer) before the others, after an address
+    /// given explicitly with `--addr`.
+    pub fn prefer(&mut self, first: &[SocketAddr], explicit: Option<SocketAddr>) {
+        self.agents
+            .sort_by_key(|address| (Some(*address) != explicit, !first.contains(address)));
     }
 
     pub fn rpc(&self) -> &RpcClient {

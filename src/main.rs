@@ -11,6 +11,7 @@ mod commands;
 mod emulator;
 mod output;
 mod process;
+mod target;
 
 use std::process::ExitCode;
 

@@ -67,7 +67,7 @@ fn report_write(result: CommandResult, key: &str, json: bool) -> Result<()> {
 }
 
 pub async fn kv(global: &GlobalOptions, command: &KvCommand) -> Result<()> {
-    let client = ClusterClient::resolve(global)?;
+    let client = crate::target::resolve(global)?;
     match command {
         KvCommand::Put {
             key,
@@ -153,7 +153,7 @@ pub async fn kv(global: &GlobalOptions, command: &KvCommand) -> Result<()> {
 }
 
 pub async fn cluster(global: &GlobalOptions, command: &ClusterCommand) -> Result<()> {
-    let client = ClusterClient::resolve(global)?;
+    let client = crate::target::resolve(global)?;
     match command {
         ClusterCommand::Snapshot => {
             let (address, ()) = client.call_any(METHOD_SNAPSHOT_NOW, &()).await?;

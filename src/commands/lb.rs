@@ -205,7 +205,7 @@ async fn vip_holder(client: &ClusterClient, name: &str) -> Option<String> {
 }
 
 pub async fn run(global: &GlobalOptions, command: &LbCommand) -> Result<()> {
-    let client = ClusterClient::resolve(global)?;
+    let client = crate::target::resolve(global)?;
     match command {
         LbCommand::Create(args) => {
             let mut spec = BalancerSpec {

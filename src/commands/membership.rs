@@ -9,7 +9,7 @@ use bramble_cluster::{JoinToken, MembershipSettings, NodeDir, NodeView};
 use bramble_meta::MetaSettings;
 
 use crate::cli::{GlobalOptions, InitArgs, JoinArgs, LeaveArgs, NodeOptions, NodesArgs};
-use crate::client::{ClusterClient, data_dir};
+use crate::client::data_dir;
 use crate::emulator::Emulation;
 use crate::output;
 use crate::process;
@@ -95,7 +95,7 @@ pub async fn join_cluster(global: &GlobalOptions, args: &JoinArgs) -> Result<()>
 }
 
 pub async fn leave(global: &GlobalOptions, args: &LeaveArgs) -> Result<()> {
-    let client = ClusterClient::resolve(global)?;
+    let client = crate::target::resolve(global)?;
     let (name, address) = match &args.node {
         Some(name) => (name.clone(), client.address_of(name).await?),
         None => {
@@ -118,7 +118,7 @@ pub async fn leave(global: &GlobalOptions, args: &LeaveArgs) -> Result<()> {
 }
 
 pub async fn nodes(global: &GlobalOptions, args: &NodesArgs) -> Result<()> {
-    let client = ClusterClient::resolve(global)?;
+    let client = crate::target::resolve(global)?;
     let (source, view): (_, Vec<NodeView>) = match &args.from {
         Some(name) => {
             let address = client.address_of(name).await?;

@@ -8,7 +8,6 @@ use bramble_util::WorkerInfo;
 use serde::Serialize;
 
 use crate::cli::{GlobalOptions, WorkersArgs};
-use crate::client::ClusterClient;
 use crate::output;
 
 #[derive(Serialize)]
@@ -20,7 +19,7 @@ struct NodeWorkers {
 }
 
 pub async fn run(global: &GlobalOptions, args: &WorkersArgs) -> Result<()> {
-    let client = ClusterClient::resolve(global)?;
+    let client = crate::target::resolve(global)?;
     let (_, nodes): (_, Vec<NodeView>) = client.call_any("cluster.nodes", &()).await?;
     let targets: Vec<&NodeView> = match &args.node {
         Some(name) => {

@@ -75,10 +75,7 @@ async fn time_catalog_failover(
 
 pub async fn chaos(global: &GlobalOptions, args: &ChaosArgs) -> Result<()> {
     let emulation = Emulation::require(global)?;
-    let client = ClusterClient::resolve(&GlobalOptions {
-        dir: Some(emulation.dir.clone()),
-        ..global.clone()
-    })?;
+    let client = emulation.client(global)?;
     let is_web = emulation
         .state
         .demo

@@ -71,6 +71,37 @@ fn absolute(path: &Path) -> Result<PathBuf> {
 }
 
 impl Emulation {
+    /// A client for this emulated cluster: its admin credential, every node's address,
+    /// the running agents first (a stopped one accepts TCP connections but never finishes
+    /// a handshake, and would cost a timeout).
+    pub fn client(&self, global: &GlobalOptions) -> Result<ClusterClient> {
+        let admin = AdminCredential::load(&self.admin_credential_path()).with_context(|| {
+            format!(
+                "reading the emulated cluster's admin credential in {}",
+                self.dir.display()
+            )
+        })?;
+        let names = self
+            .state
+            .nodes
+            .iter()
+            .map(|node| (node.name.clone(), node.addr))
+            .collect();
+        let mut client = ClusterClient::from_admin(
+            global,
+            admin,
+            &format!("emulated cluster in {}", self.dir.display()),
+            names,
+        )?;
+        let answering: Vec<SocketAddr> = self
+            .answering_nodes()
+            .into_iter()
+            .map(|(_, address)| address)
+            .collect();
+        client.prefer(&answering, global.addr);
+        Ok(client)
+    }
+
     /// The emulated cluster of `--dir` (or `BRAMBLE_DIR`, or `./.bramble`), if one exists.
     pub fn find(global: &GlobalOptions) -> Result<Option<Emulation>> {
         let dir = absolute(global.dir.as_deref().unwrap_or(Path::new(DEFAULT_DIR)))?;
@@ -287,10 +318,7 @@ pub async fn up(global: &GlobalOptions, args: &UpArgs) -> Result<()> {
         emulation.state.nodes.push(first);
         emulation.save()?;
     }
-    let client = ClusterClient::resolve(&GlobalOptions {
-        dir: Some(emulation.dir.clone()),
-        ..global.clone()
-    })?;
+    let client = emulation.client(global)?;
 
     // Start what exists but is not running.
     let mut to_start: Vec<EmulatedNode> = stopped;
@@ -571,10 +599,7 @@ struct StatusRow {
 /// `bramble status`.
 pub async fn status(global: &GlobalOptions, flags: &JsonFlag) -> Result<()> {
     let emulation = Emulation::require(global)?;
-    let client = ClusterClient::resolve(&GlobalOptions {
-        dir: Some(emulation.dir.clone()),
-        ..global.clone()
-    })?;
+    let client = emulation.client(global)?;
     let membership: Option<Vec<NodeView>> = match emulation.answering_nodes().first() {
         Some(_) => client
             .call_any::<_, Vec<NodeView>>("cluster.nodes", &())

@@ -18,9 +18,10 @@ use bramble_util::names::validate_name;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use crate::membership::{Membership, MembershipSettings, NodeState};
+use crate::membership::{Membership, NodeState};
 use crate::node_dir::{ClusterSecrets, NodeConfig, NodeDir, default_advertise};
 use crate::pki::{CertificateAuthority, JoinerPublicKey, PendingKey};
+use crate::settings::MembershipSettings;
 use crate::token::JoinToken;
 use crate::{ClusterError, Result};
 

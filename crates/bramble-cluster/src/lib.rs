@@ -9,6 +9,7 @@
 //!   sealed with the cluster key.
 //! - [`membership`]: the node table everyone can ask for (`bramble nodes`).
 //! - [`service`]: the `cluster.*` RPC methods an agent serves.
+//! - [`settings`]: the gossip and failure-detection settings.
 
 pub mod gossip;
 pub mod join;
@@ -17,10 +18,12 @@ pub mod membership;
 pub mod node_dir;
 pub mod pki;
 pub mod service;
+pub mod settings;
 pub mod token;
 
-pub use membership::{Membership, MembershipSettings, NodeState, NodeView};
+pub use membership::{Membership, NodeState, NodeView};
 pub use node_dir::{AdminCredential, NodeConfig, NodeDir};
+pub use settings::MembershipSettings;
 pub use token::JoinToken;
 
 /// The version every agent announces in gossip.

@@ -31,6 +31,7 @@ use tracing::{info, warn};
 use crate::gossip::{GossipCounters, SealedUdpTransport};
 use crate::load::LoadSummary;
 use crate::node_dir::{KnownPeers, NodeDir};
+use crate::settings::MembershipSettings;
 use crate::{ClusterError, Result};
 
 const KEY_RPC: &str = "rpc";
@@ -43,58 +44,6 @@ const KEY_LOAD: &str = "load";
 const LOAD_INTERVAL: Duration = Duration::from_secs(5);
 /// How often `peers.toml` is brought up to date.
 const PEERS_INTERVAL: Duration = Duration::from_secs(10);
-
-/// Gossip and failure-detection settings (`[membership]` in node.toml).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct MembershipSettings {
-    /// Time between gossip rounds. Each round also bumps this node's heartbeat.
-    pub gossip_interval_ms: u64,
-    /// A node is declared dead when its heartbeat is this many mean intervals late.
-    pub phi_threshold: f64,
-    /// How long a dead node stays in the table before it is forgotten.
-    pub dead_node_grace_secs: u64,
-}
-
-impl Default for MembershipSettings {
-    fn default() -> Self {
-        // 150 ms x 8 declares a node dead about 1.2-1.4 s after its last heartbeat,
-        // inside the 2 s goal, with room for scheduling jitter on a loaded board.
-        MembershipSettings {
-            gossip_interval_ms: 150,
-            phi_threshold: 8.0,
-            dead_node_grace_secs: 24 * 3600,
-        }
-    }
-}
-
-impl MembershipSettings {
-    pub fn validate(&self) -> Result<()> {
-        if !(20..=10_000).contains(&self.gossip_interval_ms) {
-            return Err(ClusterError::Invalid(format!(
-                "membership.gossip_interval_ms must be between 20 and 10000, not {}",
-                self.gossip_interval_ms
-            )));
-        }
-        if !(2.0..=100.0).contains(&self.phi_threshold) {
-            return Err(ClusterError::Invalid(format!(
-                "membership.phi_threshold must be between 2 and 100, not {}",
-                self.phi_threshold
-            )));
-        }
-        if self.dead_node_grace_secs < 60 {
-            return Err(ClusterError::Invalid(format!(
-                "membership.dead_node_grace_secs must be at least 60, not {}",
-                self.dead_node_grace_secs
-            )));
-        }
-        Ok(())
-    }
-
-    pub fn gossip_interval(&self) -> Duration {
-        Duration::from_millis(self.gossip_interval_ms)
-    }
-}
 
 /// A member's state as one node sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -20,8 +20,8 @@ use bramble_util::files::{self, Visibility};
 use bramble_util::names::validate_name;
 use serde::{Deserialize, Serialize};
 
-use crate::membership::MembershipSettings;
 use crate::pki::CertificateAuthority;
+use crate::settings::MembershipSettings;
 use crate::token::{JoinToken, Secret};
 use crate::{ClusterError, Result};
 

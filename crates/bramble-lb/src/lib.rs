@@ -16,8 +16,10 @@
 //! - [`vip`]: who may hold a balancer's virtual IP: a lease in the Raft catalog.
 //! - [`vip_interface`]: the real-interface mode: the VIP added to a network interface
 //!   with a kernel lifetime, and gratuitous ARP on takeover.
-//! - [`subsystem`]: runs the catalog's balancers on `lb` nodes, serving each VIP only
-//!   while holding its lease; the stats page.
+//! - [`participant`]: one balancer's VIP on one node, as a state machine stepped each
+//!   renewal period: lease requests, serving, letting go.
+//! - [`subsystem`]: runs the catalog's balancers on `lb` nodes (one participant worker
+//!   each); the stats page; the subsystem's declaration for the agent.
 
 pub mod balance;
 pub mod balancer;
@@ -25,6 +27,7 @@ pub mod config;
 pub mod demo_web;
 pub mod health;
 pub mod http_proxy;
+pub mod participant;
 pub mod pool;
 pub mod service;
 pub mod stats;
