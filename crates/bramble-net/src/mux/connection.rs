@@ -494,6 +494,7 @@ where
     let mut reader = BufReader::with_capacity(128 * 1024, read_half);
     let mut closed = shared.closed_signal();
     let limits = &shared.limits;
+    let mut input_ended = false;
     let outcome: MuxError = loop {
         // Wait for the first byte of the next frame with `fill_buf`, which loses nothing
         // when the idle timeout cancels it; the rest of the header then has to follow
@@ -505,8 +506,14 @@ where
         };
         match waited {
             Ok(Ok(false)) => {}
-            Ok(Ok(true)) => break read_error(shared, &std::io::ErrorKind::UnexpectedEof.into()),
-            Ok(Err(error)) => break read_error(shared, &error),
+            Ok(Ok(true)) => {
+                input_ended = true;
+                break read_error(shared, &std::io::ErrorKind::UnexpectedEof.into());
+            }
+            Ok(Err(error)) => {
+                input_ended = true;
+                break read_error(shared, &error);
+            }
             Err(_) if shared.open_streams() == 0 => {
                 // Told to the peer, so a client does not open a stream on a connection
                 // that is going away.
@@ -522,7 +529,10 @@ where
             _ = closed.wait() => break shared.closed_error(),
             read = tokio::time::timeout(limits.frame_timeout, reader.read_exact(&mut header_bytes)) => match read {
                 Ok(Ok(_)) => {}
-                Ok(Err(error)) => break read_error(shared, &error),
+                Ok(Err(error)) => {
+                input_ended = true;
+                break read_error(shared, &error);
+            }
                 Err(_) => break MuxError::Protocol(format!(
                     "a frame header did not arrive within {:?}", limits.frame_timeout
                 )),
@@ -537,7 +547,10 @@ where
             _ = closed.wait() => break shared.closed_error(),
             read = tokio::time::timeout(limits.frame_timeout, read_payload(&mut reader, header.length as usize)) => match read {
                 Ok(Ok(payload)) => payload,
-                Ok(Err(error)) => break read_error(shared, &error),
+                Ok(Err(error)) => {
+                input_ended = true;
+                break read_error(shared, &error);
+            }
                 Err(_) => break MuxError::Protocol(format!(
                     "a {:?} frame's payload did not arrive within {:?}",
                     header.kind, limits.frame_timeout
@@ -559,7 +572,21 @@ where
     };
     debug!(peer = %shared.peer, %reason, "mux connection ended");
     shared.close(&reason, tell_peer);
+    if !input_ended {
+        drain(&mut reader).await;
+    }
     outcome
+}
+
+/// Reads and discards what the peer still sends, until it closes its side, for a short
+/// while. Closing a socket with unread input makes the kernel answer with a reset, which
+/// can destroy the `GoAway` (and its reason) before the peer has read it; the peer closes
+/// its side as soon as it sees the `GoAway`.
+async fn drain<R: AsyncRead + Unpin>(reader: &mut R) {
+    const GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+    const MOST: u64 = 16 * 1024 * 1024;
+    let mut sink = tokio::io::sink();
+    let _ = tokio::time::timeout(GRACE, tokio::io::copy(&mut reader.take(MOST), &mut sink)).await;
 }
 
 fn shutdown_error(shared: &Shared) -> MuxError {
