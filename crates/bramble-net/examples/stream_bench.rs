@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! stream_bench serve  --dir D                 # makes certificates in D, prints the address
-//! stream_bench stream --dir D --address A --streams N --seconds S
+//! stream_bench stream --dir D --address A --streams N --seconds S [--window-kib K]
 //! stream_bench latency --dir D --address A --calls C
 //! ```
 //!
@@ -47,7 +47,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let address: SocketAddr = option("--address").ok_or("--address")?.parse()?;
                 let credential = load(&dir, "client")?;
                 let (_trigger, shutdown) = ShutdownTrigger::new();
-                let client = MuxClient::new(credential.client_config()?, shutdown);
+                let mut client = MuxClient::new(credential.client_config()?, shutdown);
+                if let Some(window) = option("--window-kib") {
+                    // The receiver's window: for downloads, the client's.
+                    client = client.with_limits(MuxLimits {
+                        stream_window: window.parse::<u32>()? * 1024,
+                        ..MuxLimits::default()
+                    });
+                }
                 if mode == "stream" {
                     let streams: usize = option("--streams").unwrap_or("1".into()).parse()?;
                     let seconds: f64 = option("--seconds").unwrap_or("5".into()).parse()?;

@@ -183,6 +183,8 @@ impl Shared {
         if tell_peer {
             self.outbox.send(Frame::go_away(reason));
         }
+        // Callers waiting for a stream slot learn at once that none will come.
+        self.client_slots.close();
         self.closed.trigger();
     }
 
@@ -333,13 +335,18 @@ impl Shared {
     ) -> Result<Option<OpenedStream>, MuxError> {
         let id = header.stream_id;
         match header.kind {
-            FrameKind::GoAway => Err(MuxError::ConnectionClosed {
-                peer: self.peer,
-                reason: format!(
-                    "the peer closed the connection: {}",
-                    String::from_utf8_lossy(&payload)
-                ),
-            }),
+            FrameKind::GoAway => {
+                // The reason ends up in logs and error messages: printable and short.
+                let reason: String = String::from_utf8_lossy(&payload)
+                    .chars()
+                    .filter(|character| !character.is_control())
+                    .take(1024)
+                    .collect();
+                Err(MuxError::ConnectionClosed {
+                    peer: self.peer,
+                    reason: format!("the peer closed the connection: {reason}"),
+                })
+            }
             FrameKind::Open => self.apply_open(id, header.priority, &payload),
             kind => {
                 let mut table = self.table();
@@ -491,10 +498,11 @@ where
     R: AsyncRead + Unpin,
     F: FnMut(OpenedStream),
 {
-    let mut reader = BufReader::with_capacity(128 * 1024, read_half);
+    let mut reader = BufReader::with_capacity(64 * 1024, read_half);
     let mut closed = shared.closed_signal();
     let limits = &shared.limits;
     let mut input_ended = false;
+    let mut payload_block = BytesMut::new();
     let outcome: MuxError = loop {
         // Wait for the first byte of the next frame with `fill_buf`, which loses nothing
         // when the idle timeout cancels it; the rest of the header then has to follow
@@ -545,7 +553,7 @@ where
         let payload = tokio::select! {
             _ = shutdown.wait() => break shutdown_error(shared),
             _ = closed.wait() => break shared.closed_error(),
-            read = tokio::time::timeout(limits.frame_timeout, read_payload(&mut reader, header.length as usize)) => match read {
+            read = tokio::time::timeout(limits.frame_timeout, read_payload(&mut reader, &mut payload_block, header.length as usize)) => match read {
                 Ok(Ok(payload)) => payload,
                 Ok(Err(error)) => {
                 input_ended = true;
@@ -606,17 +614,27 @@ fn read_error(shared: &Shared, error: &std::io::Error) -> MuxError {
     }
 }
 
+/// Bytes the reader allocates at a time for payloads. Frames are cut out of one such
+/// block (and the block is reused once they are all dropped) instead of each taking a
+/// fresh allocation, which cost page faults on every 64 KiB frame. Kept small because a
+/// chunk an application holds on to keeps its whole block alive.
+const PAYLOAD_BLOCK: usize = 256 * 1024;
+
 async fn read_payload<R: AsyncRead + Unpin>(
     reader: &mut R,
+    block: &mut BytesMut,
     length: usize,
 ) -> std::io::Result<Bytes> {
-    let mut payload = BytesMut::with_capacity(length);
-    while payload.len() < length {
-        let wanted = (length - payload.len()) as u64;
-        let read = (&mut *reader).take(wanted).read_buf(&mut payload).await?;
+    block.clear();
+    if block.capacity() < length {
+        block.reserve(PAYLOAD_BLOCK.max(length));
+    }
+    while block.len() < length {
+        let wanted = (length - block.len()) as u64;
+        let read = (&mut *reader).take(wanted).read_buf(block).await?;
         if read == 0 {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
     }
-    Ok(payload.freeze())
+    Ok(block.split_to(length).freeze())
 }
