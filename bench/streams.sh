@@ -13,8 +13,8 @@
 #   latency: `stream_bench latency --calls CALLS`: empty control calls spaced 2 ms apart,
 #            idle and then with two bulk downloads running on the same connection
 #
-# With ROUNDS > 1 the throughput runs alternate (iperf3 1, mux 1, iperf3 8, mux 8, ...) and
-# the median of each is reported. Everything shares this machine's cores, so the ratio,
+# With ROUNDS > 1 the throughput runs alternate (iperf3 1, mux 1, iperf3 8, mux 8, ...), the
+# latency run is repeated ROUNDS times, and the median of each figure is reported. Everything shares this machine's cores, so the ratio,
 # not the absolute number, is the result.
 #
 # Run from anywhere:   bench/streams.sh        DURATION=3 ROUNDS=1 bench/streams.sh
@@ -110,14 +110,24 @@ for round in $(seq "$ROUNDS"); do
     done
 done
 
-log "control-call latency: $CALLS calls idle, then $CALLS with two bulk streams"
-LATENCY="$("$BENCH" latency --dir "$SCRATCH_DIR/certificates" --address "$MUX_ADDRESS" --calls "$CALLS")"
+LATENCIES=()
+for round in $(seq "$ROUNDS"); do
+    LATENCIES+=("$("$BENCH" latency --dir "$SCRATCH_DIR/certificates" --address "$MUX_ADDRESS" --calls "$CALLS")")
+    log "round $round, control-call latency ($CALLS calls idle, then $CALLS with two bulk streams): ${LATENCIES[-1]}"
+done
+LATENCY="[$(IFS=,; echo "${LATENCIES[*]}")]"
+LOAD_AVERAGE="$(cut -d' ' -f1-3 /proc/loadavg)"
 
-python3 - "$RESULT" "$DURATION" "$ROUNDS" "$LATENCY" \
+python3 - "$RESULT" "$DURATION" "$ROUNDS" "$LATENCY" "$LOAD_AVERAGE" \
     "${SAMPLES[iperf3_1]}" "${SAMPLES[mux_1]}" "${SAMPLES[iperf3_8]}" "${SAMPLES[mux_8]}" <<'PY'
 import json, os, platform, statistics, subprocess, sys, time
-result, duration, rounds, latency = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), json.loads(sys.argv[4])
-samples = [[float(value) for value in arg.split()] for arg in sys.argv[5:9]]
+result, duration, rounds = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
+latency_rounds, load_average = json.loads(sys.argv[4]), sys.argv[5]
+samples = [[float(value) for value in arg.split()] for arg in sys.argv[6:10]]
+# Each latency figure: the median over the rounds (one noisy round on a shared machine
+# does not decide the result); every round is kept in the file.
+latency = {key: statistics.median(r[key] for r in latency_rounds) for key in latency_rounds[0]}
+latency["rounds"] = latency_rounds
 iperf1, mux1, iperf8, mux8 = (statistics.median(values) for values in samples)
 def commit():
     try:
@@ -127,7 +137,7 @@ def commit():
 out = {
     "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     "commit": commit(),
-    "machine": {"cores": os.cpu_count(), "kernel": platform.release()},
+    "machine": {"cores": os.cpu_count(), "kernel": platform.release(), "load_average_after": load_average},
     "duration_seconds": duration,
     "rounds": rounds,
     "throughput_bits_per_second": {

@@ -435,3 +435,59 @@ async fn shutdown_ends_open_streams_with_a_clear_error() {
         "unexpected error: {error}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_copy_from_readers_and_into_writers() {
+    let (server, blob) = standard_server(1, MuxLimits::default()).await;
+    let client = server.mux_client();
+    let data = blob.pattern(11).slice(0, 3_000_000);
+    let (mut sender, response) = client
+        .open(
+            server.address,
+            "blob.echo",
+            &blob_header(0, 11),
+            Priority::Bulk,
+        )
+        .await
+        .unwrap();
+    let source = data.clone();
+    let sending = tokio::spawn(async move {
+        let sent = sender.send_from(&mut &source[..], 100_000).await?;
+        sender.finish().await?;
+        Ok::<_, MuxError>(sent)
+    });
+    let mut response = response.wait().await.unwrap();
+    let mut copy = Vec::new();
+    let written = response.body.write_into(&mut copy).await.unwrap();
+    assert_eq!(sending.await.unwrap().unwrap(), data.len() as u64);
+    assert_eq!(written, data.len() as u64);
+    assert_eq!(copy, data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_is_closed_and_the_client_dials_again() {
+    let limits = MuxLimits {
+        connection_idle_timeout: Duration::from_millis(200),
+        ..MuxLimits::default()
+    };
+    let (server, _) = standard_server(1, limits).await;
+    let client = server.mux_client();
+    let first = client.connection(server.address).await.unwrap();
+    let sum: u64 = client
+        .call(server.address, "math.add", &(1u64, 1u64), Priority::Control)
+        .await
+        .unwrap();
+    assert_eq!(sum, 2);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !first.is_closed() {
+        assert!(Instant::now() < deadline, "the idle connection stayed open");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let sum: u64 = client
+        .call(server.address, "math.add", &(2u64, 2u64), Priority::Control)
+        .await
+        .unwrap();
+    assert_eq!(sum, 4);
+    let second = client.connection(server.address).await.unwrap();
+    assert!(!second.is_closed());
+}
