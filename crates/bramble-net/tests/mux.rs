@@ -164,8 +164,14 @@ async fn a_256_mib_stream_each_way_arrives_intact_without_being_held() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn echo_streams_both_bodies_at_once() {
     const LENGTH: u64 = 8 * MIB;
-    let (server, blob) = standard_server(1, MuxLimits::default()).await;
-    let client = server.mux_client();
+    // The smallest connection bulk window on both sides: the two directions and their
+    // credit grants must still keep each other going.
+    let limits = MuxLimits {
+        connection_bulk_window: 64 * 1024,
+        ..MuxLimits::default()
+    };
+    let (server, blob) = standard_server(1, limits.clone()).await;
+    let client = server.mux_client().with_limits(limits);
     let pattern = blob.pattern(3);
     let (mut sender, response) = client
         .open(

@@ -235,3 +235,39 @@ async fn a_peer_that_goes_silent_mid_frame_is_dropped() {
     assert!(reason.contains("did not arrive"), "{reason}");
     still_serves(&server).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_data_beyond_the_connection_credit_closes_the_connection() {
+    let limits = MuxLimits {
+        connection_bulk_window: 64 * 1024,
+        ..MuxLimits::default()
+    };
+    let (server, _) = standard_server(1, limits).await;
+    let header = postcard::to_allocvec(&common::BlobRequest { length: 0, seed: 0 }).unwrap();
+    let mut stream = server.raw_mux_stream().await;
+    // 20 KiB leaves 44 KiB of the 64 KiB connection credit (less than half is used, so
+    // none is granted back yet); a 64 KiB frame then exceeds it, although the stream's own
+    // window would allow it.
+    write_frames(
+        &mut stream,
+        &[
+            open_frame(1, "blob.hold", &header),
+            Frame::new(
+                1,
+                FrameKind::Data,
+                Priority::Bulk,
+                Bytes::from(vec![0u8; 20 * 1024]),
+            ),
+            Frame::new(
+                1,
+                FrameKind::Data,
+                Priority::Bulk,
+                Bytes::from(vec![0u8; 64 * 1024]),
+            ),
+        ],
+    )
+    .await;
+    let reason = expect_go_away(&mut stream).await;
+    assert!(reason.contains("connection credit"), "{reason}");
+    still_serves(&server).await;
+}

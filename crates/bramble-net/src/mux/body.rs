@@ -68,6 +68,15 @@ impl SendCredit {
         Ok(())
     }
 
+    /// Returns credit taken and not used.
+    pub fn give_back(&self, amount: usize) {
+        if amount == 0 {
+            return;
+        }
+        self.state().available += amount as u64;
+        self.changed.notify_waiters();
+    }
+
     pub fn close(&self, reason: MuxError) {
         let mut state = self.state();
         if state.closed.is_none() {
@@ -85,7 +94,7 @@ impl SendCredit {
     }
 
     /// Takes up to `wanted` bytes of credit, waiting for some if there is none.
-    async fn take(&self, wanted: usize, idle_timeout: Duration) -> Result<usize, MuxError> {
+    pub async fn take(&self, wanted: usize, idle_timeout: Duration) -> Result<usize, MuxError> {
         loop {
             let changed = self.changed.notified();
             tokio::pin!(changed);
@@ -168,7 +177,21 @@ impl BodySender {
         let idle_timeout = self.shared.limits.stream_idle_timeout;
         while !chunk.is_empty() {
             let wanted = chunk.len().min(frame_limit);
-            let granted = self.credit.take(wanted, idle_timeout).await?;
+            let mut granted = self.credit.take(wanted, idle_timeout).await?;
+            if self.priority == Priority::Bulk {
+                // Bulk also needs the connection's bulk credit, which keeps the bytes ahead
+                // of a control frame in the socket buffers bounded.
+                match self.shared.bulk_credit.take(granted, idle_timeout).await {
+                    Ok(connection_granted) => {
+                        self.credit.give_back(granted - connection_granted);
+                        granted = connection_granted;
+                    }
+                    Err(error) => {
+                        self.credit.give_back(granted);
+                        return Err(error);
+                    }
+                }
+            }
             let piece = chunk.split_to(granted);
             self.shared
                 .queue(Frame::new(self.id, FrameKind::Data, self.priority, piece));

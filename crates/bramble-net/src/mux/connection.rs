@@ -24,7 +24,7 @@ use crate::mux::frame::{
     self, Frame, FrameHeader, FrameKind, HEADER_LENGTH, OpenPayload, Priority,
 };
 use crate::mux::writer::{self, Outbox};
-use crate::mux::{INITIAL_WINDOW, MuxError, MuxLimits};
+use crate::mux::{INITIAL_CONNECTION_BULK_WINDOW, INITIAL_WINDOW, MuxError, MuxLimits};
 use crate::rpc::{ErrorKind, RpcError};
 
 /// Which end of the connection this is; only clients open streams.
@@ -56,10 +56,13 @@ struct StreamEntry {
     _slot: Option<OwnedSemaphorePermit>,
 }
 
-#[derive(Default)]
 struct StreamTable {
     entries: HashMap<u32, StreamEntry>,
     highest_id: u32,
+    /// Connection bulk credit granted to the peer and not yet used.
+    bulk_receive_remaining: u64,
+    /// Bulk bytes received since connection credit was last granted back.
+    bulk_received_unacknowledged: u32,
     /// Set when the connection closed; every later operation fails with it.
     closed_reason: Option<String>,
 }
@@ -83,6 +86,9 @@ pub(crate) struct Shared {
     outbox: Outbox,
     closed: ShutdownTrigger,
     client_slots: Arc<Semaphore>,
+    /// This side's connection-wide credit for bulk data (see
+    /// [`MuxLimits::connection_bulk_window`]).
+    pub bulk_credit: SendCredit,
 }
 
 impl std::fmt::Debug for Shared {
@@ -114,11 +120,25 @@ where
         peer,
         side,
         client_slots: Arc::new(Semaphore::new(limits.max_client_streams)),
+        streams: Mutex::new(StreamTable {
+            entries: HashMap::new(),
+            highest_id: 0,
+            bulk_receive_remaining: u64::from(limits.connection_bulk_window),
+            bulk_received_unacknowledged: 0,
+            closed_reason: None,
+        }),
+        bulk_credit: SendCredit::new(INITIAL_CONNECTION_BULK_WINDOW),
         limits,
-        streams: Mutex::new(StreamTable::default()),
         outbox,
         closed,
     });
+    let extra = shared
+        .limits
+        .connection_bulk_window
+        .saturating_sub(INITIAL_CONNECTION_BULK_WINDOW);
+    if extra > 0 {
+        shared.outbox.send(Frame::window(0, extra));
+    }
     let writer_shared = shared.clone();
     tokio::spawn(async move {
         if let Err(error) = writer::run(write_half, inbox, closed_signal, shutdown).await {
@@ -176,6 +196,7 @@ impl Shared {
             peer: self.peer,
             reason: reason.to_string(),
         };
+        self.bulk_credit.close(error.clone());
         for (_, entry) in entries {
             entry.credit.close(error.clone());
             // Dropping `inbound` tells the stream's reader the connection is gone.
@@ -348,8 +369,17 @@ impl Shared {
                 })
             }
             FrameKind::Open => self.apply_open(id, header.priority, &payload),
+            FrameKind::Window if id == 0 => {
+                self.bulk_credit.grant(frame::decode_window(&payload)?)?;
+                Ok(None)
+            }
             kind => {
                 let mut table = self.table();
+                if kind == FrameKind::Data && header.priority == Priority::Bulk {
+                    // Counted for every bulk frame, also those of streams that just
+                    // ended, or the peer's connection credit would leak away.
+                    self.account_bulk(&mut table, payload.len())?;
+                }
                 let Some(entry) = table.entries.get_mut(&id) else {
                     if id > table.highest_id {
                         return Err(MuxError::Protocol(format!(
@@ -418,6 +448,27 @@ impl Shared {
                 Ok(None)
             }
         }
+    }
+
+    /// Checks bulk data against the connection credit granted to the peer and grants it
+    /// back, half a window at a time, now that the frame is off the connection.
+    fn account_bulk(&self, table: &mut StreamTable, length: usize) -> Result<(), MuxError> {
+        let length = length as u64;
+        if length > table.bulk_receive_remaining {
+            return Err(MuxError::Protocol(format!(
+                "{length} bytes of bulk data with only {} bytes of connection credit",
+                table.bulk_receive_remaining
+            )));
+        }
+        table.bulk_receive_remaining -= length;
+        // At most one window (64 MiB) is ever unacknowledged: no overflow.
+        table.bulk_received_unacknowledged += length as u32;
+        if table.bulk_received_unacknowledged >= self.limits.connection_bulk_window / 2 {
+            let increment = std::mem::take(&mut table.bulk_received_unacknowledged);
+            table.bulk_receive_remaining += u64::from(increment);
+            self.outbox.send(Frame::window(0, increment));
+        }
+        Ok(())
     }
 
     fn apply_open(

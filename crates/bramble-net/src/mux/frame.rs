@@ -57,7 +57,8 @@ pub enum FrameKind {
     End,
     /// The stream is abandoned in both directions; payload is an [`RpcError`].
     Reset,
-    /// The receiver grants more credit; payload is a u32 BE increment.
+    /// The receiver grants more credit; payload is a u32 BE increment. On stream 0: the
+    /// connection's bulk credit (see [`crate::mux::MuxLimits::connection_bulk_window`]).
     Window,
     /// The receiver no longer wants the body: the sender must stop sending data.
     Stop,
@@ -119,9 +120,14 @@ impl FrameHeader {
                 "a frame of {length} bytes exceeds the {max_payload}-byte limit"
             )));
         }
-        if (kind == FrameKind::GoAway) != (stream_id == 0) {
+        if kind == FrameKind::GoAway && stream_id != 0 {
             return Err(MuxError::Protocol(format!(
-                "{kind:?} frame on stream {stream_id}: stream 0 is for GoAway only"
+                "GoAway frame on stream {stream_id}: it belongs to stream 0"
+            )));
+        }
+        if stream_id == 0 && !matches!(kind, FrameKind::GoAway | FrameKind::Window) {
+            return Err(MuxError::Protocol(format!(
+                "{kind:?} frame on stream 0, which carries only GoAway and connection Window frames"
             )));
         }
         let length_is_valid = match kind {
@@ -338,6 +344,9 @@ mod tests {
             bytes
         };
         assert!(FrameHeader::decode(&go_away_on_stream, 64).is_err());
+
+        let connection_window = header_bytes(&Frame::window(0, 10));
+        assert!(FrameHeader::decode(&connection_window, 64).is_ok());
     }
 
     #[test]

@@ -40,6 +40,12 @@ pub const RPC_ALPN: &[u8] = b"bramble-rpc/1";
 /// receiver that wants a larger window grants the difference when the stream opens.
 pub const INITIAL_WINDOW: u32 = 256 * 1024;
 
+/// Connection-wide credit for bulk data every connection starts with in each direction,
+/// before any `Window` frame on stream 0; a receiver grants the rest of its
+/// [`MuxLimits::connection_bulk_window`] when the connection starts. Part of the protocol,
+/// like [`INITIAL_WINDOW`].
+pub const INITIAL_CONNECTION_BULK_WINDOW: u32 = 64 * 1024;
+
 /// Bounds of one side of a mux connection. Both ends use the same defaults; a receiver
 /// enforces its own values and never trusts the peer's.
 #[derive(Debug, Clone)]
@@ -51,6 +57,15 @@ pub struct MuxLimits {
     /// Credit a receiver keeps open per stream (at least [`INITIAL_WINDOW`]): the most
     /// unread data a stream can hold in memory on the receiving side.
     pub stream_window: u32,
+    /// Bulk data the peer may have in flight towards this side on one connection (sent
+    /// and not yet taken off the socket here), across all its bulk streams. It is granted
+    /// back as soon as the reader has taken frames off the connection, not when the
+    /// application consumes them (per-stream windows bound memory), so it bounds exactly
+    /// the bulk bytes queued in socket buffers ahead of a control frame, whatever the
+    /// number of bulk streams. It limits throughput only where the bandwidth-delay
+    /// product exceeds it (a gigabit LAN's is about 25 KiB; on loopback 256 KiB keeps the
+    /// full speed). At 1 Gbit/s, 256 KiB is 2 ms on the wire; 128 KiB halves that.
+    pub connection_bulk_window: u32,
     /// Streams a server accepts at once on one connection; more are refused (reset with
     /// `Unavailable`), the connection stays up.
     pub max_streams: usize,
@@ -80,6 +95,7 @@ impl Default for MuxLimits {
         MuxLimits {
             max_frame_payload: 64 * 1024,
             stream_window: INITIAL_WINDOW,
+            connection_bulk_window: 256 * 1024,
             max_streams: 128,
             max_client_streams: 64,
             stream_idle_timeout: Duration::from_secs(30),
@@ -94,12 +110,15 @@ impl Default for MuxLimits {
 
 impl MuxLimits {
     /// The limits with every value moved into the range the protocol works in: frames of
-    /// 1 KiB to 1 MiB, a window of at least [`INITIAL_WINDOW`] and at most 64 MiB, and at
+    /// 1 KiB to 1 MiB, windows of at least their initial values and at most 64 MiB, and at
     /// least one stream. Applied by the server and client before use, so a mistaken
     /// setting degrades performance instead of breaking the protocol.
     pub fn sanitized(mut self) -> Self {
         self.max_frame_payload = self.max_frame_payload.clamp(1024, 1024 * 1024);
         self.stream_window = self.stream_window.clamp(INITIAL_WINDOW, 64 * 1024 * 1024);
+        self.connection_bulk_window = self
+            .connection_bulk_window
+            .clamp(INITIAL_CONNECTION_BULK_WINDOW, 64 * 1024 * 1024);
         self.max_streams = self.max_streams.max(1);
         self.max_client_streams = self.max_client_streams.clamp(1, self.max_streams);
         self.max_queued_frames = self.max_queued_frames.max(64);

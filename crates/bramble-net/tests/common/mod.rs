@@ -187,16 +187,22 @@ pub async fn write_frames<S: tokio::io::AsyncWrite + Unpin>(stream: &mut S, fram
     stream.flush().await.expect("flush");
 }
 
-/// Reads one frame; None at the end of the connection.
+/// Reads one frame, skipping connection-level Window frames (the server's bulk credit);
+/// None at the end of the connection.
 pub async fn read_frame<S: tokio::io::AsyncRead + Unpin>(
     stream: &mut S,
 ) -> Option<(FrameHeader, Bytes)> {
-    let mut header = [0u8; HEADER_LENGTH];
-    stream.read_exact(&mut header).await.ok()?;
-    let header = FrameHeader::decode(&header, 16 * 1024 * 1024).expect("a valid frame header");
-    let mut payload = vec![0u8; header.length as usize];
-    stream.read_exact(&mut payload).await.ok()?;
-    Some((header, Bytes::from(payload)))
+    loop {
+        let mut header = [0u8; HEADER_LENGTH];
+        stream.read_exact(&mut header).await.ok()?;
+        let header = FrameHeader::decode(&header, 16 * 1024 * 1024).expect("a valid frame header");
+        let mut payload = vec![0u8; header.length as usize];
+        stream.read_exact(&mut payload).await.ok()?;
+        if header.stream_id == 0 && header.kind == FrameKind::Window {
+            continue;
+        }
+        return Some((header, Bytes::from(payload)));
+    }
 }
 
 /// Reads frames until a GoAway and returns its reason; panics if the connection ends
