@@ -497,3 +497,40 @@ async fn an_idle_connection_is_closed_and_the_client_dials_again() {
     let second = client.connection(server.address).await.unwrap();
     assert!(!second.is_closed());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_that_comes_before_the_request_is_read_still_arrives() {
+    let (server, _) = standard_server(1, MuxLimits::default()).await;
+    let client = server.mux_client();
+    let connection = client.connection(server.address).await.unwrap();
+    // A body far larger than the window: the handler answers and stops reading, the
+    // sender gets `Stopped`, and the call still returns the answer.
+    for size in [0usize, 10, 4 * 1024 * 1024] {
+        let reply = connection
+            .call_bytes(
+                "blob.ignore",
+                Bytes::from(vec![7u8; size]),
+                Priority::Control,
+                1024,
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+        assert_eq!(reply, b"ignored");
+    }
+    // Many small ones, where the answer often overtakes the end of the request.
+    for _ in 0..300 {
+        let reply = connection
+            .call_bytes(
+                "blob.ignore",
+                Bytes::new(),
+                Priority::Control,
+                1024,
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+        assert_eq!(reply, b"ignored");
+    }
+    assert!(!connection.is_closed());
+}

@@ -227,9 +227,17 @@ impl BodySender {
         }
     }
 
-    /// Ends the body: the receiver reads `None` after the last chunk.
+    /// Ends the body: the receiver reads `None` after the last chunk. Fails with
+    /// [`MuxError::Stopped`] if the receiver had stopped reading (its answer, if any, is
+    /// still on its way), or with the reset or connection error.
     pub async fn finish(mut self) -> Result<(), MuxError> {
-        self.credit.check_open()?;
+        if let Err(error) = self.credit.check_open() {
+            // Nothing left to tell the peer; the drop must not reset the stream either,
+            // which would throw away a response that may still be coming.
+            self.done = true;
+            self.shared.finish_outbound(self.id);
+            return Err(error);
+        }
         self.done = true;
         self.shared
             .queue(Frame::empty(self.id, FrameKind::End, self.priority));
@@ -248,6 +256,13 @@ impl BodySender {
 impl Drop for BodySender {
     fn drop(&mut self) {
         if self.done {
+            return;
+        }
+        if self.credit.check_open().is_err() {
+            // The peer stopped reading, reset the stream, or the connection is gone: the
+            // body cannot be truncated any further, and a reset would also end the other
+            // direction (a response the peer may be sending).
+            self.shared.finish_outbound(self.id);
             return;
         }
         match &self.on_drop {

@@ -120,10 +120,14 @@ impl MuxConnection {
     ) -> Result<Vec<u8>, MuxError> {
         let exchange = async {
             let (mut sender, response) = self.open(method, &[], priority).await?;
-            match sender.send(request).await {
-                Ok(()) => sender.finish().await?,
-                // The handler answered without reading everything; its answer says why.
-                Err(MuxError::Stopped) => {}
+            let sent = match sender.send(request).await {
+                Ok(()) => sender.finish().await,
+                Err(error) => Err(error),
+            };
+            match sent {
+                // The handler answered without reading everything (or before the end
+                // arrived); its answer is what counts.
+                Ok(()) | Err(MuxError::Stopped) => {}
                 Err(error) => return Err(error),
             }
             let mut response = response.wait().await?;

@@ -301,7 +301,8 @@ pub struct BlobRequest {
 /// - `blob.download`: streams `length` bytes of the pattern; records how the send ended;
 /// - `blob.upload`: reads the body chunk by chunk, answers with its SHA-256 as the header;
 /// - `blob.echo`: sends every chunk back as it arrives;
-/// - `blob.hold`: reads nothing until [`BlobService::release`], then counts the body.
+/// - `blob.hold`: reads nothing until [`BlobService::release`], then counts the body;
+/// - `blob.ignore`: answers "ignored" at once without reading the body.
 pub struct BlobService {
     pub outcomes: std::sync::Mutex<Vec<String>>,
     /// One permit lets one `blob.hold` handler start reading.
@@ -339,6 +340,13 @@ impl bramble_net::StreamHandler for BlobService {
         mut call: bramble_net::IncomingCall,
         response: bramble_net::ResponseWriter,
     ) -> Result<(), bramble_net::RpcError> {
+        if call.method_name() == "ignore" {
+            // Answers at once and drops the request body unread.
+            return response
+                .send_all(&[], Bytes::from_static(b"ignored"))
+                .await
+                .map_err(|error| bramble_net::RpcError::internal(error.to_string()));
+        }
         let request: BlobRequest = call.decode_header()?;
         match call.method_name() {
             "download" => {
