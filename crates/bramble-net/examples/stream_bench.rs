@@ -4,9 +4,12 @@
 //!
 //! ```text
 //! stream_bench serve  --dir D                 # makes certificates in D, prints the address
-//! stream_bench stream --dir D --address A --streams N --seconds S [--window-kib K]
+//! stream_bench stream --dir D --address A --streams N --seconds S
 //! stream_bench latency --dir D --address A --calls C
 //! ```
+//!
+//! Client options: `--window-kib K` (stream window), `--connection-window-kib K`
+//! (connection bulk window), both as the receiver of the downloads.
 //!
 //! Both processes run a Tokio runtime with two workers, like the agent (`--workers N` to
 //! change it).
@@ -48,13 +51,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let credential = load(&dir, "client")?;
                 let (_trigger, shutdown) = ShutdownTrigger::new();
                 let mut client = MuxClient::new(credential.client_config()?, shutdown);
-                if let Some(window) = option("--window-kib") {
-                    // The receiver's window: for downloads, the client's.
-                    client = client.with_limits(MuxLimits {
-                        stream_window: window.parse::<u32>()? * 1024,
-                        ..MuxLimits::default()
-                    });
-                }
+                // The receiver's windows: for downloads, the client's.
+                let defaults = MuxLimits::default();
+                let kib = |name: &str, default: u32| -> Result<u32, Box<dyn std::error::Error>> {
+                    Ok(match option(name) {
+                        Some(value) => value.parse::<u32>()? * 1024,
+                        None => default,
+                    })
+                };
+                client = client.with_limits(MuxLimits {
+                    stream_window: kib("--window-kib", defaults.stream_window)?,
+                    connection_bulk_window: kib(
+                        "--connection-window-kib",
+                        defaults.connection_bulk_window,
+                    )?,
+                    ..defaults
+                });
                 if mode == "stream" {
                     let streams: usize = option("--streams").unwrap_or("1".into()).parse()?;
                     let seconds: f64 = option("--seconds").unwrap_or("5".into()).parse()?;
