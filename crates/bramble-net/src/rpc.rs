@@ -3,7 +3,8 @@
 //! Wire format: each message is a 4-byte big-endian length followed by that many bytes of
 //! postcard. A request names a method as `service.method` (for example `cluster.nodes`);
 //! the [`Router`] hands it to the [`Handler`] registered for the service. Requests on one
-//! connection are answered in order; callers that want concurrency open more connections.
+//! connection are answered in order; callers that want concurrency open more connections,
+//! or use the multiplexed streams of [`crate::mux`] on the same port.
 //!
 //! Everything a peer sends is bounded: frame sizes (smaller for anonymous peers), the time
 //! to finish a TLS handshake, to send a whole request, to stay idle, and the number of
