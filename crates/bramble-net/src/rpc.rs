@@ -3,7 +3,8 @@
 //! Wire format: each message is a 4-byte big-endian length followed by that many bytes of
 //! postcard. A request names a method as `service.method` (for example `cluster.nodes`);
 //! the [`Router`] hands it to the [`Handler`] registered for the service. Requests on one
-//! connection are answered in order; callers that want concurrency open more connections.
+//! connection are answered in order; callers that want concurrency open more connections,
+//! or use the multiplexed streams of [`crate::mux`] on the same port.
 //!
 //! Everything a peer sends is bounded: frame sizes (smaller for anonymous peers), the time
 //! to finish a TLS handshake, to send a whole request, to stay idle, and the number of
@@ -27,6 +28,7 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tracing::{debug, info, warn};
 
 use crate::identity::Caller;
+use crate::mux::{MUX_ALPN, MuxLimits, RPC_ALPN, StreamRouter};
 use crate::tls::CLUSTER_SERVER_NAME;
 
 /// Bounds a server applies to every connection.
@@ -182,7 +184,7 @@ impl Router {
         self.anonymous_methods.insert(full_method.to_string());
     }
 
-    async fn dispatch(
+    pub(crate) async fn dispatch(
         &self,
         caller: &Caller,
         peer_address: SocketAddr,
@@ -231,6 +233,54 @@ pub async fn serve(
     tls: Arc<rustls::ServerConfig>,
     router: Arc<Router>,
     limits: ServerLimits,
+    shutdown: Shutdown,
+) {
+    serve_listener(listener, tls, router, None, limits, shutdown).await;
+}
+
+/// Serves RPC and the multiplexed streams of [`crate::mux`] on the same `listener`. The
+/// TLS handshake tells them apart by ALPN: a client offering `bramble-mux/1` gets the mux
+/// (members and admins only), every other client (`bramble-rpc/1`, or no ALPN as older
+/// clients send) the framed RPC exactly as [`serve`] does. Both share the connection
+/// limit and the handshake timeout of `limits`.
+pub async fn serve_with_streams(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    router: Arc<Router>,
+    streams: Arc<StreamRouter>,
+    limits: ServerLimits,
+    mux_limits: MuxLimits,
+    shutdown: Shutdown,
+) {
+    let mut config = (*tls).clone();
+    config.alpn_protocols = vec![MUX_ALPN.to_vec(), RPC_ALPN.to_vec()];
+    let mux = MuxService {
+        router: streams,
+        limits: mux_limits.sanitized(),
+    };
+    serve_listener(
+        listener,
+        Arc::new(config),
+        router,
+        Some(Arc::new(mux)),
+        limits,
+        shutdown,
+    )
+    .await;
+}
+
+/// The mux side of a listener that serves both protocols.
+struct MuxService {
+    router: Arc<StreamRouter>,
+    limits: MuxLimits,
+}
+
+async fn serve_listener(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    router: Arc<Router>,
+    mux: Option<Arc<MuxService>>,
+    limits: ServerLimits,
     mut shutdown: Shutdown,
 ) {
     let acceptor = TlsAcceptor::from(tls);
@@ -258,10 +308,20 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let acceptor = acceptor.clone();
         let router = router.clone();
+        let mux = mux.clone();
         let limits = limits.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            serve_connection(stream, peer_address, acceptor, router, limits, shutdown).await;
+            serve_connection(
+                stream,
+                peer_address,
+                acceptor,
+                router,
+                mux,
+                limits,
+                shutdown,
+            )
+            .await;
             drop(permit);
         });
     }
@@ -273,11 +333,11 @@ async fn serve_connection(
     peer_address: SocketAddr,
     acceptor: TlsAcceptor,
     router: Arc<Router>,
+    mux: Option<Arc<MuxService>>,
     limits: Arc<ServerLimits>,
-    mut shutdown: Shutdown,
+    shutdown: Shutdown,
 ) {
-    let mut stream = match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(stream))
-        .await
+    let stream = match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(stream)).await
     {
         Ok(Ok(stream)) => stream,
         Ok(Err(error)) => {
@@ -300,6 +360,32 @@ async fn serve_connection(
         .and_then(|chain| chain.first())
         .map(Caller::from_verified_certificate)
         .unwrap_or(Caller::Anonymous);
+    if let Some(mux) = mux
+        && stream.get_ref().1.alpn_protocol() == Some(MUX_ALPN)
+    {
+        crate::mux::server::serve_connection(
+            stream,
+            peer_address,
+            caller,
+            mux.router.clone(),
+            mux.limits.clone(),
+            shutdown,
+        )
+        .await;
+        return;
+    }
+    serve_requests(stream, peer_address, caller, router, limits, shutdown).await;
+}
+
+/// The RPC request loop of one connection: one request, one reply, in order.
+async fn serve_requests(
+    mut stream: tokio_rustls::server::TlsStream<TcpStream>,
+    peer_address: SocketAddr,
+    caller: Caller,
+    router: Arc<Router>,
+    limits: Arc<ServerLimits>,
+    mut shutdown: Shutdown,
+) {
     let frame_limit = if caller.is_authenticated() {
         limits.max_frame
     } else {
