@@ -177,8 +177,9 @@ impl HeadMemory {
     }
 }
 
-/// Called once when a connection turns out to speak HTTP/2; false closes it.
-type Http2Admission = Box<dyn FnOnce() -> bool + Send>;
+/// Called once when a connection turns out to speak HTTP/2, for the memory it will hold
+/// on top; None closes it.
+type Http2Admission = Box<dyn FnOnce() -> Option<Reservation> + Send>;
 
 /// The client's socket with the client timeouts, head accounting and the hand-back that
 /// lets the server answer 408 after hyper has let go of the connection.
@@ -192,6 +193,8 @@ pub struct ClientIo {
     sniffed: Vec<u8>,
     head_memory: Option<HeadMemory>,
     on_http2: Option<Http2Admission>,
+    /// What an HTTP/2 connection holds beyond the connection's own reservation.
+    http2_memory: Option<Reservation>,
     give_back: Option<oneshot::Sender<TcpStream>>,
 }
 
@@ -207,6 +210,7 @@ impl ClientIo {
             sniffed: Vec::new(),
             head_memory: None,
             on_http2: None,
+            http2_memory: None,
             give_back: None,
         }
     }
@@ -228,9 +232,13 @@ impl ClientIo {
         self
     }
 
-    /// Asks `admit` once if the client speaks HTTP/2 (whose connections hold more
-    /// memory); when it says no, the connection fails.
-    pub fn on_http2(mut self, admit: impl FnOnce() -> bool + Send + 'static) -> ClientIo {
+    /// Asks `admit` once, if the client speaks HTTP/2 (whose connections hold more
+    /// memory), for a reservation kept as long as the connection; None fails the
+    /// connection.
+    pub fn on_http2(
+        mut self,
+        admit: impl FnOnce() -> Option<Reservation> + Send + 'static,
+    ) -> ClientIo {
         self.on_http2 = Some(Box::new(admit));
         self
     }
@@ -263,12 +271,13 @@ impl ClientIo {
         } else if self.sniffed.len() == HTTP2_PREFACE_START.len() {
             self.protocol = Protocol::Http2;
             self.activity.head_bytes.store(0, Ordering::Relaxed);
-            if let Some(admit) = self.on_http2.take()
-                && !admit()
-            {
-                return Err(io::Error::other(
-                    "refused: no room for another HTTP/2 connection in the memory budget",
-                ));
+            if let Some(admit) = self.on_http2.take() {
+                self.http2_memory = admit();
+                if self.http2_memory.is_none() {
+                    return Err(io::Error::other(
+                        "refused: no room for another HTTP/2 connection in the memory budget",
+                    ));
+                }
             }
         }
         if self.protocol != Protocol::Unknown {

@@ -24,7 +24,6 @@
 use std::convert::Infallible;
 use std::error::Error as StdError;
 use std::future::Future;
-
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -106,21 +105,9 @@ pub(crate) async fn serve_connection(
         header_read: client_timeout,
     };
     let http2_bytes = http2_connection_bytes(&limits);
-    let http2_memory = Arc::new(Mutex::new(None));
-    let http2_memory_slot = http2_memory.clone();
     let (io, socket_return) = ClientIo::new(stream, activity.clone(), timeouts)
         .with_head_memory(memory, COVERED_HEAD_BYTES)
-        .on_http2(
-            move || match memory_budget::budget().try_reserve(http2_bytes) {
-                Some(reservation) => {
-                    *http2_memory_slot
-                        .lock()
-                        .unwrap_or_else(|poison| poison.into_inner()) = Some(reservation);
-                    true
-                }
-                None => false,
-            },
-        )
+        .on_http2(move || memory_budget::budget().try_reserve(http2_bytes))
         .returning_socket();
 
     let builder = client_protocols(&limits);
@@ -157,7 +144,6 @@ pub(crate) async fn serve_connection(
             }
         }
     };
-    drop(http2_memory);
     if let Err(error) = result {
         let timed_out = is_timeout(error.as_ref());
         if socket_return.answer_timeout_if_owed(timed_out).await {
