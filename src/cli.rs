@@ -370,8 +370,9 @@ pub struct LbCreateArgs {
     /// A backend: ADDR or NAME=ADDR, optionally followed by ,weight=N (repeatable).
     #[arg(long = "backend", required = true)]
     pub backends: Vec<String>,
+    /// Boxed: the options are many, and every other command would carry their size.
     #[command(flatten)]
-    pub options: LbOptions,
+    pub options: Box<LbOptions>,
 }
 
 #[derive(Debug, Args)]
@@ -380,8 +381,9 @@ pub struct LbSetArgs {
     /// Replaces the backend list.
     #[arg(long = "backend")]
     pub backends: Vec<String>,
+    /// Boxed: the options are many, and every other command would carry their size.
     #[command(flatten)]
-    pub options: LbOptions,
+    pub options: Box<LbOptions>,
 }
 
 #[derive(Debug, Args)]
@@ -431,6 +433,10 @@ pub struct LbOptions {
     /// Seconds over which a recovered backend's weight ramps up.
     #[arg(long)]
     pub slow_start: Option<u32>,
+    /// Client connections this balancer serves at once (HAProxy's `maxconn`); the node's
+    /// data-plane memory budget may allow fewer.
+    #[arg(long, value_name = "COUNT")]
+    pub max_connections: Option<usize>,
 }
 
 #[derive(Debug, Subcommand)]

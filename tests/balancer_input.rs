@@ -1,6 +1,7 @@
 //! The "bad input" drill of the load-balancer issue, against the recipe's balancer on a real
-//! emulated cluster: malformed requests, huge heads, oversized bodies, slowloris clients,
-//! backends that answer garbage or nothing, and request-smuggling attempts. Every one must
+//! emulated cluster: malformed requests, huge heads, oversized bodies, slowloris clients
+//! (answered 408), backends that answer garbage or nothing, and request-smuggling
+//! attempts. Every one must
 //! get a clear HTTP error (HAProxy-like 4xx/5xx) or a prompt close, never a hang, and the
 //! balancer must keep serving everyone else; no agent may crash.
 
@@ -501,13 +502,73 @@ fn drip(address: SocketAddr, index: usize, give_up: Duration) -> Result<Dripped,
     }
 }
 
+/// Opens a connection, optionally has one request answered on it, then sends nothing
+/// and reads until the balancer closes it; returns what arrived after the answer.
+fn sit_idle(
+    address: SocketAddr,
+    first_request: bool,
+    give_up: Duration,
+) -> Result<Exchange, String> {
+    let started = Instant::now();
+    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(2))
+        .map_err(|error| format!("idle client: {error}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .map_err(|error| error.to_string())?;
+    let mut raw = Vec::new();
+    let mut buffer = [0u8; 4096];
+    if first_request {
+        stream
+            .write_all(b"GET /first HTTP/1.1\r\nHost: site\r\n\r\n")
+            .map_err(|error| format!("idle client: {error}"))?;
+        while !holds_whole_response(&raw) {
+            if started.elapsed() > give_up {
+                return Err("idle client: no answer to its first request".into());
+            }
+            match stream.read(&mut buffer) {
+                Ok(0) => return Err("idle client: closed before answering".into()),
+                Ok(read) => raw.extend_from_slice(&buffer[..read]),
+                Err(_) => {}
+            }
+        }
+        raw.clear();
+    }
+    let ending = loop {
+        if started.elapsed() > give_up {
+            break Ending::StillOpen;
+        }
+        match stream.read(&mut buffer) {
+            Ok(0) => break Ending::Closed,
+            Ok(read) => raw.extend_from_slice(&buffer[..read]),
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
+            Err(error) => break Ending::Reset(error.to_string()),
+        }
+    };
+    Ok(Exchange {
+        raw,
+        ending,
+        elapsed: started.elapsed(),
+    })
+}
+
 /// Case 4: slowloris. Slow clients hold connections open by sending a request head a byte
-/// a second; the balancer closes each within its client timeout, and meanwhile serves
-/// normal requests promptly, through the attacked balancer and the recipe's.
+/// a second; the balancer answers each `408 Request Timeout` with `Connection: close` at
+/// its client timeout (HAProxy's `timeout http-request`) and closes it, and meanwhile
+/// serves normal requests promptly, through the attacked balancer and the recipe's.
+/// Connections that are merely idle (kept alive after an answer, or never used) are
+/// closed at the same timeout without a word, as HAProxy does.
 fn slowloris(slow_site: SocketAddr, site: SocketAddr) {
     let give_up = SHORT_CLIENT_TIMEOUT + Duration::from_secs(6);
     let slow: Vec<_> = (0..SLOW_CLIENTS)
         .map(|index| thread::spawn(move || drip(slow_site, index, give_up)))
+        .collect();
+    let idle: Vec<_> = [true, false]
+        .into_iter()
+        .map(|first_request| thread::spawn(move || sit_idle(slow_site, first_request, give_up)))
         .collect();
     let started = Instant::now();
     let mut worst = Duration::ZERO;
@@ -549,10 +610,31 @@ fn slowloris(slow_site: SocketAddr, site: SocketAddr) {
             dripped.how
         );
         assert!(
-            received.is_empty() || received.starts_with("HTTP/1.1 408"),
-            "slow client {index}: a timed-out request head gets a 408 or a close, not {received:?}"
+            received.starts_with("HTTP/1.1 408 Request Timeout\r\n")
+                && received
+                    .to_ascii_lowercase()
+                    .contains("\r\nconnection: close\r\n")
+                && dripped.how == "closed",
+            "slow client {index}: a timed-out request head gets a 408 with Connection: close \
+             and then a close, not {received:?} ({})",
+            dripped.how
         );
         closed_after.push(after);
+    }
+    for (first_request, handle) in [true, false].into_iter().zip(idle) {
+        let idle = handle.join().expect("an idle client thread").unwrap();
+        assert!(
+            idle.ending == Ending::Closed && idle.raw.is_empty(),
+            "an idle connection (after a request: {first_request}) is closed silently, not {:?} with {:?}",
+            idle.ending,
+            idle.text()
+        );
+        assert!(
+            idle.elapsed >= SHORT_CLIENT_TIMEOUT - Duration::from_millis(500)
+                && idle.elapsed <= SHORT_CLIENT_TIMEOUT + Duration::from_secs(3),
+            "an idle connection (after a request: {first_request}) was closed after {:?}",
+            idle.elapsed
+        );
     }
     closed_after.sort();
     eprintln!(

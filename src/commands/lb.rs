@@ -134,6 +134,10 @@ fn apply_options(spec: &mut BalancerSpec, options: &LbOptions) -> Result<()> {
     if let Some(seconds) = options.slow_start {
         spec.slow_start_secs = seconds;
     }
+    if let Some(count) = options.max_connections {
+        // Validated with the rest of the spec before it is written.
+        spec.limits.max_connections = count;
+    }
     Ok(())
 }
 

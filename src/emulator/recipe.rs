@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use bramble_lb::config::{BalancerSpec, Limits, Sticky, Timeouts, VipSpec};
-use bramble_lb::stats::StatsCredentials;
+use bramble_lb::stats::StoredPassword;
 use bramble_lb::subsystem::LbSettings;
 use bramble_meta::types::{Command as CatalogCommand, CommandResult};
 use bramble_util::files::{self, Visibility};
@@ -56,17 +56,12 @@ fn stats_password(dir: &Path) -> Result<String> {
 /// Writes an `lb` node's `lb.toml` (its stats page) before its agent first starts.
 pub fn prepare_lb_node(dir: &Path, node_dir: &Path) -> Result<SocketAddr> {
     let listen = ports::free_loopback_addresses(1)?[0];
-    let credentials = StatsCredentials::from_password(STATS_USER, &stats_password(dir)?);
+    let password = StoredPassword::hash(&stats_password(dir)?)?;
     LbSettings {
         stats_listen: Some(listen),
         stats_user: Some(STATS_USER.to_string()),
-        stats_password_sha256: Some(
-            credentials
-                .password_sha256
-                .iter()
-                .map(|byte| format!("{byte:02x}"))
-                .collect(),
-        ),
+        stats_password_argon2id: password.phc().map(str::to_string),
+        stats_password_sha256: None,
     }
     .save(node_dir)?;
     Ok(listen)

@@ -14,8 +14,16 @@ use crate::ClusterError;
 const PREFIX: &str = "bramble1";
 
 /// A 32-byte secret compared in constant time. Its Debug output is redacted.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct Secret(pub [u8; 32]);
+
+impl PartialEq for Secret {
+    fn eq(&self, other: &Secret) -> bool {
+        self.matches(&other.0)
+    }
+}
+
+impl Eq for Secret {}
 
 impl Secret {
     pub fn random() -> Secret {
@@ -29,14 +37,7 @@ impl Secret {
 
     /// Compares without leaking, through timing, how many leading bytes matched.
     pub fn matches(&self, candidate: &[u8]) -> bool {
-        if candidate.len() != self.0.len() {
-            return false;
-        }
-        self.0
-            .iter()
-            .zip(candidate)
-            .fold(0u8, |difference, (left, right)| difference | (left ^ right))
-            == 0
+        bramble_util::secrets::constant_time_eq(&self.0, candidate)
     }
 
     pub fn to_hex(&self) -> String {

@@ -9,21 +9,22 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bramble_util::{Shutdown, ShutdownTrigger};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use crate::balance::Selector;
 use crate::config::{BalancerSpec, Mode, SpecError};
-use crate::http_proxy::{self, BackendClient};
+use crate::http_proxy;
+use crate::memory_budget::{self, CONNECTION_BYTES};
 use crate::pool::{BalancerStats, Pool};
+use crate::runtime::{FrontendCounters, Runtime, RuntimeCell, slow_start};
 use crate::tcp_proxy;
-use crate::workers::{self, workers};
+use crate::workers::workers;
 
 /// Pending connections the kernel queues for the accept loop.
 const LISTEN_BACKLOG: u32 = 1024;
@@ -43,147 +44,6 @@ pub enum LbError {
     InvalidSpec(#[from] SpecError),
     #[error("balancer {balancer} is stopped")]
     Stopped { balancer: String },
-}
-
-/// Client-side counters, kept across configuration changes.
-#[derive(Debug, Default)]
-pub(crate) struct FrontendCounters {
-    /// HTTP requests or TCP connections accepted.
-    pub(crate) sessions: AtomicU64,
-    /// Answers the balancer produced itself because something failed or a limit was hit,
-    /// plus connections refused over `max_connections`.
-    pub(crate) errors: AtomicU64,
-    /// Client connections open now, for `max_connections`.
-    pub(crate) open_connections: AtomicUsize,
-}
-
-/// Everything a request needs, for one version of the spec.
-pub(crate) struct Runtime {
-    pub(crate) spec: BalancerSpec,
-    pub(crate) pool: Arc<Pool>,
-    pub(crate) selector: Selector,
-    /// Keep-alive connections to the backends (HTTP mode), one pool per data-plane
-    /// thread so that a request and its backend connection share a thread.
-    clients: Vec<BackendClient>,
-    pub(crate) frontend: Arc<FrontendCounters>,
-}
-
-impl Runtime {
-    fn new(
-        spec: BalancerSpec,
-        previous: Option<&Runtime>,
-        frontend: Arc<FrontendCounters>,
-    ) -> Runtime {
-        let pool = match previous {
-            Some(previous) => Pool::carry_over(&spec.backends, &previous.pool),
-            None => Pool::new(&spec.backends),
-        };
-        // Reusing the clients keeps their idle backend connections warm across a change;
-        // only their connect timeout is baked in.
-        let clients = match previous {
-            Some(previous) if previous.spec.timeouts.connect_ms == spec.timeouts.connect_ms => {
-                previous.clients.clone()
-            }
-            _ => (0..workers().count())
-                .map(|_| http_proxy::backend_client(&spec.timeouts))
-                .collect(),
-        };
-        let selector = Selector::new(spec.balance.clone(), slow_start(&spec), pool.backends.len());
-        Runtime {
-            spec,
-            pool: Arc::new(pool),
-            selector,
-            clients,
-            frontend,
-        }
-    }
-
-    /// The backend connection pool of the data-plane thread running the caller.
-    pub(crate) fn client(&self) -> &BackendClient {
-        &self.clients[workers::current_index() % self.clients.len()]
-    }
-}
-
-/// The spec's slow-start period as a duration.
-pub(crate) fn slow_start(spec: &BalancerSpec) -> Duration {
-    Duration::from_secs(u64::from(spec.slow_start_secs))
-}
-
-/// The current [`Runtime`]. A read lock held just long enough to clone an `Arc` costs
-/// the hot path next to nothing, and writers (configuration changes) are rare.
-pub(crate) struct RuntimeCell {
-    current: RwLock<Arc<Runtime>>,
-}
-
-impl RuntimeCell {
-    pub(crate) fn load(&self) -> Arc<Runtime> {
-        self.current
-            .read()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .clone()
-    }
-
-    fn store(&self, runtime: Arc<Runtime>) {
-        *self
-            .current
-            .write()
-            .unwrap_or_else(|poison| poison.into_inner()) = runtime;
-    }
-}
-
-/// When the client last did something on a connection, and whether the balancer is busy
-/// on its behalf; the idle timeouts of both modes read it.
-#[derive(Debug)]
-pub(crate) struct Activity {
-    started: Instant,
-    last_ms: AtomicU64,
-    in_flight: AtomicUsize,
-}
-
-impl Activity {
-    pub(crate) fn new() -> Activity {
-        Activity {
-            started: Instant::now(),
-            last_ms: AtomicU64::new(0),
-            in_flight: AtomicUsize::new(0),
-        }
-    }
-
-    pub(crate) fn touch(&self) {
-        self.last_ms
-            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
-    }
-
-    pub(crate) fn idle_for(&self) -> Duration {
-        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
-        self.started.elapsed().saturating_sub(last)
-    }
-
-    pub(crate) fn is_busy(&self) -> bool {
-        self.in_flight.load(Ordering::Relaxed) > 0
-    }
-}
-
-/// Marks a request in progress on a connection for as long as it lives (through the end
-/// of the response body), so the client idle timeout does not fire while the client is
-/// waiting for a slow backend.
-#[derive(Debug)]
-pub(crate) struct InFlight {
-    activity: Arc<Activity>,
-}
-
-impl InFlight {
-    pub(crate) fn new(activity: Arc<Activity>) -> InFlight {
-        activity.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight { activity }
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.activity.touch();
-        self.activity.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 /// One slot of `max_connections`, given back when the connection ends. A counter checked
@@ -223,12 +83,11 @@ impl Balancer {
     /// [`BalancerHandle::stop`] is called.
     pub fn start(spec: BalancerSpec, shutdown: Shutdown) -> Result<BalancerHandle, LbError> {
         spec.validate()?;
+        memory_budget::prepare();
         let listener = bind(&spec)?;
         let listen = spec.listen;
         let runtime = Runtime::new(spec, None, Arc::new(FrontendCounters::default()));
-        let cell = Arc::new(RuntimeCell {
-            current: RwLock::new(Arc::new(runtime)),
-        });
+        let cell = Arc::new(RuntimeCell::new(runtime));
         let (stop_trigger, stop) = ShutdownTrigger::new();
         let stop_trigger = Arc::new(stop_trigger);
         // Every task holds a clone of `running`; stop() waits for the channel to close,
@@ -445,6 +304,16 @@ async fn accept_loop(
             debug!(balancer = %runtime.spec.name, %client, "connection refused: max_connections reached");
             continue;
         };
+        let connection_bytes = match runtime.spec.mode {
+            Mode::Http => CONNECTION_BYTES,
+            Mode::Tcp => CONNECTION_BYTES + tcp_proxy::BUFFER_BYTES,
+        };
+        let Some(memory) = memory_budget::budget().try_reserve(connection_bytes) else {
+            // The node's data-plane budget is spent: refused like the connection limit.
+            runtime.frontend.errors.fetch_add(1, Ordering::Relaxed);
+            debug!(balancer = %runtime.spec.name, %client, "connection refused: data-plane memory budget reached");
+            continue;
+        };
         // Small requests and answers should not wait for Nagle's algorithm.
         let _ = stream.set_nodelay(true);
         // The connection moves to a data-plane thread, whose runtime registers it anew.
@@ -461,8 +330,13 @@ async fn accept_loop(
         workers().spawn(async move {
             match TcpStream::from_std(stream) {
                 Ok(stream) => match runtime.spec.mode {
-                    Mode::Http => http_proxy::serve_connection(cell, stream, client, stop).await,
-                    Mode::Tcp => tcp_proxy::serve_connection(runtime, stream, client, stop).await,
+                    Mode::Http => {
+                        http_proxy::serve_connection(cell, stream, client, memory, stop).await
+                    }
+                    Mode::Tcp => {
+                        tcp_proxy::serve_connection(runtime, stream, client, stop).await;
+                        drop(memory);
+                    }
                 },
                 Err(error) => debug!(%error, %client, "a worker could not take a connection"),
             }

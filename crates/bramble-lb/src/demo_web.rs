@@ -13,13 +13,14 @@ use std::time::Duration;
 use bramble_util::Shutdown;
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::body::Incoming;
 use hyper::header::{self, HeaderName, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Method, Response, StatusCode};
 use ring::rand::SecureRandom;
 use tokio::net::TcpListener;
 
-use crate::stats::{ServerLimits, escape_html, serve_http1};
+use bramble_http::html::escape_html;
+use bramble_http::server::BoundedRequest;
+use bramble_http::{ServerLimits, serve_http1};
 
 /// The header naming the server that answered.
 pub const SERVED_BY: HeaderName = HeaderName::from_static("x-served-by");
@@ -35,7 +36,11 @@ const MAX_SESSION_ID_LENGTH: usize = 128;
 const DEMO_LIMITS: ServerLimits = ServerLimits {
     max_connections: 1024,
     header_read_timeout: Duration::from_secs(30),
+    idle_timeout: Duration::from_secs(60),
     max_headers: 64,
+    max_head_bytes: 64 * 1024,
+    max_body_bytes: 0,
+    body_read_timeout: Duration::from_secs(30),
     connection_lifetime: Duration::from_secs(3600),
 };
 
@@ -45,10 +50,10 @@ pub async fn serve_demo_web(name: String, listener: TcpListener, shutdown: Shutd
     let served_by =
         HeaderValue::from_str(&name).unwrap_or_else(|_| HeaderValue::from_static("invalid-name"));
     let sessions = Arc::new(Mutex::new(Sessions::default()));
-    let handler = move |request: &Request<Incoming>, _peer: SocketAddr| {
-        let mut response = respond(&name, &sessions, request);
+    let handler = move |request: BoundedRequest, _peer: SocketAddr| {
+        let mut response = respond(&name, &sessions, &request);
         response.headers_mut().insert(SERVED_BY, served_by.clone());
-        response
+        std::future::ready(response)
     };
     serve_http1("demo-web", listener, DEMO_LIMITS, handler, shutdown).await;
 }
@@ -84,7 +89,7 @@ impl Sessions {
 fn respond(
     name: &str,
     sessions: &Mutex<Sessions>,
-    request: &Request<Incoming>,
+    request: &BoundedRequest,
 ) -> Response<Full<Bytes>> {
     let path = request.uri().path();
     if !["/", "/index.html", "/lb-check.txt", "/session"].contains(&path) {
@@ -108,7 +113,7 @@ fn respond(
     }
 }
 
-fn home_page(name: &str, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+fn home_page(name: &str, request: &BoundedRequest) -> Response<Full<Bytes>> {
     let name = escape_html(name);
     let mut page = format!(
         "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{name}</title></head>\n\
@@ -141,7 +146,7 @@ fn home_page(name: &str, request: &Request<Incoming>) -> Response<Full<Bytes>> {
 fn session_page(
     name: &str,
     sessions: &Mutex<Sessions>,
-    request: &Request<Incoming>,
+    request: &BoundedRequest,
 ) -> Response<Full<Bytes>> {
     let mut sessions = sessions.lock().unwrap_or_else(|poison| poison.into_inner());
     let (session_id, is_new) = match session_id_of(request) {
@@ -172,7 +177,7 @@ fn session_page(
 
 /// The `JSESSIONID` from the request's cookies, if it is a plausible id (the balancer
 /// has already stripped its own `server~` prefix).
-fn session_id_of(request: &Request<Incoming>) -> Option<String> {
+fn session_id_of(request: &BoundedRequest) -> Option<String> {
     request
         .headers()
         .get_all(header::COOKIE)
@@ -203,7 +208,7 @@ fn new_session_id() -> String {
             .unwrap_or_default();
         bytes.copy_from_slice(&nanos.to_be_bytes()[..SESSION_ID_BYTES]);
     }
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+    hex::encode(bytes)
 }
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
@@ -219,7 +224,7 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stats::test_support::{connect, fetch, send};
+    use crate::test_client::{connect, fetch, send};
     use bramble_util::ShutdownTrigger;
 
     async fn start(name: &str) -> (SocketAddr, ShutdownTrigger, tokio::task::JoinHandle<()>) {

@@ -10,15 +10,20 @@
 //! another server could take it (a hung server). What the balancer cannot deliver it answers itself, with
 //! a plain-text body that says what went wrong: 413, 502, 503, 504.
 //!
-//! Client timeouts: hyper's header read timeout bounds how long a request head may take
-//! (slowloris), and [`ClientIo`] closes connections on which the client sends nothing for
-//! `client_ms` while no request is under way (idle keep-alive, idle HTTP/2, and clients
-//! that connect and never speak, which hyper's protocol detection would wait on forever).
+//! Client timeouts ([`ClientIo`], both `client_ms`): a request head must arrive whole
+//! within the timeout of its first byte, or the client gets `408 Request Timeout` and the
+//! connection closes (slowloris; HAProxy's `timeout http-request`); a connection on which
+//! the client sends nothing while no request is under way is closed silently (idle
+//! keep-alive, idle HTTP/2, and clients that connect and never speak).
+//!
+//! Memory: HTTP/2 streams, windows, frames and send buffers are bounded (see
+//! [`memory_budget`]), and the connection, an HTTP/2 connection and each request reserve
+//! their worst case from the node's data-plane budget; a request that finds no room is
+//! answered 503 at once.
 
 use std::convert::Infallible;
 use std::error::Error as StdError;
 use std::future::Future;
-use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -26,9 +31,10 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use bramble_http::connection::{ClientTimeouts, is_timeout};
+use bramble_http::{Activity, ClientIo, InFlight, Reservation};
 use bramble_util::Shutdown;
 use bytes::Bytes;
-use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -36,34 +42,25 @@ use hyper::http::request::Parts;
 use hyper::http::uri::PathAndQuery;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 use tracing::debug;
 
+use crate::backend_client::{BoxError, ProxyBody};
 use crate::balance::{MAX_ATTEMPTS, hash_key_for};
-use crate::balancer::{Activity, FrontendCounters, InFlight, Runtime, RuntimeCell};
-use crate::config::{Limits, Sticky, Timeouts};
+use crate::config::{Limits, Sticky};
+use crate::memory_budget::{
+    self, COVERED_HEAD_BYTES, HTTP2_CONNECTION_WINDOW, HTTP2_MAX_CONCURRENT_STREAMS,
+    HTTP2_MAX_FRAME_BYTES, HTTP2_MAX_SEND_BUFFER_BYTES, HTTP2_STREAM_WINDOW, REPLAY_BUFFER_BYTES,
+    http2_connection_bytes,
+};
 use crate::pool::SessionGuard;
-
-pub(crate) type BoxError = Box<dyn StdError + Send + Sync>;
-/// Bodies in both directions: streamed from the other side, buffered, or the balancer's own.
-pub(crate) type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
-pub(crate) type BackendClient = Client<HttpConnector, ProxyBody>;
+use crate::runtime::{FrontendCounters, Runtime, RuntimeCell};
 
 /// How long open connections get to finish their requests when the balancer stops.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-/// Request bodies up to this size (by Content-Length) are read whole before forwarding,
-/// so the request can be replayed on another backend if the first one dies.
-const REPLAY_BUFFER_BYTES: u64 = 64 * 1024;
-/// Idle backend connections are closed after this long: shorter than common backend
-/// keep-alive timeouts (Apache's 5 s), so the balancer rarely reuses a connection the
-/// backend is closing at that very moment.
-const BACKEND_POOL_IDLE: Duration = Duration::from_secs(4);
 /// hyper refuses a smaller HTTP/1 read buffer; `max_header_bytes` may be as low as 1 KiB.
 const MINIMUM_READ_BUFFER: usize = 8192;
 
@@ -83,67 +80,111 @@ const HOP_BY_HOP: [&str; 9] = [
     "upgrade",
 ];
 
-/// The client for the backends: keep-alive pool, connect timeout from the spec.
-pub(crate) fn backend_client(timeouts: &Timeouts) -> BackendClient {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(Duration::from_millis(timeouts.connect_ms)));
-    connector.set_nodelay(true);
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(BACKEND_POOL_IDLE)
-        .pool_timer(TokioTimer::new())
-        .build(connector)
-}
-
 /// Serves one client connection until it closes, times out or the balancer stops.
+/// `memory` is the connection's reservation from the data-plane budget.
 pub(crate) async fn serve_connection(
     cell: Arc<RuntimeCell>,
     stream: TcpStream,
     client: SocketAddr,
+    memory: Reservation,
     mut stop: Shutdown,
 ) {
     // Connection-level settings come from the spec at accept time; every request loads
     // the spec current when it arrives.
-    let (client_timeout, max_header_bytes, frontend) = {
+    let (client_timeout, limits, frontend) = {
         let runtime = cell.load();
         (
             Duration::from_millis(runtime.spec.timeouts.client_ms),
-            runtime.spec.limits.max_header_bytes,
+            runtime.spec.limits.clone(),
             runtime.frontend.clone(),
         )
     };
     let activity = Arc::new(Activity::new());
-    let io = ClientIo::new(stream, activity.clone(), client_timeout);
+    let timeouts = ClientTimeouts {
+        idle: client_timeout,
+        header_read: client_timeout,
+    };
+    let http2_bytes = http2_connection_bytes(&limits);
+    let (io, socket_return) = ClientIo::new(stream, activity.clone(), timeouts)
+        .with_head_memory(memory, COVERED_HEAD_BYTES)
+        .on_http2(move || memory_budget::budget().try_reserve(http2_bytes))
+        .returning_socket();
 
+    let builder = client_protocols(&limits);
+    let service = service_fn(move |request: Request<Incoming>| {
+        let runtime = cell.load();
+        let in_flight = InFlight::new(activity.clone());
+        let memory =
+            memory_budget::budget().try_reserve(memory_budget::request_bytes(&runtime.spec.limits));
+        async move {
+            let response = match memory {
+                Some(memory) => {
+                    let request_in_progress = RequestInProgress {
+                        _in_flight: in_flight,
+                        _memory: memory,
+                    };
+                    proxy(runtime, client, request, request_in_progress).await
+                }
+                None => {
+                    runtime.frontend.errors.fetch_add(1, Ordering::Relaxed);
+                    ProxyError::OverMemoryBudget.response()
+                }
+            };
+            Ok::<_, Infallible>(response)
+        }
+    });
+    let result = {
+        let connection = builder.serve_connection(TokioIo::new(io), service);
+        tokio::pin!(connection);
+        tokio::select! {
+            result = connection.as_mut() => result,
+            _ = stop.wait() => {
+                connection.as_mut().graceful_shutdown();
+                tokio::time::timeout(SHUTDOWN_GRACE, connection.as_mut()).await.unwrap_or(Ok(()))
+            }
+        }
+    };
+    if let Err(error) = result {
+        let timed_out = is_timeout(error.as_ref());
+        if socket_return.answer_timeout_if_owed(timed_out).await {
+            // HAProxy counts these as request errors too (`req_err`).
+            frontend.errors.fetch_add(1, Ordering::Relaxed);
+            debug!(%client, "answered 408: the request head did not arrive in time");
+        } else {
+            note_connection_error(&frontend, client, error.as_ref());
+        }
+    }
+}
+
+/// hyper's server for both protocols, with every buffer and count bounded.
+fn client_protocols(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(client_timeout)
+        // The socket times request heads itself (from their first byte, with a 408).
+        .header_read_timeout(None)
         // A request head larger than the read buffer is refused with 431.
-        .max_buf_size(max_header_bytes.max(MINIMUM_READ_BUFFER))
+        .max_buf_size(limits.max_header_bytes.max(MINIMUM_READ_BUFFER))
         .keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX));
+        .max_concurrent_streams(HTTP2_MAX_CONCURRENT_STREAMS)
+        .initial_stream_window_size(HTTP2_STREAM_WINDOW)
+        .initial_connection_window_size(HTTP2_CONNECTION_WINDOW)
+        .adaptive_window(false)
+        .max_frame_size(HTTP2_MAX_FRAME_BYTES)
+        .max_send_buf_size(HTTP2_MAX_SEND_BUFFER_BYTES)
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    builder
+}
 
-    let service = service_fn(move |request: Request<Incoming>| {
-        let runtime = cell.load();
-        let in_flight = InFlight::new(activity.clone());
-        async move { Ok::<_, Infallible>(proxy(runtime, client, request, in_flight).await) }
-    });
-    let connection = builder.serve_connection(TokioIo::new(io), service);
-    tokio::pin!(connection);
-    let result = tokio::select! {
-        result = connection.as_mut() => result,
-        _ = stop.wait() => {
-            connection.as_mut().graceful_shutdown();
-            tokio::time::timeout(SHUTDOWN_GRACE, connection.as_mut()).await.unwrap_or(Ok(()))
-        }
-    };
-    if let Err(error) = result {
-        note_connection_error(&frontend, client, error.as_ref());
-    }
+/// What a request holds while it is served: its mark on the connection's activity (so
+/// the idle timeout waits for it) and its share of the memory budget.
+pub(crate) struct RequestInProgress {
+    _in_flight: InFlight,
+    _memory: Reservation,
 }
 
 /// Counts requests hyper refused before they reached [`proxy`] (malformed, or a head
@@ -167,7 +208,7 @@ async fn proxy(
     runtime: Arc<Runtime>,
     client: SocketAddr,
     request: Request<Incoming>,
-    in_flight: InFlight,
+    in_flight: RequestInProgress,
 ) -> Response<ProxyBody> {
     runtime.frontend.sessions.fetch_add(1, Ordering::Relaxed);
     match forward(&runtime, client, request, in_flight).await {
@@ -193,6 +234,8 @@ enum ProxyError {
     InvalidRequest { detail: String },
     #[error("this balancer does not support the CONNECT method")]
     MethodNotAllowed,
+    #[error("the balancer is at its memory budget; try again shortly")]
+    OverMemoryBudget,
     #[error("no backend available for balancer {balancer}")]
     NoBackend { balancer: String },
     #[error(
@@ -220,9 +263,9 @@ impl ProxyError {
                 StatusCode::BAD_REQUEST
             }
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ProxyError::NoBackend { .. } | ProxyError::Unreachable { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ProxyError::NoBackend { .. }
+            | ProxyError::Unreachable { .. }
+            | ProxyError::OverMemoryBudget => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::InvalidResponse { .. } | ProxyError::BackendFailed { .. } => {
                 StatusCode::BAD_GATEWAY
             }
@@ -254,7 +297,7 @@ async fn forward(
     runtime: &Runtime,
     client: SocketAddr,
     request: Request<Incoming>,
-    in_flight: InFlight,
+    in_flight: RequestInProgress,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let spec = &runtime.spec;
     let (mut parts, body) = request.into_parts();
@@ -454,7 +497,7 @@ fn respond(
     response: Response<Incoming>,
     session: SessionGuard,
     sticky_server: Option<&str>,
-    in_flight: InFlight,
+    in_flight: RequestInProgress,
 ) -> Response<ProxyBody> {
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
@@ -728,7 +771,7 @@ impl RequestBody {
             body,
             usize::try_from(limits.max_body_bytes).unwrap_or(usize::MAX),
         );
-        if declared_length.is_some_and(|length| length <= REPLAY_BUFFER_BYTES) {
+        if declared_length.is_some_and(|length| length <= REPLAY_BUFFER_BYTES as u64) {
             let collected = tokio::time::timeout(client_timeout, limited.collect())
                 .await
                 .map_err(|_| ProxyError::ClientTimeout {
@@ -823,7 +866,7 @@ pub(crate) struct TimedBody<B> {
     deadline: Pin<Box<Sleep>>,
     last_frame: Option<Instant>,
     session: Option<SessionGuard>,
-    in_flight: Option<InFlight>,
+    in_flight: Option<RequestInProgress>,
 }
 
 impl<B> TimedBody<B> {
@@ -839,7 +882,7 @@ impl<B> TimedBody<B> {
         }
     }
 
-    fn holding(mut self, session: SessionGuard, in_flight: InFlight) -> TimedBody<B> {
+    fn holding(mut self, session: SessionGuard, in_flight: RequestInProgress) -> TimedBody<B> {
         self.session = Some(session);
         self.in_flight = Some(in_flight);
         self
@@ -899,87 +942,6 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
-    }
-}
-
-/// The client's socket, closed with a timeout error when the client sends nothing for
-/// `idle` while no request of it is being served.
-struct ClientIo {
-    stream: TcpStream,
-    activity: Arc<Activity>,
-    idle: Duration,
-    deadline: Pin<Box<Sleep>>,
-}
-
-impl ClientIo {
-    fn new(stream: TcpStream, activity: Arc<Activity>, idle: Duration) -> ClientIo {
-        ClientIo {
-            stream,
-            activity,
-            idle,
-            deadline: Box::pin(tokio::time::sleep(idle)),
-        }
-    }
-}
-
-impl AsyncRead for ClientIo {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        context: &mut Context<'_>,
-        buffer: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        let before = buffer.filled().len();
-        if let Poll::Ready(result) = Pin::new(&mut this.stream).poll_read(context, buffer) {
-            if buffer.filled().len() > before {
-                this.activity.touch();
-            }
-            return Poll::Ready(result);
-        }
-        loop {
-            ready!(this.deadline.as_mut().poll(context));
-            let idle_for = this.activity.idle_for();
-            if this.activity.is_busy() {
-                this.deadline.as_mut().reset(Instant::now() + this.idle);
-            } else if idle_for < this.idle {
-                this.deadline
-                    .as_mut()
-                    .reset(Instant::now() + (this.idle - idle_for));
-            } else {
-                let message = format!("the client sent nothing for {} ms", this.idle.as_millis());
-                return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, message)));
-            }
-        }
-    }
-}
-
-impl AsyncWrite for ClientIo {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        context: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(context, data)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        context: &mut Context<'_>,
-        buffers: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(context, buffers)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(context)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(context)
     }
 }
 

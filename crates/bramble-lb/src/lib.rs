@@ -6,12 +6,18 @@
 //! - [`balance`]: choosing a backend: weighted round robin, least connections, power of two
 //!   random choices, consistent hashing on source address, header or URI.
 //! - [`balancer`]: one running balancer: listener, connection limit, live reconfiguration.
+//! - `runtime`: the configuration a balancer serves with, one immutable value per spec
+//!   version, read by the proxies and swapped by the balancer (so neither imports the other).
+//! - `backend_client`: the pooled HTTP/1.1 client the HTTP proxy forwards with.
 //! - [`workers`]: the data-plane threads (single-threaded runtimes, one per two cores) that
 //!   serve client connections, each with its own backend connection pool.
+//! - `memory_budget`: the node's data-plane memory budget that connections, HTTP/2
+//!   connections and requests reserve their worst case from.
 //! - [`http_proxy`] and [`tcp_proxy`]: the data path, with retries, redispatch, sticky
 //!   cookies, X-Forwarded-For, timeouts and size bounds.
 //! - [`health`]: active checks with HAProxy's interval/rise/fall and check status codes.
-//! - [`stats`]: the authenticated statistics page (HTML, JSON, Prometheus).
+//! - [`stats`]: the authenticated statistics page (HTML, JSON, Prometheus), its argon2id
+//!   login, rates and renderings, served by `bramble_http`'s hardened server.
 //! - [`demo_web`]: the recipe's web server, built in (`bramble demo-web`).
 //! - [`vip`]: who may hold a balancer's virtual IP: a lease in the Raft catalog.
 //! - [`vip_interface`]: the real-interface mode: the VIP added to a network interface
@@ -21,18 +27,23 @@
 //! - [`subsystem`]: runs the catalog's balancers on `lb` nodes (one participant worker
 //!   each); the stats page; the subsystem's declaration for the agent.
 
+mod backend_client;
 pub mod balance;
 pub mod balancer;
 pub mod config;
 pub mod demo_web;
 pub mod health;
 pub mod http_proxy;
+mod memory_budget;
 pub mod participant;
 pub mod pool;
+mod runtime;
 pub mod service;
 pub mod stats;
 pub mod subsystem;
 pub mod tcp_proxy;
+#[cfg(test)]
+mod test_client;
 pub mod vip;
 pub mod vip_interface;
 pub mod workers;

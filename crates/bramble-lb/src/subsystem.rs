@@ -33,7 +33,7 @@ use crate::config::{BalancerSpec, CATALOG_PREFIX};
 use crate::participant::{RELEASE_PATIENCE, VipParticipant};
 use crate::pool::BalancerStats;
 use crate::service::LbService;
-use crate::stats::{StatsCredentials, serve_stats};
+use crate::stats::{StatsLogin, serve_stats};
 use crate::vip::{Candidate, DEFAULT_PRIORITY, RENEW_EVERY};
 
 /// The role that makes a node run balancers.
@@ -46,7 +46,13 @@ pub struct LbSettings {
     /// Where the stats page listens (HAProxy's `listen stats` / `bind :8880`). None: off.
     pub stats_listen: Option<SocketAddr>,
     pub stats_user: Option<String>,
-    /// SHA-256 of the stats password, hex. The password itself is never stored here.
+    /// The stats password as an argon2id hash in the PHC string format
+    /// (`bramble_lb::stats::StoredPassword::hash`). The password itself is never stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats_password_argon2id: Option<String>,
+    /// The unsalted SHA-256 of the stats password (hex) that earlier versions wrote; still
+    /// accepted, with a warning to re-hash, when no argon2id hash is given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stats_password_sha256: Option<String>,
 }
 
@@ -67,20 +73,15 @@ impl LbSettings {
         files::write_toml(&Self::path(data_dir), self, files::Visibility::Private)
     }
 
-    fn credentials(&self) -> Option<StatsCredentials> {
-        let user = self.stats_user.clone()?;
-        let digest = self.stats_password_sha256.as_ref()?;
-        let mut password_sha256 = [0u8; 32];
-        if digest.len() != 64 {
-            return None;
-        }
-        for (index, chunk) in digest.as_bytes().chunks(2).enumerate() {
-            let text = std::str::from_utf8(chunk).ok()?;
-            password_sha256[index] = u8::from_str_radix(text, 16).ok()?;
-        }
-        Some(StatsCredentials {
-            user,
-            password_sha256,
+    fn credentials(&self) -> Option<StatsLogin> {
+        StatsLogin::from_settings(
+            self.stats_user.as_deref(),
+            self.stats_password_argon2id.as_deref(),
+            self.stats_password_sha256.as_deref(),
+        )
+        .unwrap_or_else(|error| {
+            warn!(%error, "the stats page stays off");
+            None
         })
     }
 }
@@ -129,7 +130,7 @@ impl LoadBalancers {
                     let source: Arc<dyn Fn() -> Vec<BalancerStats> + Send + Sync> =
                         Arc::new(move || source_subsystem.stats());
                     // The listener cannot be rebound by a restart: one run only.
-                    let listener = Arc::new(Mutex::new(Some(listener)));
+                    let listener = Arc::new(Mutex::new(Some((listener, credentials))));
                     context
                         .workers
                         .spawn("lb-stats-page", Restart::Never, move |worker| {
@@ -138,9 +139,8 @@ impl LoadBalancers {
                                 .unwrap_or_else(|poison| poison.into_inner())
                                 .take();
                             let source = source.clone();
-                            let credentials = credentials.clone();
                             async move {
-                                let listener =
+                                let (listener, credentials) =
                                     listener.ok_or("the stats page's listener is gone")?;
                                 serve_stats(listener, source, credentials, worker.shutdown()).await;
                                 Ok(())

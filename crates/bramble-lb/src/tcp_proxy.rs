@@ -19,11 +19,14 @@ use tokio::net::TcpStream;
 use tracing::debug;
 
 use crate::balance::{MAX_ATTEMPTS, hash_key_for};
-use crate::balancer::{Activity, Runtime};
 use crate::pool::SessionGuard;
+use crate::runtime::Runtime;
+use bramble_http::Activity;
 
 /// Bytes copied per read; small boards have little memory to spare per connection.
 const COPY_BUFFER_BYTES: usize = 16 * 1024;
+/// What a TCP connection's copy buffers hold, for the data-plane budget.
+pub(crate) const BUFFER_BYTES: usize = 2 * COPY_BUFFER_BYTES;
 
 /// Proxies one client connection until either side closes, it idles out or the balancer
 /// stops.

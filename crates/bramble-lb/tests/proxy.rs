@@ -793,20 +793,36 @@ async fn a_stalled_client_is_disconnected_after_the_client_timeout() {
     spec.timeouts.client_ms = 300;
     let balancer = start(spec).await;
 
+    // Half a request head: 408 with Connection: close (HAProxy's `timeout http-request`).
     let mut half_line = TcpStream::connect(balancer.address).await.unwrap();
     half_line.write_all(b"GET /slo").await.unwrap();
     let response = read_until_closed(&mut half_line).await;
-    assert!(!response.contains("200"), "{response:?}");
+    assert!(
+        response.starts_with("HTTP/1.1 408 Request Timeout\r\n")
+            && response.contains("\r\nconnection: close\r\n"),
+        "{response:?}"
+    );
 
-    // Not even the first byte: hyper's protocol detection alone would wait forever.
+    // Not even the first byte: hyper's protocol detection alone would wait forever. Idle
+    // connections are closed without a word.
     let mut silent = TcpStream::connect(balancer.address).await.unwrap();
     assert_eq!(read_until_closed(&mut silent).await, "");
-    // Half of the HTTP/2 preface, which keeps the detection waiting for the rest.
+    // Half of the HTTP/2 preface, which keeps the detection waiting for the rest: no
+    // HTTP/1 answer on what is meant to be HTTP/2.
     let mut half_preface = TcpStream::connect(balancer.address).await.unwrap();
     half_preface.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
-    read_until_closed(&mut half_preface).await;
-
+    assert_eq!(read_until_closed(&mut half_preface).await, "");
     assert_eq!(web1.info.requests.load(Ordering::Relaxed), 0);
+
+    // Kept alive after an answer and then idle: closed without a 408.
+    let mut kept_alive = TcpStream::connect(balancer.address).await.unwrap();
+    kept_alive
+        .write_all(b"GET /first HTTP/1.1\r\nhost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let everything = read_until_closed(&mut kept_alive).await;
+    assert_eq!(everything.matches("HTTP/1.1 ").count(), 1, "{everything:?}");
+    assert!(everything.starts_with("HTTP/1.1 200"), "{everything:?}");
 }
 
 #[tokio::test]

@@ -4,6 +4,7 @@
 //!   secrets, and size-bounded reads so a corrupt or hostile file cannot exhaust memory.
 //! - [`memory`]: keeping the resident size low after bursts of allocation.
 //! - [`scheduling`]: the control plane's threads first when the CPU is saturated.
+//! - [`secrets`]: the constant-time comparison for secrets and digests.
 //! - [`names`]: validation of names that users and peers send us (node names, roles).
 //! - [`shutdown`]: the one signal every background task takes so the agent ends cleanly.
 //! - [`time`]: wall-clock helpers.
@@ -13,6 +14,7 @@ pub mod files;
 pub mod memory;
 pub mod names;
 pub mod scheduling;
+pub mod secrets;
 pub mod shutdown;
 pub mod time;
 pub mod workers;
