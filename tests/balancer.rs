@@ -10,6 +10,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use harness::web::{demo_site, vip_holder};
 use harness::{TestCluster, bramble_binary, free_port, wait_until};
 
 const LONG: Duration = Duration::from_secs(60);
@@ -120,16 +121,6 @@ fn get(address: SocketAddr, path: &str) -> Result<(u16, String), String> {
         answer.status,
         answer.header("x-served-by").unwrap_or_default(),
     ))
-}
-
-fn vip_holder(cluster: &TestCluster) -> Option<String> {
-    let run = cluster.bramble(&["lb", "ls", "--json"]);
-    if !run.success {
-        return None;
-    }
-    run.json().as_array()?.first()?["vip_holder"]
-        .as_str()
-        .map(str::to_string)
 }
 
 fn backend_state(cluster: &TestCluster, backend: &str) -> Option<String> {
@@ -470,15 +461,7 @@ fn serve_during(
 #[test]
 fn a_hung_or_dead_web_server_costs_no_request_and_returns_to_rotation() {
     let cluster = TestCluster::up_with(3, &[]);
-    let status = cluster.bramble_ok(&["status", "--json"]).json();
-    let site: SocketAddr = status["demo"]["site"]
-        .as_str()
-        .expect("the demo site")
-        .parse()
-        .unwrap();
-    wait_until("the site answers", LONG, || {
-        get(site, "/").is_ok_and(|(code, _)| code == 200)
-    });
+    let site = demo_site(&cluster);
     for (fault, recovery) in [("stop", "cont"), ("kill", "restart")] {
         // `chaos` returns once the balancer reports web1 down: every request sent
         // meanwhile must have been answered, by web2 when web1 could not.

@@ -22,16 +22,9 @@ const LONG: Duration = Duration::from_secs(60);
 /// and a backup that waited it out leave a gap of at least this.
 const LEASE_TTL: Duration = Duration::from_millis(600);
 
+/// The demo site, once it answers and a VIP holder is reported.
 fn demo_site(cluster: &TestCluster) -> SocketAddr {
-    let status = cluster.bramble_ok(&["status", "--json"]).json();
-    let site: SocketAddr = status["demo"]["site"]
-        .as_str()
-        .expect("the demo site")
-        .parse()
-        .unwrap();
-    wait_until("the site answers", LONG, || {
-        get_status(site, Duration::from_secs(2)) == Ok(200)
-    });
+    let site = harness::web::demo_site(cluster);
     wait_until("a VIP holder is reported", LONG, || {
         vip_holder(cluster).is_some()
     });

@@ -6,7 +6,6 @@ mod harness;
 
 use std::time::Duration;
 
-use harness::web::get_status;
 use harness::{TestCluster, wait_until};
 use serde_json::Value;
 
@@ -27,17 +26,9 @@ fn a_panicking_worker_is_reported_restarted_and_the_agent_keeps_serving() {
     // SAFETY: set before this test process starts any thread that reads the environment.
     unsafe { std::env::set_var("BRAMBLE_TEST_PANIC_WORKER", "lb-catalog:2") };
     let cluster = TestCluster::up_with(3, &[]);
-    let status = cluster.bramble_ok(&["status", "--json"]).json();
-    let site: std::net::SocketAddr = status["demo"]["site"]
-        .as_str()
-        .expect("the demo site")
-        .parse()
-        .unwrap();
     // Two failed runs, restarted after 1 s and 2 s: then the balancer follows the catalog
     // and serves the demo site.
-    wait_until("the site answers after the restarts", LONG, || {
-        get_status(site, Duration::from_secs(2)) == Ok(200)
-    });
+    harness::web::demo_site(&cluster);
     let mut report = Value::Null;
     wait_until(
         "both lb nodes have restarted lb-catalog twice",

@@ -31,6 +31,20 @@ pub fn get_status(address: SocketAddr, timeout: Duration) -> Result<u16, String>
         .ok_or_else(|| format!("no status line in {text:?}"))
 }
 
+/// The demo site's address (`bramble status`), once it answers.
+pub fn demo_site(cluster: &TestCluster) -> SocketAddr {
+    let status = cluster.bramble_ok(&["status", "--json"]).json();
+    let site: SocketAddr = status["demo"]["site"]
+        .as_str()
+        .expect("the demo site")
+        .parse()
+        .expect("a socket address");
+    super::wait_until("the site answers", Duration::from_secs(60), || {
+        get_status(site, Duration::from_secs(2)) == Ok(200)
+    });
+    site
+}
+
 /// The first balancer's VIP holder, per `bramble lb ls`.
 pub fn vip_holder(cluster: &TestCluster) -> Option<String> {
     let run = cluster.bramble(&["lb", "ls", "--json"]);
