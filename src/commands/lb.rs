@@ -7,16 +7,15 @@ use std::collections::BTreeMap;
 use anyhow::{Result, anyhow, bail};
 use bramble_cluster::{NodeState, NodeView};
 use bramble_lb::config::{
-    AdminState, BackendSpec, BalancerSpec, CATALOG_PREFIX, CheckSpec, Limits, Sticky, Timeouts,
-    VipSpec,
+    AdminState, BackendSpec, BalancerSpec, CheckSpec, Limits, Sticky, Timeouts, VipSpec,
 };
+use bramble_lb::keys::{BALANCERS_PREFIX, balancer_key, vip_lease_key};
 use bramble_lb::pool::BalancerStats;
 use bramble_lb::subsystem::LB_ROLE;
-use bramble_lb::vip::lease_name;
 use bramble_meta::api::{
     Consistency, ListRequest, ListResponse, METHOD_LIST, METHOD_READ, ReadRequest,
 };
-use bramble_meta::lease::{LeaseRecord, lease_key};
+use bramble_meta::lease::LeaseRecord;
 use bramble_meta::types::{Command, CommandResult, VersionedValue};
 
 use crate::cli::{GlobalOptions, LbBackendCommand, LbCommand, LbOptions};
@@ -28,7 +27,7 @@ type BackendChange = Box<dyn Fn(&mut BackendSpec)>;
 
 async fn read_spec(client: &ClusterClient, name: &str) -> Result<(BalancerSpec, u64)> {
     let request = ReadRequest {
-        key: BalancerSpec::catalog_key(name),
+        key: balancer_key(name),
         consistency: Consistency::Linearizable,
         forwarded: false,
     };
@@ -46,7 +45,7 @@ async fn write_spec(
     expected_version: u64,
 ) -> Result<()> {
     let command = Command::PutIfVersion {
-        key: BalancerSpec::catalog_key(&spec.name),
+        key: balancer_key(&spec.name),
         value: serde_json::to_vec(spec)?,
         expected_version,
     };
@@ -199,7 +198,7 @@ async fn live_stats(client: &ClusterClient) -> BTreeMap<String, BalancerStats> {
 
 async fn vip_holder(client: &ClusterClient, name: &str) -> Option<String> {
     let request = ReadRequest {
-        key: lease_key(&lease_name(name)),
+        key: vip_lease_key(name),
         consistency: Consistency::Stale,
         forwarded: false,
     };
@@ -254,7 +253,7 @@ pub async fn run(global: &GlobalOptions, command: &LbCommand) -> Result<()> {
             read_spec(&client, name).await?;
             // The VIP's lease is released by its holder when the balancer stops.
             let command = Command::Delete {
-                key: BalancerSpec::catalog_key(name),
+                key: balancer_key(name),
             };
             client.catalog_write(command).await?;
             println!("removed balancer {name}");
@@ -305,7 +304,7 @@ pub async fn run(global: &GlobalOptions, command: &LbCommand) -> Result<()> {
         }
         LbCommand::List(flags) => {
             let request = ListRequest {
-                prefix: CATALOG_PREFIX.to_string(),
+                prefix: BALANCERS_PREFIX.to_string(),
                 limit: 10_000,
                 consistency: Consistency::Linearizable,
                 forwarded: false,

@@ -316,7 +316,7 @@ pub async fn set_up(
     }
     spec.normalize_and_validate()?;
     let command = CatalogCommand::PutIfVersion {
-        key: BalancerSpec::catalog_key(BALANCER),
+        key: bramble_lb::keys::balancer_key(BALANCER),
         value: serde_json::to_vec(&spec)?,
         expected_version: 0,
     };

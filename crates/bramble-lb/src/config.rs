@@ -13,8 +13,6 @@ use std::str::FromStr;
 use bramble_util::names::validate_name;
 use serde::{Deserialize, Serialize};
 
-/// Catalog prefix of balancer specs.
-pub const CATALOG_PREFIX: &str = "lb/balancers/";
 /// Most backends one balancer may have.
 pub const MAX_BACKENDS: usize = 256;
 /// Largest weight (HAProxy's range is 0-256 too).
@@ -353,10 +351,6 @@ pub struct BalancerSpec {
 }
 
 impl BalancerSpec {
-    pub fn catalog_key(name: &str) -> String {
-        format!("{CATALOG_PREFIX}{name}")
-    }
-
     /// Names unnamed backends (`s1`, `s2`, ...) and checks every bound.
     pub fn normalize_and_validate(&mut self) -> Result<(), SpecError> {
         for (index, backend) in self.backends.iter_mut().enumerate() {

@@ -1,6 +1,7 @@
 //! The load balancer (capability 2, recipe 1 of the cookbook): what HAProxy and Keepalived
 //! do for the recipe's HA website, inside the agent and configured once in the catalog.
 //!
+//! - [`keys`]: the catalog keys the balancer owns (specs, VIP leases).
 //! - [`config`]: a balancer's specification as stored in the catalog, and its validation.
 //! - [`pool`]: backends at run time: health, sessions, counters, passive ejection, slow start.
 //! - [`balance`]: choosing a backend: weighted round robin, least connections, power of two
@@ -34,6 +35,7 @@ pub mod config;
 pub mod demo_web;
 pub mod health;
 pub mod http_proxy;
+pub mod keys;
 mod memory_budget;
 pub mod participant;
 pub mod pool;

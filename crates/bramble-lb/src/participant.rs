@@ -25,7 +25,8 @@ use tracing::{info, warn};
 use crate::balancer::{Balancer, BalancerHandle};
 use crate::config::BalancerSpec;
 use crate::health::spawn_checks;
-use crate::vip::{Candidate, Decision, LEASE_TTL, RENEW_EVERY, VipElection, lease_name};
+use crate::keys::vip_lease_name;
+use crate::vip::{Candidate, Decision, LEASE_TTL, RENEW_EVERY, VipElection};
 use crate::vip_interface::InterfaceVip;
 
 /// A holder that cannot bind its VIP for this long gives the lease to another node.
@@ -82,7 +83,7 @@ impl VipParticipant {
         VipParticipant {
             balancer: balancer.to_string(),
             node: node.to_string(),
-            lease: lease_name(balancer),
+            lease: vip_lease_name(balancer),
             meta,
             election: VipElection::new(node),
             running,

@@ -29,7 +29,8 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::balancer::BalancerHandle;
-use crate::config::{BalancerSpec, CATALOG_PREFIX};
+use crate::config::BalancerSpec;
+use crate::keys::BALANCERS_PREFIX;
 use crate::participant::{RELEASE_PATIENCE, VipParticipant};
 use crate::pool::BalancerStats;
 use crate::service::LbService;
@@ -233,7 +234,7 @@ impl LoadBalancers {
 
     /// Applies the catalog's balancer specs now and after every change.
     async fn follow_catalog(self: Arc<Self>, mut shutdown: Shutdown) {
-        let mut changes = self.meta.watch(CATALOG_PREFIX);
+        let mut changes = self.meta.watch(BALANCERS_PREFIX);
         loop {
             self.reconcile();
             tokio::select! {
@@ -244,17 +245,7 @@ impl LoadBalancers {
                 },
             }
         }
-        let participations: Vec<Participation> = {
-            let mut map = self
-                .participations
-                .lock()
-                .unwrap_or_else(|poison| poison.into_inner());
-            std::mem::take(&mut *map).into_values().collect()
-        };
-        for mut participation in participations {
-            participation.stop.trigger();
-            let _ = participation.finished.wait_for(|finished| *finished).await;
-        }
+        self.stop().await;
     }
 
     fn reconcile(self: &Arc<Self>) {
@@ -262,7 +253,7 @@ impl LoadBalancers {
             return;
         }
         let specs: BTreeMap<String, BalancerSpec> =
-            match self.meta.reader().list(CATALOG_PREFIX, 10_000) {
+            match self.meta.reader().list(BALANCERS_PREFIX, 10_000) {
                 Ok(entries) => entries
                     .into_iter()
                     .filter_map(|(key, value)| {

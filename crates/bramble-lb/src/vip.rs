@@ -34,11 +34,6 @@ pub const RENEW_EVERY: Duration = Duration::from_millis(150);
 /// Priority of a node the balancer's `vip.priorities` does not list.
 pub const DEFAULT_PRIORITY: u8 = 100;
 
-/// The lease that guards a balancer's VIP.
-pub fn lease_name(balancer: &str) -> String {
-    format!("lb/vip/{balancer}")
-}
-
 /// A node that could hold the VIP: alive, with the `lb` role.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate {
