@@ -86,9 +86,9 @@ impl Balancer {
         memory_budget::prepare();
         let listener = bind(&spec)?;
         let listen = spec.listen;
-        let runtime = Runtime::new(spec, None, Arc::new(FrontendCounters::default()));
-        let cell = Arc::new(RuntimeCell::new(runtime));
         let (stop_trigger, stop) = ShutdownTrigger::new();
+        let runtime = Runtime::new(spec, None, Arc::new(FrontendCounters::default()), &stop);
+        let cell = Arc::new(RuntimeCell::new(runtime));
         let stop_trigger = Arc::new(stop_trigger);
         // Every task holds a clone of `running`; stop() waits for the channel to close,
         // which happens when the last task has ended.
@@ -171,7 +171,12 @@ impl BalancerHandle {
         };
         let listen = spec.listen;
         let previous = self.shared.cell.load();
-        let runtime = Runtime::new(spec, Some(&previous), previous.frontend.clone());
+        let runtime = Runtime::new(
+            spec,
+            Some(&previous),
+            previous.frontend.clone(),
+            &self.shared.stop,
+        );
         self.shared.cell.store(Arc::new(runtime));
         if let Some(listener) = new_listener {
             let (listener_trigger, listener_stop) = ShutdownTrigger::new();

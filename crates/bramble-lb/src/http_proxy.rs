@@ -35,7 +35,7 @@ use bramble_http::connection::{ClientTimeouts, is_timeout};
 use bramble_http::{Activity, ClientIo, InFlight, Reservation};
 use bramble_util::Shutdown;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Empty, Full, LengthLimitError, Limited};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::http::request::Parts;
@@ -48,7 +48,7 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 use tracing::debug;
 
-use crate::backend_client::{BoxError, ProxyBody};
+use crate::backend_client::{BackendConnection, BoxError, ExchangeError, ProxyBody};
 use crate::balance::{MAX_ATTEMPTS, hash_key_for};
 use crate::config::{Limits, Sticky};
 use crate::memory_budget::{
@@ -68,16 +68,17 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 /// Headers that describe one connection, not the message (RFC 9110 section 7.6.1, plus
 /// the older ones proxies still meet); they must not be passed on.
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "proxy-connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+/// Known names, not strings: removing by a string parses and hashes it on every request.
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("proxy-connection"),
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
 
 /// Serves one client connection until it closes, times out or the balancer stops.
@@ -230,8 +231,6 @@ enum ProxyError {
     ClientTimeout { timeout_ms: u64 },
     #[error("the request body could not be read: {detail}")]
     BadRequestBody { detail: String },
-    #[error("the request cannot be forwarded: {detail}")]
-    InvalidRequest { detail: String },
     #[error("this balancer does not support the CONNECT method")]
     MethodNotAllowed,
     #[error("the balancer is at its memory budget; try again shortly")]
@@ -259,9 +258,7 @@ impl ProxyError {
         match self {
             ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::ClientTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
-            ProxyError::BadRequestBody { .. } | ProxyError::InvalidRequest { .. } => {
-                StatusCode::BAD_REQUEST
-            }
+            ProxyError::BadRequestBody { .. } => StatusCode::BAD_REQUEST,
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::NoBackend { .. }
             | ProxyError::Unreachable { .. }
@@ -353,9 +350,10 @@ async fn forward(
             &path_and_query,
             backend.spec.addr,
             body.for_attempt(),
-        )?;
+        );
         let session = SessionGuard::new(backend.clone());
-        let name = backend.spec.name.clone();
+        // Cloned only on the error paths below: a request that succeeds allocates nothing for it.
+        let name = || backend.spec.name.clone();
         // A hung server (stopped, deadlocked) accepts connections and never answers:
         // an idempotent request waits only `retry_ms` for it while another server could
         // take the request. The last possible attempt waits the full server timeout.
@@ -374,12 +372,14 @@ async fn forward(
         } else {
             response_timeout
         };
-        match tokio::time::timeout(attempt_timeout, runtime.client().request(outgoing)).await {
-            Ok(Ok(response)) => {
+        let exchange = runtime.connections.exchange(backend.spec.addr, outgoing);
+        match tokio::time::timeout(attempt_timeout, exchange).await {
+            Ok(Ok((response, connection))) => {
                 backend.record_success();
                 return Ok(respond(
                     runtime,
                     response,
+                    connection,
                     session,
                     sticky_server.as_deref(),
                     in_flight,
@@ -389,16 +389,16 @@ async fn forward(
                 Failure::RequestBody(error) => return Err(error),
                 Failure::Connect(detail) => {
                     backend.record_connect_error();
-                    debug!(backend = %name, %detail, "backend connection failed; trying another");
+                    debug!(backend = %backend.spec.name, %detail, "backend connection failed; trying another");
                     if !body.can_replay() {
                         return Err(ProxyError::BackendFailed {
-                            backend: name,
+                            backend: name(),
                             detail,
                         });
                     }
                     last_failure = Some(ProxyError::Unreachable {
                         balancer: spec.name.clone(),
-                        backend: name,
+                        backend: name(),
                         detail,
                     });
                 }
@@ -407,15 +407,15 @@ async fn forward(
                     // run it twice, and the fault is the application's, so no ejection.
                     backend.errors.fetch_add(1, Ordering::Relaxed);
                     return Err(ProxyError::InvalidResponse {
-                        backend: name,
+                        backend: name(),
                         detail,
                     });
                 }
                 Failure::Broken(detail) => {
                     backend.record_connect_error();
-                    debug!(backend = %name, %detail, "backend failed before answering");
+                    debug!(backend = %backend.spec.name, %detail, "backend failed before answering");
                     let failure = ProxyError::BackendFailed {
-                        backend: name,
+                        backend: name(),
                         detail,
                     };
                     if !(replay_after_failure && body.can_replay()) {
@@ -428,16 +428,16 @@ async fn forward(
                 // Counts toward passive ejection: a server that keeps not answering is
                 // taken out of rotation until it answers checks again.
                 backend.record_connect_error();
-                debug!(backend = %name, "no answer within the retry timeout; trying another");
+                debug!(backend = %backend.spec.name, "no answer within the retry timeout; trying another");
                 last_failure = Some(ProxyError::GatewayTimeout {
-                    backend: name,
+                    backend: name(),
                     timeout_ms: attempt_timeout.as_millis() as u64,
                 });
             }
             Err(_elapsed) => {
                 backend.errors.fetch_add(1, Ordering::Relaxed);
                 return Err(ProxyError::GatewayTimeout {
-                    backend: name,
+                    backend: name(),
                     timeout_ms: attempt_timeout.as_millis() as u64,
                 });
             }
@@ -474,46 +474,53 @@ fn build_request(
     path_and_query: &PathAndQuery,
     address: SocketAddr,
     body: ProxyBody,
-) -> Result<Request<ProxyBody>, ProxyError> {
-    let uri = Uri::builder()
-        .scheme("http")
-        .authority(address.to_string())
-        .path_and_query(path_and_query.clone())
-        .build()
-        .map_err(|error| ProxyError::InvalidRequest {
-            detail: error.to_string(),
-        })?;
+) -> Request<ProxyBody> {
     let mut request = Request::new(body);
     *request.method_mut() = parts.method.clone();
-    *request.uri_mut() = uri;
+    // Origin form (`/path?query`): what an HTTP/1.1 server expects from a client.
+    *request.uri_mut() = Uri::from(path_and_query.clone());
     // Backends get HTTP/1.1 whatever the client spoke.
     *request.version_mut() = Version::HTTP_11;
     *request.headers_mut() = parts.headers.clone();
-    Ok(request)
+    // HTTP/1.1 requires a Host; an HTTP/1.0 client may not have sent one.
+    if !request.headers().contains_key(header::HOST)
+        && let Ok(host) = HeaderValue::from_str(&address.to_string())
+    {
+        request.headers_mut().insert(header::HOST, host);
+    }
+    request
 }
 
 fn respond(
     runtime: &Runtime,
     response: Response<Incoming>,
+    connection: BackendConnection,
     session: SessionGuard,
     sticky_server: Option<&str>,
     in_flight: RequestInProgress,
 ) -> Response<ProxyBody> {
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    let server = session.backend().spec.name.clone();
+    let server = session.backend().spec.name.as_str();
     match &runtime.spec.sticky {
         Some(Sticky::PrefixCookie(cookie)) => {
-            prefix_set_cookies(&mut parts.headers, cookie, &server)
+            prefix_set_cookies(&mut parts.headers, cookie, server)
         }
-        Some(Sticky::InsertCookie(cookie)) if sticky_server != Some(server.as_str()) => {
-            insert_cookie(&mut parts.headers, cookie, &server);
+        Some(Sticky::InsertCookie(cookie)) if sticky_server != Some(server) => {
+            insert_cookie(&mut parts.headers, cookie, server);
         }
         _ => {}
     }
     // The session lasts until the response body has been passed on.
     let idle = Duration::from_millis(runtime.spec.timeouts.server_ms);
-    let body = TimedBody::new(body, idle, "backend").holding(session, in_flight);
+    let mut body = TimedBody::new(body, idle, "backend").holding(session, in_flight);
+    if body.is_end_stream() {
+        // Nothing more will come on the connection for this exchange (and hyper may
+        // never poll an empty body to its end).
+        connection.release();
+    } else {
+        body.connection = Some(connection);
+    }
     Response::from_parts(parts, body.boxed_unsync())
 }
 
@@ -530,7 +537,7 @@ enum Failure {
 }
 
 impl Failure {
-    fn of(error: &hyper_util::client::legacy::Error, body_limit: u64) -> Failure {
+    fn of(error: &ExchangeError, body_limit: u64) -> Failure {
         if error.is_connect() {
             return Failure::Connect(describe(error));
         }
@@ -627,22 +634,36 @@ fn prepare_request_headers(headers: &mut HeaderMap, uri: &Uri, client: IpAddr) {
     {
         headers.insert(header::HOST, value);
     }
-    let client = client.to_canonical().to_string();
-    let prior: Option<Vec<&str>> = headers
-        .get_all(&X_FORWARDED_FOR)
-        .iter()
-        .map(|value| value.to_str().ok())
-        .collect();
-    let forwarded_for = match prior {
-        Some(prior) if !prior.is_empty() => format!("{}, {client}", prior.join(", ")),
-        // Absent, or not text (then not trustworthy either): only the address we saw.
-        _ => client.clone(),
-    };
-    let value = HeaderValue::from_str(&forwarded_for).or_else(|_| HeaderValue::from_str(&client));
-    if let Ok(value) = value {
+    if let Some(value) = forwarded_for(headers, client.to_canonical()) {
         headers.insert(X_FORWARDED_FOR, value);
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+}
+
+/// The X-Forwarded-For to send: the client's list with the address we saw appended, built
+/// in one buffer that becomes the header value without another copy.
+fn forwarded_for(headers: &HeaderMap, client: IpAddr) -> Option<HeaderValue> {
+    use std::fmt::Write as _;
+    let mut text = String::with_capacity(64);
+    for prior in headers.get_all(&X_FORWARDED_FOR) {
+        match prior.to_str() {
+            Ok(prior) => {
+                text.push_str(prior);
+                text.push_str(", ");
+            }
+            // Not text, so not trustworthy either: only the address we saw.
+            Err(_) => {
+                text.clear();
+                break;
+            }
+        }
+    }
+    // Writing to a String cannot fail.
+    let _ = write!(text, "{client}");
+    match HeaderValue::from_maybe_shared(Bytes::from(text)) {
+        Ok(value) => Some(value),
+        Err(_) => HeaderValue::from_str(&client.to_string()).ok(),
+    }
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
@@ -657,7 +678,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
 }
@@ -790,6 +811,10 @@ impl RequestBody {
 
     fn for_attempt(&self) -> ProxyBody {
         match self {
+            // Boxing a zero-sized body allocates nothing; most requests have no body.
+            RequestBody::Buffered(bytes) if bytes.is_empty() => Empty::new()
+                .map_err(|never: Infallible| match never {})
+                .boxed_unsync(),
             RequestBody::Buffered(bytes) => full_body(bytes.clone()),
             RequestBody::Streaming { slot, size_hint } => DeferredBody {
                 slot: slot.clone(),
@@ -867,6 +892,8 @@ pub(crate) struct TimedBody<B> {
     last_frame: Option<Instant>,
     session: Option<SessionGuard>,
     in_flight: Option<RequestInProgress>,
+    /// The backend connection a response arrives on, released when it has arrived whole.
+    connection: Option<BackendConnection>,
 }
 
 impl<B> TimedBody<B> {
@@ -879,6 +906,7 @@ impl<B> TimedBody<B> {
             last_frame: None,
             session: None,
             in_flight: None,
+            connection: None,
         }
     }
 
@@ -886,6 +914,19 @@ impl<B> TimedBody<B> {
         self.session = Some(session);
         self.in_flight = Some(in_flight);
         self
+    }
+}
+
+impl<B> TimedBody<B> {
+    /// The body has arrived whole: the backend session and the request end now, not
+    /// whenever the server gets round to dropping the body, and the backend connection
+    /// may carry another request.
+    fn finish(&mut self) {
+        self.session = None;
+        self.in_flight = None;
+        if let Some(connection) = self.connection.take() {
+            connection.release();
+        }
     }
 }
 
@@ -910,14 +951,16 @@ where
                 // Only the time is noted here; the timer is moved lazily when it fires,
                 // which keeps a busy transfer from resetting a timer per frame.
                 this.last_frame = Some(Instant::now());
+                // hyper stops polling a body that says it has ended, so a body of known
+                // length never sees the `None` below.
+                if this.inner.is_end_stream() {
+                    this.finish();
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(error.into()))),
             Poll::Ready(None) => {
-                // Done: the backend session and the request end now, not whenever the
-                // server gets round to dropping the body.
-                this.session = None;
-                this.in_flight = None;
+                this.finish();
                 Poll::Ready(None)
             }
             Poll::Pending => loop {

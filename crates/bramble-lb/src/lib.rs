@@ -9,7 +9,7 @@
 //! - [`balancer`]: one running balancer: listener, connection limit, live reconfiguration.
 //! - `runtime`: the configuration a balancer serves with, one immutable value per spec
 //!   version, read by the proxies and swapped by the balancer (so neither imports the other).
-//! - `backend_client`: the pooled HTTP/1.1 client the HTTP proxy forwards with.
+//! - `backend_client`: the per-thread HTTP/1.1 keep-alive connections the HTTP proxy forwards on.
 //! - [`workers`]: the data-plane threads (single-threaded runtimes, one per two cores) that
 //!   serve client connections, each with its own backend connection pool.
 //! - `memory_budget`: the node's data-plane memory budget that connections, HTTP/2

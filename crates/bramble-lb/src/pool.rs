@@ -84,14 +84,19 @@ impl BackendState {
         self.spec.admin == AdminState::Enabled
             && self.spec.weight > 0
             && self.is_healthy()
-            && self.ejected_until_ms.load(Ordering::Relaxed) <= self.now_ms()
+            && !self.is_ejected()
+    }
+
+    /// Whether passive ejection keeps this backend out. Never ejected (the usual case)
+    /// reads no clock: this runs for every backend on every request.
+    fn is_ejected(&self) -> bool {
+        let until = self.ejected_until_ms.load(Ordering::Relaxed);
+        until != 0 && until > self.now_ms()
     }
 
     /// May a sticky session continue here? (Draining servers keep their sessions.)
     pub fn accepts_sticky_sessions(&self) -> bool {
-        self.spec.admin != AdminState::Disabled
-            && self.is_healthy()
-            && self.ejected_until_ms.load(Ordering::Relaxed) <= self.now_ms()
+        self.spec.admin != AdminState::Disabled && self.is_healthy() && !self.is_ejected()
     }
 
     /// Called by the health checker with each check's outcome once rise/fall decided.

@@ -9,11 +9,12 @@ use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use crate::backend_client::{BackendClient, backend_client};
+use bramble_util::Shutdown;
+
+use crate::backend_client::BackendConnections;
 use crate::balance::Selector;
 use crate::config::BalancerSpec;
 use crate::pool::Pool;
-use crate::workers::{self, workers};
 
 /// Client-side counters, kept across configuration changes.
 #[derive(Debug, Default)]
@@ -32,9 +33,9 @@ pub(crate) struct Runtime {
     pub(crate) spec: BalancerSpec,
     pub(crate) pool: Arc<Pool>,
     pub(crate) selector: Selector,
-    /// Keep-alive connections to the backends (HTTP mode), one pool per data-plane
+    /// Keep-alive connections to the backends (HTTP mode), one idle list per data-plane
     /// thread so that a request and its backend connection share a thread.
-    clients: Vec<BackendClient>,
+    pub(crate) connections: Arc<BackendConnections>,
     pub(crate) frontend: Arc<FrontendCounters>,
 }
 
@@ -43,34 +44,29 @@ impl Runtime {
         spec: BalancerSpec,
         previous: Option<&Runtime>,
         frontend: Arc<FrontendCounters>,
+        stop: &Shutdown,
     ) -> Runtime {
         let pool = match previous {
             Some(previous) => Pool::carry_over(&spec.backends, &previous.pool),
             None => Pool::new(&spec.backends),
         };
-        // Reusing the clients keeps their idle backend connections warm across a change;
-        // only their connect timeout is baked in.
-        let clients = match previous {
-            Some(previous) if previous.spec.timeouts.connect_ms == spec.timeouts.connect_ms => {
-                previous.clients.clone()
+        // Reusing the connections keeps idle ones warm across a change; only their
+        // connect timeout is baked in.
+        let connect_timeout = Duration::from_millis(spec.timeouts.connect_ms);
+        let connections = match previous {
+            Some(previous) if previous.connections.connect_timeout() == connect_timeout => {
+                previous.connections.clone()
             }
-            _ => (0..workers().count())
-                .map(|_| backend_client(&spec.timeouts))
-                .collect(),
+            _ => Arc::new(BackendConnections::new(connect_timeout, stop.clone())),
         };
         let selector = Selector::new(spec.balance.clone(), slow_start(&spec), pool.backends.len());
         Runtime {
             spec,
             pool: Arc::new(pool),
             selector,
-            clients,
+            connections,
             frontend,
         }
-    }
-
-    /// The backend connection pool of the data-plane thread running the caller.
-    pub(crate) fn client(&self) -> &BackendClient {
-        &self.clients[workers::current_index() % self.clients.len()]
     }
 }
 
