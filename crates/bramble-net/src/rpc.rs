@@ -28,7 +28,8 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tracing::{debug, info, warn};
 
 use crate::identity::Caller;
-use crate::mux::{MUX_ALPN, MuxLimits, RPC_ALPN, StreamRouter};
+use crate::mux::bulk_threads::bulk_threads;
+use crate::mux::{MUX_ALPN, MUX_BULK_ALPN, MuxLimits, RPC_ALPN, StreamRouter};
 use crate::tls::CLUSTER_SERVER_NAME;
 
 /// Bounds a server applies to every connection.
@@ -242,7 +243,9 @@ pub async fn serve(
 /// TLS handshake tells them apart by ALPN: a client offering `bramble-mux/1` gets the mux
 /// (members and admins only), every other client (`bramble-rpc/1`, or no ALPN as older
 /// clients send) the framed RPC exactly as [`serve`] does. Both share the connection
-/// limit and the handshake timeout of `limits`.
+/// limit and the handshake timeout of `limits`. A client offering `bramble-mux-bulk/1` gets
+/// the mux too, run from the handshake on on the process's
+/// [`crate::mux::bulk_threads`], so that its encryption never holds up the control plane.
 pub async fn serve_with_streams(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
@@ -253,7 +256,7 @@ pub async fn serve_with_streams(
     shutdown: Shutdown,
 ) {
     let mut config = (*tls).clone();
-    config.alpn_protocols = vec![MUX_ALPN.to_vec(), RPC_ALPN.to_vec()];
+    config.alpn_protocols = vec![MUX_ALPN.to_vec(), MUX_BULK_ALPN.to_vec(), RPC_ALPN.to_vec()];
     let mux = MuxService {
         router: streams,
         limits: mux_limits.sanitized(),
@@ -360,18 +363,27 @@ async fn serve_connection(
         .and_then(|chain| chain.first())
         .map(Caller::from_verified_certificate)
         .unwrap_or(Caller::Anonymous);
+    let alpn = stream.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
     if let Some(mux) = mux
-        && stream.get_ref().1.alpn_protocol() == Some(MUX_ALPN)
+        && matches!(alpn.as_deref(), Some(MUX_ALPN) | Some(MUX_BULK_ALPN))
     {
-        crate::mux::server::serve_connection(
+        let serving = crate::mux::server::serve_connection(
             stream,
             peer_address,
             caller,
             mux.router.clone(),
             mux.limits.clone(),
             shutdown,
-        )
-        .await;
+        );
+        if alpn.as_deref() == Some(MUX_BULK_ALPN) {
+            // Awaited here so the connection keeps its slot among `max_connections` for
+            // as long as it runs on the bulk thread. The socket stays registered with
+            // this runtime's reactor, which only wakes the bulk task; the encryption, the
+            // framing and the handlers all run on the bulk thread.
+            let _ = bulk_threads().spawn(serving).await;
+        } else {
+            serving.await;
+        }
         return;
     }
     serve_requests(stream, peer_address, caller, router, limits, shutdown).await;
