@@ -11,7 +11,12 @@
 #   iperf3:  `iperf3 -s` and `iperf3 -c 127.0.0.1 -t DURATION -P N -J` (plain TCP, no TLS):
 #            what loopback itself moves, the ceiling
 #   latency: `stream_bench latency --calls CALLS`: empty control calls spaced 2 ms apart,
-#            idle and then with two bulk downloads running on the same connection
+#            idle and then with two bulk downloads running to the same server (on the
+#            client's bulk connection); both processes run their Tokio workers at nice -10
+#            like the agent, bulk on the mux's bulk threads at normal priority
+#   before:  the same latency runs against a second server, both processes with
+#            BRAMBLE_MUX_BULK_THREADS=0 (bulk connections on the Tokio workers, as before
+#            the separation)
 #
 # With ROUNDS > 1 the throughput runs alternate (iperf3 1, mux 1, iperf3 8, mux 8, ...), the
 # latency run is repeated ROUNDS times, and the median of each figure is reported. Everything shares this machine's cores, so the ratio,
@@ -54,11 +59,14 @@ mkdir -p "$RESULTS_DIR"
 
 IPERF_PID=""
 MUX_PID=""
+SHARED_PID=""
 stop_servers() {
     local status=$?
     # Closing its standard input is how the mux server is asked to stop.
     exec 3>&- 2>/dev/null || true
+    exec 4>&- 2>/dev/null || true
     [[ -n "$MUX_PID" ]] && { wait "$MUX_PID" 2>/dev/null || kill "$MUX_PID" 2>/dev/null || true; }
+    [[ -n "$SHARED_PID" ]] && { wait "$SHARED_PID" 2>/dev/null || kill "$SHARED_PID" 2>/dev/null || true; }
     [[ -n "$IPERF_PID" ]] && { kill "$IPERF_PID" 2>/dev/null || true; wait "$IPERF_PID" 2>/dev/null || true; }
     (exit "$status")
     cleanup_clusters
@@ -83,6 +91,19 @@ for _ in $(seq 100); do
 done
 MUX_ADDRESS="$(head -n1 "$SCRATCH_DIR/mux-address")"
 [[ -n "$MUX_ADDRESS" ]] || { echo "error: the mux server did not start" >&2; exit 1; }
+# The comparison server: bulk on the Tokio workers (the certificates are made again in a
+# directory of its own).
+mkfifo "$SCRATCH_DIR/shared-stdin"
+BRAMBLE_MUX_BULK_THREADS=0 "$BENCH" serve --dir "$SCRATCH_DIR/certificates-shared" \
+    <"$SCRATCH_DIR/shared-stdin" >"$SCRATCH_DIR/shared-address" &
+SHARED_PID=$!
+exec 4>"$SCRATCH_DIR/shared-stdin"
+for _ in $(seq 100); do
+    [[ -s "$SCRATCH_DIR/shared-address" ]] && break
+    sleep 0.1
+done
+SHARED_ADDRESS="$(head -n1 "$SCRATCH_DIR/shared-address")"
+[[ -n "$SHARED_ADDRESS" ]] || { echo "error: the comparison mux server did not start" >&2; exit 1; }
 sleep 0.3 # iperf3 -s as well
 log "mux server on $MUX_ADDRESS, iperf3 server on 127.0.0.1:$IPERF_PORT"
 
@@ -111,23 +132,34 @@ for round in $(seq "$ROUNDS"); do
 done
 
 LATENCIES=()
+SHARED_LATENCIES=()
 for round in $(seq "$ROUNDS"); do
     LATENCIES+=("$("$BENCH" latency --dir "$SCRATCH_DIR/certificates" --address "$MUX_ADDRESS" --calls "$CALLS")")
     log "round $round, control-call latency ($CALLS calls idle, then $CALLS with two bulk streams): ${LATENCIES[-1]}"
+    SHARED_LATENCIES+=("$(BRAMBLE_MUX_BULK_THREADS=0 "$BENCH" latency --dir "$SCRATCH_DIR/certificates-shared" --address "$SHARED_ADDRESS" --calls "$CALLS")")
+    log "round $round, the same without bulk threads: ${SHARED_LATENCIES[-1]}"
 done
 LATENCY="[$(IFS=,; echo "${LATENCIES[*]}")]"
+SHARED_LATENCY="[$(IFS=,; echo "${SHARED_LATENCIES[*]}")]"
 LOAD_AVERAGE="$(cut -d' ' -f1-3 /proc/loadavg)"
 
 python3 - "$RESULT" "$DURATION" "$ROUNDS" "$LATENCY" "$LOAD_AVERAGE" \
-    "${SAMPLES[iperf3_1]}" "${SAMPLES[mux_1]}" "${SAMPLES[iperf3_8]}" "${SAMPLES[mux_8]}" <<'PY'
+    "${SAMPLES[iperf3_1]}" "${SAMPLES[mux_1]}" "${SAMPLES[iperf3_8]}" "${SAMPLES[mux_8]}" \
+    "$SHARED_LATENCY" <<'PY'
 import json, os, platform, statistics, subprocess, sys, time
 result, duration, rounds = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
 latency_rounds, load_average = json.loads(sys.argv[4]), sys.argv[5]
 samples = [[float(value) for value in arg.split()] for arg in sys.argv[6:10]]
+shared_rounds = json.loads(sys.argv[10])
 # Each latency figure: the median over the rounds (one noisy round on a shared machine
 # does not decide the result); every round is kept in the file.
-latency = {key: statistics.median(r[key] for r in latency_rounds) for key in latency_rounds[0]}
-latency["rounds"] = latency_rounds
+def medians(rounds_):
+    out = {key: statistics.median(r[key] for r in rounds_) for key in rounds_[0]}
+    out["loaded_over_idle_p99"] = statistics.median(r["loaded_p99_us"] / r["idle_p99_us"] for r in rounds_)
+    out["rounds"] = rounds_
+    return out
+latency = medians(latency_rounds)
+shared = medians(shared_rounds)
 iperf1, mux1, iperf8, mux8 = (statistics.median(values) for values in samples)
 def commit():
     try:
@@ -148,6 +180,7 @@ out = {
     "ratio_to_iperf3": {"1_stream": mux1 / iperf1, "8_streams": mux8 / iperf8},
     "control_latency": latency,
     "control_latency_loaded_over_idle_p99": latency["loaded_p99_us"] / latency["idle_p99_us"],
+    "control_latency_without_bulk_threads": shared,
 }
 with open(result, "w") as f:
     json.dump(out, f, indent=2)
@@ -158,5 +191,8 @@ print(f"8 streams: mux {gbit(mux8)}  iperf3 {gbit(iperf8)}  ratio {mux8 / iperf8
 print(f"control calls: idle p50 {latency['idle_p50_us']:.0f} us p99 {latency['idle_p99_us']:.0f} us; "
       f"with 2 bulk streams p50 {latency['loaded_p50_us']:.0f} us p99 {latency['loaded_p99_us']:.0f} us "
       f"({out['control_latency_loaded_over_idle_p99']:.2f}x idle p99; bulk meanwhile {gbit(latency['bulk_bits_per_second_during'])})")
+print(f"without bulk threads: idle p50 {shared['idle_p50_us']:.0f} us p99 {shared['idle_p99_us']:.0f} us; "
+      f"with 2 bulk streams p50 {shared['loaded_p50_us']:.0f} us p99 {shared['loaded_p99_us']:.0f} us "
+      f"({shared['loaded_p99_us'] / shared['idle_p99_us']:.2f}x idle p99; bulk meanwhile {gbit(shared['bulk_bits_per_second_during'])})")
 print(f"written to {result}")
 PY

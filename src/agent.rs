@@ -1,7 +1,10 @@
 //! `bramble agent`: the long-running node process. It starts the layers in order — the
 //! RPC listener (net), membership (cluster), the Raft catalog (meta) — then the
 //! subsystems declared in [`SUBSYSTEMS`] (bramble-platform's contract), and runs until
-//! SIGTERM, SIGINT or a graceful leave. It stops in reverse: subsystems first, within
+//! SIGTERM, SIGINT or a graceful leave. One port serves both the framed RPC (the CLI,
+//! Raft, gossip answers) and the mux's streams (bramble-net's ALPN): the unary services
+//! are reachable through both, the streaming ones (the built-in `bench.*`, and each
+//! subsystem's own) through the mux. It stops in reverse: subsystems first, within
 //! their deadlines (a VIP holder releases its lease while the catalog still runs), then
 //! the catalog, gossip and every named worker, through one shutdown signal.
 
@@ -14,7 +17,10 @@ use bramble_cluster::service::ClusterService;
 use bramble_cluster::{Membership, NodeDir};
 use bramble_meta::Meta;
 use bramble_meta::service::MetaService;
-use bramble_net::{Router, RpcClient, ServerLimits, serve};
+use bramble_net::{
+    MuxClient, MuxLimits, Router, RpcClient, ServerLimits, StreamRouter, serve_with_streams,
+};
+use bramble_platform::bench_service::{self, BenchService};
 use bramble_platform::service::AgentService;
 use bramble_platform::{Context, Subsystem, Subsystems};
 use bramble_util::files::{self, Visibility};
@@ -62,6 +68,7 @@ pub async fn run(data_dir: &Path) -> Result<()> {
         membership: membership.clone(),
         meta: meta.clone(),
         rpc: RpcClient::new(node.credential.client_config()?),
+        mux: MuxClient::new(node.credential.client_config()?, shutdown.clone()),
         shutdown: shutdown.clone(),
         workers: workers.clone(),
     };
@@ -97,11 +104,21 @@ pub async fn run(data_dir: &Path) -> Result<()> {
     );
     subsystems.register_services(&mut router);
     router.open_to_anonymous(bramble_cluster::join::METHOD);
-    let server = tokio::spawn(serve(
+    let router = Arc::new(router);
+    let mut streams = StreamRouter::new();
+    streams.register(
+        bench_service::SERVICE,
+        Arc::new(BenchService::new(context.mux.clone(), membership.clone())),
+    );
+    subsystems.register_stream_services(&mut streams);
+    streams.serve_unary_from(router.clone());
+    let server = tokio::spawn(serve_with_streams(
         listener,
         node.credential.server_config()?,
-        Arc::new(router),
+        router,
+        Arc::new(streams),
         ServerLimits::default(),
+        MuxLimits::default(),
         shutdown.clone(),
     ));
     info!(

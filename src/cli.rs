@@ -99,6 +99,12 @@ pub enum Command {
         after_help = "Examples:\n  bramble lb create webfarm --listen 127.0.2.100:8080 --backend web1=127.0.0.1:8081 --backend web2=127.0.0.1:8082 --check 'HEAD /lb-check.txt' --sticky-cookie JSESSIONID --priority n2=101 --priority n3=100\n  bramble lb ls\n  bramble lb show webfarm --json\n  bramble lb backend drain webfarm web1"
     )]
     Lb(LbCommand),
+    /// Measure the cluster with the agents' own transport.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  bramble bench net --from n1 --to n2 --seconds 10\n  bramble bench net --from n1 --to n2 --streams 8 --json"
+    )]
+    Bench(BenchCommand),
     /// Run the built-in demo web server (the recipe's web1/web2): a page naming the server,
     /// `/lb-check.txt` for health checks, and `/session` for the sticky-session drill.
     #[command(
@@ -168,6 +174,31 @@ pub struct NodesArgs {
     /// Ask this member for its view (default: any member that answers).
     #[arg(long, value_name = "NODE")]
     pub from: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Node-to-node bulk throughput: `--from` streams to `--to`'s `bench.sink` over the
+    /// mux (mutual TLS, flow control, bulk threads), as block copies will.
+    Net(BenchNetArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchNetArgs {
+    #[command(flatten)]
+    pub output: JsonFlag,
+    /// The sending node.
+    #[arg(long, value_name = "NODE")]
+    pub from: String,
+    /// The receiving node.
+    #[arg(long, value_name = "NODE")]
+    pub to: String,
+    /// Seconds to stream.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub seconds: u32,
+    /// Streams at once.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=8))]
+    pub streams: u32,
 }
 
 #[derive(Debug, Args)]

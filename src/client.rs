@@ -30,6 +30,8 @@ pub fn data_dir(global: &GlobalOptions) -> PathBuf {
 /// A way to talk to one cluster.
 pub struct ClusterClient {
     rpc: RpcClient,
+    /// The credential's TLS configuration, for mux clients.
+    tls: std::sync::Arc<rustls::ClientConfig>,
     /// Agents to try, in order.
     agents: Vec<SocketAddr>,
     /// Node names we know the address of without asking (the emulator's nodes).
@@ -54,8 +56,10 @@ impl ClusterClient {
         agents.extend(known_names.values().copied());
         agents.extend(admin.agents.iter().copied());
         dedup_keep_order(&mut agents);
+        let tls = tls.client_config()?;
         Ok(ClusterClient {
-            rpc: client_with_cli_timeouts(tls.client_config()?),
+            rpc: client_with_cli_timeouts(tls.clone()),
+            tls,
             agents,
             known_names,
             source: source.to_string(),
@@ -87,8 +91,10 @@ impl ClusterClient {
         agents.push(node.config.advertise);
         agents.extend(node.known_peers().peers);
         dedup_keep_order(&mut agents);
+        let tls = node.credential.client_config()?;
         Ok(ClusterClient {
-            rpc: client_with_cli_timeouts(node.credential.client_config()?),
+            rpc: client_with_cli_timeouts(tls.clone()),
+            tls,
             agents,
             known_names: BTreeMap::new(),
             source: format!("data directory {}", path.display()),
@@ -104,6 +110,12 @@ impl ClusterClient {
 
     pub fn rpc(&self) -> &RpcClient {
         &self.rpc
+    }
+
+    /// A mux client with the same credential, for streams (its connections end with
+    /// `shutdown`).
+    pub fn mux(&self, shutdown: bramble_util::Shutdown) -> bramble_net::MuxClient {
+        bramble_net::MuxClient::new(self.tls.clone(), shutdown)
     }
 
     /// Calls `method` on the first agent that answers. Agents that cannot be reached are

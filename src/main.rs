@@ -83,6 +83,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Command::Kv(command) => commands::catalog::kv(global, command).await,
         Command::DemoWeb(args) => commands::demo_web::run(args).await,
         Command::Lb(command) => commands::lb::run(global, command).await,
+        Command::Bench(command) => commands::bench::run(global, command).await,
     }
 }
 

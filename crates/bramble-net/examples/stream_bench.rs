@@ -11,8 +11,10 @@
 //! Client options: `--window-kib K` (stream window), `--connection-window-kib K`
 //! (connection bulk window), both as the receiver of the downloads.
 //!
-//! Both processes run a Tokio runtime with two workers, like the agent (`--workers N` to
-//! change it).
+//! Both processes run a Tokio runtime with two workers at the control plane's priority
+//! (nice -10 where permitted), like the agent (`--workers N` to change the count), and
+//! carry bulk streams on the mux's bulk threads at normal priority
+//! (`BRAMBLE_MUX_BULK_THREADS=0` keeps them on the runtime, as before the separation).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -39,9 +41,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .and_then(|index| arguments.get(index + 1).cloned())
     };
     let dir = PathBuf::from(option("--dir").ok_or("--dir is required")?);
+    bramble_util::scheduling::raise_control_plane_priority();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(option("--workers").unwrap_or("2".into()).parse()?)
         .enable_all()
+        .on_thread_start(|| {
+            bramble_util::scheduling::raise_control_plane_priority();
+        })
         .build()?;
     runtime.block_on(async move {
         match mode.as_str() {
@@ -221,8 +227,8 @@ fn percentile(sorted: &[f64], fraction: f64) -> f64 {
     sorted.get(index).copied().unwrap_or(f64::NAN)
 }
 
-/// Control-call latency idle, then while two bulk streams run flat out on the same
-/// connection; prints both and the bulk throughput meanwhile.
+/// Control-call latency idle, then while two bulk streams run flat out to the same server
+/// (on the client's bulk connection); prints both and the bulk throughput meanwhile.
 async fn latency(client: &MuxClient, address: SocketAddr, calls: usize) -> Outcome {
     pings(client, address, 50).await?; // warm-up
     let idle = pings(client, address, calls).await?;
@@ -230,7 +236,7 @@ async fn latency(client: &MuxClient, address: SocketAddr, calls: usize) -> Outco
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for _ in 0..2 {
-        let connection = client.connection(address).await?;
+        let connection = client.connection_for(address, Priority::Bulk).await?;
         let received = received.clone();
         let stop = stop.clone();
         tasks.push(tokio::spawn(async move {

@@ -24,11 +24,13 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
-use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tokio_rustls::server::StartHandshake;
+use tokio_rustls::{LazyConfigAcceptor, TlsAcceptor, TlsConnector};
 use tracing::{debug, info, warn};
 
 use crate::identity::Caller;
-use crate::mux::{MUX_ALPN, MuxLimits, RPC_ALPN, StreamRouter};
+use crate::mux::bulk_threads::bulk_threads;
+use crate::mux::{MUX_ALPN, MUX_BULK_ALPN, MuxLimits, RPC_ALPN, StreamRouter};
 use crate::tls::CLUSTER_SERVER_NAME;
 
 /// Bounds a server applies to every connection.
@@ -242,7 +244,10 @@ pub async fn serve(
 /// TLS handshake tells them apart by ALPN: a client offering `bramble-mux/1` gets the mux
 /// (members and admins only), every other client (`bramble-rpc/1`, or no ALPN as older
 /// clients send) the framed RPC exactly as [`serve`] does. Both share the connection
-/// limit and the handshake timeout of `limits`.
+/// limit and the handshake timeout of `limits`. A client offering `bramble-mux-bulk/1` gets
+/// the mux too, handed to one of the process's [`crate::mux::bulk_threads`] as soon as its
+/// ClientHello is read (the socket, the rest of the handshake, the encryption and the
+/// handlers all live there), so that bulk traffic never holds up the control plane.
 pub async fn serve_with_streams(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
@@ -253,7 +258,7 @@ pub async fn serve_with_streams(
     shutdown: Shutdown,
 ) {
     let mut config = (*tls).clone();
-    config.alpn_protocols = vec![MUX_ALPN.to_vec(), RPC_ALPN.to_vec()];
+    config.alpn_protocols = vec![MUX_ALPN.to_vec(), MUX_BULK_ALPN.to_vec(), RPC_ALPN.to_vec()];
     let mux = MuxService {
         router: streams,
         limits: mux_limits.sanitized(),
@@ -337,12 +342,28 @@ async fn serve_connection(
     limits: Arc<ServerLimits>,
     shutdown: Shutdown,
 ) {
-    let stream = match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(stream)).await
-    {
-        Ok(Ok(stream)) => stream,
+    let deadline = tokio::time::Instant::now() + limits.handshake_timeout;
+    let Some(mux) = mux else {
+        let accepted = tokio::time::timeout_at(deadline, acceptor.accept(stream)).await;
+        if let Some(stream) = handshake_outcome(accepted, peer_address) {
+            let caller = caller_of(&stream);
+            serve_requests(stream, peer_address, caller, router, limits, shutdown).await;
+        }
+        return;
+    };
+    // The ClientHello first: a bulk connection is handed to a bulk thread before the rest
+    // of its handshake, so that its socket is registered there and this runtime never
+    // hears of its traffic.
+    let hello = tokio::time::timeout_at(
+        deadline,
+        LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream),
+    )
+    .await;
+    let start = match hello {
+        Ok(Ok(start)) => start,
         Ok(Err(error)) => {
             if noisy_event_may_log() {
-                info!(peer = %peer_address, %error, "refused a connection: TLS handshake failed");
+                info!(peer = %peer_address, %error, "refused a connection: no valid TLS ClientHello");
             }
             return;
         }
@@ -353,16 +374,56 @@ async fn serve_connection(
             return;
         }
     };
-    let caller = stream
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|chain| chain.first())
-        .map(Caller::from_verified_certificate)
-        .unwrap_or(Caller::Anonymous);
-    if let Some(mux) = mux
-        && stream.get_ref().1.alpn_protocol() == Some(MUX_ALPN)
-    {
+    let wants_bulk = start
+        .client_hello()
+        .alpn()
+        .is_some_and(|mut offered| offered.any(|protocol| protocol == MUX_BULK_ALPN));
+    let config = acceptor.config().clone();
+    if wants_bulk {
+        let accepted = start.accepted;
+        let socket = match start.io.into_std() {
+            Ok(socket) => socket,
+            Err(error) => {
+                warn!(peer = %peer_address, %error, "could not hand a bulk connection over");
+                return;
+            }
+        };
+        // Awaited here so the connection keeps its slot among `max_connections` for as
+        // long as it runs on the bulk thread.
+        let _ = bulk_threads()
+            .spawn(async move {
+                let socket = match TcpStream::from_std(socket) {
+                    Ok(socket) => socket,
+                    Err(error) => {
+                        warn!(peer = %peer_address, %error, "could not adopt a bulk connection");
+                        return;
+                    }
+                };
+                let handshake = StartHandshake::from_parts(accepted, socket).into_stream(config);
+                let finished = tokio::time::timeout_at(deadline, handshake).await;
+                let Some(stream) = handshake_outcome(finished, peer_address) else {
+                    return;
+                };
+                let caller = caller_of(&stream);
+                crate::mux::server::serve_connection(
+                    stream,
+                    peer_address,
+                    caller,
+                    mux.router.clone(),
+                    mux.limits.clone(),
+                    shutdown,
+                )
+                .await;
+            })
+            .await;
+        return;
+    }
+    let finished = tokio::time::timeout_at(deadline, start.into_stream(config)).await;
+    let Some(stream) = handshake_outcome(finished, peer_address) else {
+        return;
+    };
+    let caller = caller_of(&stream);
+    if stream.get_ref().1.alpn_protocol() == Some(MUX_ALPN) {
         crate::mux::server::serve_connection(
             stream,
             peer_address,
@@ -375,6 +436,41 @@ async fn serve_connection(
         return;
     }
     serve_requests(stream, peer_address, caller, router, limits, shutdown).await;
+}
+
+type ServerTls = tokio_rustls::server::TlsStream<TcpStream>;
+
+/// The stream of a finished handshake; a failed or late one is logged (rate-limited) and
+/// the connection dropped.
+fn handshake_outcome(
+    outcome: Result<std::io::Result<ServerTls>, tokio::time::error::Elapsed>,
+    peer_address: SocketAddr,
+) -> Option<ServerTls> {
+    match outcome {
+        Ok(Ok(stream)) => Some(stream),
+        Ok(Err(error)) => {
+            if noisy_event_may_log() {
+                info!(peer = %peer_address, %error, "refused a connection: TLS handshake failed");
+            }
+            None
+        }
+        Err(_) => {
+            if noisy_event_may_log() {
+                info!(peer = %peer_address, "refused a connection: no TLS handshake in time");
+            }
+            None
+        }
+    }
+}
+
+fn caller_of(stream: &ServerTls) -> Caller {
+    stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .map(Caller::from_verified_certificate)
+        .unwrap_or(Caller::Anonymous)
 }
 
 /// The RPC request loop of one connection: one request, one reply, in order.

@@ -1,7 +1,7 @@
 //! The subsystem contract. A subsystem is a part of the agent that runs on the nodes with
 //! certain roles (every node if none): it gets a [`Context`] with everything the layers
 //! below offer, registers its background tasks as named workers, may offer an RPC service
-//! under its name, reports a status, and stops when asked — in the reverse order of
+//! and a streaming (mux) service under its name, reports a status, and stops when asked — in the reverse order of
 //! starting, within a deadline, before the catalog and membership stop, so that what it
 //! holds (a VIP lease) can be handed over while the cluster still listens.
 
@@ -13,7 +13,9 @@ use std::time::Duration;
 use bramble_cluster::{Membership, NodeDir};
 use bramble_meta::Meta;
 use bramble_net::rpc::Request;
-use bramble_net::{ErrorKind, Handler, Router, RpcClient, RpcError};
+use bramble_net::{
+    ErrorKind, Handler, MuxClient, Router, RpcClient, RpcError, StreamHandler, StreamRouter,
+};
 use bramble_util::{Shutdown, Workers};
 use tracing::{info, warn};
 
@@ -25,6 +27,8 @@ pub struct Context {
     pub meta: Arc<Meta>,
     /// A client with this node's certificate, for calls to other agents.
     pub rpc: RpcClient,
+    /// The same for streams (the mux): bulk bodies to and from other agents.
+    pub mux: MuxClient,
     /// Fires when the agent stops (after every subsystem's own stop).
     pub shutdown: Shutdown,
     /// Where to register background tasks.
@@ -46,6 +50,11 @@ impl Context {
 pub trait Running: Send + Sync {
     /// Its RPC service, registered under the subsystem's name (`lb.stats`, ...).
     fn service(&self) -> Option<Arc<dyn Handler>>;
+    /// Its streaming service on the mux (bulk bodies: blocks, logs), registered under the
+    /// subsystem's name; most subsystems have none.
+    fn stream_service(&self) -> Option<Arc<dyn StreamHandler>> {
+        None
+    }
     /// Its state for `bramble status` and the API.
     fn status(&self) -> serde_json::Value;
     /// Stops it: hand over what it holds, end its workers. Called once.
@@ -139,6 +148,17 @@ impl Subsystems {
                     roles: roles.join(" or "),
                 }),
             );
+        }
+    }
+
+    /// Registers every running subsystem's streaming service. (A subsystem that does not
+    /// run here has none; its name falls through to the unary services, where
+    /// [`Subsystems::register_services`] registered the error that names its roles.)
+    pub fn register_stream_services(&self, router: &mut StreamRouter) {
+        for started in self.started().iter() {
+            if let Some(service) = started.running.stream_service() {
+                router.register(started.name, service);
+            }
         }
     }
 

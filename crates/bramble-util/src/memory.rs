@@ -5,12 +5,21 @@
 //! long after the memory was freed. The agent limits the number of arenas at start and
 //! hands freed memory back to the kernel after such bursts.
 
-/// Limits glibc to two malloc arenas. Call once at start, before threads exist.
+/// Arenas glibc may create. Not two, as first chosen: threads that share an arena share
+/// its lock, and the mux's bulk threads (normal priority, allocating a buffer per 64 KiB
+/// frame) then shared one with the control plane (nice -10). A bulk thread preempted while
+/// holding it makes a Raft append wait for it: the suspected cause of lease lapses in the
+/// bulk drill (tests/bulk.rs) when other programs also kept the cores busy. With eight,
+/// the agent's dozen threads mostly get arenas of their own.
+pub const MALLOC_ARENAS: i32 = 8;
+
+/// Limits glibc to [`MALLOC_ARENAS`] malloc arenas (its default is eight per core). Call
+/// once at start, before threads exist.
 pub fn limit_allocator_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator tuning; called before other threads start.
     unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_ARENA_MAX, MALLOC_ARENAS);
     }
 }
 

@@ -1,5 +1,11 @@
 //! The client side of the mux: [`MuxClient`] keeps one connection per peer address and
-//! opens streams on it; [`MuxConnection`] is one such connection.
+//! priority class and opens streams on it; [`MuxConnection`] is one such connection.
+//!
+//! Bulk streams get a connection of their own (ALPN `bramble-mux-bulk/1`) that runs on the
+//! process's [`crate::mux::bulk_threads`], from the TCP connect on, so that decrypting a
+//! download or encrypting an upload never delays a control call, which takes the
+//! control connection on the caller's runtime. Separate connections also keep bulk bytes
+//! queued in socket buffers out of a control frame's way.
 //!
 //! A call is a stream: [`MuxConnection::open`] returns the request body's
 //! [`BodySender`] and a [`ResponseReceiver`]; the response is a header and a
@@ -19,14 +25,15 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use crate::mux::body::{BodyReader, BodySender};
+use crate::mux::bulk_threads::bulk_threads;
 use crate::mux::connection::{self, Inbound, Shared, Side};
 use crate::mux::frame::Priority;
-use crate::mux::{MUX_ALPN, MuxError, MuxLimits};
+use crate::mux::{MUX_ALPN, MUX_BULK_ALPN, MuxError, MuxLimits};
 use crate::tls::CLUSTER_SERVER_NAME;
 
-/// Distinct peers a client keeps connections to; beyond it, slots of closed connections
-/// are forgotten. A cluster of boards has far fewer members.
-const MAX_KEPT_PEERS: usize = 1024;
+/// Connections (peer and class) a client keeps; beyond it, slots of closed connections are
+/// forgotten. A cluster of boards has far fewer members.
+const MAX_KEPT_CONNECTIONS: usize = 2048;
 
 /// How long a client keeps a connection without streams: half the server's default.
 const CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -157,17 +164,19 @@ impl MuxConnection {
 }
 
 /// Makes mux connections with one TLS configuration (a member's or an admin's) and keeps
-/// one per peer address.
+/// one per peer address and priority class.
 #[derive(Clone)]
 pub struct MuxClient {
     tls: Arc<rustls::ClientConfig>,
+    /// The same configuration offering `bramble-mux-bulk/1`.
+    tls_bulk: Arc<rustls::ClientConfig>,
     limits: MuxLimits,
     pub connect_timeout: Duration,
     /// Bound of a whole unary call ([`MuxClient::call`]).
     pub call_timeout: Duration,
     /// Largest unary reply accepted.
     pub max_reply: usize,
-    kept: Arc<Mutex<HashMap<SocketAddr, KeptSlot>>>,
+    kept: Arc<Mutex<HashMap<(SocketAddr, Priority), KeptSlot>>>,
     shutdown: Shutdown,
 }
 
@@ -190,8 +199,11 @@ impl MuxClient {
     pub fn new(tls: Arc<rustls::ClientConfig>, shutdown: Shutdown) -> Self {
         let mut config = (*tls).clone();
         config.alpn_protocols = vec![MUX_ALPN.to_vec()];
+        let mut bulk_config = (*tls).clone();
+        bulk_config.alpn_protocols = vec![MUX_BULK_ALPN.to_vec()];
         MuxClient {
             tls: Arc::new(config),
+            tls_bulk: Arc::new(bulk_config),
             // Idle connections are closed by the client well before the server's idle
             // timeout, so a call is rarely opened on a connection the server is closing.
             limits: MuxLimits {
@@ -213,9 +225,41 @@ impl MuxClient {
         self
     }
 
-    /// Opens a new connection (TCP, TLS with ALPN), bounded by the connect timeout. Fails
-    /// if the server does not speak the mux (an agent that predates it).
+    /// Opens a new control connection (TCP, TLS with ALPN), bounded by the connect
+    /// timeout. Fails if the server does not speak the mux (an agent that predates it).
     pub async fn connect(&self, address: SocketAddr) -> Result<MuxConnection, MuxError> {
+        self.connect_class(address, Priority::Control).await
+    }
+
+    /// Opens a new connection for streams of `class`: a bulk connection is made and run
+    /// on a bulk thread (see the module's comment).
+    pub async fn connect_class(
+        &self,
+        address: SocketAddr,
+        class: Priority,
+    ) -> Result<MuxConnection, MuxError> {
+        match class {
+            Priority::Control => self.dial(address, &self.tls, MUX_ALPN).await,
+            Priority::Bulk => {
+                let client = self.clone();
+                bulk_threads()
+                    .spawn(
+                        async move { client.dial(address, &client.tls_bulk, MUX_BULK_ALPN).await },
+                    )
+                    .await
+                    .map_err(|error| {
+                        MuxError::LocalIo(format!("the bulk thread failed: {error}"))
+                    })?
+            }
+        }
+    }
+
+    async fn dial(
+        &self,
+        address: SocketAddr,
+        tls: &Arc<rustls::ClientConfig>,
+        alpn: &[u8],
+    ) -> Result<MuxConnection, MuxError> {
         let timeout = self.connect_timeout;
         let tcp = tokio::time::timeout(timeout, TcpStream::connect(address))
             .await
@@ -235,7 +279,7 @@ impl MuxClient {
                     message: error.to_string(),
                 }
             })?;
-        let connector = TlsConnector::from(self.tls.clone());
+        let connector = TlsConnector::from(tls.clone());
         let stream = tokio::time::timeout(timeout, connector.connect(server_name, tcp))
             .await
             .map_err(|_| MuxError::Tls {
@@ -246,10 +290,13 @@ impl MuxClient {
                 address,
                 message: error.to_string(),
             })?;
-        if stream.get_ref().1.alpn_protocol() != Some(MUX_ALPN) {
+        if stream.get_ref().1.alpn_protocol() != Some(alpn) {
             return Err(MuxError::Tls {
                 address,
-                message: "the server does not offer bramble-mux/1".to_string(),
+                message: format!(
+                    "the server does not offer {}",
+                    String::from_utf8_lossy(alpn)
+                ),
             });
         }
         let (shared, read_half) = connection::start(
@@ -268,20 +315,32 @@ impl MuxClient {
         Ok(MuxConnection { shared })
     }
 
-    /// The kept connection to `address`, dialled if there is none or it has closed.
+    /// The kept control connection to `address`, dialled if there is none or it has
+    /// closed.
     pub async fn connection(&self, address: SocketAddr) -> Result<MuxConnection, MuxError> {
+        self.connection_for(address, Priority::Control).await
+    }
+
+    /// The kept connection to `address` for streams of `class`, dialled if there is none
+    /// or it has closed.
+    pub async fn connection_for(
+        &self,
+        address: SocketAddr,
+        class: Priority,
+    ) -> Result<MuxConnection, MuxError> {
+        let key = (address, class);
         let slot = {
             let mut kept = self
                 .kept
                 .lock()
                 .unwrap_or_else(|poison| poison.into_inner());
-            if kept.len() >= MAX_KEPT_PEERS && !kept.contains_key(&address) {
+            if kept.len() >= MAX_KEPT_CONNECTIONS && !kept.contains_key(&key) {
                 kept.retain(|_, slot| match slot.try_lock() {
                     Ok(connection) => connection.as_ref().is_some_and(|c| !c.is_closed()),
                     Err(_) => true,
                 });
             }
-            kept.entry(address).or_default().clone()
+            kept.entry(key).or_default().clone()
         };
         let mut slot = slot.lock().await;
         if let Some(connection) = slot.as_ref()
@@ -289,13 +348,14 @@ impl MuxClient {
         {
             return Ok(connection.clone());
         }
-        let connection = self.connect(address).await?;
+        let connection = self.connect_class(address, class).await?;
         *slot = Some(connection.clone());
         Ok(connection)
     }
 
-    /// Opens a stream on the kept connection to `address` (see [`MuxConnection::open`]).
-    /// If the kept connection turns out to be closed, dials once more.
+    /// Opens a stream on the kept connection to `address` for its `priority` class (see
+    /// [`MuxConnection::open`]). If the kept connection turns out to be closed, dials once
+    /// more.
     pub async fn open(
         &self,
         address: SocketAddr,
@@ -303,10 +363,10 @@ impl MuxClient {
         header: &[u8],
         priority: Priority,
     ) -> Result<(BodySender, ResponseReceiver), MuxError> {
-        let connection = self.connection(address).await?;
+        let connection = self.connection_for(address, priority).await?;
         match connection.open(method, header, priority).await {
             Err(MuxError::ConnectionClosed { .. }) => {
-                self.connection(address)
+                self.connection_for(address, priority)
                     .await?
                     .open(method, header, priority)
                     .await
@@ -315,8 +375,8 @@ impl MuxClient {
         }
     }
 
-    /// A unary call on the kept connection to `address` (see [`MuxConnection::call`]),
-    /// bounded by `call_timeout` and `max_reply`.
+    /// A unary call on the kept connection to `address` for its `priority` class (see
+    /// [`MuxConnection::call`]), bounded by `call_timeout` and `max_reply`.
     pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
         &self,
         address: SocketAddr,
@@ -324,7 +384,7 @@ impl MuxClient {
         request: &Req,
         priority: Priority,
     ) -> Result<Resp, MuxError> {
-        let connection = self.connection(address).await?;
+        let connection = self.connection_for(address, priority).await?;
         connection
             .call(method, request, priority, self.max_reply, self.call_timeout)
             .await

@@ -211,7 +211,8 @@ impl Shared {
 
     /// Opens a stream (client side): waits for a free slot, picks the next id and queues
     /// the `Open` frame. `Open` frames always go through the control queue, under the
-    /// table lock, so they reach the peer in id order whatever the streams' classes.
+    /// table lock, so they reach the peer in id order whatever the streams' classes; the
+    /// class travels in the frame's header.
     pub async fn open_stream(
         self: &Arc<Self>,
         method: &str,
@@ -266,10 +267,12 @@ impl Shared {
                     _slot: Some(slot),
                 },
             );
-            self.outbox.send(Frame::new(
+            // The header names the stream's class, which the server answers in (a bulk
+            // download must not travel in its control queue).
+            self.outbox.send_control(Frame::new(
                 id,
                 FrameKind::Open,
-                Priority::Control,
+                priority,
                 Bytes::from(payload),
             ));
             id

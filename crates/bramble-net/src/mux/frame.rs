@@ -47,7 +47,8 @@ impl Priority {
 /// What a frame does to its stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FrameKind {
-    /// Client to server: a new stream; payload is an [`OpenPayload`].
+    /// Client to server: a new stream; payload is an [`OpenPayload`], and the header's
+    /// priority is the stream's class, which the server's frames for it use too.
     Open,
     /// Server to client: the response header, sent once before any response data.
     Head,

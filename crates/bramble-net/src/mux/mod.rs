@@ -8,13 +8,20 @@
 //! - `connection`: the stream table and the reader task shared by both sides.
 //! - [`body`]: [`BodySender`] and [`BodyReader`], the flow-controlled halves of a stream.
 //! - [`server`]: [`StreamHandler`], [`StreamRouter`] and the server side of a connection.
-//! - [`client`]: [`MuxClient`] (one kept connection per peer) and [`MuxConnection`].
+//! - [`client`]: [`MuxClient`] (one kept connection per peer and priority class) and
+//!   [`MuxConnection`].
+//! - [`bulk_threads`]: the normal-priority threads that run bulk connections, so that
+//!   encrypting bulk data never delays the control plane's tasks.
 //!
 //! The mux shares the RPC port: the TLS handshake negotiates ALPN, `bramble-mux/1` selects
 //! the mux and anything else (including no ALPN, as older clients send) the framed RPC of
-//! [`crate::rpc`]. See [`crate::rpc::serve_with_streams`].
+//! [`crate::rpc`]. See [`crate::rpc::serve_with_streams`]. A client opens bulk streams on
+//! a connection of their own, negotiated as `bramble-mux-bulk/1` (the same protocol), which
+//! both sides run on their [`bulk_threads`]: control-class streams use the connection
+//! negotiated as `bramble-mux/1`, on the caller's runtime.
 
 pub mod body;
+pub mod bulk_threads;
 pub mod client;
 mod connection;
 mod error;
@@ -32,6 +39,9 @@ pub use server::{IncomingCall, ResponseWriter, StreamHandler, StreamRouter};
 
 /// ALPN protocol name of the multiplexed transport.
 pub const MUX_ALPN: &[u8] = b"bramble-mux/1";
+/// ALPN protocol name of a mux connection that carries bulk streams: the same protocol as
+/// [`MUX_ALPN`], but the server runs the whole connection on its [`bulk_threads`].
+pub const MUX_BULK_ALPN: &[u8] = b"bramble-mux-bulk/1";
 /// ALPN protocol name of the one-call-at-a-time RPC (also chosen when a client sends none).
 pub const RPC_ALPN: &[u8] = b"bramble-rpc/1";
 

@@ -79,6 +79,18 @@ impl Outbox {
         true
     }
 
+    /// Queues a frame in the control queue whatever class its header names: an `Open`
+    /// carries its stream's class to the server in the header, yet must go out in id
+    /// order with the other opens.
+    pub fn send_control(&self, frame: Frame) -> bool {
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        if self.control.send(frame).is_err() {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
     /// Frames queued and not yet taken by the writer.
     pub fn queued(&self) -> usize {
         self.queued.load(Ordering::Relaxed)
