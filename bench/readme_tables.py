@@ -125,8 +125,35 @@ def streams(data):
     out.append(
         f"Control calls on the same connection: p50 {c['idle_p50_us']} µs, p99 {c['idle_p99_us']/1000:.2f} ms idle;"
         f" p50 {c['loaded_p50_us']} µs, p99 {c['loaded_p99_us']/1000:.2f} ms while two bulk streams move {gbit(c['bulk_bits_per_second_during'])}"
-        f" ({data['control_latency_loaded_over_idle_p99']:.1f}x the idle p99; goal 2x). Median of {data['rounds']} rounds of {data['duration_seconds']:.0f} s;"
+        f" ({data['control_latency_loaded_over_idle_p99']:.1f}x the idle p99; goal 2x; bulk connections on their own threads)."
+        + (
+            f" Without the bulk threads (`BRAMBLE_MUX_BULK_THREADS=0`): {data['control_latency_without_bulk_threads']['loaded_over_idle_p99']:.1f}x."
+            if "control_latency_without_bulk_threads" in data
+            else ""
+        )
+        + f" Median of {data['rounds']} rounds of {data['duration_seconds']:.0f} s;"
         f" load average {data['machine']['load_average_after'].split()[0]} after the run."
+        f" _Measured {data.get('date', '?')} at commit {str(data.get('commit', '?'))[:9]}._"
+    )
+    return "\n".join(out)
+
+
+def bulk(data):
+    t = data["throughput_bits_per_second"]
+    r = data["ratio_to_iperf3"]
+    gbit = lambda bits: f"{bits / 1e9:.1f} Gbit/s"
+    out = ["| figure (two agents of an emulated cluster, loopback) | Bramble (`bench.push` → `bench.sink`, TLS 1.3) | iperf3 (plain TCP), same run | ratio |", "|---|---|---|---|"]
+    out.append(f"| one bulk stream node to node | {gbit(t['agents_1_stream'])} | {gbit(t['iperf3_1_stream'])} | {r['1_stream']:.2f}x |")
+    out.append(f"| eight bulk streams node to node | {gbit(t['agents_8_streams'])} | {gbit(t['iperf3_8_streams'])} | {r['8_streams']:.2f}x |")
+    out.append("")
+    out.append("| committed catalog writes while two nodes stream flat out | idle p99 | under bulk p99 | ratio (goal ≤ 2x) |")
+    out.append("|---|---|---|---|")
+    for key, label in (("bulk_threads", "bulk on its own threads (the default)"), ("no_bulk_threads", "bulk on the control runtime (`BRAMBLE_MUX_BULK_THREADS=0`)")):
+        c = data["commit_latency"][key]
+        out.append(f"| {label} | {c['idle_p99_ms']:.1f} ms | {c['loaded_p99_ms']:.1f} ms | {c['loaded_over_idle_p99']:.2f}x |")
+    out.append("")
+    out.append(
+        f"Median of {data['rounds']} rounds of {data['duration_seconds']:.0f} s; load average {data['machine']['load_average_after'].split()[0]} after the run (the machine was shared)."
         f" _Measured {data.get('date', '?')} at commit {str(data.get('commit', '?'))[:9]}._"
     )
     return "\n".join(out)
@@ -185,7 +212,7 @@ def lb(data):
 def main():
     readme = ROOT / "README.md"
     text = readme.read_text()
-    for name, render in (("membership", membership), ("footprint", footprint), ("scale", scale), ("catalog", catalog), ("leases", leases), ("streams", streams), ("lb", lb)):
+    for name, render in (("membership", membership), ("footprint", footprint), ("scale", scale), ("catalog", catalog), ("leases", leases), ("streams", streams), ("bulk", bulk), ("lb", lb)):
         data = load(name)
         if data is None:
             continue
