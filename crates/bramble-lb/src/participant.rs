@@ -10,6 +10,9 @@
 //! 5. serve the VIP while the lease is ours — add the address, bind, run the health
 //!    checks, apply spec changes — and let go as soon as it is not.
 //!
+//! Between steps, [`VipParticipant::enforce_deadline`] lets go the moment the lease runs
+//! out, so a late step never stretches the lease.
+//!
 //! [`VipParticipant::finish`] lets go and releases the lease, so a backup takes over at
 //! once when this node stops.
 
@@ -99,6 +102,32 @@ impl VipParticipant {
         }
     }
 
+    /// While this node serves the VIP: the instant its lease runs out. The caller wakes
+    /// then and calls [`VipParticipant::enforce_deadline`], so serving never outlasts the
+    /// lease because a step was late (a busy CPU, a slow membership lookup).
+    pub fn serving_deadline(&self) -> Option<Instant> {
+        if !self.serving_anything() {
+            return None;
+        }
+        Some(self.election.lease_deadline().unwrap_or_else(Instant::now))
+    }
+
+    /// Lets go at once if the lease ran out: no catalog or membership work first.
+    pub async fn enforce_deadline(&mut self) {
+        if self.serving_anything() && !self.election.holds(Instant::now()) {
+            info!(balancer = %self.balancer, "the VIP lease ran out: releasing it");
+            self.let_go().await;
+        }
+    }
+
+    fn serving_anything(&self) -> bool {
+        locked(&self.running).is_some()
+            || self
+                .interface_vip
+                .as_ref()
+                .is_some_and(InterfaceVip::is_present)
+    }
+
     /// The lease this participant follows (`lb/vip/<balancer>`).
     pub fn lease(&self) -> &str {
         &self.lease
@@ -125,12 +154,7 @@ impl VipParticipant {
         self.act_on(decision, known.as_ref()).await;
         if self.election.holds(Instant::now()) && self.hold_address() {
             self.serve(spec, agent_shutdown);
-        } else if locked(&self.running).is_some()
-            || self
-                .interface_vip
-                .as_ref()
-                .is_some_and(InterfaceVip::is_present)
-        {
+        } else if self.serving_anything() {
             if !self.election.holds(Instant::now()) {
                 info!(balancer = %self.balancer, "not holding the VIP: releasing it");
             }

@@ -386,6 +386,7 @@ impl LoadBalancers {
         let mut ticker = tokio::time::interval(RENEW_EVERY);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let deadline = participant.serving_deadline();
             tokio::select! {
                 _ = stop.wait() => break,
                 _ = ticker.tick() => {}
@@ -394,9 +395,12 @@ impl LoadBalancers {
                     // A lease that became free is taken at once, not at the next tick.
                     watching_lease = change.is_some();
                 }
+                _ = sleep_until_instant(deadline), if deadline.is_some() => {}
             }
+            participant.enforce_deadline().await;
             let current_spec = spec.borrow().clone();
             let candidates = self.candidates(&current_spec).await;
+            participant.enforce_deadline().await;
             let report = participant
                 .step(&current_spec, candidates, &agent_shutdown)
                 .await;
@@ -412,6 +416,14 @@ impl LoadBalancers {
             });
         }
         participant.finish().await;
+    }
+}
+
+/// Sleeps until `deadline` (forever without one; the select guards that case).
+async fn sleep_until_instant(deadline: Option<std::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -93,6 +93,15 @@ impl VipElection {
                 .is_some_and(|sent| now.saturating_duration_since(sent) < LEASE_TTL)
     }
 
+    /// When the lease this node holds runs out (None if it holds none): the caller must
+    /// have stopped serving by then, whatever else it is doing.
+    pub fn lease_deadline(&self) -> Option<Instant> {
+        if !self.named_holder {
+            return None;
+        }
+        self.renewed_sent_at.map(|sent| sent + LEASE_TTL)
+    }
+
     /// Time left before the lease this node holds runs out (None if it holds none). A
     /// request that could outlast it must be given up in time to release the VIP.
     pub fn lease_remaining(&self, now: Instant) -> Option<Duration> {
@@ -257,6 +266,11 @@ mod tests {
         holder.record_answer(start + Duration::from_millis(150), false);
         assert!(holder.holds(start + LEASE_TTL - Duration::from_millis(1)));
         assert!(!holder.holds(start + LEASE_TTL));
+        assert_eq!(
+            holder.lease_deadline(),
+            Some(start + LEASE_TTL),
+            "a refused renewal does not move the deadline"
+        );
         assert_eq!(
             holder.lease_remaining(start + Duration::from_millis(100)),
             Some(LEASE_TTL - Duration::from_millis(100))
