@@ -84,11 +84,12 @@ async fn net(global: &GlobalOptions, args: &BenchNetArgs) -> Result<()> {
         return output::print_json(&report);
     }
     println!(
-        "{} -> {}: {:.2} Gbit/s ({} streams, {:.1} MB in {:.1} s)",
+        "{} -> {}: {:.2} Gbit/s ({} stream{}, {:.1} MB in {:.1} s)",
         report.from,
         report.to,
         report.bits_per_second / 1e9,
         report.streams,
+        if report.streams == 1 { "" } else { "s" },
         report.bytes as f64 / 1e6,
         report.seconds
     );
