@@ -10,16 +10,13 @@
 //! saturated proxy from starving the control plane (Raft heartbeats, VIP lease renewals),
 //! which stays on the agent's runtime, with its own threads for the kernel to schedule.
 //!
-//! The threads start with the first balancer and idle in `epoll_wait` when there is no
-//! traffic; they live as long as the process.
+//! The threads start with the first balancer ([`bramble_util::runtime_threads`]).
 
 use std::cell::Cell;
 use std::future::Future;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
-use tokio::runtime::{Builder, Handle};
-use tracing::warn;
+use bramble_util::runtime_threads::{RuntimeThreads, thread_count};
 
 /// At most this many data-plane threads, however many cores.
 const MAX_WORKERS: usize = 8;
@@ -33,8 +30,7 @@ static WORKERS: OnceLock<Workers> = OnceLock::new();
 
 /// The data-plane threads of this process.
 pub struct Workers {
-    handles: Vec<Handle>,
-    next: AtomicUsize,
+    threads: RuntimeThreads,
 }
 
 /// The process's data-plane threads, started on first use.
@@ -54,31 +50,18 @@ impl Workers {
         // node's own services. Measured on 2 cores shared with the load generator and the
         // backends (bench/lb.sh): one worker gave the same throughput as two, with a p99
         // of 5.1 ms instead of 9.8 ms and 0.15 context switches per request instead of 1.
-        let count = configured_count().unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|cores| cores.get().div_ceil(2))
-                .unwrap_or(1)
-        });
-        let count = count.clamp(1, MAX_WORKERS);
-        let mut handles = Vec::with_capacity(count);
-        for index in 0..count {
-            match start_worker(index) {
-                Ok(handle) => handles.push(handle),
-                Err(error) => {
-                    warn!(%error, index, "could not start a load-balancer worker thread");
-                    break;
-                }
-            }
-        }
+        // `BRAMBLE_LB_THREADS` is HAProxy's `nbthread`.
+        let count = thread_count("BRAMBLE_LB_THREADS", 1, MAX_WORKERS);
         Workers {
-            handles,
-            next: AtomicUsize::new(0),
+            threads: RuntimeThreads::start("lb-worker", count, |index| {
+                WORKER_INDEX.with(|cell| cell.set(Some(index)));
+            }),
         }
     }
 
     /// How many per-worker slots callers should keep (at least 1).
     pub fn count(&self) -> usize {
-        self.handles.len().max(1)
+        self.threads.len().max(1)
     }
 
     /// Runs `future` on the next worker, round robin. Without worker threads (none could
@@ -87,50 +70,8 @@ impl Workers {
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        if self.handles.is_empty() {
-            tokio::spawn(future);
-            return;
-        }
-        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.handles.len();
-        self.handles[index].spawn(future);
+        drop(self.threads.spawn(future));
     }
-}
-
-/// `BRAMBLE_LB_THREADS` (HAProxy's `nbthread`), when set to a number.
-fn configured_count() -> Option<usize> {
-    let text = std::env::var("BRAMBLE_LB_THREADS").ok()?;
-    match text.trim().parse::<usize>() {
-        Ok(count) if count > 0 => Some(count),
-        _ => {
-            warn!(value = %text, "BRAMBLE_LB_THREADS is not a positive number; using the default");
-            None
-        }
-    }
-}
-
-fn start_worker(index: usize) -> std::io::Result<Handle> {
-    let (sender, receiver) = std::sync::mpsc::channel();
-    std::thread::Builder::new()
-        .name(format!("lb-worker-{index}"))
-        .spawn(move || {
-            WORKER_INDEX.with(|cell| cell.set(Some(index)));
-            // Created by a control-plane thread, whose raised priority it inherited.
-            bramble_util::scheduling::restore_original_priority();
-            let runtime = match Builder::new_current_thread().enable_all().build() {
-                Ok(runtime) => runtime,
-                Err(error) => {
-                    let _ = sender.send(Err(error));
-                    return;
-                }
-            };
-            let _ = sender.send(Ok(runtime.handle().clone()));
-            // A current-thread runtime runs its tasks only inside block_on: park here
-            // for the life of the process.
-            runtime.block_on(std::future::pending::<()>());
-        })?;
-    receiver
-        .recv()
-        .map_err(|_| std::io::Error::other("the worker thread ended before starting"))?
 }
 
 #[cfg(test)]

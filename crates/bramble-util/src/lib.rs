@@ -5,6 +5,8 @@
 //! - [`memory`]: keeping the resident size low after bursts of allocation.
 //! - [`scheduling`]: the control plane's threads first when the CPU is saturated.
 //! - [`secrets`]: the constant-time comparison for secrets and digests.
+//! - [`runtime_threads`]: single-threaded runtimes on threads of their own, at normal
+//!   priority, for data-plane work.
 //! - [`names`]: validation of names that users and peers send us (node names, roles).
 //! - [`shutdown`]: the one signal every background task takes so the agent ends cleanly.
 //! - [`time`]: wall-clock helpers.
@@ -13,6 +15,7 @@
 pub mod files;
 pub mod memory;
 pub mod names;
+pub mod runtime_threads;
 pub mod scheduling;
 pub mod secrets;
 pub mod shutdown;

@@ -15,8 +15,7 @@
 //! control task as soon as it is woken, whatever the bulk threads are doing. The load
 //! balancer's data plane does the same (`bramble_lb::workers`).
 //!
-//! The threads start with the first bulk connection and idle in `epoll_wait` when there is
-//! none; they live as long as the process. Every task they run is a connection or a stream
+//! The threads ([`bramble_util::runtime_threads`]) start with the first bulk connection. Every task they run is a connection or a stream
 //! handler that ends on the shutdown signal it was given.
 //!
 //! `BRAMBLE_MUX_BULK_THREADS` sets their number (default: one per two cores, at most
@@ -25,11 +24,10 @@
 
 use std::future::Future;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
-use tokio::runtime::{Builder, Handle};
+use bramble_util::runtime_threads::{RuntimeThreads, thread_count};
+use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
-use tracing::warn;
 
 /// At most this many bulk threads, however many cores.
 pub const MAX_BULK_THREADS: usize = 4;
@@ -39,8 +37,7 @@ static BULK_THREADS: OnceLock<BulkThreads> = OnceLock::new();
 /// The bulk threads of this process.
 #[derive(Debug)]
 pub struct BulkThreads {
-    handles: Vec<Handle>,
-    next: AtomicUsize,
+    threads: RuntimeThreads,
 }
 
 /// The process's bulk threads, started on first use.
@@ -50,43 +47,21 @@ pub fn bulk_threads() -> &'static BulkThreads {
 
 impl BulkThreads {
     fn start() -> BulkThreads {
-        // Half the cores: the other half stays free for the control plane, which has
-        // little to do but must do it at once.
-        let count = configured_count().unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|cores| cores.get().div_ceil(2))
-                .unwrap_or(1)
-        });
-        let count = count.min(MAX_BULK_THREADS);
-        let mut handles = Vec::with_capacity(count);
-        for index in 0..count {
-            match start_thread(index) {
-                Ok(handle) => handles.push(handle),
-                Err(error) => {
-                    warn!(%error, index, "could not start a bulk mux thread");
-                    break;
-                }
-            }
-        }
+        let count = thread_count("BRAMBLE_MUX_BULK_THREADS", 0, MAX_BULK_THREADS);
         BulkThreads {
-            handles,
-            next: AtomicUsize::new(0),
+            threads: RuntimeThreads::start("mux-bulk", count, |_| {}),
         }
     }
 
     /// Number of bulk threads (0: bulk runs on the callers' runtimes).
     pub fn count(&self) -> usize {
-        self.handles.len()
+        self.threads.len()
     }
 
     /// The runtime of the next bulk thread, round robin; None when there is no bulk
     /// thread (then bulk work stays on the caller's runtime).
     pub fn next_handle(&self) -> Option<&Handle> {
-        if self.handles.is_empty() {
-            return None;
-        }
-        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.handles.len();
-        self.handles.get(index)
+        self.threads.next_handle()
     }
 
     /// Runs `future` on the next bulk thread, or on the caller's runtime without one.
@@ -96,48 +71,8 @@ impl BulkThreads {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        match self.next_handle() {
-            Some(handle) => handle.spawn(future),
-            None => tokio::spawn(future),
-        }
+        self.threads.spawn(future)
     }
-}
-
-/// `BRAMBLE_MUX_BULK_THREADS`, when set to a number.
-fn configured_count() -> Option<usize> {
-    let text = std::env::var("BRAMBLE_MUX_BULK_THREADS").ok()?;
-    match text.trim().parse::<usize>() {
-        Ok(count) => Some(count),
-        Err(_) => {
-            warn!(value = %text, "BRAMBLE_MUX_BULK_THREADS is not a number; using the default");
-            None
-        }
-    }
-}
-
-fn start_thread(index: usize) -> std::io::Result<Handle> {
-    let (sender, receiver) = std::sync::mpsc::channel();
-    std::thread::Builder::new()
-        .name(format!("mux-bulk-{index}"))
-        .spawn(move || {
-            // Usually created by a control-plane thread, whose raised priority it
-            // inherited; bulk competes with the rest of the board as an equal.
-            bramble_util::scheduling::restore_original_priority();
-            let runtime = match Builder::new_current_thread().enable_all().build() {
-                Ok(runtime) => runtime,
-                Err(error) => {
-                    let _ = sender.send(Err(error));
-                    return;
-                }
-            };
-            let _ = sender.send(Ok(runtime.handle().clone()));
-            // A current-thread runtime runs its tasks only inside block_on: park here
-            // for the life of the process.
-            runtime.block_on(std::future::pending::<()>());
-        })?;
-    receiver
-        .recv()
-        .map_err(|_| std::io::Error::other("the bulk thread ended before starting"))?
 }
 
 #[cfg(test)]
