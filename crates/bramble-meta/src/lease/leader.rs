@@ -44,7 +44,10 @@ pub struct LeaseLeader {
 impl Meta {
     /// The term this node leads, if it is the leader.
     fn leading_term(&self) -> Option<u64> {
-        let metrics = self.raft.metrics().borrow().clone();
+        // Read in place: this runs every 50 ms on every node, and the metrics hold the
+        // membership and the replication map.
+        let receiver = self.raft.metrics();
+        let metrics = receiver.borrow();
         (metrics.state == ServerState::Leader && metrics.current_leader == Some(self.self_id))
             .then_some(metrics.current_term)
     }
@@ -79,7 +82,8 @@ impl Meta {
     }
 
     fn current_leader_address(&self) -> Option<SocketAddr> {
-        let metrics = self.raft.metrics().borrow().clone();
+        let receiver = self.raft.metrics();
+        let metrics = receiver.borrow();
         let leader = metrics.current_leader?;
         if leader == self.self_id {
             return None;
