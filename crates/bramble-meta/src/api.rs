@@ -8,6 +8,7 @@ use crate::types::{Command, VersionedValue};
 pub const METHOD_WRITE: &str = "meta.write";
 pub const METHOD_READ: &str = "meta.read";
 pub const METHOD_LIST: &str = "meta.list";
+pub const METHOD_SCAN: &str = "meta.scan";
 pub const METHOD_STATUS: &str = "meta.status";
 pub const METHOD_SNAPSHOT_NOW: &str = "meta.snapshot_now";
 
@@ -43,6 +44,35 @@ pub struct ListRequest {
 }
 
 pub type ListResponse = Vec<(String, VersionedValue)>;
+
+/// Most entries and common prefixes one scan returns.
+pub const MAX_SCAN_LIMIT: u32 = 10_000;
+
+/// A page of the keys under a prefix, grouped by a delimiter like S3's `ListObjectsV2`:
+/// what a directory listing and a bucket listing both are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScanRequest {
+    pub prefix: String,
+    /// Start after this key (or common prefix); `None`: from the first key.
+    pub start_after: Option<String>,
+    /// Keys whose remainder after the prefix holds this character are rolled up into one
+    /// common prefix (up to and including the character) instead of being listed. Must be
+    /// ASCII, not a control character.
+    pub delimiter: Option<char>,
+    /// Entries plus common prefixes to return (1 to [`MAX_SCAN_LIMIT`]).
+    pub limit: u32,
+    pub consistency: Consistency,
+    pub forwarded: bool,
+}
+
+/// One page of a scan, in key order.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScanPage {
+    pub entries: Vec<(String, VersionedValue)>,
+    pub common_prefixes: Vec<String>,
+    /// Pass as `start_after` for the next page; `None` when the listing is complete.
+    pub next_start_after: Option<String>,
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StatusRequest {

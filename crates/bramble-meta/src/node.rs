@@ -26,7 +26,9 @@ use crate::lease::leader::LeaseLeader;
 use crate::network::Network;
 use crate::settings::MetaSettings;
 use crate::store::{self, CatalogReader};
-use crate::types::{Command, CommandResult, MetaNode, NodeId, Raft, VersionedValue, node_id_of};
+use crate::types::{
+    Command, CommandResult, MetaNode, NodeId, Operation, Raft, VersionedValue, node_id_of,
+};
 use crate::watch::Watch;
 
 /// How long a write or linearizable read may wait for a leader with a quorum.
@@ -242,7 +244,14 @@ impl Meta {
         forwarded: bool,
     ) -> Result<CommandResult, RpcError> {
         command.validate().map_err(RpcError::bad_request)?;
-        if command.key().starts_with(LEASE_PREFIX) {
+        let touches_leases = command
+            .keys()
+            .iter()
+            .any(|key| key.starts_with(LEASE_PREFIX))
+            || matches!(&command, Command::Batch { operations, .. } if operations.iter().any(
+                |operation| matches!(operation, Operation::DeletePrefix { prefix } if LEASE_PREFIX.starts_with(prefix.as_str()))
+            ));
+        if touches_leases {
             return Err(RpcError::bad_request(format!(
                 "keys under {LEASE_PREFIX} are changed only by the lease protocol, not by writes"
             )));
@@ -382,6 +391,56 @@ impl Meta {
                 .map_err(call_error);
         }
         self.reader.list(prefix, limit as usize).map_err(internal)
+    }
+
+    /// A page of keys under a prefix, grouped by a delimiter (see [`ScanRequest`]).
+    pub async fn scan(&self, request: ScanRequest) -> Result<ScanPage, RpcError> {
+        if request.limit == 0 || request.limit > MAX_SCAN_LIMIT {
+            return Err(RpcError::bad_request(format!(
+                "a scan returns 1 to {MAX_SCAN_LIMIT} items, not {}",
+                request.limit
+            )));
+        }
+        if let Some(delimiter) = request.delimiter
+            && (!delimiter.is_ascii() || delimiter.is_ascii_control())
+        {
+            return Err(RpcError::bad_request(
+                "a scan's delimiter must be a printable ASCII character",
+            ));
+        }
+        if request.prefix.len() > crate::types::MAX_KEY_BYTES
+            || request
+                .start_after
+                .as_ref()
+                .is_some_and(|after| after.len() > crate::types::MAX_KEY_BYTES)
+        {
+            return Err(RpcError::bad_request(
+                "the scan's prefix or start is too long",
+            ));
+        }
+        if let Some(leader) = self
+            .read_route(request.consistency, request.forwarded)
+            .await?
+        {
+            let forwarded = ScanRequest {
+                consistency: Consistency::Linearizable,
+                forwarded: true,
+                ..request
+            };
+            return self
+                .forwarder
+                .call_reusing(leader, METHOD_SCAN, &forwarded)
+                .await
+                .map_err(call_error);
+        }
+        self.reader
+            .scan(
+                &request.prefix,
+                request.start_after.as_deref(),
+                request.delimiter,
+                request.limit as usize,
+            )
+            .map_err(internal)
     }
 
     /// The group's state; asked of the leader when there is one, so lags are known.

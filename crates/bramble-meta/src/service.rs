@@ -6,7 +6,7 @@ use std::sync::Arc;
 use bramble_net::rpc::{Request, encode};
 use bramble_net::{Caller, ErrorKind, Handler, RpcError};
 
-use crate::api::{ListRequest, ReadRequest, StatusRequest, WriteRequest};
+use crate::api::{ListRequest, ReadRequest, ScanRequest, StatusRequest, WriteRequest};
 use crate::lease::LeaseRequest;
 use crate::node::Meta;
 
@@ -74,6 +74,10 @@ impl Handler for MetaService {
                         )
                         .await?,
                 )
+            }
+            "scan" => {
+                let scan: ScanRequest = request.decode()?;
+                encode(&self.meta.scan(scan).await?)
             }
             "status" => {
                 let status: StatusRequest = request.decode()?;

@@ -11,8 +11,9 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
-/// Longest key, in bytes.
-pub const MAX_KEY_BYTES: usize = 512;
+/// Longest key, in bytes: room for a volume's file paths (up to 4,096 bytes) under their
+/// prefix (`fs/<volume>/`).
+pub const MAX_KEY_BYTES: usize = 4608;
 /// Largest value, in bytes. The catalog holds configuration, not data.
 pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
 
@@ -48,6 +49,46 @@ pub fn node_id_of(name: &str) -> u64 {
     u64::from_be_bytes(bytes).max(1)
 }
 
+/// Most operations one [`Command::Batch`] may carry.
+pub const MAX_BATCH_OPERATIONS: usize = 4096;
+/// Most conditions one [`Command::Batch`] may carry.
+pub const MAX_BATCH_CONDITIONS: usize = 64;
+/// Most bytes of keys and values one [`Command::Batch`] may carry (one large value and
+/// room for the keys that go with it).
+pub const MAX_BATCH_BYTES: usize = MAX_VALUE_BYTES + 512 * 1024;
+
+/// A condition of a [`Command::Batch`]: `key` must be at `version` (0: must not exist).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Condition {
+    pub key: String,
+    pub version: u64,
+}
+
+/// One change inside a [`Command::Batch`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Operation {
+    Put {
+        key: String,
+        value: Vec<u8>,
+    },
+    Delete {
+        key: String,
+    },
+    /// Removes every key that starts with `prefix` (a volume's files when it is removed).
+    DeletePrefix {
+        prefix: String,
+    },
+}
+
+impl Operation {
+    pub fn key(&self) -> &str {
+        match self {
+            Operation::Put { key, .. } | Operation::Delete { key } => key,
+            Operation::DeletePrefix { prefix } => prefix,
+        }
+    }
+}
+
 /// A change to the catalog, proposed through Raft.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
@@ -62,42 +103,106 @@ pub enum Command {
     },
     /// Removes `key`.
     Delete { key: String },
+    /// Applies every operation, in order, as one change — or none of them if any
+    /// condition does not hold (etcd's transactions without the else branch). Every key
+    /// it writes gets the same version. What volumes use for atomic renames and for a
+    /// file's create-if-absent.
+    Batch {
+        conditions: Vec<Condition>,
+        operations: Vec<Operation>,
+    },
 }
 
 impl Command {
-    pub fn key(&self) -> &str {
+    /// Every key (or prefix) the command touches or tests.
+    pub fn keys(&self) -> Vec<&str> {
         match self {
             Command::Put { key, .. }
             | Command::PutIfVersion { key, .. }
-            | Command::Delete { key } => key,
+            | Command::Delete { key } => vec![key.as_str()],
+            Command::Batch {
+                conditions,
+                operations,
+            } => conditions
+                .iter()
+                .map(|condition| condition.key.as_str())
+                .chain(operations.iter().map(Operation::key))
+                .collect(),
         }
     }
 
     /// Checks the bounds every command must respect.
     pub fn validate(&self) -> Result<(), String> {
-        let key = self.key();
-        if key.is_empty() {
-            return Err("the key is empty".to_string());
+        for key in self.keys() {
+            validate_key(key)?;
         }
-        if key.len() > MAX_KEY_BYTES {
-            return Err(format!(
-                "the key is {} bytes; at most {MAX_KEY_BYTES} are allowed",
-                key.len()
-            ));
+        match self {
+            Command::Put { value, .. } | Command::PutIfVersion { value, .. } => {
+                validate_value(value)
+            }
+            Command::Delete { .. } => Ok(()),
+            Command::Batch {
+                conditions,
+                operations,
+            } => {
+                if operations.is_empty() {
+                    return Err("the batch has no operation".to_string());
+                }
+                if operations.len() > MAX_BATCH_OPERATIONS {
+                    return Err(format!(
+                        "the batch has {} operations; at most {MAX_BATCH_OPERATIONS} are allowed",
+                        operations.len()
+                    ));
+                }
+                if conditions.len() > MAX_BATCH_CONDITIONS {
+                    return Err(format!(
+                        "the batch has {} conditions; at most {MAX_BATCH_CONDITIONS} are allowed",
+                        conditions.len()
+                    ));
+                }
+                let mut bytes = 0usize;
+                for operation in operations {
+                    bytes += operation.key().len();
+                    if let Operation::Put { value, .. } = operation {
+                        validate_value(value)?;
+                        bytes += value.len();
+                    }
+                }
+                if bytes > MAX_BATCH_BYTES {
+                    return Err(format!(
+                        "the batch carries {bytes} bytes; at most {MAX_BATCH_BYTES} are allowed"
+                    ));
+                }
+                Ok(())
+            }
         }
-        if key.chars().any(char::is_control) {
-            return Err("the key contains control characters".to_string());
-        }
-        if let Command::Put { value, .. } | Command::PutIfVersion { value, .. } = self
-            && value.len() > MAX_VALUE_BYTES
-        {
-            return Err(format!(
-                "the value is {} bytes; at most {MAX_VALUE_BYTES} are allowed",
-                value.len()
-            ));
-        }
-        Ok(())
     }
+}
+
+fn validate_key(key: &str) -> Result<(), String> {
+    if key.is_empty() {
+        return Err("the key is empty".to_string());
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(format!(
+            "the key is {} bytes; at most {MAX_KEY_BYTES} are allowed",
+            key.len()
+        ));
+    }
+    if key.chars().any(char::is_control) {
+        return Err("the key contains control characters".to_string());
+    }
+    Ok(())
+}
+
+fn validate_value(value: &[u8]) -> Result<(), String> {
+    if value.len() > MAX_VALUE_BYTES {
+        return Err(format!(
+            "the value is {} bytes; at most {MAX_VALUE_BYTES} are allowed",
+            value.len()
+        ));
+    }
+    Ok(())
 }
 
 /// What applying a command did.
@@ -114,6 +219,11 @@ pub enum CommandResult {
     Deleted { existed: bool },
     /// The command broke a bound (checked again at apply time, defensively).
     Rejected { reason: String },
+    /// A batch was applied: the keys it wrote have `version`; `deleted` keys went away.
+    BatchApplied { version: u64, deleted: u64 },
+    /// A batch's condition on `key` did not hold (it is at `current_version`, 0 if
+    /// absent); nothing changed.
+    ConditionFailed { key: String, current_version: u64 },
 }
 
 /// A value in the catalog with its version.

@@ -53,7 +53,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::types::{
-    Change, Command, CommandResult, MetaNode, NodeId, StorageError, TypeConfig, VersionedValue,
+    Change, Command, CommandResult, MetaNode, NodeId, Operation, StorageError, TypeConfig,
+    VersionedValue,
 };
 use crate::watch::{Watch, WatchRegistry};
 

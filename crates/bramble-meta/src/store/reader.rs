@@ -69,6 +69,78 @@ impl CatalogReader {
         })
     }
 
+    /// A page of the keys under `prefix` after `start_after`, with keys that hold
+    /// `delimiter` past the prefix rolled up into common prefixes (see
+    /// [`crate::api::ScanRequest`]). One read transaction; a subtree rolled up into a
+    /// common prefix is skipped with one seek, not read key by key.
+    pub fn scan(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        delimiter: Option<char>,
+        limit: usize,
+    ) -> Result<crate::api::ScanPage, MetaStoreError> {
+        use std::ops::Bound;
+        let path = &*self.shared.path;
+        // The key just past every key that starts with `rolled_up` (which ends with the
+        // delimiter): the delimiter's successor in its place. ASCII delimiters only.
+        let past = |rolled_up: &str, delimiter: char| -> String {
+            let mut next = rolled_up[..rolled_up.len() - delimiter.len_utf8()].to_string();
+            next.push(char::from_u32(delimiter as u32 + 1).unwrap_or(char::MAX));
+            next
+        };
+        self.read_catalog(|table| {
+            let mut page = crate::api::ScanPage::default();
+            let mut lower: Bound<String> = match start_after {
+                Some(after) if after >= prefix => match delimiter {
+                    Some(delimiter) if after.ends_with(delimiter) && after.len() > prefix.len() => {
+                        Bound::Included(past(after, delimiter))
+                    }
+                    _ => Bound::Excluded(after.to_string()),
+                },
+                _ => Bound::Included(prefix.to_string()),
+            };
+            let mut returned = 0usize;
+            'seek: loop {
+                let range = table
+                    .range::<&str>((lower.as_ref().map(String::as_str), Bound::<&str>::Unbounded))
+                    .map_err(database_error(path))?;
+                for item in range {
+                    let (key, bytes) = item.map_err(database_error(path))?;
+                    let key = key.value();
+                    if !key.starts_with(prefix) {
+                        break 'seek;
+                    }
+                    if returned >= limit {
+                        page.next_start_after = page
+                            .entries
+                            .last()
+                            .map(|(key, _)| key.clone())
+                            .into_iter()
+                            .chain(page.common_prefixes.last().cloned())
+                            .max();
+                        break 'seek;
+                    }
+                    let rest = &key[prefix.len()..];
+                    if let Some(delimiter) = delimiter
+                        && let Some(position) = rest.find(delimiter)
+                    {
+                        let rolled_up = &key[..prefix.len() + position + delimiter.len_utf8()];
+                        page.common_prefixes.push(rolled_up.to_string());
+                        returned += 1;
+                        lower = Bound::Included(past(rolled_up, delimiter));
+                        continue 'seek;
+                    }
+                    let value = decode(path, bytes.value(), || format!("catalog key {key:?}"))?;
+                    page.entries.push((key.to_string(), value));
+                    returned += 1;
+                }
+                break;
+            }
+            Ok(page)
+        })
+    }
+
     /// The number of keys in the catalog.
     pub fn len(&self) -> Result<usize, MetaStoreError> {
         let path = &*self.shared.path;

@@ -93,15 +93,7 @@ pub(super) fn apply_command(
             value,
             expected_version,
         } => {
-            let current_version = match catalog.get(key.as_str()).map_err(database_error(path))? {
-                Some(guard) => {
-                    decode::<VersionedValue>(path, guard.value(), || {
-                        format!("catalog key {key:?}")
-                    })?
-                    .version
-                }
-                None => 0,
-            };
+            let current_version = current_version(catalog, path, &key)?;
             if current_version != expected_version {
                 return Ok(CommandResult::VersionMismatch { current_version });
             }
@@ -109,21 +101,96 @@ pub(super) fn apply_command(
             Ok(CommandResult::Written { version })
         }
         Command::Delete { key } => {
-            let existed = catalog
-                .remove(key.as_str())
-                .map_err(database_error(path))?
-                .is_some();
             // Deleting a missing key changes nothing, so watchers are not told about it.
-            if existed {
-                changes.push(Change::Key {
-                    key,
-                    value: None,
-                    version,
-                });
-            }
+            let existed = delete_key(catalog, path, key, version, changes)?;
             Ok(CommandResult::Deleted { existed })
         }
+        Command::Batch {
+            conditions,
+            operations,
+        } => {
+            for condition in &conditions {
+                let current_version = current_version(catalog, path, &condition.key)?;
+                if current_version != condition.version {
+                    return Ok(CommandResult::ConditionFailed {
+                        key: condition.key.clone(),
+                        current_version,
+                    });
+                }
+            }
+            let mut deleted = 0u64;
+            for operation in operations {
+                match operation {
+                    Operation::Put { key, value } => {
+                        write_key(catalog, path, key, value, version, changes)?;
+                    }
+                    Operation::Delete { key } => {
+                        if delete_key(catalog, path, key, version, changes)? {
+                            deleted += 1;
+                        }
+                    }
+                    Operation::DeletePrefix { prefix } => {
+                        let mut doomed = Vec::new();
+                        for item in catalog
+                            .range(prefix.as_str()..)
+                            .map_err(database_error(path))?
+                        {
+                            let (key, _) = item.map_err(database_error(path))?;
+                            let key = key.value();
+                            if !key.starts_with(prefix.as_str()) {
+                                break;
+                            }
+                            doomed.push(key.to_string());
+                        }
+                        for key in doomed {
+                            if delete_key(catalog, path, key, version, changes)? {
+                                deleted += 1;
+                            }
+                        }
+                    }
+                }
+            }
+            Ok(CommandResult::BatchApplied { version, deleted })
+        }
     }
+}
+
+fn current_version(
+    catalog: &redb::Table<&'static str, &'static [u8]>,
+    path: &Path,
+    key: &str,
+) -> Result<u64, MetaStoreError> {
+    match catalog.get(key).map_err(database_error(path))? {
+        Some(guard) => {
+            Ok(
+                decode::<VersionedValue>(path, guard.value(), || format!("catalog key {key:?}"))?
+                    .version,
+            )
+        }
+        None => Ok(0),
+    }
+}
+
+/// Removes `key`; true if it existed (only then are watchers told).
+fn delete_key(
+    catalog: &mut redb::Table<&'static str, &'static [u8]>,
+    path: &Path,
+    key: String,
+    version: u64,
+    changes: &mut Vec<Change>,
+) -> Result<bool, MetaStoreError> {
+    let existed = catalog
+        .remove(key.as_str())
+        .map_err(database_error(path))?
+        .is_some();
+    if existed {
+        changes.push(Change::Key {
+            key,
+            value: None,
+            version,
+        });
+    }
+    Ok(existed)
 }
 
 pub(super) fn write_key(

@@ -477,3 +477,150 @@ async fn a_large_catalog_builds_a_snapshot() {
         54321
     );
 }
+
+fn batch(index: u64, conditions: &[(&str, u64)], operations: Vec<Operation>) -> Entry<TypeConfig> {
+    command_entry(
+        index,
+        Command::Batch {
+            conditions: conditions
+                .iter()
+                .map(|(key, version)| crate::types::Condition {
+                    key: key.to_string(),
+                    version: *version,
+                })
+                .collect(),
+            operations,
+        },
+    )
+}
+
+fn put_operation(key: &str, value: &[u8]) -> Operation {
+    Operation::Put {
+        key: key.to_string(),
+        value: value.to_vec(),
+    }
+}
+
+/// A batch applies all of its operations under one version, or none when a condition
+/// fails: the atomic rename volumes rely on.
+#[tokio::test]
+async fn batches_apply_all_or_nothing() {
+    let directory = TempDir::new().unwrap();
+    let (_, mut state_machine, reader) = open_in(&directory);
+    let results = state_machine
+        .apply([
+            put(1, "fs/v/a", b"file a"),
+            put(2, "fs/v/d/x", b"x"),
+            put(3, "fs/v/d/y", b"y"),
+            put(4, "other", b"kept"),
+            // Rename a to b only if b does not exist and a is still at version 1.
+            batch(
+                5,
+                &[("fs/v/a", 1), ("fs/v/b", 0)],
+                vec![
+                    put_operation("fs/v/b", b"file a"),
+                    Operation::Delete {
+                        key: "fs/v/a".to_string(),
+                    },
+                ],
+            ),
+            // The same rename again: a is gone, so nothing happens.
+            batch(
+                6,
+                &[("fs/v/a", 1)],
+                vec![
+                    put_operation("fs/v/c", b"never"),
+                    Operation::Delete {
+                        key: "fs/v/a".to_string(),
+                    },
+                ],
+            ),
+            batch(
+                7,
+                &[],
+                vec![Operation::DeletePrefix {
+                    prefix: "fs/v/d/".to_string(),
+                }],
+            ),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        results[4],
+        CommandResult::BatchApplied {
+            version: 5,
+            deleted: 1
+        }
+    );
+    assert_eq!(
+        results[5],
+        CommandResult::ConditionFailed {
+            key: "fs/v/a".to_string(),
+            current_version: 0
+        }
+    );
+    assert_eq!(
+        results[6],
+        CommandResult::BatchApplied {
+            version: 7,
+            deleted: 2
+        }
+    );
+    assert_eq!(reader.get("fs/v/a").unwrap(), None);
+    assert_eq!(reader.get("fs/v/c").unwrap(), None);
+    assert_eq!(reader.get("fs/v/b").unwrap().unwrap().version, 5);
+    assert_eq!(reader.get("fs/v/d/x").unwrap(), None);
+    assert_eq!(reader.get("other").unwrap().unwrap().value, b"kept");
+}
+
+/// Scans group keys by a delimiter, page after page, like S3's ListObjectsV2.
+#[tokio::test]
+async fn scans_roll_up_subtrees_and_page() {
+    let directory = TempDir::new().unwrap();
+    let (_, mut state_machine, reader) = open_in(&directory);
+    let keys = [
+        "fs/v/a",
+        "fs/v/b/",
+        "fs/v/b/one",
+        "fs/v/b/two/deep",
+        "fs/v/b-sibling",
+        "fs/v/c",
+        "fs/w/other-volume",
+    ];
+    let entries: Vec<_> = keys
+        .iter()
+        .enumerate()
+        .map(|(index, key)| put(index as u64 + 1, key, b"."))
+        .collect();
+    state_machine.apply(entries).await.unwrap();
+
+    let page = reader.scan("fs/v/", None, Some('/'), 100).unwrap();
+    let names: Vec<_> = page.entries.iter().map(|(key, _)| key.as_str()).collect();
+    assert_eq!(names, ["fs/v/a", "fs/v/b-sibling", "fs/v/c"]);
+    assert_eq!(page.common_prefixes, ["fs/v/b/"]);
+    assert_eq!(page.next_start_after, None);
+
+    // One item a page: every item exactly once, in key order.
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = reader
+            .scan("fs/v/", after.as_deref(), Some('/'), 1)
+            .unwrap();
+        seen.extend(page.entries.iter().map(|(key, _)| key.clone()));
+        seen.extend(page.common_prefixes.iter().cloned());
+        match page.next_start_after {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ["fs/v/a", "fs/v/b-sibling", "fs/v/b/", "fs/v/c"]);
+
+    let inside = reader.scan("fs/v/b/", None, Some('/'), 100).unwrap();
+    let names: Vec<_> = inside.entries.iter().map(|(key, _)| key.as_str()).collect();
+    assert_eq!(names, ["fs/v/b/", "fs/v/b/one"]);
+    assert_eq!(inside.common_prefixes, ["fs/v/b/two/"]);
+
+    let flat = reader.scan("fs/v/", None, None, 100).unwrap();
+    assert_eq!(flat.entries.len(), 6);
+}
