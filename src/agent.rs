@@ -33,7 +33,10 @@ use tracing::{info, warn};
 use crate::process;
 
 /// Every subsystem of the agent, in start order (stopped in reverse).
-const SUBSYSTEMS: &[Subsystem] = &[bramble_lb::subsystem::SUBSYSTEM];
+const SUBSYSTEMS: &[Subsystem] = &[
+    bramble_store::subsystem::SUBSYSTEM,
+    bramble_lb::subsystem::SUBSYSTEM,
+];
 /// How long the agent waits for its workers to end after the shutdown signal.
 const WORKERS_DEADLINE: Duration = Duration::from_secs(5);
 

@@ -108,6 +108,11 @@ impl ClusterClient {
             .sort_by_key(|address| (Some(*address) != explicit, !first.contains(address)));
     }
 
+    /// The agents this client tries, in order.
+    pub fn agents(&self) -> &[SocketAddr] {
+        &self.agents
+    }
+
     pub fn rpc(&self) -> &RpcClient {
         &self.rpc
     }

@@ -12,6 +12,7 @@ mod emulator;
 mod output;
 mod process;
 mod target;
+mod units;
 
 use std::process::ExitCode;
 
@@ -84,6 +85,8 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Command::DemoWeb(args) => commands::demo_web::run(args).await,
         Command::Lb(command) => commands::lb::run(global, command).await,
         Command::Bench(command) => commands::bench::run(global, command).await,
+        Command::Volume(command) => commands::volume::run(global, command).await,
+        Command::Fs(command) => commands::fs::run(global, command).await,
     }
 }
 

@@ -62,6 +62,13 @@ fn report_write(result: CommandResult, key: &str, json: bool) -> Result<()> {
         }
         CommandResult::Rejected { reason } => bail!("{key} was not written: {reason}"),
         CommandResult::Nothing => println!("nothing to do"),
+        CommandResult::BatchApplied { version, deleted } => {
+            println!("batch applied at version {version} ({deleted} key(s) removed)")
+        }
+        CommandResult::ConditionFailed {
+            key: failed,
+            current_version,
+        } => bail!("{key} was not written: {failed} is at version {current_version}"),
     }
     Ok(())
 }

@@ -126,8 +126,8 @@ fn apply_options(spec: &mut BalancerSpec, options: &LbOptions) -> Result<()> {
     ];
     for (flag, text, field) in timeouts {
         if let Some(text) = text {
-            *field =
-                parse_milliseconds(text).map_err(|error| anyhow!("{flag} {text:?}: {error}"))?;
+            *field = crate::units::parse_milliseconds(text)
+                .map_err(|error| anyhow!("{flag} {text:?}: {error}"))?;
         }
     }
     if let Some(seconds) = options.slow_start {
@@ -138,27 +138,6 @@ fn apply_options(spec: &mut BalancerSpec, options: &LbOptions) -> Result<()> {
         spec.limits.max_connections = count;
     }
     Ok(())
-}
-
-/// `500ms`, `5s`, `2m` or a bare number of milliseconds.
-fn parse_milliseconds(text: &str) -> Result<u64> {
-    let text = text.trim();
-    let split = text
-        .find(|character: char| !character.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| anyhow!("use a duration such as 500ms, 5s or 2m"))?;
-    let factor = match unit {
-        "" | "ms" => 1,
-        "s" => 1000,
-        "m" => 60_000,
-        other => bail!("unknown unit {other:?}: use ms, s or m"),
-    };
-    number
-        .checked_mul(factor)
-        .ok_or_else(|| anyhow!("too long"))
 }
 
 fn parse_backends(backends: &[String]) -> Result<Vec<BackendSpec>> {
@@ -429,21 +408,5 @@ pub async fn run(global: &GlobalOptions, command: &LbCommand) -> Result<()> {
             println!("{table}");
             Ok(())
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_milliseconds;
-
-    #[test]
-    fn durations_take_haproxy_style_units() {
-        assert_eq!(parse_milliseconds("500ms").unwrap(), 500);
-        assert_eq!(parse_milliseconds("5s").unwrap(), 5000);
-        assert_eq!(parse_milliseconds("2m").unwrap(), 120_000);
-        assert_eq!(parse_milliseconds("750").unwrap(), 750);
-        assert!(parse_milliseconds("5h").is_err());
-        assert!(parse_milliseconds("s").is_err());
-        assert!(parse_milliseconds("99999999999999999999m").is_err());
     }
 }

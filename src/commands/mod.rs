@@ -4,6 +4,8 @@
 pub mod bench;
 pub mod catalog;
 pub mod demo_web;
+pub mod fs;
 pub mod lb;
 pub mod membership;
+pub mod volume;
 pub mod workers;

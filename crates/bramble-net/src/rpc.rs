@@ -84,6 +84,14 @@ pub enum ErrorKind {
     Timeout,
     /// A bug or I/O failure on the server.
     Internal,
+    /// What the request would create exists already (a file, a volume).
+    AlreadyExists,
+    /// A directory that must be empty is not.
+    NotEmpty,
+    /// The path names a file where a directory is needed, or the reverse.
+    WrongType,
+    /// No room left to store it.
+    Full,
 }
 
 /// An error returned by a remote handler.

@@ -1,0 +1,408 @@
+//! A brick on this node: the directory that holds this node's blocks of one volume.
+//!
+//! Layout: `<brick>/.bramble-brick` (which volume the directory belongs to, by name and
+//! id) and `<brick>/blocks/<2 hex>/<version>.<index>`, one file per block. Each block
+//! file starts with a header — a magic number, the block's BLAKE3 hash and its length —
+//! so a brick can check its own blocks (scrub) without asking the catalog.
+//!
+//! Writes are durable before they are acknowledged: the block goes to a temporary file
+//! in its final directory, is fsynced, renamed into place, and the directory is fsynced,
+//! so after a power cut a block is either whole or absent. Every read checks the hash; a
+//! mismatch is an error ([`BrickError::Corrupt`]), never data.
+//!
+//! The calls block (file I/O and fsync): async callers run them on tokio's blocking pool.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::file::BlockId;
+
+const MAGIC: &[u8; 8] = b"BRBLOCK1";
+const HEADER_BYTES: usize = 8 + 32 + 4;
+const MARKER: &str = ".bramble-brick";
+const BLOCKS: &str = "blocks";
+/// Largest block a brick accepts (the largest block size, with room to spare).
+pub const MAX_STORED_BLOCK: usize = crate::volume::MAX_BLOCK_SIZE as usize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrickError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("the disk of brick {path} is full")]
+    Full { path: PathBuf },
+    #[error("block {block} is not on this brick")]
+    Missing { block: String },
+    #[error("block {block} on this brick is corrupt: {reason}")]
+    Corrupt { block: String, reason: String },
+    #[error("the data sent for block {block} does not match its hash")]
+    HashMismatch { block: String },
+    #[error("{path} belongs to another volume ({other}); remove it or choose another directory")]
+    Foreign { path: PathBuf, other: String },
+}
+
+impl BrickError {
+    fn io(path: &Path) -> impl FnOnce(io::Error) -> BrickError + '_ {
+        move |source| {
+            if source.raw_os_error() == Some(libc_enospc()) {
+                BrickError::Full {
+                    path: path.to_path_buf(),
+                }
+            } else {
+                BrickError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                }
+            }
+        }
+    }
+}
+
+/// ENOSPC on Linux (every architecture Bramble runs on).
+const fn libc_enospc() -> i32 {
+    28
+}
+
+/// Which volume a brick directory belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Marker {
+    volume: String,
+    volume_id: u64,
+}
+
+/// What a brick holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BrickUsage {
+    pub blocks: u64,
+    pub bytes: u64,
+    /// Free bytes on the brick's file system (for unprivileged users).
+    pub free_bytes: u64,
+    pub total_bytes: u64,
+}
+
+/// One brick directory.
+#[derive(Debug, Clone)]
+pub struct BrickStore {
+    root: PathBuf,
+}
+
+impl BrickStore {
+    /// Opens (creating if needed) the brick at `root` for volume `volume`/`volume_id`. A
+    /// directory marked for another volume is refused.
+    pub fn open(root: &Path, volume: &str, volume_id: u64) -> Result<BrickStore, BrickError> {
+        fs::create_dir_all(root).map_err(BrickError::io(root))?;
+        let marker_path = root.join(MARKER);
+        let wanted = Marker {
+            volume: volume.to_string(),
+            volume_id,
+        };
+        match fs::read(&marker_path) {
+            Ok(bytes) => {
+                let found: Option<Marker> = serde_json::from_slice(&bytes).ok();
+                if found.as_ref() != Some(&wanted) {
+                    return Err(BrickError::Foreign {
+                        path: root.to_path_buf(),
+                        other: found
+                            .map(|marker| format!("{} #{:x}", marker.volume, marker.volume_id))
+                            .unwrap_or_else(|| "an unreadable marker".to_string()),
+                    });
+                }
+            }
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                let bytes = serde_json::to_vec(&wanted).unwrap_or_default();
+                bramble_util::files::write_atomic(
+                    &marker_path,
+                    &bytes,
+                    bramble_util::files::Visibility::Public,
+                )
+                .map_err(|error| BrickError::Io {
+                    path: marker_path.clone(),
+                    source: io::Error::other(error.to_string()),
+                })?;
+            }
+            Err(error) => return Err(BrickError::io(&marker_path)(error)),
+        }
+        let blocks = root.join(BLOCKS);
+        for fan in 0..=255u8 {
+            let directory = blocks.join(format!("{fan:02x}"));
+            fs::create_dir_all(&directory).map_err(BrickError::io(&directory))?;
+        }
+        Ok(BrickStore {
+            root: root.to_path_buf(),
+        })
+    }
+
+    /// Deletes a brick's blocks and marker (its volume was removed). Only what Bramble
+    /// made is touched: the `blocks` tree and the marker; the directory itself and
+    /// anything else in it stay.
+    /// The marker must name `volume`/`volume_id`: a directory that is not that volume's
+    /// brick is never touched.
+    pub fn clear(root: &Path, volume: &str, volume_id: u64) -> Result<(), BrickError> {
+        let marker_path = root.join(MARKER);
+        let found: Option<Marker> = fs::read(&marker_path)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+        match found {
+            None => return Ok(()),
+            Some(marker) if marker.volume == volume && marker.volume_id == volume_id => {}
+            Some(marker) => {
+                return Err(BrickError::Foreign {
+                    path: root.to_path_buf(),
+                    other: format!("{} #{:x}", marker.volume, marker.volume_id),
+                });
+            }
+        }
+        let blocks = root.join(BLOCKS);
+        match fs::remove_dir_all(&blocks) {
+            Ok(()) => {}
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+            Err(error) => return Err(BrickError::io(&blocks)(error)),
+        }
+        let marker = root.join(MARKER);
+        match fs::remove_file(&marker) {
+            Ok(()) => {}
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+            Err(error) => return Err(BrickError::io(&marker)(error)),
+        }
+        // The default location (`<data-dir>/bricks/<volume>`) was made by Bramble too.
+        let _ = fs::remove_dir(root);
+        Ok(())
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn block_path(&self, block: &BlockId) -> PathBuf {
+        self.root
+            .join(BLOCKS)
+            .join(block.fan_out())
+            .join(block.file_name())
+    }
+
+    /// Stores a block durably, after checking `data` against `hash`. Storing a block that
+    /// is already there replaces it (a heal rewriting a corrupt copy).
+    pub fn put(&self, block: &BlockId, hash: &[u8; 32], data: &[u8]) -> Result<(), BrickError> {
+        if blake3::hash(data).as_bytes() != hash {
+            return Err(BrickError::HashMismatch {
+                block: block.file_name(),
+            });
+        }
+        let target = self.block_path(block);
+        let directory = target.parent().unwrap_or(&self.root).to_path_buf();
+        let temporary = directory.join(format!(
+            ".tmp-{}-{:x}",
+            block.file_name(),
+            crate::file::new_version() as u64
+        ));
+        let written = (|| {
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&temporary)
+                .map_err(BrickError::io(&temporary))?;
+            let mut header = [0u8; HEADER_BYTES];
+            header[..8].copy_from_slice(MAGIC);
+            header[8..40].copy_from_slice(hash);
+            header[40..44].copy_from_slice(&(data.len() as u32).to_le_bytes());
+            file.write_all(&header)
+                .map_err(BrickError::io(&temporary))?;
+            file.write_all(data).map_err(BrickError::io(&temporary))?;
+            file.sync_all().map_err(BrickError::io(&temporary))?;
+            fs::rename(&temporary, &target).map_err(BrickError::io(&target))?;
+            File::open(&directory)
+                .and_then(|handle| handle.sync_all())
+                .map_err(BrickError::io(&directory))
+        })();
+        if written.is_err() {
+            let _ = fs::remove_file(&temporary);
+        }
+        written
+    }
+
+    /// Reads a block and checks it against the hash in its header and, if given, the
+    /// hash the caller expects (the catalog's).
+    pub fn get(&self, block: &BlockId, expected: Option<&[u8; 32]>) -> Result<Vec<u8>, BrickError> {
+        let path = self.block_path(block);
+        let corrupt = |reason: String| BrickError::Corrupt {
+            block: block.file_name(),
+            reason,
+        };
+        let mut file = match File::open(&path) {
+            Ok(file) => file,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                return Err(BrickError::Missing {
+                    block: block.file_name(),
+                });
+            }
+            Err(error) => return Err(BrickError::io(&path)(error)),
+        };
+        let mut header = [0u8; HEADER_BYTES];
+        file.read_exact(&mut header)
+            .map_err(|_| corrupt("the file is shorter than its header".to_string()))?;
+        if &header[..8] != MAGIC {
+            return Err(corrupt("the header's magic number is wrong".to_string()));
+        }
+        let mut stored_hash = [0u8; 32];
+        stored_hash.copy_from_slice(&header[8..40]);
+        let length = u32::from_le_bytes([header[40], header[41], header[42], header[43]]) as usize;
+        if length > MAX_STORED_BLOCK {
+            return Err(corrupt(format!("the header claims {length} bytes")));
+        }
+        let mut data = Vec::with_capacity(length);
+        (&mut file)
+            .take(length as u64 + 1)
+            .read_to_end(&mut data)
+            .map_err(BrickError::io(&path))?;
+        if data.len() != length {
+            return Err(corrupt(format!(
+                "{} bytes where the header says {length}",
+                data.len()
+            )));
+        }
+        if blake3::hash(&data).as_bytes() != &stored_hash {
+            return Err(corrupt("its contents do not match its hash".to_string()));
+        }
+        if let Some(expected) = expected
+            && expected != &stored_hash
+        {
+            return Err(corrupt(
+                "its hash differs from the one the file's record holds".to_string(),
+            ));
+        }
+        Ok(data)
+    }
+
+    /// Removes a block; true if it was there.
+    pub fn delete(&self, block: &BlockId) -> Result<bool, BrickError> {
+        let path = self.block_path(block);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(true),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(error) => Err(BrickError::io(&path)(error)),
+        }
+    }
+
+    /// Every block on the brick (leftover temporary files are not blocks).
+    pub fn blocks(&self) -> Result<Vec<BlockId>, BrickError> {
+        let mut found = Vec::new();
+        let blocks = self.root.join(BLOCKS);
+        for fan in fs::read_dir(&blocks).map_err(BrickError::io(&blocks))? {
+            let fan = fan.map_err(BrickError::io(&blocks))?.path();
+            let Ok(entries) = fs::read_dir(&fan) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                if let Some(block) = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(BlockId::parse_file_name)
+                {
+                    found.push(block);
+                }
+            }
+        }
+        found.sort();
+        Ok(found)
+    }
+
+    /// What the brick holds and the room left on its file system.
+    pub fn usage(&self) -> Result<BrickUsage, BrickError> {
+        let mut usage = BrickUsage::default();
+        for block in self.blocks()? {
+            if let Ok(metadata) = fs::metadata(self.block_path(&block)) {
+                usage.blocks += 1;
+                usage.bytes += metadata.len().saturating_sub(HEADER_BYTES as u64);
+            }
+        }
+        let (free, total) = file_system_space(&self.root).map_err(BrickError::io(&self.root))?;
+        usage.free_bytes = free;
+        usage.total_bytes = total;
+        Ok(usage)
+    }
+}
+
+/// Free (for unprivileged users) and total bytes of the file system holding `path`.
+fn file_system_space(path: &Path) -> io::Result<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::other("the path contains a NUL byte"))?;
+    let mut stats = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: c_path is a valid NUL-terminated string and stats points to writable memory
+    // of the right type; statvfs initialises it when it returns 0.
+    let result = unsafe { libc::statvfs(c_path.as_ptr(), stats.as_mut_ptr()) };
+    if result != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: statvfs returned 0, so it filled the structure.
+    let stats = unsafe { stats.assume_init() };
+    // The fields are 32 bits wide on armv7 and 64 on x86_64 and aarch64.
+    #[allow(clippy::unnecessary_cast)]
+    let fragment = stats.f_frsize as u64;
+    #[allow(clippy::unnecessary_cast)]
+    Ok((
+        stats.f_bavail as u64 * fragment,
+        stats.f_blocks as u64 * fragment,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block(index: u32) -> BlockId {
+        BlockId {
+            version: 0xabcdef,
+            index,
+        }
+    }
+
+    #[test]
+    fn blocks_round_trip_and_corruption_is_caught() {
+        let directory = tempfile::tempdir().unwrap();
+        let brick = BrickStore::open(directory.path(), "vol0", 7).unwrap();
+        let data = vec![0x42u8; 100_000];
+        let hash = *blake3::hash(&data).as_bytes();
+        brick.put(&block(0), &hash, &data).unwrap();
+        assert_eq!(brick.get(&block(0), Some(&hash)).unwrap(), data);
+        assert!(matches!(
+            brick.get(&block(1), None),
+            Err(BrickError::Missing { .. })
+        ));
+        assert!(matches!(
+            brick.put(&block(2), &hash, b"other bytes"),
+            Err(BrickError::HashMismatch { .. })
+        ));
+        assert_eq!(brick.blocks().unwrap(), vec![block(0)]);
+        let usage = brick.usage().unwrap();
+        assert_eq!((usage.blocks, usage.bytes), (1, 100_000));
+
+        // Flip one byte of the stored data.
+        let path = brick.block_path(&block(0));
+        let mut raw = fs::read(&path).unwrap();
+        raw[HEADER_BYTES + 500] ^= 0x01;
+        fs::write(&path, raw).unwrap();
+        assert!(matches!(
+            brick.get(&block(0), Some(&hash)),
+            Err(BrickError::Corrupt { .. })
+        ));
+        // A heal rewrites it.
+        brick.put(&block(0), &hash, &data).unwrap();
+        assert_eq!(brick.get(&block(0), Some(&hash)).unwrap(), data);
+        assert!(brick.delete(&block(0)).unwrap());
+        assert!(!brick.delete(&block(0)).unwrap());
+    }
+
+    #[test]
+    fn a_brick_of_another_volume_is_refused() {
+        let directory = tempfile::tempdir().unwrap();
+        BrickStore::open(directory.path(), "vol0", 7).unwrap();
+        BrickStore::open(directory.path(), "vol0", 7).unwrap();
+        assert!(matches!(
+            BrickStore::open(directory.path(), "vol0", 8),
+            Err(BrickError::Foreign { .. })
+        ));
+    }
+}

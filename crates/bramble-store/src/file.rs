@@ -1,0 +1,192 @@
+//! What the catalog keeps about each file and directory of a volume, and the names of
+//! blocks.
+//!
+//! A file's record lists its blocks with their lengths and BLAKE3 hashes, so a reader
+//! checks every block it gets, and a copy or heal can check what it moves. Blocks are
+//! named by the file's *version* (a random 128-bit id drawn for each write) and their
+//! index: an overwrite writes new blocks under a new version and swaps the record in one
+//! catalog change, so a reader sees the old file or the new one, never a mix, and a write
+//! that dies half-way leaves only unreferenced blocks, never a half-written file.
+
+use serde::{Deserialize, Serialize};
+
+/// Most blocks one file may have: its record must fit a catalog value (1 MiB), at about
+/// 40 bytes a block. At the default block size that is a file of about 23 GiB.
+pub const MAX_FILE_BLOCKS: usize = 24_000;
+/// Most user metadata pairs on a file (S3's `x-amz-meta-*`), and their total size.
+pub const MAX_USER_METADATA: usize = 64;
+pub const MAX_USER_METADATA_BYTES: usize = 2048;
+
+/// A block of a file version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct BlockId {
+    pub version: u128,
+    pub index: u32,
+}
+
+impl BlockId {
+    /// Its file name in a brick: `<version, 32 hex digits>.<index, 8 hex digits>`.
+    pub fn file_name(&self) -> String {
+        format!("{:032x}.{:08x}", self.version, self.index)
+    }
+
+    /// Parses [`BlockId::file_name`]; `None` for any other name.
+    pub fn parse_file_name(name: &str) -> Option<BlockId> {
+        let (version, index) = name.split_once('.')?;
+        if version.len() != 32 || index.len() != 8 {
+            return None;
+        }
+        Some(BlockId {
+            version: u128::from_str_radix(version, 16).ok()?,
+            index: u32::from_str_radix(index, 16).ok()?,
+        })
+    }
+
+    /// The brick subdirectory it lives in: 256 of them, so no directory grows huge.
+    pub fn fan_out(&self) -> String {
+        format!("{:02x}", (self.version >> 120) as u8)
+    }
+}
+
+/// One block of a file: its length and BLAKE3 hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockRecord {
+    pub length: u32,
+    pub hash: [u8; 32],
+}
+
+/// A file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRecord {
+    pub size: u64,
+    pub version: u128,
+    pub block_size: u32,
+    pub blocks: Vec<BlockRecord>,
+    /// Modification time, nanoseconds since the Unix epoch.
+    pub modified_ns: i64,
+    /// Permission bits (`0o644`).
+    pub mode: u32,
+    /// Extra metadata clients attach (S3's `x-amz-meta-*`; rclone keeps mtimes there).
+    pub user_metadata: Vec<(String, String)>,
+}
+
+impl FileRecord {
+    pub fn block_id(&self, index: u32) -> BlockId {
+        BlockId {
+            version: self.version,
+            index,
+        }
+    }
+}
+
+/// A directory made explicitly (`mkdir`); directories that only hold files need none.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirectoryRecord {
+    pub modified_ns: i64,
+    pub mode: u32,
+}
+
+/// A catalog value under `fs/<volume>/`. Versioned as a whole, so a later format can be
+/// told apart from this one (postcard is not self-describing).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StoredEntry {
+    FileV1(FileRecord),
+    DirectoryV1(DirectoryRecord),
+}
+
+impl StoredEntry {
+    pub fn encode(&self) -> Vec<u8> {
+        // Encoding plain structs into a Vec cannot fail.
+        postcard::to_allocvec(self).unwrap_or_default()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<StoredEntry, String> {
+        postcard::from_bytes(bytes)
+            .map_err(|error| format!("a file record in the catalog is unreadable: {error}"))
+    }
+}
+
+/// Draws a fresh random version id.
+pub fn new_version() -> u128 {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 16];
+    // The system's random source does not fail on Linux once booted; if it ever did, a
+    // time-derived id still keeps versions apart.
+    if ring::rand::SystemRandom::new().fill(&mut bytes).is_err() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|elapsed| elapsed.as_nanos())
+            .unwrap_or(0);
+        return now ^ (u128::from(std::process::id()) << 96);
+    }
+    u128::from_le_bytes(bytes)
+}
+
+/// Now, in nanoseconds since the Unix epoch.
+pub fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| i64::try_from(elapsed.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Checks user metadata against its bounds.
+pub fn validate_user_metadata(pairs: &[(String, String)]) -> Result<(), String> {
+    if pairs.len() > MAX_USER_METADATA {
+        return Err(format!(
+            "at most {MAX_USER_METADATA} metadata entries are allowed, not {}",
+            pairs.len()
+        ));
+    }
+    let bytes: usize = pairs
+        .iter()
+        .map(|(key, value)| key.len() + value.len())
+        .sum();
+    if bytes > MAX_USER_METADATA_BYTES {
+        return Err(format!(
+            "metadata is {bytes} bytes; at most {MAX_USER_METADATA_BYTES} are allowed"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_names_round_trip() {
+        let block = BlockId {
+            version: 0xfeed_0000_0000_0000_0000_0000_0000_beef,
+            index: 7,
+        };
+        let name = block.file_name();
+        assert_eq!(name, "feed000000000000000000000000beef.00000007");
+        assert_eq!(BlockId::parse_file_name(&name), Some(block));
+        assert_eq!(block.fan_out(), "fe");
+        assert_eq!(BlockId::parse_file_name("../../etc/passwd"), None);
+        assert_eq!(BlockId::parse_file_name("x.y"), None);
+    }
+
+    #[test]
+    fn a_file_of_the_largest_size_fits_a_catalog_value() {
+        let record = StoredEntry::FileV1(FileRecord {
+            size: u64::MAX,
+            version: u128::MAX,
+            block_size: u32::MAX,
+            blocks: vec![
+                BlockRecord {
+                    length: u32::MAX,
+                    hash: [0xff; 32],
+                };
+                MAX_FILE_BLOCKS
+            ],
+            modified_ns: i64::MAX,
+            mode: 0o644,
+            user_metadata: vec![("k".repeat(1000), "v".repeat(1000))],
+        });
+        let bytes = record.encode();
+        assert!(bytes.len() <= bramble_meta::types::MAX_VALUE_BYTES);
+        assert_eq!(StoredEntry::decode(&bytes).unwrap(), record);
+    }
+}

@@ -1,0 +1,311 @@
+//! The heal worker (`store-heal`): delivers the copies this node owes to bricks that were
+//! away ([`crate::hints`]) as soon as gossip sees their node alive again. It checks every
+//! twice a second — the cost of an idle check is one read of a local database — and moves
+//! blocks over bulk streams, a few at a time, so healing never delays Raft, gossip or
+//! leases and leaves the volume serving.
+//!
+//! A hint is dropped, not delivered, when its file was overwritten or removed since (the
+//! file's record no longer names the block's version), once the hint is old enough that
+//! the write that made it must have committed or failed.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bramble_cluster::NodeState;
+use bramble_meta::api::Consistency;
+use bramble_net::{ErrorKind, RpcError};
+use bramble_util::{Restart, WorkerContext, WorkerState, Workers};
+use tokio::task::JoinSet;
+
+use crate::file::{StoredEntry, now_ns};
+use crate::hints::Hint;
+use crate::keys;
+use crate::node::{Reach, Storage};
+
+/// How often the worker looks for bricks that are back.
+const CHECK_EVERY: Duration = Duration::from_millis(500);
+/// Copies moved at once.
+const HEALS_IN_FLIGHT: usize = 4;
+/// Hints read per batch.
+const BATCH: usize = 256;
+/// A hint younger than this whose file record does not show its version is kept (its
+/// write may still be committing).
+const UNCONFIRMED_GRACE_MS: u64 = 60_000;
+
+/// What became of one hint.
+enum Delivery {
+    Copied,
+    /// Not needed any more (file gone or replaced, volume removed).
+    Dropped,
+    /// Not yet decidable (the write that made it may still be committing).
+    Kept,
+}
+
+pub fn start_worker(storage: &Arc<Storage>, workers: &Workers) {
+    let storage = storage.clone();
+    workers.spawn("store-heal", Restart::OnFailure, move |worker| {
+        let storage = storage.clone();
+        async move {
+            let mut shutdown = worker.shutdown();
+            loop {
+                storage.heal_round(&worker).await;
+                tokio::select! {
+                    _ = shutdown.wait() => return Ok(()),
+                    _ = tokio::time::sleep(CHECK_EVERY) => {}
+                }
+            }
+        }
+    });
+}
+
+impl Storage {
+    /// One pass over every node this node owes copies to.
+    async fn heal_round(self: &Arc<Self>, worker: &WorkerContext) {
+        let store = self.hints.clone();
+        let nodes = match tokio::task::spawn_blocking(move || store.nodes()).await {
+            Ok(Ok(nodes)) => nodes,
+            Ok(Err(error)) => {
+                worker.report_error(&error.to_string());
+                return;
+            }
+            Err(error) => {
+                worker.report_error(&error.to_string());
+                return;
+            }
+        };
+        if nodes.is_empty() {
+            worker.set_state(WorkerState::Idle);
+            worker.set_queue(0);
+            return;
+        }
+        let reach = Arc::new(self.reach().await);
+        for node in nodes {
+            let back = reach
+                .get(&node)
+                .is_some_and(|found| found.state == NodeState::Alive);
+            if !back {
+                continue;
+            }
+            worker.set_state(WorkerState::Busy);
+            worker.set_progress(format!("healing bricks on {node}"));
+            if let Err(error) = self.heal_node(&node, &reach).await {
+                worker.report_error(&format!("healing bricks on {node}: {error}"));
+            }
+        }
+        let store = self.hints.clone();
+        if let Ok(Ok(counts)) = tokio::task::spawn_blocking(move || store.counts(None)).await {
+            worker.set_queue(counts.values().sum());
+        }
+        worker.set_state(WorkerState::Idle);
+    }
+
+    /// Delivers every copy owed to `node`; stops at the first sign that it is away again.
+    async fn heal_node(
+        self: &Arc<Self>,
+        node: &str,
+        reach: &Arc<HashMap<String, Reach>>,
+    ) -> Result<(), RpcError> {
+        loop {
+            let store = self.hints.clone();
+            let owned = node.to_string();
+            let batch = tokio::task::spawn_blocking(move || store.for_node(&owned, BATCH))
+                .await
+                .map_err(|error| RpcError::internal(error.to_string()))?
+                .map_err(|error| RpcError::internal(error.to_string()))?;
+            if batch.is_empty() {
+                return Ok(());
+            }
+            let mut finished = Vec::new();
+            let mut kept = 0usize;
+            let mut failure = None;
+            let mut running: JoinSet<(Hint, Result<Delivery, RpcError>)> = JoinSet::new();
+            let mut pending = batch.into_iter();
+            loop {
+                while running.len() < HEALS_IN_FLIGHT
+                    && let Some(hint) = pending.next()
+                {
+                    let storage = Arc::clone(self);
+                    let reach = reach.clone();
+                    running.spawn(async move {
+                        let outcome = storage.deliver(&hint, &reach).await;
+                        (hint, outcome)
+                    });
+                }
+                let Some(joined) = running.join_next().await else {
+                    break;
+                };
+                let Ok((hint, outcome)) = joined else {
+                    continue;
+                };
+                match outcome {
+                    Ok(Delivery::Copied) | Ok(Delivery::Dropped) => finished.push(hint),
+                    Ok(Delivery::Kept) => kept += 1,
+                    Err(error) => {
+                        failure = Some(error);
+                        running.abort_all();
+                        break;
+                    }
+                }
+            }
+            let count = finished.len();
+            let store = self.hints.clone();
+            tokio::task::spawn_blocking(move || store.remove(&finished))
+                .await
+                .map_err(|error| RpcError::internal(error.to_string()))?
+                .map_err(|error| RpcError::internal(error.to_string()))?;
+            if count > 0 {
+                self.counters
+                    .copies_healed
+                    .fetch_add(count as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+            if let Some(error) = failure {
+                return Err(error);
+            }
+            if count == 0 && kept > 0 {
+                // Only undecidable hints are left; try them on a later round.
+                return Ok(());
+            }
+        }
+    }
+
+    /// Copies one owed block from a good copy to the brick that missed it.
+    async fn deliver(
+        self: &Arc<Self>,
+        hint: &Hint,
+        reach: &HashMap<String, Reach>,
+    ) -> Result<Delivery, RpcError> {
+        let spec = match self.volume(&hint.volume, Consistency::Stale).await {
+            Ok((spec, _)) if spec.id == hint.volume_id => spec,
+            Ok(_) => return Ok(Delivery::Dropped),
+            Err(error) if error.kind == ErrorKind::NotFound => return Ok(Delivery::Dropped),
+            Err(error) => return Err(error),
+        };
+        if hint.brick >= spec.bricks.len() {
+            return Ok(Delivery::Dropped);
+        }
+        let key = keys::file_key(&spec.name, &hint.path);
+        let record = self.meta.read(&key, Consistency::Stale, false).await?;
+        let current = record.and_then(|found| match StoredEntry::decode(&found.value) {
+            Ok(StoredEntry::FileV1(record)) => Some(record),
+            _ => None,
+        });
+        let Some(record) = current.filter(|record| record.version == hint.block.version) else {
+            let age_ms = ((now_ns() / 1_000_000).max(0) as u64).saturating_sub(hint.created_ms);
+            return Ok(if age_ms > UNCONFIRMED_GRACE_MS {
+                Delivery::Dropped
+            } else {
+                Delivery::Kept
+            });
+        };
+        let Some(block_record) = record.blocks.get(hint.block.index as usize).copied() else {
+            return Ok(Delivery::Dropped);
+        };
+        let set = spec.set_of_block(&hint.block);
+        let mut errors = Vec::new();
+        for source in spec.set_brick_indexes(set) {
+            if source == hint.brick {
+                continue;
+            }
+            match self
+                .get_copy(
+                    &spec,
+                    source,
+                    hint.block,
+                    block_record.hash,
+                    reach,
+                    crate::read::COPY_READ_TIMEOUT,
+                )
+                .await
+            {
+                Ok(data) => {
+                    self.put_copy(
+                        &spec,
+                        hint.brick,
+                        hint.block,
+                        block_record.hash,
+                        data,
+                        reach,
+                    )
+                    .await?;
+                    return Ok(Delivery::Copied);
+                }
+                Err(error) => errors.push(format!("brick {source}: {error}")),
+            }
+        }
+        Err(RpcError::new(
+            ErrorKind::Unavailable,
+            format!(
+                "no good copy of block {} of {}:/{} to heal from: {}",
+                hint.block.index,
+                spec.name,
+                hint.path,
+                errors.join("; ")
+            ),
+        ))
+    }
+}
+
+impl Storage {
+    /// This node's pending copies for `volume`, by brick.
+    pub async fn hint_counts(&self, volume: &str) -> Result<Vec<(usize, u64)>, RpcError> {
+        let store = self.hints.clone();
+        let volume = volume.to_string();
+        let counts = tokio::task::spawn_blocking(move || store.counts(Some(&volume)))
+            .await
+            .map_err(|error| RpcError::internal(error.to_string()))?
+            .map_err(|error| RpcError::internal(error.to_string()))?;
+        Ok(counts
+            .into_iter()
+            .map(|((_, brick), count)| (brick, count))
+            .collect())
+    }
+
+    /// `volume heal-info`: every live node's pending copies for the volume.
+    pub async fn heal_info(&self, volume: &str) -> Result<crate::admin::HealInfo, RpcError> {
+        let (spec, _) = self.volume(volume, Consistency::Linearizable).await?;
+        let reach = self.reach().await;
+        let mut pending = Vec::new();
+        let mut unanswered = Vec::new();
+        let request = crate::admin::VolumeName {
+            name: spec.name.clone(),
+        };
+        for (node, found) in &reach {
+            if matches!(found.state, NodeState::Left) {
+                continue;
+            }
+            let counts = if *node == self.node {
+                self.hint_counts(&spec.name).await
+            } else if found.state != NodeState::Alive {
+                Err(RpcError::new(ErrorKind::Unavailable, "not alive"))
+            } else {
+                self.call_node(found.address, crate::admin::METHOD_HINT_COUNTS, &request)
+                    .await
+            };
+            match counts {
+                Ok(counts) => {
+                    for (brick, copies) in counts {
+                        pending.push(crate::admin::PendingHeal {
+                            brick,
+                            node: spec
+                                .bricks
+                                .get(brick)
+                                .map(|brick| brick.node.clone())
+                                .unwrap_or_default(),
+                            owed_by: node.clone(),
+                            copies,
+                        });
+                    }
+                }
+                Err(_) => unanswered.push(node.clone()),
+            }
+        }
+        pending.sort_by(|a, b| (a.brick, &a.owed_by).cmp(&(b.brick, &b.owed_by)));
+        unanswered.sort();
+        Ok(crate::admin::HealInfo {
+            volume: spec.name,
+            pending,
+            unanswered,
+        })
+    }
+}

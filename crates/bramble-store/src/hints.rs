@@ -1,0 +1,221 @@
+//! Hints: the block copies a brick missed while it was away, remembered by the node that
+//! wrote them, so that the brick is healed the moment it is back — no crawl, no timer
+//! (GlusterFS finds what to heal by crawling its index every 600 s; the cookbook's recipe
+//! waits five minutes).
+//!
+//! Each hint names the brick, the block, its hash, and the file path and version that
+//! referenced it, so a hint whose file was overwritten or removed meanwhile is dropped
+//! instead of copied. Hints are stored in `<data-dir>/store-hints.redb` and made durable
+//! before the write that produced them is acknowledged: a gateway that crashes after
+//! acknowledging still owes the copies when it restarts.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::file::BlockId;
+
+/// Hint key (`<node>\0<volume id>\0<brick>\0<block>`) to a postcard-encoded [`Hint`].
+const HINTS: TableDefinition<&str, &[u8]> = TableDefinition::new("hints");
+
+/// A block copy owed to a brick.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hint {
+    pub node: String,
+    pub volume: String,
+    pub volume_id: u64,
+    pub brick: usize,
+    pub path: String,
+    pub block: BlockId,
+    pub hash: [u8; 32],
+    /// When the hint was made (ms since the epoch): a hint whose file record does not
+    /// show its version yet may belong to a write still committing, so it is dropped
+    /// only once it is old.
+    pub created_ms: u64,
+}
+
+impl Hint {
+    fn key(&self) -> String {
+        format!(
+            "{}\0{:016x}\0{:08x}\0{}",
+            self.node,
+            self.volume_id,
+            self.brick,
+            self.block.file_name()
+        )
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the hints database {path}: {message}")]
+pub struct HintError {
+    path: PathBuf,
+    message: String,
+}
+
+/// This node's hints.
+pub struct Hints {
+    database: Database,
+    path: PathBuf,
+}
+
+impl Hints {
+    pub fn open(path: &Path) -> Result<Hints, HintError> {
+        let error = |message: String| HintError {
+            path: path.to_path_buf(),
+            message,
+        };
+        let database = Database::create(path).map_err(|e| error(e.to_string()))?;
+        let transaction = database.begin_write().map_err(|e| error(e.to_string()))?;
+        transaction
+            .open_table(HINTS)
+            .map_err(|e| error(e.to_string()))?;
+        transaction.commit().map_err(|e| error(e.to_string()))?;
+        Ok(Hints {
+            database,
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn error(&self, error: impl std::fmt::Display) -> HintError {
+        HintError {
+            path: self.path.clone(),
+            message: error.to_string(),
+        }
+    }
+
+    /// Records hints durably (one transaction, fsynced).
+    pub fn add(&self, hints: &[Hint]) -> Result<(), HintError> {
+        if hints.is_empty() {
+            return Ok(());
+        }
+        let transaction = self.database.begin_write().map_err(|e| self.error(e))?;
+        {
+            let mut table = transaction.open_table(HINTS).map_err(|e| self.error(e))?;
+            for hint in hints {
+                let value = postcard::to_allocvec(hint).map_err(|e| self.error(e))?;
+                table
+                    .insert(hint.key().as_str(), value.as_slice())
+                    .map_err(|e| self.error(e))?;
+            }
+        }
+        transaction.commit().map_err(|e| self.error(e))
+    }
+
+    /// Up to `limit` hints for `node`, in key order.
+    pub fn for_node(&self, node: &str, limit: usize) -> Result<Vec<Hint>, HintError> {
+        let prefix = format!("{node}\0");
+        let transaction = self.database.begin_read().map_err(|e| self.error(e))?;
+        let table = transaction.open_table(HINTS).map_err(|e| self.error(e))?;
+        let mut found = Vec::new();
+        for item in table.range(prefix.as_str()..).map_err(|e| self.error(e))? {
+            let (key, value) = item.map_err(|e| self.error(e))?;
+            if !key.value().starts_with(&prefix) || found.len() >= limit {
+                break;
+            }
+            match postcard::from_bytes::<Hint>(value.value()) {
+                Ok(hint) => found.push(hint),
+                Err(error) => {
+                    tracing::warn!(%error, "an unreadable hint is skipped");
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// The nodes that are owed copies.
+    pub fn nodes(&self) -> Result<Vec<String>, HintError> {
+        let transaction = self.database.begin_read().map_err(|e| self.error(e))?;
+        let table = transaction.open_table(HINTS).map_err(|e| self.error(e))?;
+        let mut nodes: Vec<String> = Vec::new();
+        let mut start = String::new();
+        // One seek per node: jump past every key of the node just seen.
+        loop {
+            let mut range = table.range(start.as_str()..).map_err(|e| self.error(e))?;
+            let Some(item) = range.next() else { break };
+            let (key, _) = item.map_err(|e| self.error(e))?;
+            let node = key.value().split('\0').next().unwrap_or("").to_string();
+            start = format!("{node}\u{1}");
+            nodes.push(node);
+        }
+        Ok(nodes)
+    }
+
+    /// Forgets hints (done or no longer needed).
+    pub fn remove(&self, hints: &[Hint]) -> Result<(), HintError> {
+        if hints.is_empty() {
+            return Ok(());
+        }
+        let transaction = self.database.begin_write().map_err(|e| self.error(e))?;
+        {
+            let mut table = transaction.open_table(HINTS).map_err(|e| self.error(e))?;
+            for hint in hints {
+                table
+                    .remove(hint.key().as_str())
+                    .map_err(|e| self.error(e))?;
+            }
+        }
+        transaction.commit().map_err(|e| self.error(e))
+    }
+
+    /// Pending copies per (volume, brick) for volume `volume` (all volumes if `None`).
+    pub fn counts(
+        &self,
+        volume: Option<&str>,
+    ) -> Result<BTreeMap<(String, usize), u64>, HintError> {
+        let transaction = self.database.begin_read().map_err(|e| self.error(e))?;
+        let table = transaction.open_table(HINTS).map_err(|e| self.error(e))?;
+        let mut counts = BTreeMap::new();
+        for item in table.iter().map_err(|e| self.error(e))? {
+            let (_, value) = item.map_err(|e| self.error(e))?;
+            if let Ok(hint) = postcard::from_bytes::<Hint>(value.value())
+                && volume.is_none_or(|wanted| wanted == hint.volume)
+            {
+                *counts.entry((hint.volume, hint.brick)).or_insert(0) += 1;
+            }
+        }
+        Ok(counts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hint(node: &str, index: u32) -> Hint {
+        Hint {
+            node: node.to_string(),
+            volume: "vol0".to_string(),
+            volume_id: 9,
+            brick: 1,
+            path: "a".to_string(),
+            block: BlockId { version: 5, index },
+            hash: [0; 32],
+            created_ms: 0,
+        }
+    }
+
+    #[test]
+    fn hints_are_kept_per_node_until_removed() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("hints.redb");
+        {
+            let hints = Hints::open(&path).unwrap();
+            hints
+                .add(&[hint("n2", 0), hint("n2", 1), hint("n3", 0), hint("n20", 4)])
+                .unwrap();
+        }
+        let hints = Hints::open(&path).unwrap();
+        assert_eq!(hints.nodes().unwrap(), ["n2", "n20", "n3"]);
+        assert_eq!(hints.for_node("n2", 10).unwrap().len(), 2);
+        assert_eq!(hints.for_node("n2", 1).unwrap().len(), 1);
+        hints.remove(&[hint("n2", 0)]).unwrap();
+        assert_eq!(hints.for_node("n2", 10).unwrap(), [hint("n2", 1)]);
+        assert_eq!(
+            hints.counts(Some("vol0")).unwrap()[&("vol0".to_string(), 1)],
+            3
+        );
+    }
+}

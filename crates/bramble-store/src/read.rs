@@ -1,0 +1,237 @@
+//! Reading a file: the record comes from the catalog (linearizable, so a file written
+//! through any node is seen), then the blocks of the requested range are fetched a few
+//! at a time ahead of the client, each from the best copy — this node's own brick first,
+//! then bricks whose nodes are up, bricks recently away last — and checked against the
+//! record's hash. A copy that is missing, corrupt or slow is skipped for the next one; a
+//! corrupt or missing copy is rewritten from the good one (read repair) and reported.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bramble_meta::api::Consistency;
+use bramble_net::{BodySender, ErrorKind, RpcError};
+use bytes::Bytes;
+use tokio::task::JoinHandle;
+
+use crate::admin::{FileGetHeader, FileGetReply};
+use crate::blocks::mux_error;
+use crate::file::{BlockRecord, FileRecord};
+use crate::namespace::{Found, entry_of_file, lookup};
+use crate::node::{Reach, Storage};
+use crate::paths;
+use crate::volume::VolumeSpec;
+
+/// Blocks fetched ahead of the one being sent.
+const READ_AHEAD: usize = 4;
+/// How long one copy may take before the next copy is tried (a brick whose node was
+/// SIGSTOPped answers nothing; the reader moves on after this).
+pub const COPY_READ_TIMEOUT: Duration = Duration::from_millis(1500);
+
+impl Storage {
+    /// Looks the file up and says what range will be sent.
+    pub async fn open_for_read(
+        &self,
+        header: &FileGetHeader,
+    ) -> Result<(VolumeSpec, FileRecord, FileGetReply), RpcError> {
+        let spec = self.started_volume(&header.volume).await?;
+        let path = paths::normalize_entry(&header.path)
+            .map_err(|error| RpcError::bad_request(error.to_string()))?;
+        let (record, version) =
+            match lookup(self, &spec.name, &path, Consistency::Linearizable).await? {
+                Some(Found::File { record, version }) => (record, version),
+                Some(_) => {
+                    return Err(RpcError::new(
+                        ErrorKind::WrongType,
+                        format!("{}:/{path} is a directory", spec.name),
+                    ));
+                }
+                None => {
+                    return Err(RpcError::new(
+                        ErrorKind::NotFound,
+                        format!("{}:/{path} does not exist", spec.name),
+                    ));
+                }
+            };
+        let offset = header.offset.min(record.size);
+        let length = header.length.unwrap_or(u64::MAX).min(record.size - offset);
+        let reply = FileGetReply {
+            entry: entry_of_file(&path, &record, version),
+            offset,
+            length,
+        };
+        Ok((spec, record, reply))
+    }
+
+    /// Sends `length` bytes from `offset` of the file into `sender`.
+    pub async fn send_range(
+        self: &Arc<Self>,
+        spec: &VolumeSpec,
+        record: &FileRecord,
+        offset: u64,
+        length: u64,
+        mut sender: BodySender,
+    ) -> Result<(), RpcError> {
+        if length == 0 {
+            return sender.finish().await.map_err(mux_error);
+        }
+        let block_size = u64::from(record.block_size);
+        let first = (offset / block_size) as u32;
+        let last = ((offset + length - 1) / block_size) as u32;
+        let reach = Arc::new(self.reach().await);
+        let mut ahead: VecDeque<(u32, JoinHandle<Result<Bytes, RpcError>>)> = VecDeque::new();
+        let mut next = first;
+        let fetch = |index: u32| {
+            let storage = Arc::clone(self);
+            let spec = spec.clone();
+            let record_block = record.blocks[index as usize];
+            let block = record.block_id(index);
+            let reach = reach.clone();
+            tokio::spawn(
+                async move { storage.read_block(&spec, block, record_block, &reach).await },
+            )
+        };
+        let outcome = async {
+            while next <= last || !ahead.is_empty() {
+                while next <= last && ahead.len() < READ_AHEAD {
+                    ahead.push_back((next, fetch(next)));
+                    next += 1;
+                }
+                let Some((index, handle)) = ahead.pop_front() else {
+                    break;
+                };
+                let data = handle.await.map_err(|error| {
+                    RpcError::internal(format!("a block read failed: {error}"))
+                })??;
+                let block_start = u64::from(index) * block_size;
+                let from = offset.saturating_sub(block_start) as usize;
+                let to = ((offset + length - block_start).min(data.len() as u64)) as usize;
+                if from < to {
+                    sender.send(data.slice(from..to)).await.map_err(mux_error)?;
+                }
+            }
+            Ok::<(), RpcError>(())
+        }
+        .await;
+        for (_, handle) in &ahead {
+            handle.abort();
+        }
+        match outcome {
+            Ok(()) => sender.finish().await.map_err(mux_error),
+            Err(error) => {
+                sender.reset(error.clone());
+                Err(error)
+            }
+        }
+    }
+
+    /// One block, from the best copy that is whole; repairs the copies found missing or
+    /// corrupt on the way.
+    pub async fn read_block(
+        self: &Arc<Self>,
+        spec: &VolumeSpec,
+        block: crate::file::BlockId,
+        record: BlockRecord,
+        reach: &HashMap<String, Reach>,
+    ) -> Result<Bytes, RpcError> {
+        let set = spec.set_of_block(&block);
+        let mut order: Vec<usize> = spec.set_brick_indexes(set).collect();
+        // This node's brick first, then the others in order, bricks away last.
+        order.sort_by_key(|brick| {
+            let node = &spec.bricks[*brick].node;
+            (*node != self.node, self.is_away(node, reach))
+        });
+        let mut damaged = Vec::new();
+        let mut errors = Vec::new();
+        for brick in order {
+            match self
+                .get_copy(spec, brick, block, record.hash, reach, COPY_READ_TIMEOUT)
+                .await
+            {
+                Ok(data) => {
+                    if data.len() != record.length as usize {
+                        errors.push(format!("brick {brick}: wrong length"));
+                        continue;
+                    }
+                    for damaged_brick in damaged {
+                        self.repair_copy(
+                            spec,
+                            damaged_brick,
+                            block,
+                            record.hash,
+                            data.clone(),
+                            reach,
+                        );
+                    }
+                    return Ok(data);
+                }
+                Err(error) => {
+                    if matches!(error.kind, ErrorKind::NotFound | ErrorKind::Internal) {
+                        if error.kind == ErrorKind::Internal && spec.bricks[brick].node == self.node
+                        {
+                            self.report_corrupt(spec, brick, &block, &error);
+                        }
+                        damaged.push(brick);
+                    }
+                    if error.kind == ErrorKind::Timeout {
+                        self.mark_away(&spec.bricks[brick].node);
+                    }
+                    errors.push(format!(
+                        "brick {brick} ({}): {error}",
+                        spec.bricks[brick].node
+                    ));
+                }
+            }
+        }
+        Err(RpcError::new(
+            ErrorKind::Unavailable,
+            format!(
+                "no copy of block {} of this file could be read: {}",
+                block.index,
+                errors.join("; ")
+            ),
+        ))
+    }
+
+    /// Rewrites a missing or corrupt copy from a good one, in the background.
+    fn repair_copy(
+        self: &Arc<Self>,
+        spec: &VolumeSpec,
+        brick: usize,
+        block: crate::file::BlockId,
+        hash: [u8; 32],
+        data: Bytes,
+        reach: &HashMap<String, Reach>,
+    ) {
+        let storage = Arc::clone(self);
+        let spec = spec.clone();
+        let reach = reach.clone();
+        tokio::spawn(async move {
+            match storage
+                .put_copy(&spec, brick, block, hash, data, &reach)
+                .await
+            {
+                Ok(()) => {
+                    storage
+                        .counters
+                        .blocks_repaired
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        volume = %spec.name,
+                        brick,
+                        node = %spec.bricks[brick].node,
+                        block = %block.file_name(),
+                        "repaired a missing or corrupt block copy from a good one"
+                    );
+                }
+                Err(error) => tracing::warn!(
+                    volume = %spec.name,
+                    brick,
+                    %error,
+                    "could not repair a block copy"
+                ),
+            }
+        });
+    }
+}

@@ -1,0 +1,72 @@
+//! The storage subsystem as the agent runs it: on every node (any node can hold bricks
+//! and serve as a gateway), with `store.*` as its RPC and stream service.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bramble_net::{Handler, StreamHandler};
+use bramble_platform::subsystem::StartFuture;
+use bramble_platform::{Context, Running, Subsystem};
+
+use crate::node::Storage;
+use crate::service::StoreService;
+
+/// The storage subsystem's declaration for the agent's list.
+pub const SUBSYSTEM: Subsystem = Subsystem {
+    name: crate::admin::SERVICE,
+    roles: &[],
+    start,
+    stop_deadline: Duration::from_secs(5),
+};
+
+fn start(context: Context) -> StartFuture {
+    Box::pin(async move {
+        let hints = crate::hints::Hints::open(&context.node.path.join("store-hints.redb"))
+            .map_err(|error| error.to_string())?;
+        let storage = Arc::new(Storage::new(
+            context.node_name(),
+            context.node.path.clone(),
+            context.meta.clone(),
+            context.membership.clone(),
+            context.mux.clone(),
+            context.rpc.clone(),
+            hints,
+        ));
+        crate::heal::start_worker(&storage, &context.workers);
+        let service = Arc::new(StoreService::new(storage.clone()));
+        Ok(Arc::new(RunningStore { storage, service }) as Arc<dyn Running>)
+    })
+}
+
+struct RunningStore {
+    storage: Arc<Storage>,
+    service: Arc<StoreService>,
+}
+
+#[async_trait::async_trait]
+impl Running for RunningStore {
+    fn service(&self) -> Option<Arc<dyn Handler>> {
+        Some(self.service.clone())
+    }
+
+    fn stream_service(&self) -> Option<Arc<dyn StreamHandler>> {
+        Some(self.service.clone())
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let counters = &self.storage.counters;
+        serde_json::json!({
+            "corrupt_blocks_found": counters.corrupt_blocks_found.load(Ordering::Relaxed),
+            "blocks_repaired": counters.blocks_repaired.load(Ordering::Relaxed),
+            "copies_missed": counters.copies_missed.load(Ordering::Relaxed),
+            "copies_healed": counters.copies_healed.load(Ordering::Relaxed),
+            "block_transfers_free": self.storage.transfers.available_permits(),
+        })
+    }
+
+    async fn stop(&self) {
+        // Transfers in flight end with their connections when the agent stops; a write
+        // that was cut off commits nothing, so there is nothing to hand over.
+    }
+}

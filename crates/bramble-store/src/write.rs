@@ -1,0 +1,452 @@
+//! Writing a file: the body streams in, is cut into blocks, and each block is hashed and
+//! sent to every brick of its set while the next blocks arrive (a few in flight, so a
+//! 512 MB board holds a few MiB per write, never the file). A block counts once the
+//! layout's write quorum of copies is durable; copies that a brick missed (it is away)
+//! are counted and owed to it. Only when every block is durable is the file's record
+//! committed — one catalog change that makes the new version visible at once, replacing
+//! an older version atomically. A write that fails or dies half-way leaves no visible
+//! file and no change to an existing one.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bramble_meta::api::Consistency;
+use bramble_meta::types::{Command, CommandResult, Condition, Operation};
+use bramble_net::{BodyReader, ErrorKind, RpcError};
+use bytes::{Bytes, BytesMut};
+use tokio::task::JoinSet;
+
+use crate::admin::{FilePutHeader, FilePutReply};
+use crate::blocks::mux_error;
+use crate::file::{
+    BlockId, BlockRecord, FileRecord, MAX_FILE_BLOCKS, StoredEntry, new_version, now_ns,
+    validate_user_metadata,
+};
+use crate::hints::Hint;
+use crate::keys;
+use crate::namespace::{entry_of_file, lookup};
+use crate::node::{Reach, Storage};
+use crate::paths;
+use crate::volume::VolumeSpec;
+
+/// Blocks of one write in flight at once.
+const BLOCKS_IN_FLIGHT: usize = 4;
+/// Once a block has its quorum, how long its other copies may still take before their
+/// bricks are left out (and owed the copy): a node that stops answering (a power cut,
+/// SIGSTOP) stalls a writer this long, once, instead of GlusterFS's 42 s ping timeout.
+pub const STRAGGLER_WAIT: Duration = Duration::from_millis(1500);
+/// How many times the final commit is retried when another writer replaced the file
+/// between our read of its record and our commit.
+const COMMIT_ATTEMPTS: usize = 5;
+
+/// What writing one block achieved.
+struct BlockOutcome {
+    block: BlockId,
+    hash: [u8; 32],
+    /// Bricks that did not get their copy.
+    missed: Vec<usize>,
+}
+
+impl Storage {
+    /// Writes a whole file from `body` (the `store.file_put` stream).
+    pub async fn put_file(
+        self: &Arc<Self>,
+        header: FilePutHeader,
+        mut body: BodyReader,
+    ) -> Result<FilePutReply, RpcError> {
+        let path = paths::normalize_entry(&header.path)
+            .map_err(|error| RpcError::bad_request(error.to_string()))?;
+        validate_user_metadata(&header.user_metadata).map_err(RpcError::bad_request)?;
+        let spec = self.started_volume(&header.volume).await?;
+        self.check_can_create(&spec, &path, header.overwrite)
+            .await?;
+
+        let version = new_version();
+        let block_size = spec.block_size as usize;
+        let reach = self.reach().await;
+        let mut records: Vec<BlockRecord> = Vec::new();
+        let mut in_flight: JoinSet<Result<BlockOutcome, RpcError>> = JoinSet::new();
+        let mut missed: Vec<BlockOutcome> = Vec::new();
+        let mut size = 0u64;
+        let mut buffer = BytesMut::with_capacity(block_size);
+        let written = async {
+            loop {
+                let chunk = body.next_chunk().await.map_err(mux_error)?;
+                let finished = chunk.is_none();
+                if let Some(chunk) = chunk {
+                    size += chunk.len() as u64;
+                    buffer.extend_from_slice(&chunk);
+                }
+                while buffer.len() >= block_size || (finished && !buffer.is_empty()) {
+                    let take = buffer.len().min(block_size);
+                    let data = buffer.split_to(take).freeze();
+                    if records.len() >= MAX_FILE_BLOCKS {
+                        return Err(RpcError::new(
+                            ErrorKind::TooLarge,
+                            format!(
+                                "a file may have at most {MAX_FILE_BLOCKS} blocks of {block_size} bytes"
+                            ),
+                        ));
+                    }
+                    let index = records.len() as u32;
+                    let hash = *blake3::hash(&data).as_bytes();
+                    records.push(BlockRecord {
+                        length: data.len() as u32,
+                        hash,
+                    });
+                    if in_flight.len() >= BLOCKS_IN_FLIGHT
+                        && let Some(done) = in_flight.join_next().await
+                    {
+                        let outcome = settle(done)?;
+                        if !outcome.missed.is_empty() {
+                            missed.push(outcome);
+                        }
+                    }
+                    let storage = Arc::clone(self);
+                    let spec = spec.clone();
+                    let reach = reach.clone();
+                    in_flight.spawn(async move {
+                        storage
+                            .write_block(&spec, BlockId { version, index }, hash, data, &reach)
+                            .await
+                    });
+                }
+                if finished {
+                    break;
+                }
+            }
+            while let Some(done) = in_flight.join_next().await {
+                let outcome = settle(done)?;
+                if !outcome.missed.is_empty() {
+                    missed.push(outcome);
+                }
+            }
+            Ok::<(), RpcError>(())
+        }
+        .await;
+        if let Err(error) = written {
+            in_flight.abort_all();
+            self.discard_version(&spec, version, records.len() as u32, &reach)
+                .await;
+            return Err(error);
+        }
+
+        let record = FileRecord {
+            size,
+            version,
+            block_size: spec.block_size,
+            blocks: records,
+            modified_ns: header.modified_ns.unwrap_or_else(now_ns),
+            mode: header.mode & 0o7777,
+            user_metadata: header.user_metadata,
+        };
+        // The copies owed to absent bricks are recorded durably before the file becomes
+        // visible, so a crash after the acknowledgement cannot lose them.
+        let hints: Vec<Hint> = missed
+            .iter()
+            .flat_map(|outcome| {
+                outcome.missed.iter().map(|brick| Hint {
+                    node: spec.bricks[*brick].node.clone(),
+                    volume: spec.name.clone(),
+                    volume_id: spec.id,
+                    brick: *brick,
+                    path: path.clone(),
+                    block: outcome.block,
+                    hash: outcome.hash,
+                    created_ms: (now_ns() / 1_000_000).max(0) as u64,
+                })
+            })
+            .collect();
+        let missed = hints.len() as u64;
+        if !hints.is_empty() {
+            let store = self.hints.clone();
+            let recorded = tokio::task::spawn_blocking(move || store.add(&hints)).await;
+            if let Err(error) = recorded
+                .map_err(|error| error.to_string())
+                .and_then(|result| result.map_err(|error| error.to_string()))
+            {
+                self.discard_version(&spec, version, record.blocks.len() as u32, &reach)
+                    .await;
+                return Err(RpcError::internal(format!(
+                    "could not record the copies owed to absent bricks: {error}"
+                )));
+            }
+        }
+        match self
+            .commit_file(&spec, &path, &record, header.overwrite)
+            .await
+        {
+            Ok((catalog_version, replaced)) => {
+                if let Some(old) = replaced {
+                    self.discard_version(&spec, old.version, old.blocks.len() as u32, &reach)
+                        .await;
+                }
+                if missed > 0 {
+                    self.counters
+                        .copies_missed
+                        .fetch_add(missed, std::sync::atomic::Ordering::Relaxed);
+                }
+                Ok(FilePutReply {
+                    entry: entry_of_file(&path, &record, catalog_version),
+                    missed_copies: missed,
+                })
+            }
+            Err(error) => {
+                self.discard_version(&spec, version, record.blocks.len() as u32, &reach)
+                    .await;
+                Err(error)
+            }
+        }
+    }
+
+    /// Refuses early (before any byte is stored) a write the commit would refuse.
+    async fn check_can_create(
+        &self,
+        spec: &VolumeSpec,
+        path: &str,
+        overwrite: bool,
+    ) -> Result<(), RpcError> {
+        match lookup(self, &spec.name, path, Consistency::Linearizable).await? {
+            Some(found) if found.is_directory() => Err(RpcError::new(
+                ErrorKind::WrongType,
+                format!("{}:/{path} is a directory", spec.name),
+            )),
+            Some(_) if !overwrite => Err(RpcError::new(
+                ErrorKind::AlreadyExists,
+                format!(
+                    "{}:/{path} exists (pass --overwrite to replace it)",
+                    spec.name
+                ),
+            )),
+            _ => self.check_parents_are_directories(spec, path).await,
+        }
+    }
+
+    /// Every ancestor of `path` must be a directory (or absent), never a file.
+    pub(crate) async fn check_parents_are_directories(
+        &self,
+        spec: &VolumeSpec,
+        path: &str,
+    ) -> Result<(), RpcError> {
+        let mut ancestor = paths::parent(path);
+        while !ancestor.is_empty() {
+            let key = keys::file_key(&spec.name, ancestor);
+            if let Some(found) = self.meta.read(&key, Consistency::Stale, false).await?
+                && matches!(
+                    StoredEntry::decode(&found.value),
+                    Ok(StoredEntry::FileV1(_))
+                )
+            {
+                return Err(RpcError::new(
+                    ErrorKind::WrongType,
+                    format!("{}:/{ancestor} is a file, not a directory", spec.name),
+                ));
+            }
+            ancestor = paths::parent(ancestor);
+        }
+        Ok(())
+    }
+
+    /// Commits the record; returns its catalog version and the record it replaced.
+    async fn commit_file(
+        &self,
+        spec: &VolumeSpec,
+        path: &str,
+        record: &FileRecord,
+        overwrite: bool,
+    ) -> Result<(u64, Option<FileRecord>), RpcError> {
+        let key = keys::file_key(&spec.name, path);
+        let value = StoredEntry::FileV1(record.clone()).encode();
+        for _ in 0..COMMIT_ATTEMPTS {
+            let current = self
+                .meta
+                .read(&key, Consistency::Linearizable, false)
+                .await?;
+            let (expected, replaced) = match current {
+                None => (0, None),
+                Some(found) => match StoredEntry::decode(&found.value) {
+                    Ok(StoredEntry::FileV1(old)) if overwrite => (found.version, Some(old)),
+                    Ok(StoredEntry::FileV1(_)) => {
+                        return Err(RpcError::new(
+                            ErrorKind::AlreadyExists,
+                            format!(
+                                "{}:/{path} was created by another writer meanwhile",
+                                spec.name
+                            ),
+                        ));
+                    }
+                    _ => {
+                        return Err(RpcError::new(
+                            ErrorKind::WrongType,
+                            format!("{}:/{path} is a directory", spec.name),
+                        ));
+                    }
+                },
+            };
+            let command = Command::Batch {
+                conditions: vec![Condition {
+                    key: key.clone(),
+                    version: expected,
+                }],
+                operations: vec![Operation::Put {
+                    key: key.clone(),
+                    value: value.clone(),
+                }],
+            };
+            match self.commit(command).await? {
+                CommandResult::BatchApplied { version, .. } => return Ok((version, replaced)),
+                CommandResult::ConditionFailed { .. } => continue,
+                other => {
+                    return Err(RpcError::internal(format!(
+                        "unexpected catalog answer {other:?}"
+                    )));
+                }
+            }
+        }
+        Err(RpcError::new(
+            ErrorKind::Unavailable,
+            format!(
+                "{}:/{path} kept changing under this write; try again",
+                spec.name
+            ),
+        ))
+    }
+
+    /// Writes every copy of one block: waits for the write quorum, then at most
+    /// [`STRAGGLER_WAIT`] for the other copies. Bricks that are away are not tried.
+    async fn write_block(
+        self: &Arc<Self>,
+        spec: &VolumeSpec,
+        block: BlockId,
+        hash: [u8; 32],
+        data: Bytes,
+        reach: &HashMap<String, Reach>,
+    ) -> Result<BlockOutcome, RpcError> {
+        let set = spec.set_of_block(&block);
+        let quorum = spec.layout.write_quorum();
+        let mut copies: JoinSet<(usize, Result<(), RpcError>)> = JoinSet::new();
+        let mut pending = std::collections::BTreeSet::new();
+        let mut skipped = 0u64;
+        for brick in spec.set_brick_indexes(set) {
+            if self.is_away(&spec.bricks[brick].node, reach) {
+                skipped += 1;
+                continue;
+            }
+            pending.insert(brick);
+            let storage = Arc::clone(self);
+            let spec = spec.clone();
+            let data = data.clone();
+            let reach = reach.clone();
+            copies.spawn(async move {
+                let outcome = storage
+                    .put_copy(&spec, brick, block, hash, data, &reach)
+                    .await;
+                (brick, outcome)
+            });
+        }
+        let mut durable = 0usize;
+        let mut succeeded = Vec::new();
+        let mut errors = Vec::new();
+        let mut straggler_deadline: Option<Instant> = None;
+        loop {
+            let next = match straggler_deadline {
+                Some(deadline) => {
+                    match tokio::time::timeout_at(deadline.into(), copies.join_next()).await {
+                        Ok(next) => next,
+                        Err(_) => break,
+                    }
+                }
+                None => copies.join_next().await,
+            };
+            let Some(joined) = next else { break };
+            let (brick, outcome) = joined
+                .map_err(|error| RpcError::internal(format!("a block copy failed: {error}")))?;
+            pending.remove(&brick);
+            match outcome {
+                Ok(()) => {
+                    durable += 1;
+                    succeeded.push(brick);
+                }
+                Err(error) => {
+                    if matches!(error.kind, ErrorKind::Timeout | ErrorKind::Unavailable) {
+                        self.mark_away(&spec.bricks[brick].node);
+                    }
+                    if error.kind == ErrorKind::Full {
+                        copies.abort_all();
+                        return Err(error);
+                    }
+                    errors.push(format!(
+                        "brick {brick} ({}): {error}",
+                        spec.bricks[brick].node
+                    ));
+                }
+            }
+            if durable >= quorum && straggler_deadline.is_none() {
+                straggler_deadline = Some(Instant::now() + STRAGGLER_WAIT);
+            }
+        }
+        // Copies still running after the straggler wait: their bricks are slow or gone,
+        // and are left out of the next blocks.
+        let stragglers = pending.len() as u64;
+        copies.abort_all();
+        for brick in pending {
+            self.mark_away(&spec.bricks[brick].node);
+        }
+        if durable < quorum {
+            return Err(RpcError::new(
+                ErrorKind::Unavailable,
+                format!(
+                    "block {} of the write reached {durable} of the {quorum} copies it needs ({} brick(s) away){}",
+                    block.index,
+                    skipped + stragglers,
+                    if errors.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", errors.join("; "))
+                    }
+                ),
+            ));
+        }
+        let missed = spec
+            .set_brick_indexes(set)
+            .filter(|brick| !succeeded.contains(brick))
+            .collect();
+        Ok(BlockOutcome {
+            block,
+            hash,
+            missed,
+        })
+    }
+
+    /// Removes the blocks of a version from every brick that may hold them (best effort).
+    pub(crate) async fn discard_version(
+        &self,
+        spec: &VolumeSpec,
+        version: u128,
+        blocks: u32,
+        reach: &HashMap<String, Reach>,
+    ) {
+        let mut per_brick: HashMap<usize, Vec<BlockId>> = HashMap::new();
+        for index in 0..blocks {
+            let block = BlockId { version, index };
+            for brick in spec.set_brick_indexes(spec.set_of_block(&block)) {
+                per_brick.entry(brick).or_default().push(block);
+            }
+        }
+        for (brick, blocks) in per_brick {
+            if self.is_away(&spec.bricks[brick].node, reach) {
+                continue;
+            }
+            if let Err(error) = self.delete_copies(spec, brick, blocks, reach).await {
+                tracing::warn!(volume = %spec.name, brick, %error, "could not delete unreferenced blocks");
+            }
+        }
+    }
+}
+
+fn settle(
+    joined: Result<Result<BlockOutcome, RpcError>, tokio::task::JoinError>,
+) -> Result<BlockOutcome, RpcError> {
+    joined.map_err(|error| RpcError::internal(format!("a block write failed: {error}")))?
+}

@@ -1,0 +1,401 @@
+//! Storage volume drills (issue 9) on a real emulated cluster: the cookbook's recipe 2
+//! (`stripe 2 replica 2` over four nodes, copy files in, compare their checksums, see
+//! each brick hold only its stripe), losing a node and getting it back healed with no
+//! command, a node frozen mid-write, a corrupted block on disk, a gateway killed in the
+//! middle of a write, and bad input.
+
+mod harness;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use harness::{TestCluster, bramble_binary, wait_until};
+
+/// A file of `bytes` pseudo-random bytes (xorshift, so every block differs).
+fn random_file(directory: &Path, name: &str, bytes: usize, seed: u64) -> PathBuf {
+    let mut state = seed | 1;
+    let mut data = Vec::with_capacity(bytes);
+    while data.len() < bytes {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        data.extend_from_slice(&state.to_le_bytes());
+    }
+    data.truncate(bytes);
+    let path = directory.join(name);
+    std::fs::write(&path, data).expect("writing a test file");
+    path
+}
+
+fn sha1(path: &Path) -> String {
+    let output = Command::new("sha1sum")
+        .arg(path)
+        .output()
+        .expect("running sha1sum");
+    assert!(output.status.success());
+    String::from_utf8_lossy(&output.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The block files in a node's brick of `volume`.
+fn brick_blocks(cluster: &TestCluster, node: &str, volume: &str) -> BTreeSet<String> {
+    let blocks = cluster
+        .path()
+        .join(node)
+        .join("bricks")
+        .join(volume)
+        .join("blocks");
+    let mut found = BTreeSet::new();
+    for fan in std::fs::read_dir(&blocks).into_iter().flatten().flatten() {
+        for entry in std::fs::read_dir(fan.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !name.starts_with('.') {
+                found.insert(name);
+            }
+        }
+    }
+    found
+}
+
+fn pending_heal(cluster: &TestCluster, volume: &str) -> u64 {
+    let run = cluster.bramble(&["volume", "heal-info", volume, "--json"]);
+    if !run.success {
+        return u64::MAX;
+    }
+    run.json()["pending"]
+        .as_array()
+        .map(|pending| {
+            pending
+                .iter()
+                .map(|row| row["copies"].as_u64().unwrap_or(0))
+                .sum()
+        })
+        .unwrap_or(u64::MAX)
+}
+
+/// `bramble fs get` through the agent at `via` (so a test knows which node is the
+/// gateway), returning the local copy.
+fn get_via(cluster: &TestCluster, via: &str, remote: &str, local: &Path) {
+    let address = cluster.addr(via).to_string();
+    cluster.bramble_ok(&[
+        "--addr",
+        &address,
+        "fs",
+        "get",
+        remote,
+        local.to_str().unwrap(),
+        "--overwrite",
+    ]);
+}
+
+#[test]
+fn the_recipes_striped_replicated_volume_survives_and_heals() {
+    let cluster = TestCluster::up(4);
+    let files = tempfile::tempdir().unwrap();
+    cluster.bramble_ok(&[
+        "volume",
+        "create",
+        "vol0",
+        "--replica",
+        "2",
+        "--stripe",
+        "2",
+        "n1",
+        "n2",
+        "n3",
+        "n4",
+    ]);
+
+    // The recipe: copy a file in, compare checksums, look into each brick.
+    let small = random_file(files.path(), "kernel.img", 4 * 1024 * 1024, 1);
+    let large = random_file(files.path(), "large.img", 100 * 1024 * 1024, 2);
+    cluster.bramble_ok(&["fs", "put", small.to_str().unwrap(), "vol0:/kernel.img"]);
+    cluster.bramble_ok(&["fs", "put", large.to_str().unwrap(), "vol0:/large.img"]);
+    for (name, original) in [("kernel.img", &small), ("large.img", &large)] {
+        let copy = files.path().join(format!("{name}.copy"));
+        get_via(&cluster, "n3", &format!("vol0:/{name}"), &copy);
+        assert_eq!(sha1(&copy), sha1(original), "{name} came back different");
+    }
+    let listing = cluster.bramble_ok(&["fs", "ls", "vol0:/", "--json"]).json();
+    let sizes: Vec<(String, u64)> = listing
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| {
+            (
+                entry["path"].as_str().unwrap().to_string(),
+                entry["size"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        sizes,
+        [
+            ("kernel.img".to_string(), 4 * 1024 * 1024),
+            ("large.img".to_string(), 100 * 1024 * 1024)
+        ]
+    );
+    // Each replica pair holds the same blocks; the two pairs hold disjoint halves.
+    let bricks: Vec<BTreeSet<String>> = ["n1", "n2", "n3", "n4"]
+        .iter()
+        .map(|node| brick_blocks(&cluster, node, "vol0"))
+        .collect();
+    println!(
+        "blocks per brick: {:?}",
+        bricks.iter().map(BTreeSet::len).collect::<Vec<_>>()
+    );
+    assert_eq!(bricks[0], bricks[1]);
+    assert_eq!(bricks[2], bricks[3]);
+    assert!(bricks[0].is_disjoint(&bricks[2]));
+    assert_eq!(
+        bricks[0].len(),
+        52,
+        "each stripe holds half of 4 + 100 blocks"
+    );
+    assert_eq!(bricks[2].len(), 52);
+
+    // A node dies: everything still reads, writes go on.
+    cluster.chaos("kill", "n3");
+    for (name, original) in [("kernel.img", &small), ("large.img", &large)] {
+        let copy = files.path().join(format!("{name}.after-kill"));
+        get_via(&cluster, "n1", &format!("vol0:/{name}"), &copy);
+        assert_eq!(sha1(&copy), sha1(original));
+    }
+    let while_down = random_file(files.path(), "while-down.img", 20 * 1024 * 1024, 3);
+    cluster.bramble_ok(&[
+        "--addr",
+        &cluster.addr("n1").to_string(),
+        "fs",
+        "put",
+        while_down.to_str().unwrap(),
+        "vol0:/while-down.img",
+    ]);
+    assert!(
+        pending_heal(&cluster, "vol0") > 0,
+        "n3 is owed the copies it missed"
+    );
+
+    // It comes back and is healed with no command.
+    cluster.chaos("restart", "n3");
+    let healed = wait_until("n3 healed", Duration::from_secs(60), || {
+        pending_heal(&cluster, "vol0") == 0
+            && brick_blocks(&cluster, "n3", "vol0") == brick_blocks(&cluster, "n4", "vol0")
+    });
+    println!("n3 healed {healed:?} after its restart was seen");
+
+    // A frozen node (SIGSTOP: no reset, like a power cut) does not stop writers, even
+    // before gossip has noticed: the write is sent at once.
+    let frozen_pid = cluster.status_of("n2")["pid"].as_u64().unwrap().to_string();
+    let stopped = Command::new("kill")
+        .args(["-STOP", &frozen_pid])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    let frozen_write = random_file(files.path(), "frozen.img", 20 * 1024 * 1024, 4);
+    let started = Instant::now();
+    cluster.bramble_ok(&[
+        "--addr",
+        &cluster.addr("n1").to_string(),
+        "fs",
+        "put",
+        frozen_write.to_str().unwrap(),
+        "vol0:/frozen.img",
+    ]);
+    println!(
+        "a 20 MiB write with n2 frozen took {:?} (bench/storage.sh measures the stall)",
+        started.elapsed()
+    );
+    let continued = Command::new("kill")
+        .args(["-CONT", &frozen_pid])
+        .status()
+        .unwrap();
+    assert!(continued.success());
+    wait_until("n2 healed", Duration::from_secs(60), || {
+        pending_heal(&cluster, "vol0") == 0
+            && brick_blocks(&cluster, "n2", "vol0") == brick_blocks(&cluster, "n1", "vol0")
+    });
+    let copy = files.path().join("frozen.copy");
+    get_via(&cluster, "n2", "vol0:/frozen.img", &copy);
+    assert_eq!(sha1(&copy), sha1(&frozen_write));
+}
+
+#[test]
+fn a_corrupt_block_is_caught_served_from_a_good_copy_and_repaired() {
+    let cluster = TestCluster::up(3);
+    let files = tempfile::tempdir().unwrap();
+    cluster.bramble_ok(&["volume", "create", "docs", "--replica", "2", "n1", "n2"]);
+    let original = random_file(files.path(), "report.pdf", 3 * 1024 * 1024, 7);
+    cluster.bramble_ok(&["fs", "put", original.to_str().unwrap(), "docs:/report.pdf"]);
+
+    // Flip bytes in the middle of one block file on n1's brick.
+    let block = brick_blocks(&cluster, "n1", "docs")
+        .into_iter()
+        .next()
+        .expect("n1 holds blocks");
+    let fan = &block[..2];
+    let on_n1 = cluster
+        .path()
+        .join("n1/bricks/docs/blocks")
+        .join(fan)
+        .join(&block);
+    let on_n2 = cluster
+        .path()
+        .join("n2/bricks/docs/blocks")
+        .join(fan)
+        .join(&block);
+    let good = std::fs::read(&on_n2).unwrap();
+    let mut bad = good.clone();
+    for byte in &mut bad[1000..1010] {
+        *byte ^= 0xff;
+    }
+    std::fs::write(&on_n1, &bad).unwrap();
+
+    // Read through n1, whose own (corrupt) copy is tried first.
+    let copy = files.path().join("report.copy");
+    get_via(&cluster, "n1", "docs:/report.pdf", &copy);
+    assert_eq!(sha1(&copy), sha1(&original), "the corrupt copy was served");
+    wait_until("the bad copy is repaired", Duration::from_secs(30), || {
+        std::fs::read(&on_n1).is_ok_and(|bytes| bytes == good)
+    });
+    let log = cluster.log("n1");
+    assert!(
+        log.contains("corrupt block copy found"),
+        "not reported:\n{log}"
+    );
+    assert!(
+        log.contains("repaired a missing or corrupt block copy"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_write_cut_off_by_its_gateways_death_leaves_nothing_visible() {
+    let cluster = TestCluster::up(3);
+    let files = tempfile::tempdir().unwrap();
+    cluster.bramble_ok(&["volume", "create", "vol1", "--replica", "2", "n2", "n3"]);
+    let kept = random_file(files.path(), "kept.img", 2 * 1024 * 1024, 11);
+    cluster.bramble_ok(&["fs", "put", kept.to_str().unwrap(), "vol1:/kept.img"]);
+
+    // A slow writer: 300 MiB from a pipe, through n1 (which holds no brick).
+    let gateway = cluster.addr("n1").to_string();
+    let mut writer = Command::new(bramble_binary())
+        .env("BRAMBLE_DIR", cluster.path())
+        .args(["--addr", &gateway, "fs", "put", "-", "vol1:/cut.img"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting the writer");
+    let mut input = writer.stdin.take().unwrap();
+    let feeder = std::thread::spawn(move || {
+        use std::io::Write;
+        let chunk = vec![0x5au8; 1024 * 1024];
+        for _ in 0..300 {
+            if input.write_all(&chunk).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    });
+    std::thread::sleep(Duration::from_millis(400));
+    cluster.chaos("kill", "n1");
+    let outcome = writer.wait_with_output().expect("waiting for the writer");
+    feeder.join().unwrap();
+    assert!(
+        !outcome.status.success(),
+        "the cut write cannot have succeeded"
+    );
+    println!(
+        "the writer ended with {} and reported: {}",
+        outcome.status,
+        String::from_utf8_lossy(&outcome.stderr).trim()
+    );
+    cluster.chaos("restart", "n1");
+    let stat = cluster.bramble(&["fs", "stat", "vol1:/cut.img"]);
+    assert!(!stat.success, "a half-written file is visible");
+    assert!(stat.stderr.contains("does not exist"), "{}", stat.stderr);
+    let copy = files.path().join("kept.copy");
+    get_via(&cluster, "n1", "vol1:/kept.img", &copy);
+    assert_eq!(sha1(&copy), sha1(&kept), "an acknowledged file was lost");
+}
+
+#[test]
+fn bad_names_and_layouts_are_refused_with_the_reason() {
+    let cluster = TestCluster::up(3);
+    let files = tempfile::tempdir().unwrap();
+    let refused = |args: &[&str], expected: &str| {
+        let run = cluster.bramble(args);
+        assert!(!run.success, "bramble {args:?} should fail");
+        assert!(
+            run.stderr.contains(expected),
+            "bramble {args:?}: expected {expected:?} in:\n{}",
+            run.stderr
+        );
+    };
+    refused(
+        &["volume", "create", "v", "--replica", "2", "n1", "n1"],
+        "two bricks on node n1",
+    );
+    refused(
+        &["volume", "create", "v", "--replica", "2", "n1", "n2", "n3"],
+        "multiple of 2",
+    );
+    refused(&["volume", "create", "v", "n9"], "not a member");
+    refused(&["volume", "create", "v", "n1:relative"], "absolute");
+    refused(&["volume", "create", "v", "n1:/proc/x"], "/proc");
+    refused(&["volume", "create", "Bad_Name", "n1"], "volume name");
+    refused(
+        &["volume", "create", "v", "--ec", "4+2", "n1"],
+        "not built yet",
+    );
+
+    cluster.bramble_ok(&["volume", "create", "v", "--replica", "2", "n1", "n2"]);
+    refused(&["volume", "create", "v", "n3"], "exists");
+    let file = random_file(files.path(), "f", 1000, 5);
+    let source = file.to_str().unwrap();
+    refused(&["fs", "put", source, "v:/../escape"], "\"..\"");
+    refused(&["fs", "put", source, "v:/a/./b"], "\".\"");
+    refused(&["fs", "put", source, "v:/a//b"], "empty component");
+    let long_name = format!("v:/{}", "x".repeat(256));
+    refused(&["fs", "put", source, &long_name], "over 255 bytes");
+    let long_path = format!("v:/{}", vec!["abcdefgh"; 500].join("/"));
+    refused(&["fs", "put", source, &long_path], "at most 4096");
+    refused(&["fs", "put", source, "v:/tab\there"], "control character");
+    refused(&["fs", "put", source, "nosuch:/f"], "no volume named");
+    refused(&["fs", "get", "v:/missing", "-"], "does not exist");
+
+    // Names and types: a file is not a directory and the reverse.
+    cluster.bramble_ok(&["fs", "put", source, "v:/f"]);
+    refused(&["fs", "put", source, "v:/f"], "exists");
+    cluster.bramble_ok(&["fs", "put", source, "v:/f", "--overwrite"]);
+    refused(&["fs", "put", source, "v:/f/inside"], "is a file");
+    cluster.bramble_ok(&["fs", "mkdir", "v:/d"]);
+    refused(&["fs", "put", source, "v:/d"], "is a directory");
+    cluster.bramble_ok(&["fs", "put", source, "v:/d/g"]);
+    refused(&["fs", "rm", "v:/d"], "not empty");
+    cluster.bramble_ok(&["fs", "mv", "v:/d", "v:/e"]);
+    refused(&["fs", "mv", "v:/e", "v:/e/inside"], "into itself");
+    let listing = cluster.bramble_ok(&["fs", "ls", "v:/e", "--json"]).json();
+    assert_eq!(listing[0]["path"], "e/g", "{listing}");
+    cluster.bramble_ok(&["fs", "rm", "-r", "v:/e"]);
+    refused(&["fs", "stat", "v:/e"], "does not exist");
+
+    // A started volume cannot be removed; a stopped one refuses I/O.
+    refused(&["volume", "rm", "v"], "stop it first");
+    cluster.bramble_ok(&["volume", "stop", "v"]);
+    refused(&["fs", "get", "v:/f", "-"], "stopped");
+    cluster.bramble_ok(&["volume", "rm", "v"]);
+    assert!(
+        brick_blocks(&cluster, "n1", "v").is_empty(),
+        "the removed volume's blocks are gone"
+    );
+}
