@@ -111,6 +111,11 @@ pub enum Command {
         after_help = "Examples:\n  bramble fs put kernel.img vol0:/kernel.img\n  bramble fs get vol0:/kernel.img ./copy.img\n  bramble fs ls vol0:/ --json\n  bramble fs mv vol0:/kernel.img vol0:/boot/kernel.img\n  bramble fs rm -r vol0:/boot"
     )]
     Fs(FsCommand),
+    /// Mount a volume as a directory (FUSE; `mount -t glusterfs` for Bramble volumes).
+    #[command(
+        after_help = "Examples:\n  bramble mount vol0 /mnt/vol0             returns once mounted; umount /mnt/vol0 ends it\n  bramble mount vol0 /mnt/vol0 --foreground\n\nInside, cp, ls -l, sha1sum, mkdir, mv and rm work as on a local disk. Files are written\nwhole (new or truncated files, as cp, dd, tar and rsync write them); writing into the\nmiddle of an existing file is not supported yet (EOPNOTSUPP)."
+    )]
+    Mount(MountArgs),
     /// Measure the cluster with the agents' own transport.
     #[command(
         subcommand,
@@ -252,6 +257,20 @@ pub struct VolumeNameArgs {
     pub name: String,
     #[command(flatten)]
     pub output: JsonFlag,
+}
+
+#[derive(Debug, Args)]
+pub struct MountArgs {
+    /// The volume.
+    pub volume: String,
+    /// An existing empty directory.
+    pub directory: PathBuf,
+    /// Stay attached to the terminal (and log there) instead of running in the background.
+    #[arg(long)]
+    pub foreground: bool,
+    /// Let other users than the one who mounted use it (FUSE's allow_other).
+    #[arg(long)]
+    pub allow_other: bool,
 }
 
 #[derive(Debug, Subcommand)]

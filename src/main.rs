@@ -9,6 +9,7 @@ mod cli;
 mod client;
 mod commands;
 mod emulator;
+mod mount;
 mod output;
 mod process;
 mod target;
@@ -87,6 +88,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Command::Bench(command) => commands::bench::run(global, command).await,
         Command::Volume(command) => commands::volume::run(global, command).await,
         Command::Fs(command) => commands::fs::run(global, command).await,
+        Command::Mount(args) => mount::run(global, args).await,
     }
 }
 
@@ -105,6 +107,9 @@ fn main() -> ExitCode {
     let is_agent = matches!(cli.command, Command::Agent | Command::DemoWeb(_));
     if is_agent {
         bramble_util::memory::limit_allocator_arenas();
+    }
+    // Long-running processes log; one-shot commands print their outcome instead.
+    if is_agent || matches!(cli.command, Command::Mount(_)) {
         init_logging();
     }
     let control_plane = matches!(cli.command, Command::Agent);

@@ -399,3 +399,108 @@ fn bad_names_and_layouts_are_refused_with_the_reason() {
         "the removed volume's blocks are gone"
     );
 }
+
+/// Runs a shell command, returning its stdout; panics with its stderr on failure.
+fn shell(command: &str) -> String {
+    let output = Command::new("sh")
+        .args(["-c", command])
+        .output()
+        .expect("running sh");
+    assert!(
+        output.status.success(),
+        "{command} failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn the_recipe_runs_unchanged_inside_a_mount() {
+    // SAFETY: geteuid cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root || !Path::new("/dev/fuse").exists() {
+        eprintln!("skipped: mounting needs root and /dev/fuse (CI runs as root)");
+        return;
+    }
+    let cluster = TestCluster::up(4);
+    let files = tempfile::tempdir().unwrap();
+    let mount_point = tempfile::tempdir().unwrap();
+    let mount = mount_point.path().to_str().unwrap().to_string();
+    cluster.bramble_ok(&[
+        "volume",
+        "create",
+        "vol0",
+        "--replica",
+        "2",
+        "--stripe",
+        "2",
+        "n1",
+        "n2",
+        "n3",
+        "n4",
+    ]);
+    cluster.bramble_ok(&["mount", "vol0", &mount]);
+    struct Unmount(String);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(mount.clone());
+
+    // The recipe's own commands: cp, sha1sum, ls -l.
+    let small = random_file(files.path(), "kernel.img", 4 * 1024 * 1024, 21);
+    let large = random_file(files.path(), "large.img", 100 * 1024 * 1024, 22);
+    shell(&format!("cp {} {mount}/kernel.img", small.display()));
+    shell(&format!("cp {} {mount}/large.img", large.display()));
+    let sums = shell(&format!("cd {mount} && sha1sum kernel.img large.img"));
+    assert!(sums.contains(&sha1(&small)), "{sums}");
+    assert!(sums.contains(&sha1(&large)), "{sums}");
+    let listing = shell(&format!("ls -l {mount}"));
+    assert!(
+        listing.contains("4194304") && listing.contains("104857600"),
+        "{listing}"
+    );
+    // Each brick holds its stripe, as the recipe shows with ls -l on each brick.
+    let bricks: Vec<BTreeSet<String>> = ["n1", "n2", "n3", "n4"]
+        .iter()
+        .map(|node| brick_blocks(&cluster, node, "vol0"))
+        .collect();
+    assert_eq!(bricks[0], bricks[1]);
+    assert_eq!(bricks[2], bricks[3]);
+    assert!(bricks[0].is_disjoint(&bricks[2]));
+    assert_eq!(bricks[0].len() + bricks[2].len(), 104);
+
+    // Everyday commands behave as on a local disk.
+    shell(&format!(
+        "cd {mount} && mkdir boot && mv kernel.img boot/ && echo one > notes.txt && echo two >> notes.txt && touch empty"
+    ));
+    assert_eq!(shell(&format!("cat {mount}/notes.txt")), "one\ntwo\n");
+    assert_eq!(shell(&format!("stat -c %s {mount}/empty")).trim(), "0");
+    assert_eq!(
+        shell(&format!("sha1sum < {mount}/boot/kernel.img"))
+            .split_whitespace()
+            .next(),
+        Some(sha1(&small).as_str())
+    );
+    let refused = Command::new("sh")
+        .args(["-c", &format!("rmdir {mount}/boot")])
+        .output()
+        .unwrap();
+    assert!(
+        !refused.status.success(),
+        "rmdir of a full directory succeeded"
+    );
+    shell(&format!("rm -r {mount}/boot && test ! -e {mount}/boot"));
+    // What the mount wrote is what the CLI reads.
+    let copy = files.path().join("notes.copy");
+    get_via(&cluster, "n2", "vol0:/notes.txt", &copy);
+    assert_eq!(std::fs::read(&copy).unwrap(), b"one\ntwo\n");
+
+    // The mount rides out the loss of a node, even the agent it was talking to (n1, the
+    // first it tries) and with it, likely, the catalog's leader.
+    cluster.chaos("kill", "n1");
+    let again = shell(&format!("sha1sum < {mount}/large.img"));
+    assert_eq!(again.split_whitespace().next(), Some(sha1(&large).as_str()));
+    shell(&format!("cp {} {mount}/after-kill.img", small.display()));
+}

@@ -289,7 +289,13 @@ async fn put(client: &ClusterClient, args: &FsPutArgs) -> Result<()> {
     let answer = match response.wait().await {
         Ok(answer) => answer,
         Err(error) => {
-            return Err(stream_error(send_failure.unwrap_or(error)))
+            // The agent's own reason comes first; a failed send says less.
+            let reason = match (error, send_failure) {
+                (remote @ MuxError::Remote(_), _) => remote,
+                (_, Some(send)) => send,
+                (other, None) => other,
+            };
+            return Err(stream_error(reason))
                 .with_context(|| format!("storing {volume}:/{path_shown} through {agent}"));
         }
     };

@@ -135,6 +135,10 @@ impl Handler for StoreService {
 
 #[async_trait::async_trait]
 impl StreamHandler for StoreService {
+    fn streams(&self, method: &str) -> bool {
+        matches!(method, "block_put" | "block_get" | "file_put" | "file_get")
+    }
+
     async fn handle(&self, call: IncomingCall, response: ResponseWriter) -> Result<(), RpcError> {
         if !call.caller.is_authenticated() {
             return Err(RpcError::new(

@@ -116,6 +116,13 @@ pub trait StreamHandler: Send + Sync + 'static {
     /// Serves one stream. An `Err` resets the stream with that error (the caller reads
     /// it as [`MuxError::Remote`]); `Ok` without a response sends an empty one.
     async fn handle(&self, call: IncomingCall, response: ResponseWriter) -> Result<(), RpcError>;
+
+    /// Whether `method` (the part after the service name) is one of its streams. A
+    /// service with both unary methods (in the RPC [`Router`]) and streams answers false
+    /// for the unary ones, which the router then serves through its unary fallback.
+    fn streams(&self, _method: &str) -> bool {
+        true
+    }
 }
 
 /// Maps `service.method` names to streaming handlers, and optionally falls back to the
@@ -153,7 +160,9 @@ impl StreamRouter {
             .split_once('.')
             .map(|(service, _)| service)
             .unwrap_or(&call.method);
-        if let Some(handler) = self.services.get(service) {
+        if let Some(handler) = self.services.get(service)
+            && handler.streams(call.method_name())
+        {
             return handler.handle(call, response).await;
         }
         let Some(router) = &self.unary else {
