@@ -36,7 +36,14 @@ pub struct DemoState {
     pub webs: Vec<EmulatedNode>,
     /// Each `lb` node's stats page.
     pub stats: Vec<EmulatedNode>,
+    /// The storage volume of recipe 2 and how it is laid out (clusters made before
+    /// volumes existed have none).
+    #[serde(default)]
+    pub volume: Option<String>,
 }
+
+/// The demo volume's name.
+pub const VOLUME: &str = "vol0";
 
 fn password_path(dir: &Path) -> PathBuf {
     dir.join("stats-password")
@@ -281,10 +288,11 @@ pub async fn set_up(
         })
         .collect();
     let site = choose_vip(&emulation.dir)?;
-    let demo = DemoState {
+    let mut demo = DemoState {
         site,
         webs: webs.clone(),
         stats,
+        volume: None,
     };
     emulation.state.demo = Some(demo.clone());
     emulation.save()?;
@@ -325,7 +333,50 @@ pub async fn set_up(
         other => bail!("the demo balancer was not created: {other:?}"),
     }
     wait_for_site(site).await?;
+    demo.volume = Some(create_volume(emulation, client).await?);
+    emulation.state.demo = Some(demo.clone());
+    emulation.save()?;
     Ok(demo)
+}
+
+/// Recipe 2's volume: `stripe 2 replica 2` over the first four nodes (replica 2 over two,
+/// one copy on one node, on smaller clusters). Returns how it is laid out, for people.
+async fn create_volume(emulation: &Emulation, client: &ClusterClient) -> Result<String> {
+    use bramble_store::admin::{METHOD_VOLUME_CREATE, VolumeCreateRequest};
+    use bramble_store::volume::{Brick, Layout};
+    let names: Vec<String> = emulation
+        .state
+        .nodes
+        .iter()
+        .map(|node| node.name.clone())
+        .collect();
+    let (replica, count, stripe) = match names.len() {
+        0 => bail!("the cluster has no node for the demo volume"),
+        1 => (1, 1, 1),
+        2 | 3 => (2, 2, 1),
+        _ => (2, 4, 2),
+    };
+    let request = VolumeCreateRequest {
+        name: VOLUME.to_string(),
+        layout: Layout::Replicated { replica },
+        bricks: names[..count]
+            .iter()
+            .map(|node| Brick {
+                node: node.clone(),
+                path: None,
+            })
+            .collect(),
+        block_size: None,
+        stripe: Some(stripe),
+    };
+    let (_, _spec): (_, bramble_store::volume::VolumeSpec) = client
+        .call_any(METHOD_VOLUME_CREATE, &request)
+        .await
+        .context("creating the demo volume")?;
+    Ok(format!(
+        "{VOLUME} (stripe {stripe} replica {replica} over {})",
+        names[..count].join(" ")
+    ))
 }
 
 /// Waits until the website answers through its VIP (the lease is taken within a second
@@ -357,5 +408,10 @@ pub fn describe(emulation: &Emulation, demo: &DemoState) -> Vec<String> {
         "Stats password: {} (mode 0600)",
         password_path(&emulation.dir).display()
     ));
+    if let Some(volume) = &demo.volume {
+        lines.push(format!(
+            "Volume (recipe 2): {volume}: `bramble fs put FILE {VOLUME}:/`, `bramble volume status {VOLUME}`; as root: `bramble mount {VOLUME} /mnt/{VOLUME}`"
+        ));
+    }
     lines
 }
