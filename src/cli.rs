@@ -199,7 +199,7 @@ pub enum VolumeCommand {
     /// Bricks are grouped in order into sets of --replica; each file's blocks are spread
     /// over all sets, each block copied on every brick of its set.
     #[command(
-        after_help = "Examples:\n  bramble volume create vol0 --replica 2 --stripe 2 n1 n2 n3 n4\n  bramble volume create scratch n1\n  bramble volume create photos --replica 3 --block-size 4M n1 n2 n3"
+        after_help = "Examples:\n  bramble volume create vol0 --replica 2 --stripe 2 n1 n2 n3 n4\n  bramble volume create archive --ec 4+2 n1 n2 n3 n4 n5 n6\n  bramble volume create scratch n1\n  bramble volume create photos --replica 3 --block-size 4M n1 n2 n3"
     )]
     Create(VolumeCreateArgs),
     /// List volumes.
@@ -239,7 +239,8 @@ pub struct VolumeCreateArgs {
     /// Number of sets each file is striped over; checks that the bricks make that many.
     #[arg(long)]
     pub stripe: Option<u32>,
-    /// Erasure coding K+M (not built yet: refused with a message).
+    /// Erasure coding K+M: each block cut into K data and M parity shards, one per brick
+    /// of a set of K+M (any K rebuild it), instead of --replica copies.
     #[arg(long, value_name = "K+M", conflicts_with = "replica")]
     pub ec: Option<String>,
     /// Block size, e.g. 1M (default), 256K, 4M.

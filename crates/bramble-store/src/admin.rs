@@ -117,7 +117,9 @@ pub struct BlockPutHeader {
 pub struct BlockGetHeader {
     pub brick: BrickRequest,
     pub block: BlockId,
-    pub hash: [u8; 32],
+    /// The hash the copy must have (a replica's: the record's); `None` for an erasure
+    /// shard, which is checked against the hash in its brick header only.
+    pub expected: Option<[u8; 32]>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

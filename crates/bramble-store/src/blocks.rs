@@ -87,19 +87,20 @@ impl Storage {
             .map_err(mux_error)
     }
 
-    /// Reads one copy of `block` from brick `brick`, checked against `hash`.
+    /// Reads one copy of `block` from brick `brick`, checked against `expected` (and
+    /// always against the hash in its brick header).
     pub async fn get_copy(
         &self,
         spec: &VolumeSpec,
         brick: usize,
         block: BlockId,
-        hash: [u8; 32],
+        expected: Option<[u8; 32]>,
         reach: &HashMap<String, Reach>,
         timeout: Duration,
     ) -> Result<Bytes, RpcError> {
         if spec.bricks[brick].node == self.node {
             let store = self.local_brick(spec, brick)?;
-            return blocking(move || store.get(&block, Some(&hash)))
+            return blocking(move || store.get(&block, expected.as_ref()))
                 .await
                 .map(Bytes::from);
         }
@@ -107,7 +108,7 @@ impl Storage {
         let header = BlockGetHeader {
             brick: Self::brick_request(spec, brick),
             block,
-            hash,
+            expected,
         };
         let exchange = async {
             let header = postcard::to_allocvec(&header)
@@ -124,7 +125,9 @@ impl Storage {
             .await
             .map_err(|_| timed_out(spec, brick))?
             .map_err(mux_error)?;
-        if blake3::hash(&data).as_bytes() != &hash {
+        if let Some(hash) = expected
+            && blake3::hash(&data).as_bytes() != &hash
+        {
             return Err(RpcError::new(
                 ErrorKind::Internal,
                 format!(
@@ -257,8 +260,8 @@ impl Storage {
         let _permit = self.transfer_permit()?;
         let spec = self.spec_for_brick(&header.brick).await?;
         let store = self.local_brick(&spec, header.brick.brick)?;
-        let (block, hash) = (header.block, header.hash);
-        let data = match blocking(move || store.get(&block, Some(&hash))).await {
+        let (block, expected) = (header.block, header.expected);
+        let data = match blocking(move || store.get(&block, expected.as_ref())).await {
             Ok(data) => data,
             Err(error) => {
                 if error.kind == ErrorKind::Internal {

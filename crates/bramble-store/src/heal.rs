@@ -201,6 +201,24 @@ impl Storage {
         let Some(block_record) = record.blocks.get(hint.block.index as usize).copied() else {
             return Ok(Delivery::Dropped);
         };
+        if let crate::volume::Layout::Erasure { .. } = spec.layout {
+            // The missing shard is computed again from the block rebuilt from the others.
+            let block = self
+                .read_block(&spec, hint.block, block_record, reach)
+                .await?;
+            let pieces = crate::write::pieces_of(&spec, block_record.hash, block)?;
+            let set = spec.set_of_block(&hint.block);
+            let Some(position) = spec
+                .set_brick_indexes(set)
+                .position(|brick| brick == hint.brick)
+            else {
+                return Ok(Delivery::Dropped);
+            };
+            let (hash, shard) = pieces[position].clone();
+            self.put_copy(&spec, hint.brick, hint.block, hash, shard, reach)
+                .await?;
+            return Ok(Delivery::Copied);
+        }
         let set = spec.set_of_block(&hint.block);
         let mut errors = Vec::new();
         for source in spec.set_brick_indexes(set) {
@@ -212,7 +230,7 @@ impl Storage {
                     &spec,
                     source,
                     hint.block,
-                    block_record.hash,
+                    Some(block_record.hash),
                     reach,
                     crate::read::COPY_READ_TIMEOUT,
                 )

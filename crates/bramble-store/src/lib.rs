@@ -21,6 +21,7 @@
 pub mod admin;
 pub mod blocks;
 pub mod brick;
+pub mod erasure;
 pub mod file;
 pub mod heal;
 pub mod hints;

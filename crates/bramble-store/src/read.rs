@@ -126,9 +126,147 @@ impl Storage {
         }
     }
 
-    /// One block, from the best copy that is whole; repairs the copies found missing or
+    /// One block: from the best whole copy of a replicated set, or rebuilt from enough
+    /// shards of an erasure-coded one; repairs the copies or shards found missing or
     /// corrupt on the way.
     pub async fn read_block(
+        self: &Arc<Self>,
+        spec: &VolumeSpec,
+        block: crate::file::BlockId,
+        record: BlockRecord,
+        reach: &HashMap<String, Reach>,
+    ) -> Result<Bytes, RpcError> {
+        match spec.layout {
+            crate::volume::Layout::Replicated { .. } => {
+                self.read_replica(spec, block, record, reach).await
+            }
+            crate::volume::Layout::Erasure { data, parity } => {
+                self.read_shards(
+                    spec,
+                    block,
+                    record,
+                    reach,
+                    usize::from(data),
+                    usize::from(parity),
+                )
+                .await
+            }
+        }
+    }
+
+    /// Rebuilds a block from the first `data` shards that can be read: data shards first
+    /// (no decoding when they all answer), bricks away last, one more brick asked for each
+    /// that fails.
+    async fn read_shards(
+        self: &Arc<Self>,
+        spec: &VolumeSpec,
+        block: crate::file::BlockId,
+        record: BlockRecord,
+        reach: &HashMap<String, Reach>,
+        data: usize,
+        parity: usize,
+    ) -> Result<Bytes, RpcError> {
+        let set = spec.set_of_block(&block);
+        let bricks: Vec<usize> = spec.set_brick_indexes(set).collect();
+        let mut candidates: Vec<usize> = (0..bricks.len()).collect();
+        candidates
+            .sort_by_key(|position| self.is_away(&spec.bricks[bricks[*position]].node, reach));
+        let mut candidates = candidates.into_iter();
+        let shard_length = crate::erasure::shard_length(record.length as usize, data);
+        let mut shards: Vec<Option<Bytes>> = vec![None; bricks.len()];
+        let mut damaged = Vec::new();
+        let mut errors = Vec::new();
+        let mut fetching: tokio::task::JoinSet<(usize, Result<Bytes, RpcError>)> =
+            tokio::task::JoinSet::new();
+        let start =
+            |position: usize,
+             fetching: &mut tokio::task::JoinSet<(usize, Result<Bytes, RpcError>)>| {
+                let storage = Arc::clone(self);
+                let spec = spec.clone();
+                let reach = reach.clone();
+                let brick = bricks[position];
+                fetching.spawn(async move {
+                    let outcome = storage
+                        .get_copy(&spec, brick, block, None, &reach, COPY_READ_TIMEOUT)
+                        .await;
+                    (position, outcome)
+                });
+            };
+        for position in candidates.by_ref().take(data) {
+            start(position, &mut fetching);
+        }
+        let mut have = 0;
+        while have < data {
+            let Some(joined) = fetching.join_next().await else {
+                break;
+            };
+            let Ok((position, outcome)) = joined else {
+                continue;
+            };
+            let brick = bricks[position];
+            match outcome {
+                Ok(shard) if shard.len() == shard_length => {
+                    shards[position] = Some(shard);
+                    have += 1;
+                    continue;
+                }
+                Ok(_) => {
+                    damaged.push(position);
+                    errors.push(format!("brick {brick}: a shard of the wrong length"));
+                }
+                Err(error) => {
+                    if matches!(error.kind, ErrorKind::NotFound | ErrorKind::Internal) {
+                        damaged.push(position);
+                    }
+                    if error.kind == ErrorKind::Timeout {
+                        self.mark_away(&spec.bricks[brick].node);
+                    }
+                    errors.push(format!(
+                        "brick {brick} ({}): {error}",
+                        spec.bricks[brick].node
+                    ));
+                }
+            }
+            if let Some(next) = candidates.next() {
+                start(next, &mut fetching);
+            }
+        }
+        fetching.abort_all();
+        let rebuilt = crate::erasure::decode(record.length as usize, data, parity, &shards)
+            .map_err(|reason| {
+                RpcError::new(
+                    ErrorKind::Unavailable,
+                    format!(
+                        "block {} of this file could not be rebuilt: {reason}; {}",
+                        block.index,
+                        errors.join("; ")
+                    ),
+                )
+            })?;
+        if blake3::hash(&rebuilt).as_bytes() != &record.hash {
+            return Err(RpcError::new(
+                ErrorKind::Internal,
+                format!(
+                    "block {} rebuilt from its shards does not match its hash",
+                    block.index
+                ),
+            ));
+        }
+        let rebuilt = Bytes::from(rebuilt);
+        if !damaged.is_empty()
+            && let Ok(pieces) = crate::write::pieces_of(spec, record.hash, rebuilt.clone())
+        {
+            for position in damaged {
+                let (hash, shard) = pieces[position].clone();
+                self.repair_copy(spec, bricks[position], block, hash, shard, reach);
+            }
+        }
+        Ok(rebuilt)
+    }
+
+    /// One block from the best copy that is whole (replicated sets); repairs the copies
+    /// found missing or corrupt on the way.
+    async fn read_replica(
         self: &Arc<Self>,
         spec: &VolumeSpec,
         block: crate::file::BlockId,
@@ -146,7 +284,14 @@ impl Storage {
         let mut errors = Vec::new();
         for brick in order {
             match self
-                .get_copy(spec, brick, block, record.hash, reach, COPY_READ_TIMEOUT)
+                .get_copy(
+                    spec,
+                    brick,
+                    block,
+                    Some(record.hash),
+                    reach,
+                    COPY_READ_TIMEOUT,
+                )
                 .await
             {
                 Ok(data) => {

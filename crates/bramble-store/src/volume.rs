@@ -37,8 +37,7 @@ pub enum Layout {
     /// Every brick of a set holds a full copy of each of the set's blocks.
     Replicated { replica: u8 },
     /// Each block is cut into `data` shards plus `parity` shards, one per brick of the
-    /// set; any `data` of them rebuild it. (Declared so specs can name it; volumes with
-    /// this layout are refused until the erasure-coded data path exists.)
+    /// set; any `data` of them rebuild it ([`crate::erasure`]).
     Erasure { data: u8, parity: u8 },
 }
 

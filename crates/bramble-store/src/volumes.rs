@@ -11,7 +11,7 @@ use crate::admin::{
 };
 use crate::keys;
 use crate::node::{Storage, blocking};
-use crate::volume::{DEFAULT_BLOCK_SIZE, Layout, VolumeSpec, VolumeState};
+use crate::volume::{DEFAULT_BLOCK_SIZE, VolumeSpec, VolumeState};
 
 /// Most volumes listed.
 const MAX_VOLUMES: u32 = 1_000;
@@ -21,12 +21,6 @@ impl Storage {
         &self,
         request: VolumeCreateRequest,
     ) -> Result<VolumeSpec, RpcError> {
-        if let Layout::Erasure { .. } = request.layout {
-            return Err(RpcError::new(
-                ErrorKind::Refused,
-                "erasure-coded volumes are not built yet; use --replica",
-            ));
-        }
         let spec = VolumeSpec {
             name: request.name.clone(),
             id: crate::file::new_version() as u64,

@@ -328,7 +328,8 @@ impl Storage {
         let mut copies: JoinSet<(usize, Result<(), RpcError>)> = JoinSet::new();
         let mut pending = std::collections::BTreeSet::new();
         let mut skipped = 0u64;
-        for brick in spec.set_brick_indexes(set) {
+        let pieces = pieces_of(spec, hash, data)?;
+        for (brick, (piece_hash, piece)) in spec.set_brick_indexes(set).zip(pieces) {
             if self.is_away(&spec.bricks[brick].node, reach) {
                 skipped += 1;
                 continue;
@@ -336,11 +337,10 @@ impl Storage {
             pending.insert(brick);
             let storage = Arc::clone(self);
             let spec = spec.clone();
-            let data = data.clone();
             let reach = reach.clone();
             copies.spawn(async move {
                 let outcome = storage
-                    .put_copy(&spec, brick, block, hash, data, &reach)
+                    .put_copy(&spec, brick, block, piece_hash, piece, &reach)
                     .await;
                 (brick, outcome)
             });
@@ -449,4 +449,29 @@ fn settle(
     joined: Result<Result<BlockOutcome, RpcError>, tokio::task::JoinError>,
 ) -> Result<BlockOutcome, RpcError> {
     joined.map_err(|error| RpcError::internal(format!("a block write failed: {error}")))?
+}
+
+/// What each brick of a block's set stores, in set order, with its hash: the block itself
+/// on every brick of a replicated set, one shard per brick of an erasure-coded one.
+pub(crate) fn pieces_of(
+    spec: &VolumeSpec,
+    hash: [u8; 32],
+    data: Bytes,
+) -> Result<Vec<([u8; 32], Bytes)>, RpcError> {
+    match spec.layout {
+        crate::volume::Layout::Replicated { replica } => {
+            Ok(vec![(hash, data); usize::from(replica)])
+        }
+        crate::volume::Layout::Erasure {
+            data: count,
+            parity,
+        } => {
+            let shards = crate::erasure::encode(&data, usize::from(count), usize::from(parity))
+                .map_err(RpcError::internal)?;
+            Ok(shards
+                .into_iter()
+                .map(|shard| (*blake3::hash(&shard).as_bytes(), shard))
+                .collect())
+        }
+    }
 }
