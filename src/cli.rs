@@ -218,6 +218,19 @@ pub enum VolumeCommand {
         after_help = "Examples:\n  bramble volume heal-info vol0\n  bramble volume heal-info vol0 --json"
     )]
     HealInfo(VolumeNameArgs),
+    /// Start a full heal pass now: every block of every file checked on every brick of
+    /// its set and copied where missing (finds what hints cannot: copies owed by a node
+    /// that was lost, a brick replaced empty). Runs as the worker store-heal-pass/<vol>.
+    #[command(
+        after_help = "Examples:\n  bramble volume heal vol0\n  bramble workers | grep heal-pass"
+    )]
+    Heal(VolumeNameArgs),
+    /// Start a scrub pass now on every node of the volume: every block re-read and checked,
+    /// corrupt ones rewritten from good copies (the store-scrub worker; it also runs daily).
+    #[command(
+        after_help = "Examples:\n  bramble volume scrub vol0\n  bramble workers | grep scrub"
+    )]
+    Scrub(VolumeNameArgs),
     /// Serve a stopped volume again.
     #[command(after_help = "Example:\n  bramble volume start vol0")]
     Start(VolumeNameArgs),

@@ -587,3 +587,93 @@ fn an_erasure_coded_volume_loses_any_two_nodes_and_reads_everything() {
         run.stderr
     );
 }
+
+/// Flips bytes in the middle of a brick's block file.
+fn corrupt(path: &Path) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let middle = bytes.len() / 2;
+    for byte in &mut bytes[middle..middle + 8] {
+        *byte ^= 0xa5;
+    }
+    std::fs::write(path, bytes).unwrap();
+}
+
+fn block_path(cluster: &TestCluster, node: &str, volume: &str, block: &str) -> PathBuf {
+    cluster
+        .path()
+        .join(node)
+        .join("bricks")
+        .join(volume)
+        .join("blocks")
+        .join(&block[..2])
+        .join(block)
+}
+
+#[test]
+fn scrub_and_a_full_heal_repair_what_reads_and_hints_do_not_see() {
+    let cluster = TestCluster::up(3);
+    let files = tempfile::tempdir().unwrap();
+    cluster.bramble_ok(&["volume", "create", "pair", "--replica", "2", "n1", "n2"]);
+    cluster.bramble_ok(&["volume", "create", "coded", "--ec", "2+1", "n1", "n2", "n3"]);
+    let original = random_file(files.path(), "data", 5 * 1024 * 1024, 41);
+    for volume in ["pair", "coded"] {
+        cluster.bramble_ok(&[
+            "fs",
+            "put",
+            original.to_str().unwrap(),
+            &format!("{volume}:/data"),
+        ]);
+    }
+
+    // Scrub: a corrupt copy nobody reads is found and rewritten (replica and shard).
+    let replica_block = brick_blocks(&cluster, "n2", "pair")
+        .into_iter()
+        .next()
+        .unwrap();
+    let good_replica = std::fs::read(block_path(&cluster, "n1", "pair", &replica_block)).unwrap();
+    corrupt(&block_path(&cluster, "n2", "pair", &replica_block));
+    let shard_block = brick_blocks(&cluster, "n3", "coded")
+        .into_iter()
+        .next()
+        .unwrap();
+    let good_shard = std::fs::read(block_path(&cluster, "n3", "coded", &shard_block)).unwrap();
+    corrupt(&block_path(&cluster, "n3", "coded", &shard_block));
+    cluster.bramble_ok(&["volume", "scrub", "pair"]);
+    cluster.bramble_ok(&["volume", "scrub", "coded"]);
+    wait_until("scrub repaired both", Duration::from_secs(60), || {
+        std::fs::read(block_path(&cluster, "n2", "pair", &replica_block))
+            .is_ok_and(|bytes| bytes == good_replica)
+            && std::fs::read(block_path(&cluster, "n3", "coded", &shard_block))
+                .is_ok_and(|bytes| bytes == good_shard)
+    });
+    assert!(
+        cluster
+            .log("n2")
+            .contains("scrub repaired a corrupt block copy")
+    );
+
+    // A full heal pass refills a brick whose disk was lost (no hint knows about it).
+    let before = brick_blocks(&cluster, "n2", "pair");
+    for name in &before {
+        std::fs::remove_file(block_path(&cluster, "n2", "pair", name)).unwrap();
+    }
+    for name in brick_blocks(&cluster, "n1", "coded") {
+        std::fs::remove_file(block_path(&cluster, "n1", "coded", &name)).unwrap();
+    }
+    let expected_coded = brick_blocks(&cluster, "n2", "coded");
+    cluster.bramble_ok(&["volume", "heal", "pair"]);
+    cluster.bramble_ok(&["volume", "heal", "coded"]);
+    wait_until(
+        "the full heal refilled both bricks",
+        Duration::from_secs(60),
+        || {
+            brick_blocks(&cluster, "n2", "pair") == before
+                && brick_blocks(&cluster, "n1", "coded") == expected_coded
+        },
+    );
+    for volume in ["pair", "coded"] {
+        let copy = files.path().join(format!("{volume}.copy"));
+        get_via(&cluster, "n3", &format!("{volume}:/data"), &copy);
+        assert_eq!(sha1(&copy), sha1(&original));
+    }
+}

@@ -165,6 +165,39 @@ pub async fn run(global: &GlobalOptions, command: &VolumeCommand) -> Result<()> 
             }
             Ok(())
         }
+        VolumeCommand::Heal(args) => {
+            let request = VolumeName {
+                name: args.name.clone(),
+            };
+            let (_, node): (_, String) = client.call_any(METHOD_HEAL_START, &request).await?;
+            if args.output.json {
+                return output::print_json(
+                    &serde_json::json!({ "volume": args.name, "node": node }),
+                );
+            }
+            println!(
+                "started a full heal pass of {} on {node}: follow it with `bramble workers --node {node}` (store-heal-pass/{})",
+                args.name, args.name
+            );
+            Ok(())
+        }
+        VolumeCommand::Scrub(args) => {
+            let request = VolumeName {
+                name: args.name.clone(),
+            };
+            let (_, nodes): (_, Vec<String>) =
+                client.call_any(METHOD_SCRUB_START, &request).await?;
+            if args.output.json {
+                return output::print_json(
+                    &serde_json::json!({ "volume": args.name, "nodes": nodes }),
+                );
+            }
+            println!(
+                "started a scrub pass on {}: follow it with `bramble workers` (store-scrub)",
+                nodes.join(", ")
+            );
+            Ok(())
+        }
         VolumeCommand::Start(args) | VolumeCommand::Stop(args) => {
             let state = if matches!(command, VolumeCommand::Start(_)) {
                 VolumeState::Started

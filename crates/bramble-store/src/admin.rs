@@ -24,6 +24,15 @@ pub const METHOD_BRICK_CLEAR: &str = "store.brick_clear";
 pub const METHOD_HEAL_INFO: &str = "store.heal_info";
 /// Node to node: this node's hints for a volume (request: [`VolumeName`]).
 pub const METHOD_HINT_COUNTS: &str = "store.hint_counts";
+/// Node to node: the blocks on a brick (request: [`BrickRequest`]).
+pub const METHOD_BRICK_BLOCKS: &str = "store.brick_blocks";
+/// Start a full heal pass of a volume on the node asked (request: [`VolumeName`]).
+pub const METHOD_HEAL_START: &str = "store.heal_start";
+/// Start a scrub pass on every node holding a brick of a volume (request: [`VolumeName`]);
+/// answers the nodes asked.
+pub const METHOD_SCRUB_START: &str = "store.scrub_start";
+/// Node to node: start this node's scrub pass now.
+pub const METHOD_SCRUB_HERE: &str = "store.scrub_here";
 pub const METHOD_FS_STAT: &str = "store.fs_stat";
 pub const METHOD_FS_LIST: &str = "store.fs_list";
 pub const METHOD_FS_REMOVE: &str = "store.fs_remove";

@@ -327,3 +327,164 @@ impl Storage {
         })
     }
 }
+
+/// Most blocks one brick may list for a full heal pass (one reply of the RPC).
+const MAX_LISTED_BLOCKS: usize = 600_000;
+
+impl Storage {
+    /// The blocks on a brick of this node (for a full heal pass elsewhere).
+    pub async fn brick_blocks(
+        &self,
+        request: &crate::admin::BrickRequest,
+    ) -> Result<Vec<crate::file::BlockId>, RpcError> {
+        let spec = self.spec_for_brick(request).await?;
+        let store = self.local_brick(&spec, request.brick)?;
+        let blocks = crate::node::blocking(move || store.blocks()).await?;
+        if blocks.len() > MAX_LISTED_BLOCKS {
+            return Err(RpcError::new(
+                ErrorKind::TooLarge,
+                format!(
+                    "the brick holds {} blocks, more than a heal pass lists ({MAX_LISTED_BLOCKS})",
+                    blocks.len()
+                ),
+            ));
+        }
+        Ok(blocks)
+    }
+
+    /// Starts a full heal pass of `volume` on this node, as a worker
+    /// (`store-heal-pass/<volume>`): every block of every file is checked on every brick
+    /// of its set, and copied (or its shard rebuilt) where it is missing. It finds what
+    /// hints cannot: copies owed by a node that was lost, and a brick replaced empty.
+    pub fn start_heal_pass(self: &Arc<Self>, volume: &str, workers: &Workers) {
+        let storage = self.clone();
+        let volume = volume.to_string();
+        workers.spawn(
+            format!("store-heal-pass/{volume}"),
+            Restart::Never,
+            move |worker| {
+                let storage = storage.clone();
+                let volume = volume.clone();
+                async move { storage.heal_pass(&volume, &worker).await }
+            },
+        );
+    }
+
+    async fn heal_pass(
+        self: &Arc<Self>,
+        volume: &str,
+        worker: &WorkerContext,
+    ) -> Result<(), String> {
+        worker.set_state(WorkerState::Busy);
+        let (spec, _) = self
+            .volume(volume, Consistency::Linearizable)
+            .await
+            .map_err(|error| error.to_string())?;
+        let reach = Arc::new(self.reach().await);
+        // What each brick holds (None: the brick could not be asked; it is skipped).
+        let mut held: Vec<Option<std::collections::HashSet<crate::file::BlockId>>> = Vec::new();
+        for (index, brick) in spec.bricks.iter().enumerate() {
+            let request = crate::admin::BrickRequest {
+                volume: spec.name.clone(),
+                volume_id: spec.id,
+                brick: index,
+            };
+            let listed = if brick.node == self.node {
+                self.brick_blocks(&request).await
+            } else {
+                match reach.get(&brick.node) {
+                    Some(found) if found.state == NodeState::Alive => {
+                        self.call_node(found.address, crate::admin::METHOD_BRICK_BLOCKS, &request)
+                            .await
+                    }
+                    _ => Err(RpcError::new(ErrorKind::Unavailable, "away")),
+                }
+            };
+            match listed {
+                Ok(blocks) => held.push(Some(blocks.into_iter().collect())),
+                Err(error) => {
+                    worker.report_error(&format!("brick {index} ({}): {error}", brick.node));
+                    held.push(None);
+                }
+            }
+        }
+        let mut start_after = None;
+        let mut files = 0u64;
+        let mut copied = 0u64;
+        let mut failed = 0u64;
+        loop {
+            let page = self
+                .meta
+                .scan(bramble_meta::api::ScanRequest {
+                    prefix: keys::files_prefix(&spec.name),
+                    start_after: start_after.take(),
+                    delimiter: None,
+                    limit: bramble_meta::api::MAX_SCAN_LIMIT,
+                    consistency: Consistency::Linearizable,
+                    forwarded: false,
+                })
+                .await
+                .map_err(|error| error.to_string())?;
+            for (_, value) in &page.entries {
+                let Ok(StoredEntry::FileV1(record)) = StoredEntry::decode(&value.value) else {
+                    continue;
+                };
+                files += 1;
+                for (index, block_record) in record.blocks.iter().enumerate() {
+                    let block = record.block_id(index as u32);
+                    let set = spec.set_of_block(&block);
+                    let missing: Vec<(usize, usize)> = spec
+                        .set_brick_indexes(set)
+                        .enumerate()
+                        .filter(|(_, brick)| {
+                            held[*brick]
+                                .as_ref()
+                                .is_some_and(|blocks| !blocks.contains(&block))
+                        })
+                        .collect();
+                    if missing.is_empty() {
+                        continue;
+                    }
+                    let data = match self.read_block(&spec, block, *block_record, &reach).await {
+                        Ok(data) => data,
+                        Err(error) => {
+                            failed += missing.len() as u64;
+                            worker.report_error(&error.to_string());
+                            continue;
+                        }
+                    };
+                    let pieces = crate::write::pieces_of(&spec, block_record.hash, data)
+                        .map_err(|error| error.to_string())?;
+                    for (position, brick) in missing {
+                        let (hash, piece) = pieces[position].clone();
+                        match self
+                            .put_copy(&spec, brick, block, hash, piece, &reach)
+                            .await
+                        {
+                            Ok(()) => copied += 1,
+                            Err(error) => {
+                                failed += 1;
+                                worker.report_error(&format!("brick {brick}: {error}"));
+                            }
+                        }
+                    }
+                }
+                worker.set_progress(format!(
+                    "{files} files checked, {copied} copies made, {failed} failed"
+                ));
+            }
+            match page.next_start_after {
+                Some(next) => start_after = Some(next),
+                None => break,
+            }
+        }
+        tracing::info!(volume = %spec.name, files, copied, failed, "full heal pass finished");
+        worker.set_progress(format!(
+            "done: {files} files checked, {copied} copies made, {failed} failed"
+        ));
+        if failed > 0 {
+            return Err(format!("{failed} copies could not be made"));
+        }
+        Ok(())
+    }
+}

@@ -14,7 +14,8 @@
 //! - [`node`]: the subsystem's state on one node; [`blocks`]: moving one copy;
 //!   [`write`] and [`read`]: files in and out; [`namespace`]: stat, ls, mkdir, rm, mv;
 //!   [`volumes`]: volume administration; [`hints`] and [`heal`]: copies owed to bricks
-//!   that were away, and the worker that delivers them when they return.
+//!   that were away, and the worker that delivers them when they return; [`scrub`]:
+//!   re-reading every block in the background.
 //! - [`admin`]: the requests and answers; [`service`]: `store.*`; [`subsystem`]: the
 //!   agent's declaration.
 
@@ -30,6 +31,7 @@ pub mod namespace;
 pub mod node;
 pub mod paths;
 pub mod read;
+pub mod scrub;
 pub mod service;
 pub mod subsystem;
 pub mod volume;

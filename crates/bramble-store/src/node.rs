@@ -47,6 +47,8 @@ pub struct Storage {
     pub(crate) counters: Counters,
     /// Copies this node owes to bricks that missed them.
     pub(crate) hints: Arc<crate::hints::Hints>,
+    /// Starts a scrub pass now.
+    pub(crate) scrub_trigger: crate::scrub::ScrubTrigger,
 }
 
 /// Events worth counting, shown in the subsystem's status.
@@ -56,6 +58,7 @@ pub struct Counters {
     pub blocks_repaired: std::sync::atomic::AtomicU64,
     pub copies_missed: std::sync::atomic::AtomicU64,
     pub copies_healed: std::sync::atomic::AtomicU64,
+    pub blocks_scrubbed: std::sync::atomic::AtomicU64,
 }
 
 /// Where a node can be reached and what gossip thinks of it.
@@ -77,6 +80,7 @@ impl Storage {
     ) -> Storage {
         Storage {
             hints: Arc::new(hints),
+            scrub_trigger: crate::scrub::ScrubTrigger::default(),
             node: node.to_string(),
             data_dir,
             meta,
@@ -88,6 +92,10 @@ impl Storage {
             transfers: Arc::new(Semaphore::new(MAX_BLOCK_TRANSFERS)),
             counters: Counters::default(),
         }
+    }
+
+    pub fn node_name(&self) -> &str {
+        &self.node
     }
 
     /// The volume's spec. `Linearizable` reads see a volume created a moment ago by any

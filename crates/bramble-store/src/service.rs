@@ -17,11 +17,12 @@ use crate::volume::VolumeSpec;
 
 pub struct StoreService {
     storage: Arc<Storage>,
+    workers: bramble_util::Workers,
 }
 
 impl StoreService {
-    pub fn new(storage: Arc<Storage>) -> Self {
-        StoreService { storage }
+    pub fn new(storage: Arc<Storage>, workers: bramble_util::Workers) -> Self {
+        StoreService { storage, workers }
     }
 }
 
@@ -66,6 +67,28 @@ impl Handler for StoreService {
             "hint_counts" => {
                 let name: VolumeName = request.decode()?;
                 encode(&storage.hint_counts(&name.name).await?)
+            }
+            "brick_blocks" => {
+                require_node(request.caller)?;
+                let brick: BrickRequest = request.decode()?;
+                encode(&storage.brick_blocks(&brick).await?)
+            }
+            "heal_start" => {
+                let name: VolumeName = request.decode()?;
+                storage
+                    .volume(&name.name, bramble_meta::api::Consistency::Linearizable)
+                    .await?;
+                storage.start_heal_pass(&name.name, &self.workers);
+                encode(&storage.node_name().to_string())
+            }
+            "scrub_start" => {
+                let name: VolumeName = request.decode()?;
+                encode(&storage.start_scrub(&name.name).await?)
+            }
+            "scrub_here" => {
+                require_node(request.caller)?;
+                storage.scrub_trigger.start_now();
+                encode(&())
             }
             "brick_usage" => {
                 let brick: BrickRequest = request.decode()?;

@@ -34,7 +34,8 @@ fn start(context: Context) -> StartFuture {
             hints,
         ));
         crate::heal::start_worker(&storage, &context.workers);
-        let service = Arc::new(StoreService::new(storage.clone()));
+        crate::scrub::start_worker(&storage, &context.workers);
+        let service = Arc::new(StoreService::new(storage.clone(), context.workers.clone()));
         Ok(Arc::new(RunningStore { storage, service }) as Arc<dyn Running>)
     })
 }
@@ -61,6 +62,7 @@ impl Running for RunningStore {
             "blocks_repaired": counters.blocks_repaired.load(Ordering::Relaxed),
             "copies_missed": counters.copies_missed.load(Ordering::Relaxed),
             "copies_healed": counters.copies_healed.load(Ordering::Relaxed),
+            "blocks_scrubbed": counters.blocks_scrubbed.load(Ordering::Relaxed),
             "block_transfers_free": self.storage.transfers.available_permits(),
         })
     }
