@@ -48,11 +48,15 @@ impl BlockId {
     }
 }
 
-/// One block of a file: its length and BLAKE3 hash.
+/// One block of a file: its length and BLAKE3 hash, and where it lives when it is not
+/// the file's own block (the parts of a multipart upload keep their blocks, named by the
+/// part's version: the completed object refers to them instead of copying them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BlockRecord {
     pub length: u32,
     pub hash: [u8; 32],
+    /// `None`: the file's own block, `(file version, index)`.
+    pub id: Option<BlockId>,
 }
 
 /// A file.
@@ -68,13 +72,49 @@ pub struct FileRecord {
     pub mode: u32,
     /// Extra metadata clients attach (S3's `x-amz-meta-*`; rclone keeps mtimes there).
     pub user_metadata: Vec<(String, String)>,
+    /// S3's ETag when the file came through S3 (the MD5 of the body, or of the parts'
+    /// MD5s followed by `-<parts>`); files written otherwise have none and show one made
+    /// from their version.
+    pub etag: Option<String>,
+    pub content_type: Option<String>,
 }
 
 impl FileRecord {
+    /// Where block `index` lives.
     pub fn block_id(&self, index: u32) -> BlockId {
-        BlockId {
-            version: self.version,
-            index,
+        self.blocks
+            .get(index as usize)
+            .and_then(|block| block.id)
+            .unwrap_or(BlockId {
+                version: self.version,
+                index,
+            })
+    }
+
+    /// Every block's id, in order.
+    pub fn block_ids(&self) -> Vec<BlockId> {
+        (0..self.blocks.len() as u32)
+            .map(|index| self.block_id(index))
+            .collect()
+    }
+
+    /// The offset in the file where each block starts.
+    pub fn block_starts(&self) -> Vec<u64> {
+        let mut starts = Vec::with_capacity(self.blocks.len());
+        let mut offset = 0u64;
+        for block in &self.blocks {
+            starts.push(offset);
+            offset += u64::from(block.length);
+        }
+        starts
+    }
+
+    /// The ETag S3 clients see (quoted).
+    pub fn etag(&self) -> String {
+        match &self.etag {
+            Some(etag) => format!("\"{etag}\""),
+            // Not an MD5: the `-1` suffix tells clients not to compare it with one.
+            None => format!("\"{:032x}-1\"", self.version),
         }
     }
 }
@@ -178,12 +218,15 @@ mod tests {
                 BlockRecord {
                     length: u32::MAX,
                     hash: [0xff; 32],
+                    id: None,
                 };
                 MAX_FILE_BLOCKS
             ],
             modified_ns: i64::MAX,
             mode: 0o644,
             user_metadata: vec![("k".repeat(1000), "v".repeat(1000))],
+            etag: Some("0".repeat(40)),
+            content_type: Some("application/octet-stream".to_string()),
         });
         let bytes = record.encode();
         assert!(bytes.len() <= bramble_meta::types::MAX_VALUE_BYTES);

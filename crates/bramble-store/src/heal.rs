@@ -184,22 +184,23 @@ impl Storage {
         if hint.brick >= spec.bricks.len() {
             return Ok(Delivery::Dropped);
         }
-        let key = keys::file_key(&spec.name, &hint.path);
-        let record = self.meta.read(&key, Consistency::Stale, false).await?;
+        let record = self.meta.read(&hint.key, Consistency::Stale, false).await?;
         let current = record.and_then(|found| match StoredEntry::decode(&found.value) {
             Ok(StoredEntry::FileV1(record)) => Some(record),
             _ => None,
         });
-        let Some(record) = current.filter(|record| record.version == hint.block.version) else {
+        let found = current.as_ref().and_then(|record| {
+            (0..record.blocks.len() as u32)
+                .find(|index| record.block_id(*index) == hint.block)
+                .map(|index| record.blocks[index as usize])
+        });
+        let Some(block_record) = found else {
             let age_ms = ((now_ns() / 1_000_000).max(0) as u64).saturating_sub(hint.created_ms);
             return Ok(if age_ms > UNCONFIRMED_GRACE_MS {
                 Delivery::Dropped
             } else {
                 Delivery::Kept
             });
-        };
-        let Some(block_record) = record.blocks.get(hint.block.index as usize).copied() else {
-            return Ok(Delivery::Dropped);
         };
         if let crate::volume::Layout::Erasure { .. } = spec.layout {
             // The missing shard is computed again from the block rebuilt from the others.
@@ -254,10 +255,9 @@ impl Storage {
         Err(RpcError::new(
             ErrorKind::Unavailable,
             format!(
-                "no good copy of block {} of {}:/{} to heal from: {}",
+                "no good copy of block {} of {} to heal from: {}",
                 hint.block.index,
-                spec.name,
-                hint.path,
+                hint.key,
                 errors.join("; ")
             ),
         ))

@@ -27,7 +27,8 @@ pub struct Hint {
     pub volume: String,
     pub volume_id: u64,
     pub brick: usize,
-    pub path: String,
+    /// The catalog key of the record that refers to the block.
+    pub key: String,
     pub block: BlockId,
     pub hash: [u8; 32],
     /// When the hint was made (ms since the epoch): a hint whose file record does not
@@ -190,7 +191,7 @@ mod tests {
             volume: "vol0".to_string(),
             volume_id: 9,
             brick: 1,
-            path: "a".to_string(),
+            key: "fs/vol0/a".to_string(),
             block: BlockId { version: 5, index },
             hash: [0; 32],
             created_ms: 0,

@@ -345,13 +345,7 @@ impl Storage {
                 };
                 match self.commit(command).await? {
                     CommandResult::BatchApplied { .. } => {
-                        self.discard_version(
-                            &spec,
-                            record.version,
-                            record.blocks.len() as u32,
-                            &reach,
-                        )
-                        .await;
+                        self.discard_blocks(&spec, record.block_ids(), &reach).await;
                         Ok(1)
                     }
                     _ => Err(RpcError::new(
@@ -386,13 +380,7 @@ impl Storage {
                 for (_, _, entry) in inside {
                     if let StoredEntry::FileV1(record) = entry {
                         removed += 1;
-                        self.discard_version(
-                            &spec,
-                            record.version,
-                            record.blocks.len() as u32,
-                            &reach,
-                        )
-                        .await;
+                        self.discard_blocks(&spec, record.block_ids(), &reach).await;
                     }
                 }
                 Ok(removed)
@@ -473,13 +461,7 @@ impl Storage {
                 match self.commit(command).await? {
                     CommandResult::BatchApplied { version, .. } => {
                         if let Some(old) = replaced {
-                            self.discard_version(
-                                &spec,
-                                old.version,
-                                old.blocks.len() as u32,
-                                &reach,
-                            )
-                            .await;
+                            self.discard_blocks(&spec, old.block_ids(), &reach).await;
                         }
                         Ok(entry_of_file(&to, &record, version))
                     }

@@ -73,12 +73,40 @@ impl Storage {
         length: u64,
         mut sender: BodySender,
     ) -> Result<(), RpcError> {
-        if length == 0 {
-            return sender.finish().await.map_err(mux_error);
+        let outcome = self
+            .copy_range(spec, record, offset, length, &mut sender)
+            .await;
+        match outcome {
+            Ok(()) => sender.finish().await.map_err(mux_error),
+            Err(error) => {
+                sender.reset(error.clone());
+                Err(error)
+            }
         }
-        let block_size = u64::from(record.block_size);
-        let first = (offset / block_size) as u32;
-        let last = ((offset + length - 1) / block_size) as u32;
+    }
+
+    /// Sends `length` bytes from `offset` of the file into `sink`, blocks fetched
+    /// [`READ_AHEAD`] ahead of the one being sent.
+    pub async fn copy_range(
+        self: &Arc<Self>,
+        spec: &VolumeSpec,
+        record: &FileRecord,
+        offset: u64,
+        length: u64,
+        sink: &mut (dyn ChunkSink + Send),
+    ) -> Result<(), RpcError> {
+        if length == 0 {
+            return Ok(());
+        }
+        let starts = record.block_starts();
+        let end = offset + length;
+        // The blocks that overlap [offset, end).
+        let first = starts
+            .partition_point(|start| *start <= offset)
+            .saturating_sub(1) as u32;
+        let last = (starts
+            .partition_point(|start| *start < end)
+            .saturating_sub(1)) as u32;
         let reach = Arc::new(self.reach().await);
         let mut ahead: VecDeque<(u32, JoinHandle<Result<Bytes, RpcError>>)> = VecDeque::new();
         let mut next = first;
@@ -104,11 +132,11 @@ impl Storage {
                 let data = handle.await.map_err(|error| {
                     RpcError::internal(format!("a block read failed: {error}"))
                 })??;
-                let block_start = u64::from(index) * block_size;
+                let block_start = starts[index as usize];
                 let from = offset.saturating_sub(block_start) as usize;
-                let to = ((offset + length - block_start).min(data.len() as u64)) as usize;
+                let to = ((end - block_start).min(data.len() as u64)) as usize;
                 if from < to {
-                    sender.send(data.slice(from..to)).await.map_err(mux_error)?;
+                    sink.send(data.slice(from..to)).await?;
                 }
             }
             Ok::<(), RpcError>(())
@@ -117,13 +145,7 @@ impl Storage {
         for (_, handle) in &ahead {
             handle.abort();
         }
-        match outcome {
-            Ok(()) => sender.finish().await.map_err(mux_error),
-            Err(error) => {
-                sender.reset(error.clone());
-                Err(error)
-            }
-        }
+        outcome
     }
 
     /// One block: from the best whole copy of a replicated set, or rebuilt from enough
@@ -378,5 +400,18 @@ impl Storage {
                 ),
             }
         });
+    }
+}
+
+/// Where a body goes: a mux stream, an S3 response.
+#[async_trait::async_trait]
+pub trait ChunkSink {
+    async fn send(&mut self, chunk: Bytes) -> Result<(), RpcError>;
+}
+
+#[async_trait::async_trait]
+impl ChunkSink for BodySender {
+    async fn send(&mut self, chunk: Bytes) -> Result<(), RpcError> {
+        BodySender::send(self, chunk).await.map_err(mux_error)
     }
 }

@@ -61,21 +61,91 @@ impl Storage {
         let spec = self.started_volume(&header.volume).await?;
         self.check_can_create(&spec, &path, header.overwrite)
             .await?;
+        let options = WriteOptions {
+            mode: header.mode,
+            modified_ns: header.modified_ns,
+            user_metadata: header.user_metadata,
+            content_type: None,
+            compute_md5: false,
+        };
+        let key = keys::file_key(&spec.name, &path);
+        let (record, catalog_version, missed) = self
+            .write_object(&spec, &key, &mut body, options, header.overwrite)
+            .await?;
+        Ok(FilePutReply {
+            entry: entry_of_file(&path, &record, catalog_version),
+            missed_copies: missed,
+        })
+    }
 
+    /// Stores a body as a new version and commits its record at `key` (replacing what is
+    /// there if `overwrite`): blocks first, hints for absent bricks, then one catalog
+    /// change. Returns the record, its catalog version and the copies owed to absent
+    /// bricks. On failure nothing is visible and the new blocks are deleted.
+    pub async fn write_object(
+        self: &Arc<Self>,
+        spec: &VolumeSpec,
+        key: &str,
+        source: &mut (dyn ChunkSource + Send),
+        options: WriteOptions,
+        overwrite: bool,
+    ) -> Result<(FileRecord, u64, u64), RpcError> {
+        let reach = self.reach().await;
+        let (record, hints) = self
+            .store_blocks(spec, key, source, options, &reach)
+            .await?;
+        let missed = hints.len() as u64;
+        if let Err(error) = self.record_hints(hints).await {
+            self.discard_blocks(spec, record.block_ids(), &reach).await;
+            return Err(error);
+        }
+        match self.commit_record(spec, key, &record, overwrite).await {
+            Ok((catalog_version, replaced)) => {
+                if let Some(old) = replaced {
+                    self.discard_blocks(spec, old.block_ids(), &reach).await;
+                }
+                if missed > 0 {
+                    self.counters
+                        .copies_missed
+                        .fetch_add(missed, std::sync::atomic::Ordering::Relaxed);
+                }
+                Ok((record, catalog_version, missed))
+            }
+            Err(error) => {
+                self.discard_blocks(spec, record.block_ids(), &reach).await;
+                Err(error)
+            }
+        }
+    }
+
+    /// Cuts `source` into blocks and stores each on its set; returns the (uncommitted)
+    /// record and the hints for copies that absent bricks missed. On failure the blocks
+    /// already stored are deleted.
+    pub async fn store_blocks(
+        self: &Arc<Self>,
+        spec: &VolumeSpec,
+        key: &str,
+        source: &mut (dyn ChunkSource + Send),
+        options: WriteOptions,
+        reach: &HashMap<String, Reach>,
+    ) -> Result<(FileRecord, Vec<Hint>), RpcError> {
         let version = new_version();
         let block_size = spec.block_size as usize;
-        let reach = self.reach().await;
         let mut records: Vec<BlockRecord> = Vec::new();
         let mut in_flight: JoinSet<Result<BlockOutcome, RpcError>> = JoinSet::new();
         let mut missed: Vec<BlockOutcome> = Vec::new();
         let mut size = 0u64;
         let mut buffer = BytesMut::with_capacity(block_size);
+        let mut md5 = options.compute_md5.then(md5::Md5::default);
         let written = async {
             loop {
-                let chunk = body.next_chunk().await.map_err(mux_error)?;
+                let chunk = source.next_chunk().await?;
                 let finished = chunk.is_none();
                 if let Some(chunk) = chunk {
                     size += chunk.len() as u64;
+                    if let Some(md5) = md5.as_mut() {
+                        md5::Digest::update(md5, &chunk);
+                    }
                     buffer.extend_from_slice(&chunk);
                 }
                 while buffer.len() >= block_size || (finished && !buffer.is_empty()) {
@@ -94,6 +164,7 @@ impl Storage {
                     records.push(BlockRecord {
                         length: data.len() as u32,
                         hash,
+                        id: None,
                     });
                     if in_flight.len() >= BLOCKS_IN_FLIGHT
                         && let Some(done) = in_flight.join_next().await
@@ -127,23 +198,24 @@ impl Storage {
         .await;
         if let Err(error) = written {
             in_flight.abort_all();
-            self.discard_version(&spec, version, records.len() as u32, &reach)
-                .await;
+            let blocks = (0..records.len() as u32)
+                .map(|index| BlockId { version, index })
+                .collect();
+            self.discard_blocks(spec, blocks, reach).await;
             return Err(error);
         }
-
         let record = FileRecord {
             size,
             version,
             block_size: spec.block_size,
             blocks: records,
-            modified_ns: header.modified_ns.unwrap_or_else(now_ns),
-            mode: header.mode & 0o7777,
-            user_metadata: header.user_metadata,
+            modified_ns: options.modified_ns.unwrap_or_else(now_ns),
+            mode: options.mode & 0o7777,
+            user_metadata: options.user_metadata,
+            etag: md5.map(|md5| hex::encode(md5::Digest::finalize(md5))),
+            content_type: options.content_type,
         };
-        // The copies owed to absent bricks are recorded durably before the file becomes
-        // visible, so a crash after the acknowledgement cannot lose them.
-        let hints: Vec<Hint> = missed
+        let hints = missed
             .iter()
             .flat_map(|outcome| {
                 outcome.missed.iter().map(|brick| Hint {
@@ -151,53 +223,31 @@ impl Storage {
                     volume: spec.name.clone(),
                     volume_id: spec.id,
                     brick: *brick,
-                    path: path.clone(),
+                    key: key.to_string(),
                     block: outcome.block,
                     hash: outcome.hash,
                     created_ms: (now_ns() / 1_000_000).max(0) as u64,
                 })
             })
             .collect();
-        let missed = hints.len() as u64;
-        if !hints.is_empty() {
-            let store = self.hints.clone();
-            let recorded = tokio::task::spawn_blocking(move || store.add(&hints)).await;
-            if let Err(error) = recorded
-                .map_err(|error| error.to_string())
-                .and_then(|result| result.map_err(|error| error.to_string()))
-            {
-                self.discard_version(&spec, version, record.blocks.len() as u32, &reach)
-                    .await;
-                return Err(RpcError::internal(format!(
-                    "could not record the copies owed to absent bricks: {error}"
-                )));
-            }
+        Ok((record, hints))
+    }
+
+    /// Records hints durably: done before the file they are for becomes visible, so a
+    /// crash after the acknowledgement cannot lose them.
+    pub async fn record_hints(&self, hints: Vec<Hint>) -> Result<(), RpcError> {
+        if hints.is_empty() {
+            return Ok(());
         }
-        match self
-            .commit_file(&spec, &path, &record, header.overwrite)
+        let store = self.hints.clone();
+        tokio::task::spawn_blocking(move || store.add(&hints))
             .await
-        {
-            Ok((catalog_version, replaced)) => {
-                if let Some(old) = replaced {
-                    self.discard_version(&spec, old.version, old.blocks.len() as u32, &reach)
-                        .await;
-                }
-                if missed > 0 {
-                    self.counters
-                        .copies_missed
-                        .fetch_add(missed, std::sync::atomic::Ordering::Relaxed);
-                }
-                Ok(FilePutReply {
-                    entry: entry_of_file(&path, &record, catalog_version),
-                    missed_copies: missed,
-                })
-            }
-            Err(error) => {
-                self.discard_version(&spec, version, record.blocks.len() as u32, &reach)
-                    .await;
-                Err(error)
-            }
-        }
+            .map_err(|error| RpcError::internal(error.to_string()))?
+            .map_err(|error| {
+                RpcError::internal(format!(
+                    "could not record the copies owed to absent bricks: {error}"
+                ))
+            })
     }
 
     /// Refuses early (before any byte is stored) a write the commit would refuse.
@@ -248,16 +298,31 @@ impl Storage {
         Ok(())
     }
 
-    /// Commits the record; returns its catalog version and the record it replaced.
-    async fn commit_file(
+    /// Commits the record at `key`; returns its catalog version and the record it
+    /// replaced.
+    pub async fn commit_record(
         &self,
         spec: &VolumeSpec,
-        path: &str,
+        key: &str,
         record: &FileRecord,
         overwrite: bool,
     ) -> Result<(u64, Option<FileRecord>), RpcError> {
-        let key = keys::file_key(&spec.name, path);
+        let key = key.to_string();
+        let path = keys::path_of_key(&spec.name, &key)
+            .unwrap_or(&key)
+            .to_string();
         let value = StoredEntry::FileV1(record.clone()).encode();
+        if value.len() > bramble_meta::types::MAX_VALUE_BYTES {
+            return Err(RpcError::new(
+                ErrorKind::TooLarge,
+                format!(
+                    "the record of {}:/{path} would be {} bytes, over a catalog value's {}: the object has too many blocks",
+                    spec.name,
+                    value.len(),
+                    bramble_meta::types::MAX_VALUE_BYTES
+                ),
+            ));
+        }
         for _ in 0..COMMIT_ATTEMPTS {
             let current = self
                 .meta
@@ -419,17 +484,16 @@ impl Storage {
         })
     }
 
-    /// Removes the blocks of a version from every brick that may hold them (best effort).
-    pub(crate) async fn discard_version(
+    /// Removes blocks from every brick of their sets (best effort: a brick that is away
+    /// keeps them, unreferenced).
+    pub(crate) async fn discard_blocks(
         &self,
         spec: &VolumeSpec,
-        version: u128,
-        blocks: u32,
+        blocks: Vec<BlockId>,
         reach: &HashMap<String, Reach>,
     ) {
         let mut per_brick: HashMap<usize, Vec<BlockId>> = HashMap::new();
-        for index in 0..blocks {
-            let block = BlockId { version, index };
+        for block in blocks {
             for brick in spec.set_brick_indexes(spec.set_of_block(&block)) {
                 per_brick.entry(brick).or_default().push(block);
             }
@@ -443,6 +507,32 @@ impl Storage {
             }
         }
     }
+}
+
+/// Where a body comes from: a mux stream, an S3 request body.
+#[async_trait::async_trait]
+pub trait ChunkSource {
+    /// The next chunk; `None` at the end.
+    async fn next_chunk(&mut self) -> Result<Option<Bytes>, RpcError>;
+}
+
+#[async_trait::async_trait]
+impl ChunkSource for BodyReader {
+    async fn next_chunk(&mut self) -> Result<Option<Bytes>, RpcError> {
+        BodyReader::next_chunk(self).await.map_err(mux_error)
+    }
+}
+
+/// How a body is stored.
+#[derive(Debug, Clone, Default)]
+pub struct WriteOptions {
+    pub mode: u32,
+    /// `None`: now.
+    pub modified_ns: Option<i64>,
+    pub user_metadata: Vec<(String, String)>,
+    pub content_type: Option<String>,
+    /// Compute the body's MD5 (S3's ETag).
+    pub compute_md5: bool,
 }
 
 fn settle(
