@@ -111,6 +111,12 @@ pub enum Command {
         after_help = "Examples:\n  bramble fs put kernel.img vol0:/kernel.img\n  bramble fs get vol0:/kernel.img ./copy.img\n  bramble fs ls vol0:/ --json\n  bramble fs mv vol0:/kernel.img vol0:/boot/kernel.img\n  bramble fs rm -r vol0:/boot"
     )]
     Fs(FsCommand),
+    /// S3 access keys for the S3 endpoint (every volume is a bucket).
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  bramble s3 key create backup        prints the access key and secret (shown once)\n  bramble s3 key ls\n  bramble s3 key rm backup\n\nThen, for example:\n  AWS_ACCESS_KEY_ID=BK... AWS_SECRET_ACCESS_KEY=... aws --endpoint-url http://127.0.0.1:3900 s3 cp kernel.img s3://vol0/"
+    )]
+    S3(S3Command),
     /// Mount a volume as a directory (FUSE; `mount -t glusterfs` for Bramble volumes).
     #[command(
         after_help = "Examples:\n  bramble mount vol0 /mnt/vol0             returns once mounted; umount /mnt/vol0 ends it\n  bramble mount vol0 /mnt/vol0 --foreground\n\nInside, cp, ls -l, sha1sum, mkdir, mv and rm work as on a local disk. Files are written\nwhole (new or truncated files, as cp, dd, tar and rsync write them); writing into the\nmiddle of an existing file is not supported yet (EOPNOTSUPP)."
@@ -271,6 +277,33 @@ pub struct VolumeNameArgs {
     pub name: String,
     #[command(flatten)]
     pub output: JsonFlag,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum S3Command {
+    /// S3 access keys.
+    #[command(subcommand)]
+    Key(S3KeyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum S3KeyCommand {
+    /// Make a key; its secret is printed once and never again.
+    #[command(
+        after_help = "Examples:\n  bramble s3 key create backup\n  bramble s3 key create backup --json"
+    )]
+    Create {
+        /// A name for people (lowercase letters, digits, '-').
+        name: String,
+        #[command(flatten)]
+        output: JsonFlag,
+    },
+    /// List keys (names, access key ids, creation times; never secrets).
+    #[command(after_help = "Example:\n  bramble s3 key ls --json")]
+    Ls(JsonFlag),
+    /// Remove a key by name or access key id; requests signed with it fail at once.
+    #[command(after_help = "Example:\n  bramble s3 key rm backup")]
+    Rm { name: String },
 }
 
 #[derive(Debug, Args)]

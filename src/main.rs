@@ -34,6 +34,9 @@ fn init_logging() {
                 .with_default(tracing::Level::INFO)
                 .with_target("chitchat", tracing::Level::ERROR)
                 .with_target("rustls", tracing::Level::WARN)
+                // s3s logs every refused request (a bad signature, an expired URL) as an
+                // error; those are the client's, and Bramble logs its own failures.
+                .with_target("s3s", tracing::level_filters::LevelFilter::OFF)
         });
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
@@ -89,6 +92,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Command::Volume(command) => commands::volume::run(global, command).await,
         Command::Fs(command) => commands::fs::run(global, command).await,
         Command::Mount(args) => mount::run(global, args).await,
+        Command::S3(command) => commands::s3::run(global, command).await,
     }
 }
 

@@ -7,5 +7,6 @@ pub mod demo_web;
 pub mod fs;
 pub mod lb;
 pub mod membership;
+pub mod s3;
 pub mod volume;
 pub mod workers;

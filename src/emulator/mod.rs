@@ -301,6 +301,7 @@ pub async fn up(global: &GlobalOptions, args: &UpArgs) -> Result<()> {
             },
         )?;
         drop(node_dir);
+        recipe::prepare_store_node(&emulation.node_dir(&first.name))?;
         if !args.bare && is_balancer_node(&first.name, wanted) {
             let page = recipe::prepare_lb_node(&emulation.dir, &emulation.node_dir(&first.name))?;
             stats_pages.push(EmulatedNode {
@@ -361,6 +362,7 @@ pub async fn up(global: &GlobalOptions, args: &UpArgs) -> Result<()> {
                 ..MetaSettings::default()
             }
             .save(&emulation.node_dir(&node.name))?;
+            recipe::prepare_store_node(&emulation.node_dir(&node.name))?;
             if !args.bare && existing == 0 && is_balancer_node(&node.name, wanted) {
                 let page =
                     recipe::prepare_lb_node(&emulation.dir, &emulation.node_dir(&node.name))?;

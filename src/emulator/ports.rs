@@ -13,9 +13,20 @@ fn ephemeral_range_start() -> u16 {
         .unwrap_or(32768)
 }
 
+/// Ports this process has handed out: they are free when chosen but only bound later (an
+/// agent starts after all its ports are chosen), so without this two calls in the same
+/// millisecond would hand out the same one (say, a node's RPC port and another's S3
+/// port).
+static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
 /// Finds `count` loopback ports free for both TCP and UDP, starting at a random offset so
-/// that clusters started at the same moment (parallel tests) rarely probe the same ports.
+/// that clusters started at the same moment (parallel tests) rarely probe the same ports,
+/// and never one this process handed out before.
 pub fn free_loopback_addresses(count: usize) -> Result<Vec<SocketAddr>> {
+    let mut handed_out = HANDED_OUT
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner());
     let low: u16 = 10_000;
     let high = ephemeral_range_start().clamp(low + 2_000, 60_000);
     let span = u32::from(high - low);
@@ -28,10 +39,14 @@ pub fn free_loopback_addresses(count: usize) -> Result<Vec<SocketAddr>> {
     }
     for step in 0..span {
         let port = low + ((start + step) % span) as u16;
+        if handed_out.contains(&port) {
+            continue;
+        }
         let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         let tcp = TcpListener::bind(address);
         let udp = UdpSocket::bind(address);
         if tcp.is_ok() && udp.is_ok() {
+            handed_out.insert(port);
             found.push(address);
             if found.len() == count {
                 return Ok(found);

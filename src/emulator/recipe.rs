@@ -60,6 +60,34 @@ fn stats_password(dir: &Path) -> Result<String> {
     Ok(password)
 }
 
+/// Gives a node an S3 endpoint on a free loopback port (`store.toml`) before its agent
+/// first starts; a node that has one keeps it.
+pub fn prepare_store_node(node_dir: &Path) -> Result<SocketAddr> {
+    let path = node_dir.join("store.toml");
+    if path.exists() {
+        let settings = bramble_store::s3::StoreSettings::load(node_dir)?;
+        if let Some(listen) = settings.s3_listen {
+            return Ok(listen);
+        }
+    }
+    let listen = ports::free_loopback_addresses(1)?[0];
+    files::write_toml(
+        &path,
+        &bramble_store::s3::StoreSettings {
+            s3_listen: Some(listen),
+        },
+        Visibility::Public,
+    )?;
+    Ok(listen)
+}
+
+/// The S3 endpoint of an emulated node, if it has one.
+pub fn s3_endpoint(node_dir: &Path) -> Option<SocketAddr> {
+    bramble_store::s3::StoreSettings::load(node_dir)
+        .ok()
+        .and_then(|settings| settings.s3_listen)
+}
+
 /// Writes an `lb` node's `lb.toml` (its stats page) before its agent first starts.
 pub fn prepare_lb_node(dir: &Path, node_dir: &Path) -> Result<SocketAddr> {
     let listen = ports::free_loopback_addresses(1)?[0];
@@ -411,6 +439,14 @@ pub fn describe(emulation: &Emulation, demo: &DemoState) -> Vec<String> {
     if let Some(volume) = &demo.volume {
         lines.push(format!(
             "Volume (recipe 2): {volume}: `bramble fs put FILE {VOLUME}:/`, `bramble volume status {VOLUME}`; as root: `bramble mount {VOLUME} /mnt/{VOLUME}`"
+        ));
+    }
+    if let Some(first) = emulation.state.nodes.first()
+        && let Some(endpoint) = s3_endpoint(&emulation.node_dir(&first.name))
+    {
+        lines.push(format!(
+            "S3 endpoint on every node ({} on {}): make a key with `bramble s3 key create me`, then `aws --endpoint-url http://{endpoint} s3 ls s3://{VOLUME}/`",
+            endpoint, first.name
         ));
     }
     lines

@@ -33,6 +33,9 @@ pub const METHOD_HEAL_START: &str = "store.heal_start";
 pub const METHOD_SCRUB_START: &str = "store.scrub_start";
 /// Node to node: start this node's scrub pass now.
 pub const METHOD_SCRUB_HERE: &str = "store.scrub_here";
+pub const METHOD_S3_KEY_CREATE: &str = "store.s3_key_create";
+pub const METHOD_S3_KEY_LIST: &str = "store.s3_key_list";
+pub const METHOD_S3_KEY_REMOVE: &str = "store.s3_key_remove";
 pub const METHOD_FS_STAT: &str = "store.fs_stat";
 pub const METHOD_FS_LIST: &str = "store.fs_list";
 pub const METHOD_FS_REMOVE: &str = "store.fs_remove";

@@ -16,6 +16,7 @@
 //!   [`volumes`]: volume administration; [`hints`] and [`heal`]: copies owed to bricks
 //!   that were away, and the worker that delivers them when they return; [`scrub`]:
 //!   re-reading every block in the background.
+//! - [`s3`]: the S3-compatible endpoint over volumes.
 //! - [`admin`]: the requests and answers; [`service`]: `store.*`; [`subsystem`]: the
 //!   agent's declaration.
 
@@ -31,6 +32,7 @@ pub mod namespace;
 pub mod node;
 pub mod paths;
 pub mod read;
+pub mod s3;
 pub mod scrub;
 pub mod service;
 pub mod subsystem;

@@ -90,6 +90,15 @@ impl Handler for StoreService {
                 storage.scrub_trigger.start_now();
                 encode(&())
             }
+            "s3_key_create" => {
+                let name: String = request.decode()?;
+                encode(&storage.create_s3_key(&name).await?)
+            }
+            "s3_key_list" => encode(&storage.list_s3_keys().await?),
+            "s3_key_remove" => {
+                let name: String = request.decode()?;
+                encode(&storage.remove_s3_key(&name).await?)
+            }
             "brick_usage" => {
                 let brick: BrickRequest = request.decode()?;
                 encode(&storage.brick_usage(&brick).await?)

@@ -35,6 +35,9 @@ fn start(context: Context) -> StartFuture {
         ));
         crate::heal::start_worker(&storage, &context.workers);
         crate::scrub::start_worker(&storage, &context.workers);
+        let settings = crate::s3::StoreSettings::load(&context.node.path)
+            .map_err(|error| error.to_string())?;
+        crate::s3::start(&storage, &settings, &context.workers).await?;
         let service = Arc::new(StoreService::new(storage.clone(), context.workers.clone()));
         Ok(Arc::new(RunningStore { storage, service }) as Arc<dyn Running>)
     })
