@@ -677,3 +677,63 @@ fn scrub_and_a_full_heal_repair_what_reads_and_hints_do_not_see() {
         assert_eq!(sha1(&copy), sha1(&original));
     }
 }
+
+#[test]
+fn a_full_disk_refuses_the_write_and_keeps_every_earlier_file() {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: a small disk for the bricks needs root (tmpfs); CI runs as root");
+        return;
+    }
+    let cluster = TestCluster::up(3);
+    let files = tempfile::tempdir().unwrap();
+    let disks = tempfile::tempdir().unwrap();
+    struct Unmount(Vec<PathBuf>);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            for path in &self.0 {
+                let _ = Command::new("umount").arg(path).status();
+            }
+        }
+    }
+    let mut mounted = Unmount(Vec::new());
+    let mut bricks = Vec::new();
+    for (node, name) in [("n1", "small1"), ("n2", "small2")] {
+        let path = disks.path().join(name);
+        std::fs::create_dir(&path).unwrap();
+        shell(&format!(
+            "mount -t tmpfs -o size=12m tmpfs {}",
+            path.display()
+        ));
+        mounted.0.push(path.clone());
+        bricks.push(format!("{node}:{}", path.join("brick").display()));
+    }
+    cluster.bramble_ok(&[
+        "volume",
+        "create",
+        "tiny",
+        "--replica",
+        "2",
+        &bricks[0],
+        &bricks[1],
+    ]);
+    let kept = random_file(files.path(), "kept", 4 * 1024 * 1024, 51);
+    cluster.bramble_ok(&["fs", "put", kept.to_str().unwrap(), "tiny:/kept"]);
+    let too_big = random_file(files.path(), "too-big", 20 * 1024 * 1024, 52);
+    let run = cluster.bramble(&["fs", "put", too_big.to_str().unwrap(), "tiny:/too-big"]);
+    assert!(!run.success, "a write larger than the disk cannot succeed");
+    assert!(
+        run.stderr.contains("full"),
+        "the error names the full disk: {}",
+        run.stderr
+    );
+    let stat = cluster.bramble(&["fs", "stat", "tiny:/too-big"]);
+    assert!(!stat.success, "the failed write left a visible file");
+    let copy = files.path().join("kept.copy");
+    get_via(&cluster, "n3", "tiny:/kept", &copy);
+    assert_eq!(sha1(&copy), sha1(&kept), "an earlier file was damaged");
+    // The failed write's blocks were cleaned up: the same file fits once space is freed.
+    cluster.bramble_ok(&["fs", "rm", "tiny:/kept"]);
+    let fits = random_file(files.path(), "fits", 8 * 1024 * 1024, 53);
+    cluster.bramble_ok(&["fs", "put", fits.to_str().unwrap(), "tiny:/fits"]);
+}

@@ -148,6 +148,7 @@ pub async fn run(global: &GlobalOptions, command: &FsCommand) -> Result<()> {
                 volume,
                 path,
                 recursive: args.recursive,
+                expect: None,
             };
             let (_, _removed): (_, u64) = client.call_any(METHOD_FS_REMOVE, &request).await?;
             Ok(())

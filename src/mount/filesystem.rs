@@ -1131,20 +1131,15 @@ impl VolumeFs {
         };
         let context = self.context();
         self.runtime.spawn(async move {
-            match context.stat(&path).await {
-                Ok(entry) if directory && entry.kind == EntryKind::File => {
-                    return reply.error(Errno::ENOTDIR);
-                }
-                Ok(entry) if !directory && entry.kind == EntryKind::Directory => {
-                    return reply.error(Errno::EISDIR);
-                }
-                Ok(_) => {}
-                Err(error) => return reply.error(errno(&error)),
-            }
             let request = RemoveRequest {
                 volume: context.volume.clone(),
                 path,
                 recursive: false,
+                expect: Some(if directory {
+                    EntryKind::Directory
+                } else {
+                    EntryKind::File
+                }),
             };
             match context
                 .remote
@@ -1152,6 +1147,9 @@ impl VolumeFs {
                 .await
             {
                 Ok(_) => reply.ok(),
+                Err(error) if error.kind == ErrorKind::WrongType && !directory => {
+                    reply.error(Errno::EISDIR)
+                }
                 Err(error) => reply.error(errno(&error)),
             }
         });

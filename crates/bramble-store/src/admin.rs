@@ -182,6 +182,9 @@ pub struct RemoveRequest {
     pub path: String,
     /// Remove a directory and everything in it (`rm -r`).
     pub recursive: bool,
+    /// Refuse (`WrongType`) unless the path is of this kind: `unlink` expects a file,
+    /// `rmdir` a directory.
+    pub expect: Option<EntryKind>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

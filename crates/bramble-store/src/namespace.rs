@@ -329,10 +329,55 @@ impl Storage {
     /// Removes a file, or a directory (`recursive` for one that is not empty). Returns the
     /// number of files removed.
     pub async fn remove(&self, volume: &str, path: &str, recursive: bool) -> Result<u64, RpcError> {
+        self.remove_checked(volume, path, recursive, None, false)
+            .await
+    }
+
+    /// [`Storage::remove`], refusing with `WrongType` when the path is not of the
+    /// `expect`ed kind (`unlink` of a directory, `rmdir` of a file). `confirmed`: the
+    /// lookup goes through the leader (a retry after a stale answer).
+    pub async fn remove_checked(
+        &self,
+        volume: &str,
+        path: &str,
+        recursive: bool,
+        expect: Option<EntryKind>,
+        confirmed: bool,
+    ) -> Result<u64, RpcError> {
         let spec = self.started_volume(volume).await?;
         let path = normalize(path)?;
         let reach = self.reach().await;
-        match lookup(self, &spec.name, &path, Consistency::Linearizable).await? {
+        // This node's replica first: removing a file is a change conditioned on the
+        // version found, so a stale answer only costs a retry through the leader.
+        let first = if confirmed {
+            Consistency::Linearizable
+        } else {
+            Consistency::Stale
+        };
+        let mut found = lookup(self, &spec.name, &path, first).await?;
+        if !confirmed && !matches!(found, Some(Found::File { .. })) {
+            found = lookup(self, &spec.name, &path, Consistency::Linearizable).await?;
+        }
+        if let Some(expected) = expect {
+            let is_directory = found.as_ref().is_some_and(Found::is_directory);
+            match (expected, is_directory, &found) {
+                (_, _, None) => {}
+                (EntryKind::File, true, _) => {
+                    return Err(RpcError::new(
+                        ErrorKind::WrongType,
+                        format!("{volume}:/{path} is a directory"),
+                    ));
+                }
+                (EntryKind::Directory, false, _) => {
+                    return Err(RpcError::new(
+                        ErrorKind::WrongType,
+                        format!("{volume}:/{path} is not a directory"),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        match found {
             None => Err(not_found(volume, &path)),
             Some(Found::File { record, version }) => {
                 let key = keys::file_key(&spec.name, &path);
@@ -347,6 +392,11 @@ impl Storage {
                     CommandResult::BatchApplied { .. } => {
                         self.discard_blocks(&spec, record.block_ids(), &reach).await;
                         Ok(1)
+                    }
+                    // Replaced meanwhile (or this replica was behind): decide again
+                    // through the leader.
+                    _ if !confirmed => {
+                        Box::pin(self.remove_checked(volume, &path, recursive, expect, true)).await
                     }
                     _ => Err(RpcError::new(
                         ErrorKind::Unavailable,

@@ -137,7 +137,13 @@ impl Handler for StoreService {
                 let remove: RemoveRequest = request.decode()?;
                 encode(
                     &storage
-                        .remove(&remove.volume, &remove.path, remove.recursive)
+                        .remove_checked(
+                            &remove.volume,
+                            &remove.path,
+                            remove.recursive,
+                            remove.expect,
+                            false,
+                        )
                         .await?,
                 )
             }

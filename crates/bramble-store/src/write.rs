@@ -257,7 +257,17 @@ impl Storage {
         path: &str,
         overwrite: bool,
     ) -> Result<(), RpcError> {
-        match lookup(self, &spec.name, path, Consistency::Linearizable).await? {
+        // An overwrite is checked against this node's replica only: the commit's
+        // conditions catch what a stale replica would miss (a file replaced meanwhile, a
+        // directory made at this name), and a create through the mount saves two quorum
+        // rounds. A create that must not overwrite asks the leader, for a clear error
+        // before any byte is stored.
+        let consistency = if overwrite {
+            Consistency::Stale
+        } else {
+            Consistency::Linearizable
+        };
+        match lookup(self, &spec.name, path, consistency).await? {
             Some(found) if found.is_directory() => Err(RpcError::new(
                 ErrorKind::WrongType,
                 format!("{}:/{path} is a directory", spec.name),
@@ -323,11 +333,15 @@ impl Storage {
                 ),
             ));
         }
-        for _ in 0..COMMIT_ATTEMPTS {
-            let current = self
-                .meta
-                .read(&key, Consistency::Linearizable, false)
-                .await?;
+        for attempt in 0..COMMIT_ATTEMPTS {
+            // The first attempt trusts this node's replica for the version to replace (the
+            // condition makes that safe); a failed condition asks the leader.
+            let consistency = if attempt == 0 {
+                Consistency::Stale
+            } else {
+                Consistency::Linearizable
+            };
+            let current = self.meta.read(&key, consistency, false).await?;
             let (expected, replaced) = match current {
                 None => (0, None),
                 Some(found) => match StoredEntry::decode(&found.value) {
@@ -350,10 +364,17 @@ impl Storage {
                 },
             };
             let command = Command::Batch {
-                conditions: vec![Condition {
-                    key: key.clone(),
-                    version: expected,
-                }],
+                conditions: vec![
+                    Condition {
+                        key: key.clone(),
+                        version: expected,
+                    },
+                    // No directory was made at this name meanwhile.
+                    Condition {
+                        key: format!("{key}/"),
+                        version: 0,
+                    },
+                ],
                 operations: vec![Operation::Put {
                     key: key.clone(),
                     value: value.clone(),
@@ -361,6 +382,12 @@ impl Storage {
             };
             match self.commit(command).await? {
                 CommandResult::BatchApplied { version, .. } => return Ok((version, replaced)),
+                CommandResult::ConditionFailed { key: failed, .. } if failed.ends_with('/') => {
+                    return Err(RpcError::new(
+                        ErrorKind::WrongType,
+                        format!("{}:/{path} is a directory", spec.name),
+                    ));
+                }
                 CommandResult::ConditionFailed { .. } => continue,
                 other => {
                     return Err(RpcError::internal(format!(
