@@ -224,6 +224,13 @@ pub enum VolumeCommand {
         after_help = "Examples:\n  bramble volume heal-info vol0\n  bramble volume heal-info vol0 --json"
     )]
     HealInfo(VolumeNameArgs),
+    /// Put a new brick in place of one whose disk or node is lost for good; a full heal
+    /// pass (started at once) fills it from the rest of each set.
+    #[command(
+        name = "replace-brick",
+        after_help = "Examples:\n  bramble volume replace-brick vol0 n3 n5\n  bramble volume replace-brick vol0 n3:/srv/b1 n3:/srv/b2"
+    )]
+    ReplaceBrick(VolumeReplaceBrickArgs),
     /// Start a full heal pass now: every block of every file checked on every brick of
     /// its set and copied where missing (finds what hints cannot: copies owed by a node
     /// that was lost, a brick replaced empty). Runs as the worker store-heal-pass/<vol>.
@@ -268,6 +275,17 @@ pub struct VolumeCreateArgs {
     /// Bricks: `node` or `node:/absolute/dir`, in set order.
     #[arg(required = true, value_name = "BRICK")]
     pub bricks: Vec<String>,
+    #[command(flatten)]
+    pub output: JsonFlag,
+}
+
+#[derive(Debug, Args)]
+pub struct VolumeReplaceBrickArgs {
+    pub name: String,
+    /// The brick to take out: `node` or `node:/dir`, as `volume info` shows it.
+    pub old: String,
+    /// The brick to put in its place.
+    pub new: String,
     #[command(flatten)]
     pub output: JsonFlag,
 }

@@ -737,3 +737,28 @@ fn a_full_disk_refuses_the_write_and_keeps_every_earlier_file() {
     let fits = random_file(files.path(), "fits", 8 * 1024 * 1024, 53);
     cluster.bramble_ok(&["fs", "put", fits.to_str().unwrap(), "tiny:/fits"]);
 }
+
+#[test]
+fn a_lost_brick_is_replaced_and_filled_while_the_volume_serves() {
+    // Five nodes, five catalog voters: the two nodes killed below leave a quorum.
+    let cluster = TestCluster::up(5);
+    let files = tempfile::tempdir().unwrap();
+    cluster.bramble_ok(&["volume", "create", "pair", "--replica", "2", "n1", "n2"]);
+    let original = random_file(files.path(), "data", 6 * 1024 * 1024, 61);
+    cluster.bramble_ok(&["fs", "put", original.to_str().unwrap(), "pair:/data"]);
+    // n2's disk is gone for good.
+    cluster.chaos("kill", "n2");
+    cluster.bramble_ok(&["volume", "replace-brick", "pair", "n2", "n3"]);
+    let info = cluster
+        .bramble_ok(&["volume", "info", "pair", "--json"])
+        .json();
+    assert_eq!(info["bricks"][1]["node"], "n3", "{info}");
+    wait_until("n3's new brick is filled", Duration::from_secs(60), || {
+        brick_blocks(&cluster, "n3", "pair") == brick_blocks(&cluster, "n1", "pair")
+    });
+    // Now n1 can go too: n3 alone serves the file.
+    cluster.chaos("kill", "n1");
+    let copy = files.path().join("data.copy");
+    get_via(&cluster, "n4", "pair:/data", &copy);
+    assert_eq!(sha1(&copy), sha1(&original));
+}

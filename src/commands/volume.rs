@@ -165,6 +165,24 @@ pub async fn run(global: &GlobalOptions, command: &VolumeCommand) -> Result<()> 
             }
             Ok(())
         }
+        VolumeCommand::ReplaceBrick(args) => {
+            let request = ReplaceBrickRequest {
+                name: args.name.clone(),
+                old: parse_brick(&args.old)?,
+                new: parse_brick(&args.new)?,
+            };
+            let (_, spec): (_, VolumeSpec) = client
+                .call_any(METHOD_VOLUME_REPLACE_BRICK, &request)
+                .await?;
+            if args.output.json {
+                return output::print_json(&spec);
+            }
+            println!(
+                "{} replaced {} with {}; a full heal pass is filling it (bramble workers shows store-heal-pass/{})",
+                spec.name, args.old, args.new, spec.name
+            );
+            Ok(())
+        }
         VolumeCommand::Heal(args) => {
             let request = VolumeName {
                 name: args.name.clone(),
@@ -270,17 +288,7 @@ fn create_request(args: &VolumeCreateArgs) -> Result<VolumeCreateRequest> {
     let bricks = args
         .bricks
         .iter()
-        .map(|text| match text.split_once(':') {
-            Some((node, path)) => Ok(Brick {
-                node: node.to_string(),
-                path: Some(path.to_string()),
-            }),
-            None if text.is_empty() => bail!("an empty brick was given"),
-            None => Ok(Brick {
-                node: text.clone(),
-                path: None,
-            }),
-        })
+        .map(|text| parse_brick(text))
         .collect::<Result<Vec<_>>>()?;
     let block_size = match &args.block_size {
         Some(text) => Some(
@@ -296,6 +304,21 @@ fn create_request(args: &VolumeCreateArgs) -> Result<VolumeCreateRequest> {
         block_size,
         stripe: args.stripe,
     })
+}
+
+/// `node` or `node:/dir`.
+fn parse_brick(text: &str) -> Result<Brick> {
+    match text.split_once(':') {
+        Some((node, path)) => Ok(Brick {
+            node: node.to_string(),
+            path: Some(path.to_string()),
+        }),
+        None if text.is_empty() => bail!("an empty brick was given"),
+        None => Ok(Brick {
+            node: text.to_string(),
+            path: None,
+        }),
+    }
 }
 
 /// Bytes as a short human figure: "1.5 MiB".

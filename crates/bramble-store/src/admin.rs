@@ -36,6 +36,7 @@ pub const METHOD_SCRUB_HERE: &str = "store.scrub_here";
 pub const METHOD_S3_KEY_CREATE: &str = "store.s3_key_create";
 pub const METHOD_S3_KEY_LIST: &str = "store.s3_key_list";
 pub const METHOD_S3_KEY_REMOVE: &str = "store.s3_key_remove";
+pub const METHOD_VOLUME_REPLACE_BRICK: &str = "store.volume_replace_brick";
 pub const METHOD_FS_STAT: &str = "store.fs_stat";
 pub const METHOD_FS_LIST: &str = "store.fs_list";
 pub const METHOD_FS_REMOVE: &str = "store.fs_remove";
@@ -261,4 +262,13 @@ pub struct HealInfo {
     pub pending: Vec<PendingHeal>,
     /// Nodes that could not be asked (their hints are unknown).
     pub unanswered: Vec<String>,
+}
+
+/// `volume replace-brick`: `old` is taken out of the volume and `new` takes its place (its
+/// set and position); a full heal pass then fills it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplaceBrickRequest {
+    pub name: String,
+    pub old: Brick,
+    pub new: Brick,
 }

@@ -73,6 +73,12 @@ impl Handler for StoreService {
                 let brick: BrickRequest = request.decode()?;
                 encode(&storage.brick_blocks(&brick).await?)
             }
+            "volume_replace_brick" => {
+                let replace: ReplaceBrickRequest = request.decode()?;
+                let spec = storage.replace_brick(&replace).await?;
+                storage.start_heal_pass(&spec.name, &self.workers);
+                encode(&spec)
+            }
             "heal_start" => {
                 let name: VolumeName = request.decode()?;
                 storage

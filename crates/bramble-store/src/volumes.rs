@@ -112,6 +112,50 @@ impl Storage {
         }
     }
 
+    /// Replaces a brick (a disk lost for good, a node retired): the spec changes in one
+    /// compare-and-set, then the caller starts a full heal pass that fills the new brick
+    /// from the rest of each set. Until it is done, reads use the other copies.
+    pub async fn replace_brick(
+        &self,
+        request: &crate::admin::ReplaceBrickRequest,
+    ) -> Result<VolumeSpec, RpcError> {
+        let (mut spec, version) = self
+            .volume(&request.name, Consistency::Linearizable)
+            .await?;
+        let Some(index) = spec.bricks.iter().position(|brick| *brick == request.old) else {
+            return Err(RpcError::new(
+                ErrorKind::NotFound,
+                format!(
+                    "volume {} has no brick {} (see bramble volume info {})",
+                    spec.name,
+                    request.old.describe(&spec.name),
+                    spec.name
+                ),
+            ));
+        };
+        let reach = self.reach().await;
+        if !reach.contains_key(&request.new.node) {
+            return Err(RpcError::bad_request(format!(
+                "node {} is not a member of this cluster",
+                request.new.node
+            )));
+        }
+        spec.bricks[index] = request.new.clone();
+        spec.validate().map_err(RpcError::bad_request)?;
+        let command = Command::PutIfVersion {
+            key: keys::volume_key(&spec.name),
+            value: encode(&spec)?,
+            expected_version: version,
+        };
+        match self.commit(command).await? {
+            CommandResult::Written { .. } => Ok(spec),
+            _ => Err(RpcError::new(
+                ErrorKind::Unavailable,
+                format!("volume {} changed meanwhile; try again", spec.name),
+            )),
+        }
+    }
+
     /// Removes a stopped volume: its spec and its files from the catalog, then its bricks'
     /// blocks from every node that answers. Returns the bricks that could not be cleaned.
     pub async fn remove_volume(&self, name: &str) -> Result<Vec<String>, RpcError> {
