@@ -55,6 +55,43 @@ pub async fn lookup(
         return Ok(Some(Found::ImplicitDirectory));
     }
     let file_key = keys::file_key(volume, path);
+    let directory_key = keys::directory_key(volume, path);
+    // One scan answers in one quorum round: the file's own key, its directory marker and
+    // its first entries all start with the file key. Siblings whose names extend this one
+    // with a character sorting before '/' (`b-2`, `b.txt` next to `b`) come between; if
+    // a page of them hides the answer, two exact reads settle it.
+    const PAGE: u32 = 64;
+    let page = storage
+        .meta
+        .scan(ScanRequest {
+            prefix: file_key.clone(),
+            start_after: None,
+            delimiter: None,
+            limit: PAGE,
+            consistency,
+            forwarded: false,
+        })
+        .await?;
+    for (key, value) in &page.entries {
+        if *key == file_key || *key == directory_key {
+            return Ok(Some(match decode(key, &value.value)? {
+                StoredEntry::FileV1(record) => Found::File {
+                    record,
+                    version: value.version,
+                },
+                StoredEntry::DirectoryV1(record) => Found::ExplicitDirectory {
+                    record,
+                    version: value.version,
+                },
+            }));
+        }
+        if key.starts_with(&directory_key) {
+            return Ok(Some(Found::ImplicitDirectory));
+        }
+    }
+    if page.next_start_after.is_none() {
+        return Ok(None);
+    }
     if let Some(found) = storage.meta.read(&file_key, consistency, false).await? {
         return Ok(Some(match decode(&file_key, &found.value)? {
             StoredEntry::FileV1(record) => Found::File {
@@ -67,7 +104,6 @@ pub async fn lookup(
             },
         }));
     }
-    let directory_key = keys::directory_key(volume, path);
     let page = storage
         .meta
         .scan(ScanRequest {
