@@ -285,6 +285,12 @@ impl BrickStore {
         }
     }
 
+    /// How long ago the block was written (`None` if it is not there).
+    pub fn block_age(&self, block: &BlockId) -> Option<std::time::Duration> {
+        let modified = fs::metadata(self.block_path(block)).ok()?.modified().ok()?;
+        Some(modified.elapsed().unwrap_or_default())
+    }
+
     /// Every block on the brick (leftover temporary files are not blocks).
     pub fn blocks(&self) -> Result<Vec<BlockId>, BrickError> {
         let mut found = Vec::new();

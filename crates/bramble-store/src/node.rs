@@ -59,6 +59,7 @@ pub struct Counters {
     pub copies_missed: std::sync::atomic::AtomicU64,
     pub copies_healed: std::sync::atomic::AtomicU64,
     pub blocks_scrubbed: std::sync::atomic::AtomicU64,
+    pub orphans_removed: std::sync::atomic::AtomicU64,
 }
 
 /// Where a node can be reached and what gossip thinks of it.

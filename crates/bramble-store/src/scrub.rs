@@ -26,6 +26,18 @@ use crate::volume::{Layout, VolumeSpec};
 
 /// Time between scheduled passes.
 pub const SCRUB_INTERVAL: Duration = Duration::from_secs(24 * 60 * 60);
+/// A block no record refers to is deleted by scrub once it is this old: younger ones may
+/// belong to a write still in progress (its record is committed last).
+/// `BRAMBLE_ORPHAN_GRACE_SECS` changes it (the drills use 0).
+pub const ORPHAN_GRACE: Duration = Duration::from_secs(3600);
+
+fn orphan_grace() -> Duration {
+    std::env::var("BRAMBLE_ORPHAN_GRACE_SECS")
+        .ok()
+        .and_then(|text| text.parse::<u64>().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(ORPHAN_GRACE)
+}
 /// Delay before the first pass after start-up (a restarting node has other work first).
 const FIRST_PASS_AFTER: Duration = Duration::from_secs(600);
 const DEFAULT_RATE_MIB: u64 = 32;
@@ -96,6 +108,16 @@ impl Storage {
             let Ok(spec) = postcard::from_bytes::<VolumeSpec>(&value.value) else {
                 continue;
             };
+            // The versions the volume's records refer to, read once per pass; a block of
+            // any other version is an orphan (a write that died, a file removed while
+            // this brick was away) and is deleted once it is old enough.
+            let referenced = match self.referenced_versions(&spec).await {
+                Ok(versions) => Some(versions),
+                Err(error) => {
+                    worker.report_error(&format!("reading the records of {}: {error}", spec.name));
+                    None
+                }
+            };
             for brick in spec.bricks_on(&self.node).collect::<Vec<_>>() {
                 let store = match self.local_brick(&spec, brick) {
                     Ok(store) => store,
@@ -120,6 +142,28 @@ impl Storage {
                         spec.name,
                         brick + 1
                     ));
+                    if let Some(referenced) = &referenced
+                        && !referenced.contains(&block.version)
+                    {
+                        let brick_store = store.clone();
+                        let grace = orphan_grace();
+                        let removed = tokio::task::spawn_blocking(move || {
+                            match brick_store.block_age(&block) {
+                                Some(age) if age >= grace => {
+                                    brick_store.delete(&block).unwrap_or(false)
+                                }
+                                _ => false,
+                            }
+                        })
+                        .await
+                        .unwrap_or(false);
+                        if removed {
+                            self.counters
+                                .orphans_removed
+                                .fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
+                    }
                     let reader = store.clone();
                     let outcome = tokio::task::spawn_blocking(move || reader.get(&block, None))
                         .await
@@ -286,5 +330,49 @@ impl Storage {
             }
         }
         Ok(asked)
+    }
+}
+
+impl Storage {
+    /// Every version the records of `spec`'s volume (files and multipart parts) refer to.
+    async fn referenced_versions(
+        &self,
+        spec: &VolumeSpec,
+    ) -> Result<std::collections::HashSet<u128>, RpcError> {
+        let mut versions = std::collections::HashSet::new();
+        for prefix in [
+            keys::files_prefix(&spec.name),
+            format!("store/uploads/{}/", spec.name),
+        ] {
+            let mut start_after = None;
+            loop {
+                let page = self
+                    .meta
+                    .scan(bramble_meta::api::ScanRequest {
+                        prefix: prefix.clone(),
+                        start_after: start_after.take(),
+                        delimiter: None,
+                        limit: bramble_meta::api::MAX_SCAN_LIMIT,
+                        consistency: Consistency::Linearizable,
+                        forwarded: false,
+                    })
+                    .await?;
+                for (_, value) in &page.entries {
+                    if let Ok(crate::file::StoredEntry::FileV1(record)) =
+                        crate::file::StoredEntry::decode(&value.value)
+                    {
+                        versions.insert(record.version);
+                        for index in 0..record.blocks.len() as u32 {
+                            versions.insert(record.block_id(index).version);
+                        }
+                    }
+                }
+                match page.next_start_after {
+                    Some(next) => start_after = Some(next),
+                    None => break,
+                }
+            }
+        }
+        Ok(versions)
     }
 }

@@ -66,6 +66,7 @@ impl Running for RunningStore {
             "copies_missed": counters.copies_missed.load(Ordering::Relaxed),
             "copies_healed": counters.copies_healed.load(Ordering::Relaxed),
             "blocks_scrubbed": counters.blocks_scrubbed.load(Ordering::Relaxed),
+            "orphans_removed": counters.orphans_removed.load(Ordering::Relaxed),
             "block_transfers_free": self.storage.transfers.available_permits(),
         })
     }
