@@ -224,6 +224,19 @@ pub enum VolumeCommand {
         after_help = "Examples:\n  bramble volume heal-info vol0\n  bramble volume heal-info vol0 --json"
     )]
     HealInfo(VolumeNameArgs),
+    /// Add sets of bricks (a multiple of the set width); existing data moves so that each
+    /// file is spread over every set, while the volume keeps serving.
+    #[command(
+        name = "add-brick",
+        after_help = "Examples:\n  bramble volume add-brick vol0 n5 n6          a third replica pair\n  bramble workers | grep heal-pass            the move's progress"
+    )]
+    AddBrick(VolumeBricksArgs),
+    /// Remove whole sets of bricks; their data moves to the remaining sets first.
+    #[command(
+        name = "remove-brick",
+        after_help = "Example:\n  bramble volume remove-brick vol0 n1 n2"
+    )]
+    RemoveBrick(VolumeBricksArgs),
     /// Put a new brick in place of one whose disk or node is lost for good; a full heal
     /// pass (started at once) fills it from the rest of each set.
     #[command(
@@ -273,6 +286,16 @@ pub struct VolumeCreateArgs {
     #[arg(long, value_name = "SIZE")]
     pub block_size: Option<String>,
     /// Bricks: `node` or `node:/absolute/dir`, in set order.
+    #[arg(required = true, value_name = "BRICK")]
+    pub bricks: Vec<String>,
+    #[command(flatten)]
+    pub output: JsonFlag,
+}
+
+#[derive(Debug, Args)]
+pub struct VolumeBricksArgs {
+    pub name: String,
+    /// Bricks: `node` or `node:/dir`.
     #[arg(required = true, value_name = "BRICK")]
     pub bricks: Vec<String>,
     #[command(flatten)]

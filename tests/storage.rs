@@ -778,3 +778,78 @@ fn a_lost_brick_is_replaced_and_filled_while_the_volume_serves() {
     get_via(&cluster, "n4", "pair:/data", &copy);
     assert_eq!(sha1(&copy), sha1(&original));
 }
+
+#[test]
+fn bricks_are_added_and_removed_while_files_stay_readable() {
+    let cluster = TestCluster::up(5);
+    let files = tempfile::tempdir().unwrap();
+    cluster.bramble_ok(&["volume", "create", "grow", "--replica", "2", "n1", "n2"]);
+    let originals: Vec<PathBuf> = (0..3)
+        .map(|index| {
+            random_file(
+                files.path(),
+                &format!("f{index}"),
+                8 * 1024 * 1024,
+                70 + index,
+            )
+        })
+        .collect();
+    for original in &originals {
+        let name = original.file_name().unwrap().to_str().unwrap();
+        cluster.bramble_ok(&[
+            "fs",
+            "put",
+            original.to_str().unwrap(),
+            &format!("grow:/{name}"),
+        ]);
+    }
+    let moved = |cluster: &TestCluster| {
+        let info = cluster
+            .bramble_ok(&["volume", "info", "grow", "--json"])
+            .json();
+        info["moving_from"].is_null()
+    };
+    let read_all = |cluster: &TestCluster, via: &str| {
+        for original in &originals {
+            let name = original.file_name().unwrap().to_str().unwrap();
+            let copy = files.path().join(format!("{name}.copy"));
+            get_via(cluster, via, &format!("grow:/{name}"), &copy);
+            assert_eq!(sha1(&copy), sha1(original), "{name}");
+        }
+    };
+
+    // A second pair: half of every file moves to it.
+    cluster.bramble_ok(&["volume", "add-brick", "grow", "n3", "n4"]);
+    read_all(&cluster, "n5");
+    wait_until(
+        "the move to n3 and n4 finished",
+        Duration::from_secs(60),
+        || moved(&cluster),
+    );
+    let (first, second) = (
+        brick_blocks(&cluster, "n1", "grow"),
+        brick_blocks(&cluster, "n3", "grow"),
+    );
+    assert_eq!(
+        first.len() + second.len(),
+        24,
+        "every block is on exactly one pair"
+    );
+    assert!(first.is_disjoint(&second));
+    assert_eq!(brick_blocks(&cluster, "n4", "grow"), second);
+    assert_eq!(brick_blocks(&cluster, "n2", "grow"), first);
+    read_all(&cluster, "n5");
+
+    // The first pair goes: everything moves to the second.
+    cluster.bramble_ok(&["volume", "remove-brick", "grow", "n1", "n2"]);
+    wait_until(
+        "the move off n1 and n2 finished",
+        Duration::from_secs(60),
+        || moved(&cluster),
+    );
+    assert_eq!(brick_blocks(&cluster, "n3", "grow").len(), 24);
+    assert!(brick_blocks(&cluster, "n1", "grow").is_empty());
+    cluster.chaos("kill", "n1");
+    cluster.chaos("kill", "n2");
+    read_all(&cluster, "n5");
+}

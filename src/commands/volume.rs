@@ -68,6 +68,15 @@ pub async fn run(global: &GlobalOptions, command: &VolumeCommand) -> Result<()> 
                 spec.sets()
             );
             println!("Block size: {}", human_bytes(u64::from(spec.block_size)));
+            if let Some(old) = &spec.moving_from {
+                println!(
+                    "Moving data from the previous bricks: {}",
+                    old.iter()
+                        .map(|brick| brick.describe(&spec.name))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                );
+            }
             println!("Bricks:");
             for (index, brick) in spec.bricks.iter().enumerate() {
                 println!(
@@ -163,6 +172,33 @@ pub async fn run(global: &GlobalOptions, command: &VolumeCommand) -> Result<()> 
                     info.unanswered.join(", ")
                 );
             }
+            Ok(())
+        }
+        VolumeCommand::AddBrick(args) | VolumeCommand::RemoveBrick(args) => {
+            let bricks = args
+                .bricks
+                .iter()
+                .map(|text| parse_brick(text))
+                .collect::<Result<Vec<_>>>()?;
+            let adding = matches!(command, VolumeCommand::AddBrick(_));
+            let request = ChangeBricksRequest {
+                name: args.name.clone(),
+                add: if adding { bricks.clone() } else { Vec::new() },
+                remove: if adding { Vec::new() } else { bricks },
+            };
+            let (_, spec): (_, VolumeSpec) = client
+                .call_any(METHOD_VOLUME_CHANGE_BRICKS, &request)
+                .await?;
+            if args.output.json {
+                return output::print_json(&spec);
+            }
+            println!(
+                "{} now has {} set(s) of {}; its data is moving (bramble workers shows store-heal-pass/{}; bramble volume info says when it is done)",
+                spec.name,
+                spec.sets(),
+                spec.layout.set_width(),
+                spec.name
+            );
             Ok(())
         }
         VolumeCommand::ReplaceBrick(args) => {

@@ -36,6 +36,7 @@ pub const METHOD_SCRUB_HERE: &str = "store.scrub_here";
 pub const METHOD_S3_KEY_CREATE: &str = "store.s3_key_create";
 pub const METHOD_S3_KEY_LIST: &str = "store.s3_key_list";
 pub const METHOD_S3_KEY_REMOVE: &str = "store.s3_key_remove";
+pub const METHOD_VOLUME_CHANGE_BRICKS: &str = "store.volume_change_bricks";
 pub const METHOD_VOLUME_REPLACE_BRICK: &str = "store.volume_replace_brick";
 pub const METHOD_FS_STAT: &str = "store.fs_stat";
 pub const METHOD_FS_LIST: &str = "store.fs_list";
@@ -101,6 +102,8 @@ pub struct BrickRequest {
     pub volume: String,
     pub volume_id: u64,
     pub brick: usize,
+    /// The index is in the layout data is moving from ([`VolumeSpec::moving_from`]).
+    pub previous_layout: bool,
 }
 
 /// The answer to `brick_usage`: the brick's directory on its node and what it holds.
@@ -271,4 +274,12 @@ pub struct ReplaceBrickRequest {
     pub name: String,
     pub old: Brick,
     pub new: Brick,
+}
+
+/// `volume add-brick` / `remove-brick`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeBricksRequest {
+    pub name: String,
+    pub add: Vec<Brick>,
+    pub remove: Vec<Brick>,
 }

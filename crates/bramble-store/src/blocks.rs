@@ -28,6 +28,7 @@ impl Storage {
             volume: spec.name.clone(),
             volume_id: spec.id,
             brick,
+            previous_layout: spec.is_previous_layout,
         }
     }
 
@@ -205,6 +206,16 @@ impl Storage {
                 ),
             ));
         }
+        let spec = if request.previous_layout {
+            spec.previous().ok_or_else(|| {
+                RpcError::new(
+                    ErrorKind::NotFound,
+                    format!("volume {} is not moving data any more", request.volume),
+                )
+            })?
+        } else {
+            spec
+        };
         if spec.bricks.get(request.brick).map(|brick| &brick.node) != Some(&self.node) {
             return Err(RpcError::bad_request(format!(
                 "brick {} of volume {} is not on node {}",

@@ -9,6 +9,7 @@
 //! the write that made it must have committed or failed.
 
 use std::collections::HashMap;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -181,7 +182,9 @@ impl Storage {
             Err(error) if error.kind == ErrorKind::NotFound => return Ok(Delivery::Dropped),
             Err(error) => return Err(error),
         };
-        if hint.brick >= spec.bricks.len() {
+        // The brick must still be the one the hint was for (an add-brick or remove-brick
+        // renumbers bricks; the rebalance moves those blocks instead).
+        if spec.bricks.get(hint.brick).map(|brick| &brick.node) != Some(&hint.node) {
             return Ok(Delivery::Dropped);
         }
         let record = self.meta.read(&hint.key, Consistency::Stale, false).await?;
@@ -388,6 +391,7 @@ impl Storage {
                 volume: spec.name.clone(),
                 volume_id: spec.id,
                 brick: index,
+                previous_layout: spec.is_previous_layout,
             };
             let listed = if brick.node == self.node {
                 self.brick_blocks(&request).await
@@ -477,6 +481,61 @@ impl Storage {
                 Some(next) => start_after = Some(next),
                 None => break,
             }
+        }
+        // A move to new bricks (add-brick, remove-brick) ends by deleting the copies the
+        // old layout placed on bricks that no longer hold those blocks, then forgetting
+        // the old layout; only once every block has its copies in the new one.
+        if failed == 0
+            && let Some(previous) = spec.previous()
+        {
+            let mut start_after = None;
+            let mut leftovers: HashMap<usize, Vec<crate::file::BlockId>> = HashMap::new();
+            loop {
+                let page = self
+                    .meta
+                    .scan(bramble_meta::api::ScanRequest {
+                        prefix: keys::files_prefix(&spec.name),
+                        start_after: start_after.take(),
+                        delimiter: None,
+                        limit: bramble_meta::api::MAX_SCAN_LIMIT,
+                        consistency: Consistency::Linearizable,
+                        forwarded: false,
+                    })
+                    .await
+                    .map_err(|error| error.to_string())?;
+                for (_, value) in &page.entries {
+                    let Ok(StoredEntry::FileV1(record)) = StoredEntry::decode(&value.value) else {
+                        continue;
+                    };
+                    for block in record.block_ids() {
+                        let now: Vec<&crate::volume::Brick> = spec
+                            .set_brick_indexes(spec.set_of_block(&block))
+                            .map(|brick| &spec.bricks[brick])
+                            .collect();
+                        for old in previous.set_brick_indexes(previous.set_of_block(&block)) {
+                            if !now.contains(&&previous.bricks[old]) {
+                                leftovers.entry(old).or_default().push(block);
+                            }
+                        }
+                    }
+                }
+                match page.next_start_after {
+                    Some(next) => start_after = Some(next),
+                    None => break,
+                }
+            }
+            for (old, blocks) in leftovers {
+                if let Err(error) = self.delete_copies(&previous, old, blocks, &reach).await {
+                    worker.report_error(&format!(
+                        "deleting moved blocks from {}: {error}",
+                        previous.bricks[old].describe(&spec.name)
+                    ));
+                }
+            }
+            self.finish_move(&spec)
+                .await
+                .map_err(|error| error.to_string())?;
+            tracing::info!(volume = %spec.name, "data moved to the new bricks; the old layout is forgotten");
         }
         tracing::info!(volume = %spec.name, files, copied, failed, "full heal pass finished");
         worker.set_progress(format!(

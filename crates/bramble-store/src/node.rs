@@ -38,8 +38,9 @@ pub struct Storage {
     pub(crate) membership: Arc<Membership>,
     pub(crate) mux: MuxClient,
     pub(crate) rpc: RpcClient,
-    /// Local bricks opened so far, by (volume id, brick index).
-    bricks: Mutex<HashMap<(u64, usize), BrickStore>>,
+    /// Local bricks opened so far, by volume id and directory (an index names different
+    /// bricks before and after an add-brick or remove-brick).
+    bricks: Mutex<HashMap<(u64, PathBuf), BrickStore>>,
     /// Nodes that missed a block deadline, until when they are considered away.
     away: Mutex<HashMap<String, Instant>>,
     /// Bounds the memory of block transfers served for other nodes.
@@ -165,16 +166,16 @@ impl Storage {
                 spec.name, brick.node, self.node
             )));
         }
+        let directory = self.brick_directory(spec, index);
         let mut bricks = self
             .bricks
             .lock()
             .unwrap_or_else(|poison| poison.into_inner());
-        if let Some(store) = bricks.get(&(spec.id, index)) {
+        if let Some(store) = bricks.get(&(spec.id, directory.clone())) {
             return Ok(store.clone());
         }
-        let store = BrickStore::open(&self.brick_directory(spec, index), &spec.name, spec.id)
-            .map_err(brick_error)?;
-        bricks.insert((spec.id, index), store.clone());
+        let store = BrickStore::open(&directory, &spec.name, spec.id).map_err(brick_error)?;
+        bricks.insert((spec.id, directory), store.clone());
         Ok(store)
     }
 

@@ -158,6 +158,27 @@ impl Storage {
         record: BlockRecord,
         reach: &HashMap<String, Reach>,
     ) -> Result<Bytes, RpcError> {
+        match self.read_block_in(spec, block, record, reach).await {
+            Ok(data) => Ok(data),
+            // While data moves to new bricks, a block not moved yet is in the old layout.
+            Err(error) => match spec.previous() {
+                Some(previous) => self
+                    .read_block_in(&previous, block, record, reach)
+                    .await
+                    .map_err(|_| error),
+                None => Err(error),
+            },
+        }
+    }
+
+    /// [`Storage::read_block`] in one layout.
+    async fn read_block_in(
+        self: &Arc<Self>,
+        spec: &VolumeSpec,
+        block: crate::file::BlockId,
+        record: BlockRecord,
+        reach: &HashMap<String, Reach>,
+    ) -> Result<Bytes, RpcError> {
         match spec.layout {
             crate::volume::Layout::Replicated { .. } => {
                 self.read_replica(spec, block, record, reach).await

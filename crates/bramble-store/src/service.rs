@@ -73,6 +73,14 @@ impl Handler for StoreService {
                 let brick: BrickRequest = request.decode()?;
                 encode(&storage.brick_blocks(&brick).await?)
             }
+            "volume_change_bricks" => {
+                let change: ChangeBricksRequest = request.decode()?;
+                let spec = storage
+                    .change_bricks(&change.name, &change.add, &change.remove)
+                    .await?;
+                storage.start_heal_pass(&spec.name, &self.workers);
+                encode(&spec)
+            }
             "volume_replace_brick" => {
                 let replace: ReplaceBrickRequest = request.decode()?;
                 let spec = storage.replace_brick(&replace).await?;

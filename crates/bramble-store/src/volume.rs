@@ -109,6 +109,14 @@ pub struct VolumeSpec {
     pub state: VolumeState,
     pub block_size: u32,
     pub created_unix: u64,
+    /// While data moves to a new set of bricks (`add-brick`, `remove-brick`): the brick
+    /// list before the change. Reads that miss in the new placement look in the old one;
+    /// the rebalance worker clears it when every block is where the new list puts it.
+    pub moving_from: Option<Vec<Brick>>,
+    /// Not stored: marks the view of the old layout that [`VolumeSpec::previous`] makes,
+    /// so brick requests name the brick in that layout.
+    #[serde(skip)]
+    pub is_previous_layout: bool,
 }
 
 impl VolumeSpec {
@@ -193,6 +201,17 @@ impl VolumeSpec {
             ));
         }
         Ok(())
+    }
+
+    /// The layout data is moving from, as a spec of its own (see [`VolumeSpec::moving_from`]).
+    pub fn previous(&self) -> Option<VolumeSpec> {
+        let bricks = self.moving_from.clone()?;
+        Some(VolumeSpec {
+            bricks,
+            moving_from: None,
+            is_previous_layout: true,
+            ..self.clone()
+        })
     }
 
     /// Number of sets.
@@ -301,6 +320,8 @@ mod tests {
             state: VolumeState::Started,
             block_size: DEFAULT_BLOCK_SIZE,
             created_unix: 0,
+            moving_from: None,
+            is_previous_layout: false,
         }
     }
 

@@ -29,6 +29,8 @@ impl Storage {
             state: VolumeState::Started,
             block_size: request.block_size.unwrap_or(DEFAULT_BLOCK_SIZE),
             created_unix: (crate::file::now_ns() / 1_000_000_000).max(0) as u64,
+            moving_from: None,
+            is_previous_layout: false,
         };
         spec.validate().map_err(RpcError::bad_request)?;
         if let Some(stripe) = request.stripe
@@ -156,6 +158,94 @@ impl Storage {
         }
     }
 
+    /// Adds and removes bricks (`add-brick`: new sets; `remove-brick`: whole sets). The
+    /// spec changes at once, remembering the old brick list; files written from then on
+    /// go to the new layout, reads of older ones look in both, and the caller starts the
+    /// pass that moves the data and then forgets the old layout.
+    pub async fn change_bricks(
+        &self,
+        name: &str,
+        add: &[crate::volume::Brick],
+        remove: &[crate::volume::Brick],
+    ) -> Result<VolumeSpec, RpcError> {
+        let (spec, version) = self.volume(name, Consistency::Linearizable).await?;
+        if spec.moving_from.is_some() {
+            return Err(RpcError::new(
+                ErrorKind::Refused,
+                format!(
+                    "volume {name} is still moving data from its last brick change; `bramble volume heal {name}` resumes it"
+                ),
+            ));
+        }
+        for brick in remove {
+            if !spec.bricks.contains(brick) {
+                return Err(RpcError::new(
+                    ErrorKind::NotFound,
+                    format!("volume {name} has no brick {}", brick.describe(name)),
+                ));
+            }
+        }
+        for set in 0..spec.sets() {
+            let members = spec.set_bricks(set);
+            let removed = members
+                .iter()
+                .filter(|brick| remove.contains(brick))
+                .count();
+            if removed != 0 && removed != members.len() {
+                return Err(RpcError::bad_request(format!(
+                    "remove-brick takes whole sets: set {} is {}",
+                    set + 1,
+                    members
+                        .iter()
+                        .map(|brick| brick.describe(name))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                )));
+            }
+        }
+        let reach = self.reach().await;
+        for brick in add {
+            if !reach.contains_key(&brick.node) {
+                return Err(RpcError::bad_request(format!(
+                    "node {} is not a member of this cluster",
+                    brick.node
+                )));
+            }
+        }
+        let mut changed = spec.clone();
+        changed.bricks.retain(|brick| !remove.contains(brick));
+        changed.bricks.extend(add.iter().cloned());
+        changed.moving_from = Some(spec.bricks.clone());
+        changed.validate().map_err(RpcError::bad_request)?;
+        let command = Command::PutIfVersion {
+            key: keys::volume_key(name),
+            value: encode(&changed)?,
+            expected_version: version,
+        };
+        match self.commit(command).await? {
+            CommandResult::Written { .. } => Ok(changed),
+            _ => Err(RpcError::new(
+                ErrorKind::Unavailable,
+                format!("volume {name} changed meanwhile; try again"),
+            )),
+        }
+    }
+
+    /// Forgets the layout data moved from, if the spec is still the one moved to.
+    pub async fn finish_move(&self, moved: &VolumeSpec) -> Result<(), RpcError> {
+        let (mut spec, version) = self.volume(&moved.name, Consistency::Linearizable).await?;
+        if spec.bricks != moved.bricks || spec.moving_from != moved.moving_from {
+            return Ok(());
+        }
+        spec.moving_from = None;
+        let command = Command::PutIfVersion {
+            key: keys::volume_key(&spec.name),
+            value: encode(&spec)?,
+            expected_version: version,
+        };
+        self.commit(command).await.map(|_| ())
+    }
+
     /// Removes a stopped volume: its spec and its files from the catalog, then its bricks'
     /// blocks from every node that answers. Returns the bricks that could not be cleaned.
     pub async fn remove_volume(&self, name: &str) -> Result<Vec<String>, RpcError> {
@@ -196,6 +286,7 @@ impl Storage {
                 volume: spec.name.clone(),
                 volume_id: spec.id,
                 brick: index,
+                previous_layout: spec.is_previous_layout,
             };
             let outcome = if brick.node == self.node {
                 self.clear_brick(&spec, index).await
@@ -253,6 +344,7 @@ impl Storage {
                 volume: spec.name.clone(),
                 volume_id: spec.id,
                 brick: index,
+                previous_layout: spec.is_previous_layout,
             };
             let report = if brick.node == self.node {
                 self.brick_usage(&request).await

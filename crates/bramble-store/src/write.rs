@@ -519,6 +519,9 @@ impl Storage {
         blocks: Vec<BlockId>,
         reach: &HashMap<String, Reach>,
     ) {
+        if let Some(previous) = spec.previous() {
+            Box::pin(self.discard_blocks(&previous, blocks.clone(), reach)).await;
+        }
         let mut per_brick: HashMap<usize, Vec<BlockId>> = HashMap::new();
         for block in blocks {
             for brick in spec.set_brick_indexes(spec.set_of_block(&block)) {
