@@ -126,6 +126,15 @@ pub async fn run(global: &GlobalOptions, command: &VolumeCommand) -> Result<()> 
                         brick.error.clone().unwrap_or_default(),
                     ),
                 };
+                let events = brick
+                    .events
+                    .map(|events| {
+                        format!(
+                            "{} / {}",
+                            events.corrupt_blocks_found, events.blocks_repaired
+                        )
+                    })
+                    .unwrap_or_else(|| "-".to_string());
                 table.add_row(vec![
                     (brick.index + 1).to_string(),
                     (brick.set + 1).to_string(),
@@ -135,6 +144,7 @@ pub async fn run(global: &GlobalOptions, command: &VolumeCommand) -> Result<()> 
                     blocks,
                     data,
                     free,
+                    events,
                 ]);
             }
             println!("{table}");

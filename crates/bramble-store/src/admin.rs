@@ -86,6 +86,7 @@ pub struct BrickStatus {
     /// Gossip's view of the node: alive, suspect, dead, left, unknown.
     pub node_state: String,
     pub usage: Option<BrickUsage>,
+    pub events: Option<NodeEvents>,
     /// Why the brick could not be asked or opened.
     pub error: Option<String>,
 }
@@ -111,6 +112,18 @@ pub struct BrickRequest {
 pub struct BrickReport {
     pub path: String,
     pub usage: BrickUsage,
+    /// What the brick's node has found and fixed since its agent started (all its bricks).
+    pub events: NodeEvents,
+}
+
+/// A node's storage events since its agent started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeEvents {
+    pub corrupt_blocks_found: u64,
+    pub blocks_repaired: u64,
+    pub copies_healed: u64,
+    pub blocks_scrubbed: u64,
+    pub orphans_removed: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -63,6 +63,19 @@ pub struct Counters {
     pub orphans_removed: std::sync::atomic::AtomicU64,
 }
 
+impl Counters {
+    pub fn events(&self) -> crate::admin::NodeEvents {
+        use std::sync::atomic::Ordering::Relaxed;
+        crate::admin::NodeEvents {
+            corrupt_blocks_found: self.corrupt_blocks_found.load(Relaxed),
+            blocks_repaired: self.blocks_repaired.load(Relaxed),
+            copies_healed: self.copies_healed.load(Relaxed),
+            blocks_scrubbed: self.blocks_scrubbed.load(Relaxed),
+            orphans_removed: self.orphans_removed.load(Relaxed),
+        }
+    }
+}
+
 /// Where a node can be reached and what gossip thinks of it.
 #[derive(Debug, Clone, Copy)]
 pub struct Reach {

@@ -361,13 +361,14 @@ impl Storage {
                     _ => Err(RpcError::new(ErrorKind::Unavailable, "the node is away")),
                 }
             };
-            let (path, usage, error) = match report {
-                Ok(report) => (report.path, Some(report.usage), None),
+            let (path, usage, events, error) = match report {
+                Ok(report) => (report.path, Some(report.usage), Some(report.events), None),
                 Err(error) => (
                     brick
                         .path
                         .clone()
                         .unwrap_or_else(|| format!("<data-dir>/bricks/{}", spec.name)),
+                    None,
                     None,
                     Some(error.message),
                 ),
@@ -379,6 +380,7 @@ impl Storage {
                 path,
                 node_state,
                 usage,
+                events,
                 error,
             });
         }
@@ -391,7 +393,11 @@ impl Storage {
         let store = self.local_brick(&spec, request.brick)?;
         let path = store.root().display().to_string();
         let usage = blocking(move || store.usage()).await?;
-        Ok(BrickReport { path, usage })
+        Ok(BrickReport {
+            path,
+            usage,
+            events: self.counters.events(),
+        })
     }
 }
 
