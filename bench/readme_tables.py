@@ -209,10 +209,183 @@ def lb(data):
     return "\n".join(out)
 
 
+def storage(data):
+    p = data["params"]
+    raw, g, b, r = data["raw"], data.get("gluster", {}), data["bramble"], data["ratios_bramble"]
+    gluster_ok = "skipped" not in g and "write_s" in g
+    ref_w, ref_r = raw["reference"]["write_mib_s"], raw["reference"]["read_mib_s"]
+    n1, n2 = b["big"]["n1"], b["big"].get("n2")
+    goals = {x["goal"]: x for x in data["goals"]}
+    size = f"{p['size_mib'] / 1024:g} GiB" if p["size_mib"] >= 1024 else f"{p['size_mib']} MiB"
+    files = f"{p['small_files']:,}"
+
+    def mib(v):
+        return f"{v:.0f} MiB/s" if v is not None else "–"
+
+    def secs(v, timed_out=False, cap=None):
+        if v is None:
+            return "–"
+        if timed_out:
+            return f"> {cap:.0f} s"
+        return f"{v:.2f} s" if v >= 0.1 else f"{v * 1000:.0f} ms"
+
+    def per_file(total):
+        ms = total / p["small_files"] * 1000
+        return f"{ms:.1f} ms" if ms >= 0.1 else f"{ms * 1000:.0f} µs"
+
+    def ratio(x, y):
+        return x / y if x is not None and y else None
+
+    def with_pct(v, fraction):
+        return f"{mib(v)} ({pct(fraction)} of raw)" if v is not None else "–"
+
+    def pct(v):
+        return f"{v * 100:.0f} %" if v is not None else ""
+
+    def faster(v, bound=False):
+        # v = Bramble's time / GlusterFS's time (lower is better)
+        if v is None:
+            return ""
+        factor = lambda x: f"{x:.2f}x" if x < 10 else f"{x:.1f}x"
+        if v <= 1:
+            return f"{'< ' if bound else ''}{v:.2f}x ({'> ' if bound else ''}{factor(1 / v)} faster)"
+        return f"{v:.2f}x ({factor(v)} slower)"
+
+    def verdict(name):
+        x = goals[name]
+        met = {True: "**met**", False: "**not met**", None: "not judged"}[x["met"]]
+        return f"{x['target']}: {met}"
+
+    def gv(*keys):
+        return _dig(g, keys) if gluster_ok else None
+
+    def times(v):
+        return f"{v:.2f}x" if v is not None else ""
+
+    out = [
+        f"| figure (replica 2, bricks on one disk) | raw disk | GlusterFS{' ' + g['version'].split()[1] if gluster_ok else ''} (FUSE mount) | Bramble (CLI through n1, no brick there) | Bramble / GlusterFS | Bramble / raw | goal |",
+        "|---|---|---|---|---|---|---|",
+        f"| sequential write, {size} (`dd conv=fdatasync` / `fs put`) | {mib(ref_w)} | {with_pct(gv('write_mib_s'), r['gluster_write_of_raw'])} | {mib(n1['put_mib_s'])} | {times(r['write_vs_gluster'])} | {pct(r['write_of_raw'])} | {verdict('write')} |",
+        f"| sequential read, {size}, caches dropped (`dd` / `fs get - >/dev/null`) | {mib(ref_r)} | {with_pct(gv('read_mib_s'), r['gluster_read_of_raw'])} | {mib(n1['get_mib_s'])} | {times(r['read_vs_gluster'])} | {pct(r['read_of_raw'])} | {verdict('read')} |",
+    ]
+    if n2:
+        out.append(
+            f"| the same through n2 (holds one copy): write / read | | | {mib(n2['put_mib_s'])} / {mib(n2['get_mib_s'])} | | {pct(n2['put_mib_s'] / ref_w)} / {pct(n2['get_mib_s'] / ref_r)} | |"
+        )
+    cpu = lambda d: sum(d.values()) if d else None
+    b_cpu_w, b_cpu_r = cpu(n1.get("put_agent_cpu_s")), cpu(n1.get("get_agent_cpu_s"))
+    g_cpu_w, g_cpu_r = (cpu(g.get("write_cpu_s")), cpu(g.get("read_cpu_s"))) if gluster_ok else (None, None)
+    if b_cpu_w is not None:
+        cpu_pair = lambda w, rd: f"{w:.1f} s / {rd:.1f} s" if w is not None and rd is not None else "–"
+        out.append(
+            f"| CPU time of the storage processes for that write / read (GlusterFS: bricks, client, self-heal daemon, glusterd; Bramble: the 3 agents) | |"
+            f" {cpu_pair(g_cpu_w, g_cpu_r)} | {cpu_pair(b_cpu_w, b_cpu_r)} | {f'{times(ratio(b_cpu_w, g_cpu_w))} / {times(ratio(b_cpu_r, g_cpu_r))}' if g_cpu_w else ''} | | |"
+        )
+    steps = (
+        ("create", "create_s", "`cp -r` in / one `bramble fs put` process per file"),
+        ("list", "list_s", "`ls -l` / one `fs ls`"),
+        ("read back", "read_s", "`cp -r` out / one `fs get` per file"),
+        ("delete", "delete_s", "`rm -r` / one `fs rm` per file"),
+    )
+    for label, key, how in steps:
+        out.append(
+            f"| {files} files of 4 KiB: {label} ({how}) | {secs(raw['small'][key])} | {secs(gv('small', key))} | {secs(b['small'][key])}"
+            f" ({per_file(b['small'][key])} a file) | {faster(r[f'small_{key[:-2]}_time_vs_gluster'])} | | |"
+        )
+    if "cli_floor_stat_s" in b["small"]:
+        floor = b["small"]["cli_floor_stat_s"]
+        out.append(
+            f"| of which the CLI's own cost: one `bramble fs stat` process per file (start, TLS connection, one catalog read) | | | {secs(floor)}"
+            f" ({per_file(floor)} a file) | | | |"
+        )
+    out.append(
+        f"| {files} files of 4 KiB: all four steps | {secs(raw['small']['total_s'])} | {secs(gv('small', 'total_s'))} | {secs(b['small']['total_s'])}"
+        f" | {faster(r['small_total_time_vs_gluster'])} | | {verdict('small files')} |"
+    )
+    gh = g.get("heal", {}) if gluster_ok else {}
+
+    def all_rounds(heal):
+        values = heal.get("seconds_all") or []
+        return f" ({', '.join(f'{v:.2f}' for v in values)})" if len(values) > 1 else ""
+
+    rounds = p.get("heal_rounds", 1)
+    heal_label = f"heal: {p['heal_mib']} MiB written while one brick was killed; from its return until heal-info is empty" + (f" (median of {rounds} rounds)" if rounds > 1 else "")
+    out.append(
+        f"| {heal_label} | | "
+        f"{secs(gh.get('seconds'), gh.get('timed_out'), p['heal_timeout_s']) + all_rounds(gh) if gh else '–'} | "
+        f"{secs(b['heal']['seconds'], b['heal']['timed_out'], p['heal_timeout_s']) + all_rounds(b['heal'])} | {faster(r['heal_time_vs_gluster'])} | | {verdict('heal')} |"
+    )
+    gs = g.get("stall", {}) if gluster_ok else {}
+    out.append(
+        f"| writer stall: a {p['stall_mib']} MiB write while one brick's process is SIGSTOPped | | "
+        f"{secs(gs.get('seconds'), gs.get('timed_out'), p['stall_timeout_s']) if gs else '–'} | "
+        f"{secs(b['stall']['seconds'], b['stall']['timed_out'], p['stall_timeout_s'])} | {faster(r['stall_time_vs_gluster'], bool(gs.get('timed_out')))} | | {verdict('stall')} |"
+    )
+    rs = b["rss_summary"]
+    nodes = ", ".join(f"{n} {v['rss_kib_max_after_transfers'] / 1024:.0f} MB" for n, v in sorted(rs["per_node"].items()))
+    gr = g.get("rss_summary") if gluster_ok else None
+    gluster_mem = (
+        f"{gr['server_node_rss_kib'] / 1024:.0f} MB per server node (glusterd + glusterfsd + glustershd; peak {gr['server_node_hwm_kib'] / 1024:.0f} MB), FUSE client {gr['per_process'].get('client', {}).get('rss_kib', 0) / 1024:.0f} MB"
+        if gr else "–"
+    )
+    out.append(
+        f"| memory: agent RSS right after the {size} transfers (peak VmHWM) | | {gluster_mem} | max {rs['max_rss_kib_after_transfers'] / 1024:.0f} MB ({nodes}); peak {rs['max_hwm_kib'] / 1024:.0f} MB"
+        f" | {rs['max_hwm_kib'] / gr['server_node_hwm_kib']:.2f}x (peaks) |  | {verdict('memory')} |"
+        if gr else
+        f"| memory: agent RSS right after the {size} transfers (peak VmHWM) | | – | max {rs['max_rss_kib_after_transfers'] / 1024:.0f} MB ({nodes}); peak {rs['max_hwm_kib'] / 1024:.0f} MB | | | {verdict('memory')} |"
+    )
+    out.append("")
+    note = (
+        f"All files on one disk ({data['disk']['device']}, {data['disk']['fstype']}, the file system of the cluster's directory under /tmp): the raw figures are `dd bs=1M` of the same random"
+        f" {size} file, the median of {len(raw['write_mib_s'])} runs over the benchmark ({', '.join(f'{v:.0f}' for v in raw['write_mib_s'].values())} MiB/s written,"
+        f" {', '.join(f'{v:.0f}' for v in raw['read_mib_s'].values())} MiB/s read: a virtual disk whose host caches it, so even reads after `drop_caches` can come from the host's memory). Bramble: 3 emulated nodes, `volume create vol0 --replica 2 n2 n3`, 1 MiB blocks;"
+        " its puts are durable (fsync on both bricks) when they return, `cp` through the Gluster mount and on the raw disk does not fsync;"
+        " every Bramble small-file step is a separate CLI process (start, TLS connection, one request), compared with one `cp`/`ls`/`rm` process over a mount."
+        " Heal: Bramble `chaos kill n3` … `chaos restart n3`, timed from that command's return"
+    )
+    if gh:
+        trig = gh.get("trigger_accepted_after_s")
+        note += (
+            "; GlusterFS SIGKILL of a brick's glusterfsd … `gluster volume start VOL force`, timed from that command's return"
+            f" (the killed glusterfsd took {gh['brick_exit_after_sigkill_s']:.1f} s to exit, and `gluster volume heal VOL` was refused until the self-heal daemon had reconnected"
+            + (f", {trig:.1f} s after the restart" if trig is not None else "")
+            + "; the self-heal daemon heals a returning brick without it)."
+        )
+    else:
+        note += "."
+    if gs:
+        note += (
+            " GlusterFS holds writes to a hung brick until its `network.ping-timeout` (42 s by default) expires"
+            + (f"; the write was killed at the {p['stall_timeout_s']} s cap" if gs.get("timed_out") else "")
+            + (f" and ended {gs['seconds']:.0f} s after it began." if gs.get("timed_out") and gs["seconds"] > p["stall_timeout_s"] + 1 else ".")
+        )
+    if not gluster_ok:
+        note += f" GlusterFS was not measured: {g.get('skipped', 'unknown reason')}."
+    note += (
+        f" Not measured yet (not built): the mount, S3, erasure coding 4+2, scrub. The machine was shared with other work"
+        f" (load average {data['machine']['load_before'].split()[0]} before, {data['machine']['load_after'].split()[0]} after): one run of each step except the raw dd and the heal, noisy figures. "
+        + provenance(data)
+    )
+    if data.get("source_tree_dirty"):
+        note += " _The binary was built from a working tree with uncommitted changes._"
+    elif data.get("build_skipped"):
+        note += " _Built with SKIP_BUILD=1: the binary may not match the commit._"
+    out.append(note)
+    return "\n".join(out)
+
+
+def _dig(d, keys):
+    for k in keys:
+        if not isinstance(d, dict) or k not in d:
+            return None
+        d = d[k]
+    return d
+
+
 def main():
     readme = ROOT / "README.md"
     text = readme.read_text()
-    for name, render in (("membership", membership), ("footprint", footprint), ("scale", scale), ("catalog", catalog), ("leases", leases), ("streams", streams), ("bulk", bulk), ("lb", lb)):
+    for name, render in (("membership", membership), ("footprint", footprint), ("scale", scale), ("catalog", catalog), ("leases", leases), ("streams", streams), ("bulk", bulk), ("lb", lb), ("storage", storage)):
         data = load(name)
         if data is None:
             continue
