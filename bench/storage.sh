@@ -527,6 +527,7 @@ cleanup_storage() {
     # A capped command still running (also one of the Gluster subshell's).
     [[ -f "$SCRATCH_DIR/capped-pid" ]] && kill -KILL "$(cat "$SCRATCH_DIR/capped-pid")" 2>/dev/null
     [[ -n "$BRAMBLE_STOPPED_PID" ]] && kill -CONT "$BRAMBLE_STOPPED_PID" 2>/dev/null
+    [[ -n "${BRAMBLE_MOUNTED:-}" ]] && umount "$BRAMBLE_MOUNTED" 2>/dev/null
     gluster_teardown
     (exit "$status") # hand the script's exit status on to cleanup_clusters
     cleanup_clusters
@@ -663,6 +664,71 @@ done
 rec bramble.small.delete_s "$(since "$t")"
 log "bramble: $SMALL_FILES small files put, listed, read and removed"
 
+# Through the mount (FUSE, gateway n1), the same commands as on the Gluster mount.
+MOUNT_DIR="$SCRATCH_DIR/mnt"
+mkdir -p "$MOUNT_DIR"
+"$BRAMBLE" mount vol0 "$MOUNT_DIR" --addr "$GW" >/dev/null
+BRAMBLE_MOUNTED="$MOUNT_DIR"
+warm "$SRC"
+sync
+ticks="$(ticks_of agent_list)"
+t=$EPOCHREALTIME
+dd if="$SRC" of="$MOUNT_DIR/big.bin" bs=1M conv=fdatasync status=none
+rec bramble.mount.write_s "$(since "$t")"
+rec_cpu bramble.mount.write_agent_cpu_s "$ticks" agent_list
+drop_caches
+t=$EPOCHREALTIME
+dd if="$MOUNT_DIR/big.bin" of=/dev/null bs=1M status=none
+rec bramble.mount.read_s "$(since "$t")"
+cmp "$MOUNT_DIR/big.bin" "$SRC"
+rm "$MOUNT_DIR/big.bin"
+bramble_rss after_mount
+warm "$SMALL"
+t=$EPOCHREALTIME
+cp -r "$SMALL" "$MOUNT_DIR/small"
+rec bramble.mount.small.create_s "$(since "$t")"
+drop_caches
+t=$EPOCHREALTIME
+listed="$(ls -l "$MOUNT_DIR/small" | grep -c '^-')"
+rec bramble.mount.small.list_s "$(since "$t")"
+[[ "$listed" == "$SMALL_FILES" ]] || { echo "error: ls -l through the mount listed $listed files, not $SMALL_FILES" >&2; exit 1; }
+drop_caches
+t=$EPOCHREALTIME
+cp -r "$MOUNT_DIR/small" "$WORK_DIR/mount-small-back"
+rec bramble.mount.small.read_s "$(since "$t")"
+diff -r "$SMALL" "$WORK_DIR/mount-small-back" >/dev/null
+rm -r "$WORK_DIR/mount-small-back"
+t=$EPOCHREALTIME
+rm -r "$MOUNT_DIR/small"
+rec bramble.mount.small.delete_s "$(since "$t")"
+umount "$MOUNT_DIR"
+BRAMBLE_MOUNTED=""
+log "bramble: $SIZE_MIB MiB and $SMALL_FILES small files through the mount verified"
+
+# S3 through n1's endpoint with aws-cli (multipart in 8 MiB parts, its default).
+if command -v aws >/dev/null 2>&1; then
+    "$BRAMBLE" s3 key create bench --json --addr "$GW" >"$SCRATCH_DIR/s3key.json"
+    S3_ENDPOINT="http://$(sed -n 's/^s3_listen = "\(.*\)"$/\1/p' "$CLUSTER_DIR/n1/store.toml")"
+    s3() {
+        env -u AWS_CA_BUNDLE AWS_ACCESS_KEY_ID="$(json_field "$SCRATCH_DIR/s3key.json" access_key | tr -d '"')" \
+            AWS_SECRET_ACCESS_KEY="$(json_field "$SCRATCH_DIR/s3key.json" secret | tr -d '"')" \
+            AWS_DEFAULT_REGION=us-east-1 aws --endpoint-url "$S3_ENDPOINT" s3 "$@"
+    }
+    warm "$SRC"
+    t=$EPOCHREALTIME
+    s3 cp "$SRC" s3://vol0/s3big.bin --only-show-errors
+    rec bramble.s3.put_s "$(since "$t")"
+    drop_caches
+    t=$EPOCHREALTIME
+    s3 cp s3://vol0/s3big.bin - --only-show-errors >/dev/null
+    rec bramble.s3.get_s "$(since "$t")"
+    s3 cp s3://vol0/s3big.bin - --only-show-errors | cmp - "$SRC"
+    s3 rm s3://vol0/s3big.bin --only-show-errors
+    log "bramble: $SIZE_MIB MiB through S3 (aws-cli) verified"
+else
+    rec bramble.s3.skipped "aws-cli is not installed (pip install awscli)"
+fi
+
 # Heal: n3 killed while 100 MiB is written, then restarted; HEAL_ROUNDS times.
 bramble_heal_round() {
     local key="bramble.heal.rounds.$1" t heal_s heal_polls heal_ok
@@ -772,12 +838,18 @@ if g.get("heal", {}).get("rounds"):
 for node, big in b["big"].items():
     big["put_mib_s"] = mibs(big["put_s"])
     big["get_mib_s"] = mibs(big["get_s"])
+if b.get("mount"):
+    b["mount"]["write_mib_s"] = mibs(b["mount"]["write_s"])
+    b["mount"]["read_mib_s"] = mibs(b["mount"]["read_s"])
+if b.get("s3", {}).get("put_s") is not None:
+    b["s3"]["put_mib_s"] = mibs(b["s3"]["put_s"])
+    b["s3"]["get_mib_s"] = mibs(b["s3"]["get_s"])
 
 def sum_small(s):
     keys = ("create_s", "list_s", "read_s", "delete_s")
     return sum(s[k] for k in keys) if s and all(k in s for k in keys) else None
 
-for side in (raw, g, b):
+for side in (raw, g, b, b.get("mount", {})):
     if side.get("small"):
         side["small"]["total_s"] = sum_small(side["small"])
         side["small"]["per_file_ms"] = {k[:-2]: side["small"][k] / p["small_files"] * 1000 for k in ("create_s", "list_s", "read_s", "delete_s", "total_s") if side["small"].get(k) is not None}
@@ -819,6 +891,13 @@ r = {
 }
 for k in ("create_s", "list_s", "read_s", "delete_s", "total_s"):
     r[f"small_{k[:-2]}_time_vs_gluster"] = ratio(b["small"][k], g["small"][k]) if gluster_ok and g.get("small") else None
+    if b.get("mount", {}).get("small"):
+        r[f"mount_small_{k[:-2]}_time_vs_gluster"] = ratio(b["mount"]["small"][k], g["small"][k]) if gluster_ok and g.get("small") else None
+if b.get("mount"):
+    r["mount_write_vs_gluster"] = ratio(b["mount"]["write_mib_s"], g.get("write_mib_s")) if gluster_ok else None
+    r["mount_read_vs_gluster"] = ratio(b["mount"]["read_mib_s"], g.get("read_mib_s")) if gluster_ok else None
+    r["mount_write_of_raw"] = ratio(b["mount"]["write_mib_s"], ref_w)
+    r["mount_read_of_raw"] = ratio(b["mount"]["read_mib_s"], ref_r)
 heal_b = b["heal"]["seconds"] if not b["heal"]["timed_out"] else None
 heal_g = g["heal"]["seconds"] if gluster_ok and "heal" in g and not g["heal"]["timed_out"] else None
 r["heal_time_vs_gluster"] = ratio(heal_b, heal_g)
@@ -839,7 +918,8 @@ if gluster_ok and "heal" in g:
     # else Gluster did not heal within HEAL_TIMEOUT: Bramble is faster by more than that.
 else:
     heal_target = "≤ 1.5 s (the 3x against GlusterFS not judged: no Gluster run)"
-small_vs = r["small_total_time_vs_gluster"]
+# The small-file goal is judged through the mount (cp -r against cp -r) when there is one.
+small_vs = r.get("mount_small_total_time_vs_gluster") or r["small_total_time_vs_gluster"]
 goals = [
     goal("write", f"≥ 80 % of raw ÷ {copies} copies = {80 / copies:.0f} % of raw", r["write_of_raw"],
          r["write_of_raw"] is not None and r["write_of_raw"] >= 0.8 / copies),
@@ -860,7 +940,7 @@ out = {
         ["git", "status", "--porcelain", "--", "src", "crates", "Cargo.toml", "Cargo.lock"],
         capture_output=True, text=True).stdout.strip()),
     "machine": {"nproc": os.cpu_count(), "kernel": os.uname().release, **data.pop("machine")},
-    "not_measured": "FUSE mount, S3, erasure coding 4+2 and scrub: not built in Bramble yet",
+    "not_measured": "erasure coding 4+2 and scrub rates",
 }
 out.update(data)
 with open(out_path, "w") as f:
