@@ -173,22 +173,26 @@ impl Storage {
     /// brick is on this node. A request for a volume this replica has not seen yet asks
     /// the leader.
     pub async fn spec_for_brick(&self, request: &BrickRequest) -> Result<VolumeSpec, RpcError> {
-        let mut spec = self
+        // This node's replica first; one that does not show the brick here (a volume just
+        // created, bricks just added or removed) is checked against the leader's.
+        if let Ok((spec, _)) = self
             .volume(&request.volume, bramble_meta::api::Consistency::Stale)
             .await
-            .ok()
-            .map(|(spec, _)| spec);
-        if spec.as_ref().map(|spec| spec.id) != Some(request.volume_id) {
-            spec = Some(
-                self.volume(
-                    &request.volume,
-                    bramble_meta::api::Consistency::Linearizable,
-                )
-                .await?
-                .0,
-            );
+            && let Ok(spec) = self.brick_in(spec, request)
+        {
+            return Ok(spec);
         }
-        let spec = spec.ok_or_else(|| RpcError::internal("no spec"))?;
+        let (spec, _) = self
+            .volume(
+                &request.volume,
+                bramble_meta::api::Consistency::Linearizable,
+            )
+            .await?;
+        self.brick_in(spec, request)
+    }
+
+    /// The spec (or its previous layout) in which `request`'s brick is on this node.
+    fn brick_in(&self, spec: VolumeSpec, request: &BrickRequest) -> Result<VolumeSpec, RpcError> {
         if spec.id != request.volume_id {
             return Err(RpcError::new(
                 ErrorKind::NotFound,

@@ -362,9 +362,12 @@ impl Storage {
     pub fn start_heal_pass(self: &Arc<Self>, volume: &str, workers: &Workers) {
         let storage = self.clone();
         let volume = volume.to_string();
+        // A pass that could not reach every brick runs again (back-off 1 s, doubling to
+        // 60 s) until it completes: a move to new bricks must end, and a lost brick's
+        // copies must be made once it answers.
         workers.spawn(
             format!("store-heal-pass/{volume}"),
-            Restart::Never,
+            Restart::OnFailure,
             move |worker| {
                 let storage = storage.clone();
                 let volume = volume.clone();
@@ -379,13 +382,16 @@ impl Storage {
         worker: &WorkerContext,
     ) -> Result<(), String> {
         worker.set_state(WorkerState::Busy);
-        let (spec, _) = self
-            .volume(volume, Consistency::Linearizable)
-            .await
-            .map_err(|error| error.to_string())?;
+        let spec = match self.volume(volume, Consistency::Linearizable).await {
+            Ok((spec, _)) => spec,
+            // Removed meanwhile: nothing left to heal.
+            Err(error) if error.kind == ErrorKind::NotFound => return Ok(()),
+            Err(error) => return Err(error.to_string()),
+        };
         let reach = Arc::new(self.reach().await);
         // What each brick holds (None: the brick could not be asked; it is skipped).
         let mut held: Vec<Option<std::collections::HashSet<crate::file::BlockId>>> = Vec::new();
+        let mut unlisted = 0u64;
         for (index, brick) in spec.bricks.iter().enumerate() {
             let request = crate::admin::BrickRequest {
                 volume: spec.name.clone(),
@@ -409,6 +415,9 @@ impl Storage {
                 Err(error) => {
                     worker.report_error(&format!("brick {index} ({}): {error}", brick.node));
                     held.push(None);
+                    // What that brick lacks is unknown: the pass is not complete (and a
+                    // move to new bricks must not be declared done).
+                    unlisted += 1;
                 }
             }
         }
@@ -482,6 +491,7 @@ impl Storage {
                 None => break,
             }
         }
+        failed += unlisted;
         // A move to new bricks (add-brick, remove-brick) ends by deleting the copies the
         // old layout placed on bricks that no longer hold those blocks, then forgetting
         // the old layout; only once every block has its copies in the new one.
