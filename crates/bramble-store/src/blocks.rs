@@ -229,7 +229,7 @@ impl Storage {
         mut body: BodyReader,
         response: ResponseWriter,
     ) -> Result<(), RpcError> {
-        let _permit = self.transfer_permit()?;
+        let _permit = self.transfer_permit().await?;
         if header.length as usize > MAX_STORED_BLOCK {
             return Err(RpcError::new(
                 ErrorKind::TooLarge,
@@ -264,7 +264,7 @@ impl Storage {
         header: BlockGetHeader,
         response: ResponseWriter,
     ) -> Result<(), RpcError> {
-        let _permit = self.transfer_permit()?;
+        let _permit = self.transfer_permit().await?;
         let spec = self.spec_for_brick(&header.brick).await?;
         let store = self.local_brick(&spec, header.brick.brick)?;
         let (block, expected) = (header.block, header.expected);
@@ -297,17 +297,24 @@ impl Storage {
             .await
     }
 
-    fn transfer_permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, RpcError> {
-        self.transfers.clone().try_acquire_owned().map_err(|_| {
-            RpcError::new(
+    /// Waits for a turn among the [`crate::node::MAX_BLOCK_TRANSFERS`] served at once:
+    /// a burst (an S3 client sending ten parts at a time) queues briefly instead of being
+    /// refused — a refusal would make its writers count this brick as away. The wait is
+    /// bounded well under the sender's [`COPY_TIMEOUT`]; the bytes of a waiting transfer
+    /// stay in its stream's flow-control window, so memory stays bounded.
+    async fn transfer_permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, RpcError> {
+        let wait = COPY_TIMEOUT / 2;
+        match tokio::time::timeout(wait, self.transfers.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(RpcError::new(
                 ErrorKind::Unavailable,
                 format!(
-                    "{} block transfers are already running on {}",
+                    "{} block transfers have been running on {} for over {wait:?}",
                     crate::node::MAX_BLOCK_TRANSFERS,
                     self.node
                 ),
-            )
-        })
+            )),
+        }
     }
 
     /// Logs and counts a corrupt copy.
