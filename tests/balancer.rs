@@ -416,6 +416,13 @@ fn a_session_stays_on_its_server_until_that_server_dies_then_moves() {
         .args(["-KILL", &pid.to_string()])
         .status()
         .unwrap();
+    // SIGKILL is delivered asynchronously: on a loaded machine the server can still answer
+    // a request that reaches it first. The drill is about a dead server.
+    harness::wait_until("the server is gone", Duration::from_secs(10), || {
+        !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|stat| stat.split_whitespace().nth(2) == Some("Z"))
+    });
     let (status, second_server, new_cookie) = get_with_cookie(site, "/session", Some(&cookie));
     assert_eq!(status, 200);
     assert_ne!(second_server, first_server);
