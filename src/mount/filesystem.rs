@@ -192,16 +192,23 @@ impl VolumeFs {
 
     /// A file being written here, as an entry (its record is not in the catalog yet).
     fn writing_entry(&self, path: &str) -> Option<FsEntry> {
-        lock(&self.writing).get(path).map(|size| FsEntry {
-            path: path.to_string(),
-            kind: EntryKind::File,
-            size: *size,
-            modified_ns: bramble_store::file::now_ns(),
-            mode: 0o644,
-            blocks: 0,
-            version: 0,
-            user_metadata: Vec::new(),
-        })
+        lock(&self.writing)
+            .get(path)
+            .map(|size| entry_being_written(path, *size))
+    }
+}
+
+/// A file this mount is writing, as the kernel sees it until its record is committed.
+fn entry_being_written(path: &str, size: u64) -> FsEntry {
+    FsEntry {
+        path: path.to_string(),
+        kind: EntryKind::File,
+        size,
+        modified_ns: bramble_store::file::now_ns(),
+        mode: 0o644,
+        blocks: 0,
+        version: 0,
+        user_metadata: Vec::new(),
     }
 }
 
@@ -217,16 +224,7 @@ struct Context {
 impl Context {
     async fn stat(&self, path: &str) -> Result<FsEntry, RpcError> {
         if let Some(size) = lock(&self.writing).get(path) {
-            return Ok(FsEntry {
-                path: path.to_string(),
-                kind: EntryKind::File,
-                size: *size,
-                modified_ns: bramble_store::file::now_ns(),
-                mode: 0o644,
-                blocks: 0,
-                version: 0,
-                user_metadata: Vec::new(),
-            });
+            return Ok(entry_being_written(path, *size));
         }
         let request = PathRequest {
             volume: self.volume.clone(),

@@ -21,7 +21,6 @@ use tokio::task::JoinSet;
 
 use crate::file::{StoredEntry, now_ns};
 use crate::hints::Hint;
-use crate::keys;
 use crate::node::{Reach, Storage};
 
 /// How often the worker looks for bricks that are back.
@@ -421,75 +420,58 @@ impl Storage {
                 }
             }
         }
-        let mut start_after = None;
+        // Read once, for the copies and for the end of a move.
+        let records = self
+            .file_records(&spec.name)
+            .await
+            .map_err(|error| error.to_string())?;
         let mut files = 0u64;
         let mut copied = 0u64;
         let mut failed = 0u64;
-        loop {
-            let page = self
-                .meta
-                .scan(bramble_meta::api::ScanRequest {
-                    prefix: keys::files_prefix(&spec.name),
-                    start_after: start_after.take(),
-                    delimiter: None,
-                    limit: bramble_meta::api::MAX_SCAN_LIMIT,
-                    consistency: Consistency::Linearizable,
-                    forwarded: false,
-                })
-                .await
-                .map_err(|error| error.to_string())?;
-            for (_, value) in &page.entries {
-                let Ok(StoredEntry::FileV1(record)) = StoredEntry::decode(&value.value) else {
+        for (_, record) in &records {
+            files += 1;
+            for (index, block_record) in record.blocks.iter().enumerate() {
+                let block = record.block_id(index as u32);
+                let set = spec.set_of_block(&block);
+                let missing: Vec<(usize, usize)> = spec
+                    .set_brick_indexes(set)
+                    .enumerate()
+                    .filter(|(_, brick)| {
+                        held[*brick]
+                            .as_ref()
+                            .is_some_and(|blocks| !blocks.contains(&block))
+                    })
+                    .collect();
+                if missing.is_empty() {
                     continue;
-                };
-                files += 1;
-                for (index, block_record) in record.blocks.iter().enumerate() {
-                    let block = record.block_id(index as u32);
-                    let set = spec.set_of_block(&block);
-                    let missing: Vec<(usize, usize)> = spec
-                        .set_brick_indexes(set)
-                        .enumerate()
-                        .filter(|(_, brick)| {
-                            held[*brick]
-                                .as_ref()
-                                .is_some_and(|blocks| !blocks.contains(&block))
-                        })
-                        .collect();
-                    if missing.is_empty() {
+                }
+                let data = match self.read_block(&spec, block, *block_record, &reach).await {
+                    Ok(data) => data,
+                    Err(error) => {
+                        failed += missing.len() as u64;
+                        worker.report_error(&error.to_string());
                         continue;
                     }
-                    let data = match self.read_block(&spec, block, *block_record, &reach).await {
-                        Ok(data) => data,
+                };
+                let pieces = crate::write::pieces_of(&spec, block_record.hash, data)
+                    .map_err(|error| error.to_string())?;
+                for (position, brick) in missing {
+                    let (hash, piece) = pieces[position].clone();
+                    match self
+                        .put_copy(&spec, brick, block, hash, piece, &reach)
+                        .await
+                    {
+                        Ok(()) => copied += 1,
                         Err(error) => {
-                            failed += missing.len() as u64;
-                            worker.report_error(&error.to_string());
-                            continue;
-                        }
-                    };
-                    let pieces = crate::write::pieces_of(&spec, block_record.hash, data)
-                        .map_err(|error| error.to_string())?;
-                    for (position, brick) in missing {
-                        let (hash, piece) = pieces[position].clone();
-                        match self
-                            .put_copy(&spec, brick, block, hash, piece, &reach)
-                            .await
-                        {
-                            Ok(()) => copied += 1,
-                            Err(error) => {
-                                failed += 1;
-                                worker.report_error(&format!("brick {brick}: {error}"));
-                            }
+                            failed += 1;
+                            worker.report_error(&format!("brick {brick}: {error}"));
                         }
                     }
                 }
-                worker.set_progress(format!(
-                    "{files} files checked, {copied} copies made, {failed} failed"
-                ));
             }
-            match page.next_start_after {
-                Some(next) => start_after = Some(next),
-                None => break,
-            }
+            worker.set_progress(format!(
+                "{files} files checked, {copied} copies made, {failed} failed"
+            ));
         }
         failed += unlisted;
         // A move to new bricks (add-brick, remove-brick) ends by deleting the copies the
@@ -498,40 +480,18 @@ impl Storage {
         if failed == 0
             && let Some(previous) = spec.previous()
         {
-            let mut start_after = None;
             let mut leftovers: HashMap<usize, Vec<crate::file::BlockId>> = HashMap::new();
-            loop {
-                let page = self
-                    .meta
-                    .scan(bramble_meta::api::ScanRequest {
-                        prefix: keys::files_prefix(&spec.name),
-                        start_after: start_after.take(),
-                        delimiter: None,
-                        limit: bramble_meta::api::MAX_SCAN_LIMIT,
-                        consistency: Consistency::Linearizable,
-                        forwarded: false,
-                    })
-                    .await
-                    .map_err(|error| error.to_string())?;
-                for (_, value) in &page.entries {
-                    let Ok(StoredEntry::FileV1(record)) = StoredEntry::decode(&value.value) else {
-                        continue;
-                    };
-                    for block in record.block_ids() {
-                        let now: Vec<&crate::volume::Brick> = spec
-                            .set_brick_indexes(spec.set_of_block(&block))
-                            .map(|brick| &spec.bricks[brick])
-                            .collect();
-                        for old in previous.set_brick_indexes(previous.set_of_block(&block)) {
-                            if !now.contains(&&previous.bricks[old]) {
-                                leftovers.entry(old).or_default().push(block);
-                            }
+            for (_, record) in &records {
+                for block in record.block_ids() {
+                    let now: Vec<&crate::volume::Brick> = spec
+                        .set_brick_indexes(spec.set_of_block(&block))
+                        .map(|brick| &spec.bricks[brick])
+                        .collect();
+                    for old in previous.set_brick_indexes(previous.set_of_block(&block)) {
+                        if !now.contains(&&previous.bricks[old]) {
+                            leftovers.entry(old).or_default().push(block);
                         }
                     }
-                }
-                match page.next_start_after {
-                    Some(next) => start_after = Some(next),
-                    None => break,
                 }
             }
             for (old, blocks) in leftovers {

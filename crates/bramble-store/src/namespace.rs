@@ -334,32 +334,14 @@ impl Storage {
         prefix: &str,
         most: usize,
     ) -> Result<Vec<(String, u64, StoredEntry)>, RpcError> {
-        let mut found = Vec::new();
-        let mut start_after = None;
-        loop {
-            let page = self
-                .meta
-                .scan(ScanRequest {
-                    prefix: prefix.to_string(),
-                    start_after: start_after.take(),
-                    delimiter: None,
-                    limit: bramble_meta::api::MAX_SCAN_LIMIT,
-                    consistency: Consistency::Linearizable,
-                    forwarded: false,
-                })
-                .await?;
-            for (key, value) in page.entries {
+        self.scan_all(prefix, most)
+            .await?
+            .into_iter()
+            .map(|(key, value)| {
                 let entry = decode(&key, &value.value)?;
-                found.push((key, value.version, entry));
-                if found.len() > most {
-                    return Ok(found);
-                }
-            }
-            match page.next_start_after {
-                Some(next) => start_after = Some(next),
-                None => return Ok(found),
-            }
-        }
+                Ok((key, value.version, entry))
+            })
+            .collect()
     }
 
     /// Removes a file, or a directory (`recursive` for one that is not empty). Returns the

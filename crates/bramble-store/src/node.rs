@@ -283,6 +283,58 @@ impl Storage {
         }
     }
 
+    /// Every key under `prefix` with its value, read page by page through the leader; at
+    /// most `most` + 1 (a caller that bounds the result can tell it was exceeded).
+    pub async fn scan_all(
+        &self,
+        prefix: &str,
+        most: usize,
+    ) -> Result<Vec<(String, bramble_meta::types::VersionedValue)>, RpcError> {
+        let mut found = Vec::new();
+        let mut start_after = None;
+        loop {
+            let page = self
+                .meta
+                .scan(bramble_meta::api::ScanRequest {
+                    prefix: prefix.to_string(),
+                    start_after: start_after.take(),
+                    delimiter: None,
+                    limit: bramble_meta::api::MAX_SCAN_LIMIT,
+                    consistency: Consistency::Linearizable,
+                    forwarded: false,
+                })
+                .await?;
+            for entry in page.entries {
+                found.push(entry);
+                if found.len() > most {
+                    return Ok(found);
+                }
+            }
+            match page.next_start_after {
+                Some(next) => start_after = Some(next),
+                None => return Ok(found),
+            }
+        }
+    }
+
+    /// Every file record of a volume (records that cannot be read are skipped).
+    pub async fn file_records(
+        &self,
+        volume: &str,
+    ) -> Result<Vec<(String, crate::file::FileRecord)>, RpcError> {
+        Ok(self
+            .scan_all(&keys::files_prefix(volume), usize::MAX - 1)
+            .await?
+            .into_iter()
+            .filter_map(
+                |(key, value)| match crate::file::StoredEntry::decode(&value.value) {
+                    Ok(crate::file::StoredEntry::FileV1(record)) => Some((key, record)),
+                    _ => None,
+                },
+            )
+            .collect())
+    }
+
     /// Proposes a catalog command and returns what applying it did.
     pub async fn commit(&self, command: Command) -> Result<CommandResult, RpcError> {
         match self.meta.write(command, false).await? {

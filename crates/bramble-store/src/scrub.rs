@@ -344,32 +344,12 @@ impl Storage {
             keys::files_prefix(&spec.name),
             format!("store/uploads/{}/", spec.name),
         ] {
-            let mut start_after = None;
-            loop {
-                let page = self
-                    .meta
-                    .scan(bramble_meta::api::ScanRequest {
-                        prefix: prefix.clone(),
-                        start_after: start_after.take(),
-                        delimiter: None,
-                        limit: bramble_meta::api::MAX_SCAN_LIMIT,
-                        consistency: Consistency::Linearizable,
-                        forwarded: false,
-                    })
-                    .await?;
-                for (_, value) in &page.entries {
-                    if let Ok(crate::file::StoredEntry::FileV1(record)) =
-                        crate::file::StoredEntry::decode(&value.value)
-                    {
-                        versions.insert(record.version);
-                        for index in 0..record.blocks.len() as u32 {
-                            versions.insert(record.block_id(index).version);
-                        }
-                    }
-                }
-                match page.next_start_after {
-                    Some(next) => start_after = Some(next),
-                    None => break,
+            for (_, value) in self.scan_all(&prefix, usize::MAX - 1).await? {
+                if let Ok(crate::file::StoredEntry::FileV1(record)) =
+                    crate::file::StoredEntry::decode(&value.value)
+                {
+                    versions.insert(record.version);
+                    versions.extend(record.block_ids().iter().map(|block| block.version));
                 }
             }
         }

@@ -305,34 +305,20 @@ impl BrambleS3 {
     ) -> S3Result<Vec<(i32, String, FileRecord)>> {
         let prefix = format!("{}/", upload_key(&spec.name, upload_id));
         let mut parts = Vec::new();
-        let mut start_after = None;
-        loop {
-            let page = self
-                .storage
-                .meta
-                .scan(ScanRequest {
-                    prefix: prefix.clone(),
-                    start_after: start_after.take(),
-                    delimiter: None,
-                    limit: MAX_SCAN_LIMIT,
-                    consistency: Consistency::Linearizable,
-                    forwarded: false,
-                })
-                .await
-                .map_err(s3_error_of)?;
-            for (key, value) in page.entries {
-                let Ok(number) = key[prefix.len()..].parse::<i32>() else {
-                    continue;
-                };
-                if let Ok(StoredEntry::FileV1(record)) = StoredEntry::decode(&value.value) {
-                    parts.push((number, key, record));
-                }
-            }
-            match page.next_start_after {
-                Some(next) => start_after = Some(next),
-                None => return Ok(parts),
+        let entries = self
+            .storage
+            .scan_all(&prefix, MAX_PARTS as usize)
+            .await
+            .map_err(s3_error_of)?;
+        for (key, value) in entries {
+            let Ok(number) = key[prefix.len()..].parse::<i32>() else {
+                continue;
+            };
+            if let Ok(StoredEntry::FileV1(record)) = StoredEntry::decode(&value.value) {
+                parts.push((number, key, record));
             }
         }
+        Ok(parts)
     }
 
     async fn list(
