@@ -35,6 +35,7 @@ use crate::process;
 /// Every subsystem of the agent, in start order (stopped in reverse).
 const SUBSYSTEMS: &[Subsystem] = &[
     bramble_store::subsystem::SUBSYSTEM,
+    bramble_compute::jobs::subsystem::SUBSYSTEM,
     bramble_lb::subsystem::SUBSYSTEM,
 ];
 /// How long the agent waits for its workers to end after the shutdown signal.

@@ -122,6 +122,29 @@ pub enum Command {
         after_help = "Examples:\n  bramble mount vol0 /mnt/vol0             returns once mounted; umount /mnt/vol0 ends it\n  bramble mount vol0 /mnt/vol0 --foreground\n\nInside, cp, ls -l, sha1sum, mkdir, mv and rm work as on a local disk. Files are written\nwhole (new or truncated files, as cp, dd, tar and rsync write them); writing into the\nmiddle of an existing file is not supported yet (EOPNOTSUPP)."
     )]
     Mount(MountArgs),
+    /// Run a parallel job: N tasks of a command over the cluster's slots (`srun`, `sbatch`
+    /// with --detach, `spark-submit`).
+    #[command(
+        after_help = "Examples:\n  bramble run -n 24 -- sh -c 'echo $BRAMBLE_TASK_INDEX'\n  bramble run -n 200 --policy roundrobin --reduce sum -- sh -c 'echo $((BRAMBLE_TASK_INDEX * 2))'\n  bramble run -n 8 --retries 2 --timeout 30s --detach -- ./simulate --seed-from-env\n  bramble run -n 4 --after 12 -- ./postprocess\n\nEach task gets BRAMBLE_TASK_INDEX, BRAMBLE_TASK_COUNT, BRAMBLE_JOB_ID, BRAMBLE_ATTEMPT,\nBRAMBLE_TASK_SEED (its own random seed) and BRAMBLE_NODE. With --reduce, the last line a\ntask prints is its value. A task may run more than once (a lost node, a speculative\ncopy); its result counts once. Ctrl-C cancels an attached job; --detach prints its id."
+    )]
+    Run(RunArgs),
+    /// Estimate pi by Monte Carlo over the cluster (the cookbook's Spark recipe, built in).
+    #[command(
+        after_help = "Examples:\n  bramble pi --samples 1000000000 --partitions 24\n  bramble pi --samples 1e9 --json\n\nPrints the estimate, its error against pi, the wall-clock time, and the same samples on\nthis machine alone (all its cores) for the speed-up. Every partition draws its own\nrandom stream (xoshiro256++ seeded from --seed and its index)."
+    )]
+    Pi(PiArgs),
+    /// List jobs: running and queued, and the latest finished (`squeue`).
+    #[command(after_help = "Examples:\n  bramble jobs\n  bramble jobs --all --json")]
+    Jobs(JobsArgs),
+    /// One job: its tasks (node, state, attempts, duration, exit code) and where they ran.
+    #[command(
+        args_conflicts_with_subcommands = true,
+        after_help = "Examples:\n  bramble job 7\n  bramble job 7 --json\n  bramble job logs 7 --task 3\n  bramble job logs 7 --task 3 --follow"
+    )]
+    Job(JobArgs),
+    /// Cancel a job (`scancel`): its running tasks are stopped.
+    #[command(after_help = "Example:\n  bramble cancel 7")]
+    Cancel(CancelArgs),
     /// Measure the cluster with the agents' own transport.
     #[command(
         subcommand,
@@ -763,4 +786,133 @@ pub enum LbBackendCommand {
         backend: String,
         weight: u32,
     },
+}
+
+/// Scheduling policies of `bramble run`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PolicyArg {
+    /// Task i to the (i mod n)-th node.
+    Roundrobin,
+    /// Each task to the node with the lowest load per slot.
+    Leastload,
+    /// Tasks in proportion to each node's speed times its free slots.
+    Greedy,
+    /// Nodes take the next task whenever a slot frees (the default).
+    Dynamic,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReduceArg {
+    Sum,
+    Min,
+    Max,
+    Concat,
+    None,
+}
+
+#[derive(Debug, Args)]
+pub struct JobOptions {
+    /// Scheduling policy.
+    #[arg(long, value_enum, default_value_t = PolicyArg::Dynamic)]
+    pub policy: PolicyArg,
+    /// Slots each task takes on its node.
+    #[arg(long, default_value_t = 1, value_name = "C")]
+    pub cpus_per_task: u32,
+    /// At most N tasks of this job at once.
+    #[arg(long, value_name = "N")]
+    pub max_running: Option<u32>,
+    /// Attempts after a task's first failure (0 to 10).
+    #[arg(long, default_value_t = 3, value_name = "R")]
+    pub retries: u32,
+    /// Run a copy of a straggling task elsewhere; the first result wins.
+    #[arg(long)]
+    pub speculate: bool,
+    /// Longest one attempt of a task may run: 500ms, 30s, 10m, 2h.
+    #[arg(long, value_name = "T")]
+    pub timeout: Option<String>,
+    /// Start once job ID has succeeded (Slurm's --dependency=afterok).
+    #[arg(long, value_name = "ID")]
+    pub after: Option<u64>,
+    /// Random seed of the job (each task's is derived from it and its index).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Print the job id and return at once.
+    #[arg(long)]
+    pub detach: bool,
+    #[command(flatten)]
+    pub output: JsonFlag,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Number of tasks.
+    #[arg(short = 'n', long = "tasks", value_name = "N")]
+    pub tasks: u32,
+    /// How to combine the numbers the tasks print (the last line of each).
+    #[arg(long, value_enum, default_value_t = ReduceArg::None)]
+    pub reduce: ReduceArg,
+    /// Extra environment for every task (repeat).
+    #[arg(long = "env", value_name = "K=V")]
+    pub env: Vec<String>,
+    #[command(flatten)]
+    pub options: JobOptions,
+    /// The command and its arguments (run directly, not through a shell).
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct PiArgs {
+    /// Points to draw in all (1e9, 1000000000).
+    #[arg(long, default_value = "1e9")]
+    pub samples: String,
+    /// Tasks to share them.
+    #[arg(long, default_value_t = 24)]
+    pub partitions: u32,
+    /// Skip the run on this machine alone.
+    #[arg(long)]
+    pub no_local: bool,
+    #[command(flatten)]
+    pub options: JobOptions,
+}
+
+#[derive(Debug, Args)]
+pub struct JobsArgs {
+    /// Every finished job still kept (a day, at most 1,000), not only the latest.
+    #[arg(long)]
+    pub all: bool,
+    #[command(flatten)]
+    pub output: JsonFlag,
+}
+
+#[derive(Debug, Args)]
+pub struct JobArgs {
+    /// The job's id.
+    pub id: Option<u64>,
+    #[command(flatten)]
+    pub output: JsonFlag,
+    #[command(subcommand)]
+    pub command: Option<JobCommand>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobCommand {
+    /// A task's output (its first 1 MiB of stdout and stderr), read from the node that ran it.
+    Logs(JobLogsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct JobLogsArgs {
+    pub id: u64,
+    /// The task's index.
+    #[arg(long, default_value_t = 0)]
+    pub task: u32,
+    /// Keep printing while the task runs.
+    #[arg(long)]
+    pub follow: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CancelArgs {
+    pub id: u64,
 }

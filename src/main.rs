@@ -93,6 +93,11 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Command::Fs(command) => commands::fs::run(global, command).await,
         Command::Mount(args) => mount::run(global, args).await,
         Command::S3(command) => commands::s3::run(global, command).await,
+        Command::Run(args) => commands::jobs::run(global, args).await,
+        Command::Pi(args) => commands::jobs::pi(global, args).await,
+        Command::Jobs(args) => commands::jobs::list(global, args).await,
+        Command::Job(args) => commands::jobs::job(global, args).await,
+        Command::Cancel(args) => commands::jobs::cancel(global, args).await,
     }
 }
 

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod catalog;
 pub mod demo_web;
 pub mod fs;
+pub mod jobs;
 pub mod lb;
 pub mod membership;
 pub mod s3;

@@ -244,8 +244,10 @@ impl Meta {
         forwarded: bool,
     ) -> Result<CommandResult, RpcError> {
         command.validate().map_err(RpcError::bad_request)?;
+        // A batch may *test* a lease record (a holder fencing its writes with the grant's
+        // version), but only the lease protocol changes one.
         let touches_leases = command
-            .keys()
+            .written_keys()
             .iter()
             .any(|key| key.starts_with(LEASE_PREFIX))
             || matches!(&command, Command::Batch { operations, .. } if operations.iter().any(

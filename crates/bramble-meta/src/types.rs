@@ -131,6 +131,14 @@ impl Command {
         }
     }
 
+    /// Every key (or prefix) the command changes; a batch's conditions only test theirs.
+    pub fn written_keys(&self) -> Vec<&str> {
+        match self {
+            Command::Batch { operations, .. } => operations.iter().map(Operation::key).collect(),
+            other => other.keys(),
+        }
+    }
+
     /// Checks the bounds every command must respect.
     pub fn validate(&self) -> Result<(), String> {
         for key in self.keys() {

@@ -9,6 +9,7 @@
 //!   (`bench.sink`, `bench.source`, `bench.push`), for measuring the network between nodes.
 
 pub mod bench_service;
+pub mod lease_holder;
 pub mod service;
 pub mod subsystem;
 

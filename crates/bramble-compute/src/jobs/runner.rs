@@ -1,0 +1,906 @@
+//! The task runner every node has: it asks the scheduler for work while any job is
+//! active (learned from its own catalog replica, so an idle cluster sends nothing), runs
+//! what it is given within its slots, keeps each attempt's output on disk (the first
+//! 1 MiB of each stream) and reports results until a checkpoint covers them.
+//!
+//! Tasks run as their own process group, at the priority the agent was started with
+//! (not the agent's raised control-plane priority), and — when the agent runs as root —
+//! as an unprivileged user (`nobody` unless `jobs.toml` names another), so a job cannot
+//! take over the node or starve the agent's lease renewals. The built-in π task runs on
+//! a thread of its own at the same ordinary priority.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bramble_cluster::Membership;
+use bramble_meta::Meta;
+use bramble_meta::api::{Consistency, ScanRequest};
+use bramble_meta::types::Change;
+use bramble_net::{ErrorKind, RpcClient, RpcError};
+use bramble_util::WorkerContext;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::sync::Notify;
+use tracing::{debug, warn};
+
+use super::admin::*;
+use super::montecarlo;
+use super::record::{JobRecord, SCHEDULER_LEASE, STATE_PREFIX, id_of_key};
+use super::reduce::{MAX_VALUE_BYTES, task_value};
+use super::scheduler::Scheduler;
+use super::spec::{JobId, Reduce, Work};
+
+/// Output kept per stream of an attempt.
+pub const MAX_KEPT_OUTPUT: u64 = 1024 * 1024;
+/// Failure reasons carry at most this much of standard error.
+const STDERR_TAIL_BYTES: usize = 512;
+/// How long a stopped task gets between SIGTERM and SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+/// A worker with tasks reports at least this often (the scheduler's liveness check).
+const HEARTBEAT: Duration = Duration::from_secs(1);
+/// How long an exchange may take (the scheduler holds one for up to a second).
+const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Outputs of attempts are kept this long after the job's record is gone.
+const OUTPUT_DIRECTORY: &str = "jobs/output";
+const SETTINGS_FILE: &str = "jobs.toml";
+
+/// `jobs.toml` in the data directory; every field optional.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSettings {
+    /// Task slots (default: the number of CPUs; 0: this node runs no tasks).
+    pub slots: Option<u32>,
+    /// Relative speed for the greedy policy (default: measured at start).
+    pub speed: Option<f64>,
+    /// The user tasks run as when the agent runs as root (default `nobody`; `root`
+    /// allows root).
+    pub task_user: Option<String>,
+}
+
+impl JobSettings {
+    pub fn load(data_dir: &Path) -> Result<JobSettings, String> {
+        let path = data_dir.join(SETTINGS_FILE);
+        if !path.exists() {
+            return Ok(JobSettings::default());
+        }
+        let settings: JobSettings = bramble_util::files::read_toml(&path)
+            .map_err(|error| format!("{}: {error}", path.display()))?;
+        if settings.slots.is_some_and(|slots| slots > 1024) {
+            return Err(format!("{}: slots is at most 1024", path.display()));
+        }
+        if settings
+            .speed
+            .is_some_and(|speed| !speed.is_finite() || speed <= 0.0 || speed > 1e6)
+        {
+            return Err(format!(
+                "{}: speed is a positive number (1.0: the reference)",
+                path.display()
+            ));
+        }
+        Ok(settings)
+    }
+}
+
+/// Who tasks run as.
+#[derive(Debug, Clone)]
+struct TaskIdentity {
+    /// `None`: as the agent's own user.
+    switch_to: Option<(u32, u32, String)>,
+}
+
+fn resolve_identity(settings: &JobSettings) -> Result<TaskIdentity, String> {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        return Ok(TaskIdentity { switch_to: None });
+    }
+    let name = settings.task_user.as_deref().unwrap_or("nobody");
+    if name == "root" {
+        return Ok(TaskIdentity { switch_to: None });
+    }
+    let user = lookup_user(name)
+        .ok_or_else(|| format!("jobs.toml: the task user {name:?} does not exist on this node"))?;
+    Ok(TaskIdentity {
+        switch_to: Some((user.0, user.1, name.to_string())),
+    })
+}
+
+/// The uid and gid of a user name, from the system's user database.
+fn lookup_user(name: &str) -> Option<(u32, u32)> {
+    let name = std::ffi::CString::new(name).ok()?;
+    let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut buffer = vec![0 as libc::c_char; 16 * 1024];
+    let mut found: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call; getpwnam_r writes only into `entry`
+    // and `buffer` (whose length it is told) and sets `found`.
+    let status = unsafe {
+        libc::getpwnam_r(
+            name.as_ptr(),
+            &mut entry,
+            buffer.as_mut_ptr(),
+            buffer.len(),
+            &mut found,
+        )
+    };
+    (status == 0 && !found.is_null()).then_some((entry.pw_uid, entry.pw_gid))
+}
+
+/// Measures this node's speed with a short run of the π kernel: samples per second
+/// over 10^8 (about a modern x86 core; a Pi 4 core is about 0.3).
+fn calibrate() -> f64 {
+    let never = AtomicBool::new(false);
+    let samples = 4_000_000;
+    let started = Instant::now();
+    let _ = montecarlo::count_hits(1, samples, &never);
+    let seconds = started.elapsed().as_secs_f64().max(1e-6);
+    ((samples as f64 / seconds) / 1e8 * 100.0).round() / 100.0
+}
+
+/// An attempt being run here.
+struct Attempt {
+    stop: Arc<Notify>,
+    stopping: Arc<AtomicBool>,
+    cpus: u32,
+}
+
+/// What is kept of a finished attempt until a checkpoint covers it.
+struct Unacknowledged {
+    result: TaskResult,
+    /// The scheduler epoch it was last sent to (0: never sent).
+    sent_to: u64,
+}
+
+pub struct Runner {
+    node: String,
+    data_dir: PathBuf,
+    slots: u32,
+    speed: f64,
+    cpus: u32,
+    identity: TaskIdentity,
+    meta: Arc<Meta>,
+    membership: Arc<Membership>,
+    rpc: RpcClient,
+    scheduler: Arc<Scheduler>,
+    running: Mutex<HashMap<TaskKey, Attempt>>,
+    unacknowledged: Mutex<BTreeMap<TaskKey, Unacknowledged>>,
+    wake: Notify,
+}
+
+impl Runner {
+    #[allow(clippy::too_many_arguments)]
+    pub async fn new(
+        node: &str,
+        data_dir: &Path,
+        settings: &JobSettings,
+        meta: Arc<Meta>,
+        membership: Arc<Membership>,
+        rpc: RpcClient,
+        scheduler: Arc<Scheduler>,
+    ) -> Result<Arc<Runner>, String> {
+        let cpus = std::thread::available_parallelism()
+            .map(|count| count.get() as u32)
+            .unwrap_or(1);
+        let identity = resolve_identity(settings)?;
+        let speed = match settings.speed {
+            Some(speed) => speed,
+            None => tokio::task::spawn_blocking(|| {
+                bramble_util::scheduling::restore_original_priority();
+                calibrate()
+            })
+            .await
+            .unwrap_or(1.0),
+        };
+        let output = data_dir.join(OUTPUT_DIRECTORY);
+        std::fs::create_dir_all(&output)
+            .map_err(|error| format!("creating {}: {error}", output.display()))?;
+        Ok(Arc::new(Runner {
+            node: node.to_string(),
+            data_dir: data_dir.to_path_buf(),
+            slots: settings.slots.unwrap_or(cpus),
+            speed,
+            cpus,
+            identity,
+            meta,
+            membership,
+            rpc,
+            scheduler,
+            running: Mutex::new(HashMap::new()),
+            unacknowledged: Mutex::new(BTreeMap::new()),
+            wake: Notify::new(),
+        }))
+    }
+
+    pub fn slots(&self) -> u32 {
+        self.slots
+    }
+
+    pub fn speed(&self) -> f64 {
+        self.speed
+    }
+
+    pub fn running_count(&self) -> usize {
+        self.running().len()
+    }
+
+    fn running(&self) -> MutexGuard<'_, HashMap<TaskKey, Attempt>> {
+        self.running
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    fn unacknowledged(&self) -> MutexGuard<'_, BTreeMap<TaskKey, Unacknowledged>> {
+        self.unacknowledged
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    fn used_slots(&self) -> u32 {
+        self.running().values().map(|attempt| attempt.cpus).sum()
+    }
+
+    /// The worker `jobs-runner`.
+    pub async fn run(self: Arc<Self>, worker: WorkerContext) -> Result<(), String> {
+        let mut shutdown = worker.shutdown();
+        let mut watch = self.meta.watch(STATE_PREFIX);
+        let mut active = self.active_jobs().await;
+        let mut epoch = 0u64;
+        loop {
+            let busy = !self.running().is_empty() || !self.unacknowledged().is_empty();
+            worker.set_queue(self.running().len() as u64);
+            if !busy && active.is_empty() {
+                worker.set_progress("idle");
+                tokio::select! {
+                    _ = shutdown.wait() => break,
+                    change = watch.next() => {
+                        if !follow(&mut active, change, &self).await {
+                            break;
+                        }
+                    }
+                    _ = self.wake.notified() => {}
+                }
+                continue;
+            }
+            let free = self.slots.saturating_sub(self.used_slots());
+            let wants_work = free > 0 && !active.is_empty();
+            let outcome = tokio::select! {
+                _ = shutdown.wait() => break,
+                outcome = self.exchange(epoch, wants_work) => outcome,
+            };
+            let mut pause = Duration::ZERO;
+            match outcome {
+                Ok(answer) => {
+                    // A new scheduler: resend every result it has not seen, at once.
+                    let new_scheduler = answer.epoch != epoch;
+                    epoch = answer.epoch;
+                    let started = answer.start.len();
+                    let was_idle = self.running().is_empty();
+                    self.apply_answer(answer);
+                    worker.set_progress(format!(
+                        "{} running, {} slot(s)",
+                        self.running().len(),
+                        self.slots
+                    ));
+                    // An idle worker that wants work was held by the scheduler already;
+                    // otherwise report again when a task ends, or at the heartbeat.
+                    if started == 0 && !new_scheduler && !(wants_work && was_idle) {
+                        pause = HEARTBEAT;
+                    }
+                }
+                Err(error) => {
+                    debug!(%error, "no answer from the jobs scheduler");
+                    pause = Duration::from_millis(300);
+                }
+            }
+            // Drain the catalog's changes (the set of active jobs) without waiting.
+            while let Some(change) = watch.try_next() {
+                if !follow(&mut active, Some(change), &self).await {
+                    return Ok(());
+                }
+            }
+            if !pause.is_zero() {
+                tokio::select! {
+                    _ = shutdown.wait() => break,
+                    _ = self.wake.notified() => {}
+                    _ = tokio::time::sleep(pause) => {}
+                    change = watch.next() => {
+                        if !follow(&mut active, change, &self).await {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        self.stop_everything().await;
+        Ok(())
+    }
+
+    /// Stops every attempt (the agent is stopping); they are reported as lost and run
+    /// elsewhere.
+    async fn stop_everything(&self) {
+        let attempts: Vec<(Arc<Notify>, Arc<AtomicBool>)> = self
+            .running()
+            .values()
+            .map(|attempt| (attempt.stop.clone(), attempt.stopping.clone()))
+            .collect();
+        for (stop, stopping) in attempts {
+            stopping.store(true, Ordering::SeqCst);
+            stop.notify_one();
+        }
+        let deadline = Instant::now() + STOP_GRACE + Duration::from_millis(500);
+        while !self.running().is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Jobs whose state in this node's replica is not final.
+    async fn active_jobs(&self) -> BTreeSet<JobId> {
+        let mut active = BTreeSet::new();
+        let mut start_after = None;
+        loop {
+            let page = self
+                .meta
+                .scan(ScanRequest {
+                    prefix: STATE_PREFIX.to_string(),
+                    start_after: start_after.clone(),
+                    delimiter: None,
+                    limit: 1000,
+                    consistency: Consistency::Stale,
+                    forwarded: false,
+                })
+                .await;
+            let Ok(page) = page else {
+                return active;
+            };
+            for entry in page.entries {
+                if let (Some(id), Ok(record)) = (
+                    id_of_key(&entry.0, STATE_PREFIX),
+                    JobRecord::decode(&entry.1.value),
+                ) && !record.state.is_final()
+                {
+                    active.insert(id);
+                }
+            }
+            match page.next_start_after {
+                Some(next) => start_after = Some(next),
+                None => return active,
+            }
+        }
+    }
+
+    async fn exchange(&self, epoch: u64, wants_work: bool) -> Result<ExchangeAnswer, RpcError> {
+        let running: Vec<TaskKey> = self.running().keys().copied().collect();
+        let holder = self
+            .meta
+            .lease_record(SCHEDULER_LEASE)
+            .and_then(|(record, _)| record.holder)
+            .ok_or_else(|| RpcError::new(ErrorKind::Unavailable, "no jobs scheduler yet"))?;
+        let finished: Vec<TaskResult> = {
+            let unacknowledged = self.unacknowledged();
+            unacknowledged
+                .values()
+                .filter(|kept| kept.sent_to != epoch || epoch == 0)
+                .map(|kept| kept.result.clone())
+                .collect()
+        };
+        let request = ExchangeRequest {
+            node: self.node.clone(),
+            slots: self.slots,
+            speed: self.speed,
+            load1: load_average(),
+            cpus: self.cpus,
+            running,
+            finished,
+            epoch,
+            wants_work,
+        };
+        let sent: Vec<TaskKey> = request.finished.iter().map(|result| result.key).collect();
+        let answer = if holder == self.node {
+            self.scheduler.exchange(request).await?
+        } else {
+            let address = self
+                .membership
+                .nodes()
+                .await
+                .into_iter()
+                .find(|node| node.name == holder)
+                .map(|node| node.addr)
+                .ok_or_else(|| {
+                    RpcError::new(
+                        ErrorKind::Unavailable,
+                        format!("the jobs scheduler {holder} is not a known member"),
+                    )
+                })?;
+            let call = self.rpc.call_reusing(address, METHOD_EXCHANGE, &request);
+            match tokio::time::timeout(EXCHANGE_TIMEOUT, call).await {
+                Ok(Ok(answer)) => answer,
+                Ok(Err(error)) => {
+                    return Err(error.remote().cloned().unwrap_or_else(|| {
+                        RpcError::new(ErrorKind::Unavailable, error.to_string())
+                    }));
+                }
+                Err(_) => {
+                    return Err(RpcError::new(
+                        ErrorKind::Unavailable,
+                        "the jobs scheduler did not answer in time",
+                    ));
+                }
+            }
+        };
+        let mut unacknowledged = self.unacknowledged();
+        for key in sent {
+            if let Some(kept) = unacknowledged.get_mut(&key) {
+                kept.sent_to = answer.epoch;
+            }
+        }
+        for key in &answer.durable {
+            unacknowledged.remove(key);
+        }
+        Ok(answer)
+    }
+
+    fn apply_answer(self: &Arc<Self>, answer: ExchangeAnswer) {
+        for key in &answer.stop {
+            if let Some(attempt) = self.running().get(key) {
+                attempt.stopping.store(true, Ordering::SeqCst);
+                attempt.stop.notify_one();
+            }
+        }
+        for assignment in answer.start {
+            let key = assignment.key;
+            if self.running().contains_key(&key) || self.unacknowledged().contains_key(&key) {
+                continue;
+            }
+            let stop = Arc::new(Notify::new());
+            let stopping = Arc::new(AtomicBool::new(false));
+            self.running().insert(
+                key,
+                Attempt {
+                    stop: stop.clone(),
+                    stopping: stopping.clone(),
+                    cpus: assignment.cpus,
+                },
+            );
+            let runner = self.clone();
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let (outcome, value, stderr_tail) =
+                    runner.run_attempt(&assignment, stop, stopping).await;
+                let result = TaskResult {
+                    key,
+                    outcome,
+                    value,
+                    stderr_tail,
+                    duration_ms: started.elapsed().as_millis().min(u128::from(u32::MAX)) as u32,
+                };
+                runner
+                    .unacknowledged()
+                    .insert(key, Unacknowledged { result, sent_to: 0 });
+                runner.running().remove(&key);
+                runner.wake.notify_one();
+            });
+        }
+    }
+
+    /// Where an attempt's output is kept.
+    pub fn output_paths(&self, key: TaskKey) -> (PathBuf, PathBuf) {
+        let directory = self
+            .data_dir
+            .join(OUTPUT_DIRECTORY)
+            .join(format!("{:012}", key.job));
+        (
+            directory.join(format!("{}.{}.out", key.index, key.attempt)),
+            directory.join(format!("{}.{}.err", key.index, key.attempt)),
+        )
+    }
+
+    /// `jobs.output`: an attempt's kept output from `offset`.
+    pub fn read_output(&self, request: &OutputRequest) -> Result<OutputAnswer, RpcError> {
+        let key = TaskKey {
+            job: request.job,
+            index: request.index,
+            attempt: request.attempt,
+        };
+        let (stdout_path, stderr_path) = self.output_paths(key);
+        let read = |path: &Path| -> Result<(Vec<u8>, u64), RpcError> {
+            let bytes = match std::fs::read(path) {
+                Ok(bytes) => bytes,
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+                Err(error) => {
+                    return Err(RpcError::new(
+                        ErrorKind::Internal,
+                        format!("reading {}: {error}", path.display()),
+                    ));
+                }
+            };
+            let dropped = read_dropped(path);
+            let start = (request.offset as usize).min(bytes.len());
+            Ok((bytes[start..].to_vec(), dropped))
+        };
+        if !stdout_path.exists() && !stderr_path.exists() {
+            return Err(RpcError::new(
+                ErrorKind::NotFound,
+                format!(
+                    "node {} keeps no output of job {} task {} attempt {}",
+                    self.node, request.job, request.index, request.attempt
+                ),
+            ));
+        }
+        let (stdout, stdout_dropped) = read(&stdout_path)?;
+        let (stderr, stderr_dropped) = read(&stderr_path)?;
+        Ok(OutputAnswer {
+            stdout,
+            stderr,
+            stdout_dropped,
+            stderr_dropped,
+            running: self.running().contains_key(&key),
+        })
+    }
+
+    /// Removes the kept output of jobs the catalog no longer has.
+    pub async fn forget_outputs(&self, keep: &BTreeSet<JobId>) {
+        let directory = self.data_dir.join(OUTPUT_DIRECTORY);
+        let Ok(entries) = std::fs::read_dir(&directory) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(id) = name.to_str().and_then(|text| text.parse::<JobId>().ok()) else {
+                continue;
+            };
+            let running = self.running().keys().any(|key| key.job == id);
+            if !keep.contains(&id) && !running {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+
+    async fn run_attempt(
+        &self,
+        assignment: &Assignment,
+        stop: Arc<Notify>,
+        stopping: Arc<AtomicBool>,
+    ) -> (Outcome, Option<String>, String) {
+        match &assignment.work {
+            Work::Pi { samples } => {
+                let samples =
+                    montecarlo::samples_of_task(*samples, assignment.count, assignment.key.index);
+                let seed = montecarlo::task_seed(assignment.seed, assignment.key.index);
+                let (sender, receiver) = tokio::sync::oneshot::channel();
+                let flag = stopping.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("job-pi".to_string())
+                    .spawn(move || {
+                        bramble_util::scheduling::restore_original_priority();
+                        let _ = sender.send(montecarlo::count_hits(seed, samples, &flag));
+                    });
+                if let Err(error) = spawned {
+                    return (
+                        Outcome::NotStarted {
+                            reason: format!("could not start a thread: {error}"),
+                        },
+                        None,
+                        String::new(),
+                    );
+                }
+                let timeout = assignment.timeout_ms.map(Duration::from_millis);
+                let started = Instant::now();
+                let waited = async {
+                    match timeout {
+                        Some(limit) => tokio::time::timeout(limit, receiver).await.ok(),
+                        None => Some(receiver.await),
+                    }
+                };
+                tokio::select! {
+                    finished = waited => match finished {
+                        Some(Ok(Some(hits))) => (Outcome::Exited { code: 0 }, Some(hits.to_string()), String::new()),
+                        Some(_) => (Outcome::Stopped, None, String::new()),
+                        None => {
+                            stopping.store(true, Ordering::SeqCst);
+                            (Outcome::TimedOut { after_ms: started.elapsed().as_millis() as u64 }, None, String::new())
+                        }
+                    },
+                    _ = stop.notified() => {
+                        stopping.store(true, Ordering::SeqCst);
+                        (Outcome::Stopped, None, String::new())
+                    }
+                }
+            }
+            Work::Command { program, args } => {
+                self.run_command(assignment, program, args, stop, stopping)
+                    .await
+            }
+        }
+    }
+
+    async fn run_command(
+        &self,
+        assignment: &Assignment,
+        program: &str,
+        args: &[String],
+        stop: Arc<Notify>,
+        stopping: Arc<AtomicBool>,
+    ) -> (Outcome, Option<String>, String) {
+        let key = assignment.key;
+        let not_started = |reason: String| (Outcome::NotStarted { reason }, None, String::new());
+        let (stdout_path, stderr_path) = self.output_paths(key);
+        if let Some(parent) = stdout_path.parent()
+            && let Err(error) = std::fs::create_dir_all(parent)
+        {
+            return not_started(format!("creating {}: {error}", parent.display()));
+        }
+        let work_directory = std::env::temp_dir().join(format!(
+            "bramble-{}-job{}-{}-{}",
+            self.node, key.job, key.index, key.attempt
+        ));
+        let _ = std::fs::remove_dir_all(&work_directory);
+        if let Err(error) = std::fs::create_dir(&work_directory) {
+            return not_started(format!("creating {}: {error}", work_directory.display()));
+        }
+        let cleanup = WorkDirectory(work_directory.clone());
+        let mut command = tokio::process::Command::new(program);
+        command
+            .args(args)
+            .env_clear()
+            .env(
+                "PATH",
+                std::env::var("PATH")
+                    .unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".to_string()),
+            )
+            .env("HOME", &work_directory)
+            .env("TMPDIR", &work_directory)
+            .env("LANG", "C.UTF-8")
+            .env("BRAMBLE_JOB_ID", key.job.to_string())
+            .env("BRAMBLE_TASK_INDEX", key.index.to_string())
+            .env("BRAMBLE_TASK_COUNT", assignment.count.to_string())
+            .env("BRAMBLE_ATTEMPT", key.attempt.to_string())
+            .env(
+                "BRAMBLE_TASK_SEED",
+                montecarlo::task_seed(assignment.seed, key.index).to_string(),
+            )
+            .env("BRAMBLE_NODE", &self.node)
+            .envs(assignment.env.iter().map(|(name, value)| (name, value)))
+            .current_dir(&work_directory)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        if let Some((uid, gid, _)) = &self.identity.switch_to {
+            // SAFETY: chown on a path we just created; no memory is shared.
+            let path = std::ffi::CString::new(work_directory.as_os_str().as_encoded_bytes())
+                .unwrap_or_default();
+            unsafe {
+                libc::chown(path.as_ptr(), *uid, *gid);
+            }
+            command.uid(*uid).gid(*gid);
+        }
+        // SAFETY: the closure runs in the child between fork and exec and only makes a
+        // system call (setpriority) through an async-signal-safe function.
+        unsafe {
+            command.pre_exec(|| {
+                bramble_util::scheduling::restore_original_priority();
+                Ok(())
+            });
+        }
+        let mut child = match command.spawn() {
+            Ok(child) => child,
+            Err(error) => {
+                let reason = if error.kind() == std::io::ErrorKind::NotFound {
+                    format!(
+                        "{program:?} was not found on node {} (PATH and the program itself)",
+                        self.node
+                    )
+                } else {
+                    format!("{program:?}: {error}")
+                };
+                return not_started(reason);
+            }
+        };
+        let process_group = child.id().map(|pid| pid as i32);
+        let stdout = child.stdout.take();
+        let stderr = child.stderr.take();
+        let stdout_task = tokio::spawn(capture(stdout, stdout_path));
+        let stderr_task = tokio::spawn(capture(stderr, stderr_path));
+        let timeout = assignment.timeout_ms.map(Duration::from_millis);
+        let started = Instant::now();
+        let deadline = async {
+            match timeout {
+                Some(limit) => tokio::time::sleep(limit).await,
+                None => std::future::pending::<()>().await,
+            }
+        };
+        let status = tokio::select! {
+            status = child.wait() => Some(status),
+            _ = deadline => None,
+            _ = stop.notified() => {
+                stopping.store(true, Ordering::SeqCst);
+                None
+            }
+        };
+        let outcome = match status {
+            Some(Ok(status)) => {
+                use std::os::unix::process::ExitStatusExt;
+                match (status.code(), status.signal()) {
+                    (Some(code), _) => Outcome::Exited { code },
+                    (None, Some(signal)) => Outcome::Signalled { signal },
+                    _ => Outcome::Exited { code: -1 },
+                }
+            }
+            Some(Err(error)) => Outcome::NotStarted {
+                reason: format!("waiting for the task: {error}"),
+            },
+            None => {
+                terminate(process_group, &mut child).await;
+                if stopping.load(Ordering::SeqCst) {
+                    Outcome::Stopped
+                } else {
+                    Outcome::TimedOut {
+                        after_ms: started.elapsed().as_millis() as u64,
+                    }
+                }
+            }
+        };
+        // The group's other processes may hold the pipes open: end them too.
+        if let Some(group) = process_group {
+            // SAFETY: signalling a process group we created; a group that is gone is ESRCH.
+            unsafe {
+                libc::kill(-group, libc::SIGKILL);
+            }
+        }
+        let stdout = stdout_task.await.unwrap_or_default();
+        let stderr = stderr_task.await.unwrap_or_default();
+        drop(cleanup);
+        let value = match assignment.reduce {
+            Reduce::Concat => task_value(Reduce::Concat, &stdout.head),
+            reduce => task_value(reduce, &stdout.tail),
+        };
+        let mut stderr_tail = String::from_utf8_lossy(&stderr.tail).to_string();
+        if stderr_tail.len() > STDERR_TAIL_BYTES {
+            let mut cut = stderr_tail.len() - STDERR_TAIL_BYTES;
+            while !stderr_tail.is_char_boundary(cut) {
+                cut += 1;
+            }
+            stderr_tail = stderr_tail[cut..].to_string();
+        }
+        (outcome, value, stderr_tail)
+    }
+}
+
+/// Removes an attempt's scratch directory when dropped.
+struct WorkDirectory(PathBuf);
+
+impl Drop for WorkDirectory {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// SIGTERM to the task's group, then SIGKILL after the grace period.
+async fn terminate(process_group: Option<i32>, child: &mut tokio::process::Child) {
+    let Some(group) = process_group else {
+        let _ = child.kill().await;
+        return;
+    };
+    // SAFETY: signalling a process group we created.
+    unsafe {
+        libc::kill(-group, libc::SIGTERM);
+    }
+    if tokio::time::timeout(STOP_GRACE, child.wait())
+        .await
+        .is_err()
+    {
+        // SAFETY: as above.
+        unsafe {
+            libc::kill(-group, libc::SIGKILL);
+        }
+        let _ = child.wait().await;
+    }
+}
+
+/// What is kept in memory of a stream: its first and last bytes.
+#[derive(Default)]
+struct Captured {
+    head: Vec<u8>,
+    tail: Vec<u8>,
+}
+
+/// Copies a stream to `path` up to [`MAX_KEPT_OUTPUT`] bytes, counting the rest (written
+/// to `<path>.dropped`), and keeps its head and tail for the value and the failure reason.
+async fn capture(stream: Option<impl AsyncRead + Unpin>, path: PathBuf) -> Captured {
+    let mut captured = Captured::default();
+    let Some(mut stream) = stream else {
+        return captured;
+    };
+    let mut file = match tokio::fs::File::create(&path).await {
+        Ok(file) => Some(file),
+        Err(error) => {
+            warn!(path = %path.display(), %error, "cannot keep a task's output");
+            None
+        }
+    };
+    let mut kept = 0u64;
+    let mut dropped = 0u64;
+    let mut buffer = vec![0u8; 16 * 1024];
+    loop {
+        let read = match stream.read(&mut buffer).await {
+            Ok(0) | Err(_) => break,
+            Ok(read) => read,
+        };
+        let chunk = &buffer[..read];
+        if captured.head.len() < MAX_VALUE_BYTES {
+            let room = MAX_VALUE_BYTES - captured.head.len();
+            captured.head.extend_from_slice(&chunk[..room.min(read)]);
+        }
+        captured.tail.extend_from_slice(chunk);
+        if captured.tail.len() > 2 * MAX_VALUE_BYTES {
+            let excess = captured.tail.len() - MAX_VALUE_BYTES;
+            captured.tail.drain(..excess);
+        }
+        let room = MAX_KEPT_OUTPUT.saturating_sub(kept) as usize;
+        let keep = room.min(read);
+        if keep > 0
+            && let Some(file) = file.as_mut()
+            && file.write_all(&chunk[..keep]).await.is_err()
+        {
+            break;
+        }
+        kept += keep as u64;
+        dropped += (read - keep) as u64;
+    }
+    if let Some(mut file) = file {
+        let _ = file.flush().await;
+    }
+    if dropped > 0 {
+        let _ = std::fs::write(dropped_path(&path), dropped.to_string());
+    }
+    captured
+}
+
+fn dropped_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".dropped");
+    PathBuf::from(name)
+}
+
+fn read_dropped(path: &Path) -> u64 {
+    std::fs::read_to_string(dropped_path(path))
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The one-minute load average.
+fn load_average() -> f32 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|text| text.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Follows one catalog change of the job states; false when the replica closed.
+async fn follow(active: &mut BTreeSet<JobId>, change: Option<Change>, runner: &Runner) -> bool {
+    match change {
+        None => false,
+        Some(Change::Reset) => {
+            *active = runner.active_jobs().await;
+            true
+        }
+        Some(Change::Key { key, value, .. }) => {
+            if let Some(id) = id_of_key(&key, STATE_PREFIX) {
+                let unfinished = value
+                    .as_deref()
+                    .and_then(|bytes| JobRecord::decode(bytes).ok())
+                    .is_some_and(|record| !record.state.is_final());
+                if unfinished {
+                    active.insert(id);
+                } else {
+                    active.remove(&id);
+                }
+            }
+            true
+        }
+    }
+}

@@ -1,0 +1,5 @@
+//! Bramble's compute subsystem: parallel jobs (recipe 3 of the cookbook, and the overview
+//! article's scheduling models) run by the agents themselves — no JVM, no ssh, no master
+//! that can take a job down with it. See [`jobs`] for how a job flows.
+
+pub mod jobs;
