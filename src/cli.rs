@@ -142,6 +142,9 @@ pub enum Command {
         after_help = "Examples:\n  bramble job 7\n  bramble job 7 --json\n  bramble job logs 7 --task 3\n  bramble job logs 7 --task 3 --follow"
     )]
     Job(JobArgs),
+    /// Runs one WebAssembly task (what a worker starts; not for people).
+    #[command(hide = true)]
+    WasmTask(WasmTaskArgs),
     /// Cancel a job (`scancel`): its running tasks are stopped.
     #[command(after_help = "Example:\n  bramble cancel 7")]
     Cancel(CancelArgs),
@@ -854,11 +857,35 @@ pub struct RunArgs {
     /// Extra environment for every task (repeat).
     #[arg(long = "env", value_name = "K=V")]
     pub env: Vec<String>,
+    /// Run this WebAssembly module (WASI preview 1) as every task instead of a command;
+    /// the words after `--` are its arguments. The same file runs on every architecture.
+    #[arg(long, value_name = "MODULE.wasm")]
+    pub wasm: Option<std::path::PathBuf>,
+    /// WebAssembly: instructions (fuel) one attempt may execute (default: no limit but --timeout).
+    #[arg(long, requires = "wasm")]
+    pub fuel: Option<u64>,
+    /// WebAssembly: the largest linear memory one task may grow to.
+    #[arg(long, requires = "wasm", default_value = "256M", value_name = "SIZE")]
+    pub memory: String,
     #[command(flatten)]
     pub options: JobOptions,
-    /// The command and its arguments (run directly, not through a shell).
-    #[arg(last = true, required = true, value_name = "COMMAND")]
+    /// The command and its arguments (run directly, not through a shell); with --wasm, the
+    /// module's arguments.
+    #[arg(last = true, required_unless_present = "wasm", value_name = "COMMAND")]
     pub command: Vec<String>,
+}
+
+/// `bramble wasm-task`: what a worker runs for one WebAssembly task (internal).
+#[derive(Debug, Args)]
+pub struct WasmTaskArgs {
+    #[arg(long)]
+    pub module: std::path::PathBuf,
+    #[arg(long)]
+    pub fuel: Option<u64>,
+    #[arg(long)]
+    pub memory: u64,
+    #[arg(last = true)]
+    pub args: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -98,6 +98,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Command::Jobs(args) => commands::jobs::list(global, args).await,
         Command::Job(args) => commands::jobs::job(global, args).await,
         Command::Cancel(args) => commands::jobs::cancel(global, args).await,
+        Command::WasmTask(_) => Err(anyhow::anyhow!("wasm-task runs before the runtime")),
     }
 }
 
@@ -106,6 +107,9 @@ fn main() -> ExitCode {
     // tools do, instead of panicking on the failed print. The agent keeps ignoring
     // SIGPIPE (Rust's default): a peer closing a socket must never kill it.
     let cli = Cli::parse();
+    if let Command::WasmTask(args) = &cli.command {
+        return commands::jobs::wasm_task(args);
+    }
     if !matches!(cli.command, Command::Agent | Command::DemoWeb(_)) {
         #[cfg(unix)]
         // SAFETY: restoring the default disposition of one signal before any thread starts.

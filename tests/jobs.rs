@@ -467,3 +467,157 @@ fn bad_input_gets_clear_answers_and_leaves_the_cluster_healthy() {
     );
     cluster.assert_all_alive(Duration::from_secs(10));
 }
+
+/// Builds `examples/wasm-pi` for wasm32-wasip1; `None` (with a message) where the target
+/// is not installed (`.ci/run` installs it).
+fn wasm_pi_module() -> Option<std::path::PathBuf> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let installed = std::process::Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .map(|output| String::from_utf8_lossy(&output.stdout).contains("wasm32-wasip1"))
+        .unwrap_or(false);
+    if !installed {
+        eprintln!("SKIPPED the WebAssembly drill: `rustup target add wasm32-wasip1` first");
+        return None;
+    }
+    let target = std::env::temp_dir().join("bramble-test-wasm-pi");
+    let built = std::process::Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip1",
+            "--manifest-path",
+        ])
+        .arg(root.join("examples/wasm-pi/Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&target)
+        .status()
+        .expect("running cargo");
+    assert!(built.success(), "building examples/wasm-pi failed");
+    Some(target.join("wasm32-wasip1/release/wasm-pi.wasm"))
+}
+
+#[test]
+fn a_webassembly_task_gives_the_native_result_and_bad_modules_are_refused() {
+    let Some(module) = wasm_pi_module() else {
+        return;
+    };
+    let module = module.to_string_lossy().to_string();
+    let cluster = TestCluster::up(3);
+    // 8 tasks of 250,000 samples, seed 11: the same points as the built-in task.
+    let wasm = cluster
+        .bramble_ok(&[
+            "run", "--wasm", &module, "-n", "8", "--seed", "11", "--reduce", "sum", "--json", "--",
+            "250000",
+        ])
+        .json();
+    let native = cluster
+        .bramble_ok(&[
+            "pi",
+            "--samples",
+            "2000000",
+            "--partitions",
+            "8",
+            "--seed",
+            "11",
+            "--no-local",
+            "--json",
+        ])
+        .json();
+    assert_eq!(wasm["state"].as_str(), Some("succeeded"), "{wasm}");
+    assert_eq!(
+        wasm["result"]
+            .as_str()
+            .and_then(|text| text.parse::<u64>().ok()),
+        native["hits"].as_u64(),
+        "wasm {wasm}\nnative {native}"
+    );
+    assert_eq!(wasm["failures"].as_u64(), Some(0), "{wasm}");
+
+    let directory = tempfile::tempdir().expect("a temporary directory");
+    let write = |name: &str, text: &str| {
+        let path = directory.path().join(name);
+        std::fs::write(&path, wat::parse_str(text).expect("valid WAT")).expect("writing");
+        path.to_string_lossy().to_string()
+    };
+    // Loops forever: stopped by fuel.
+    let spin = write(
+        "spin.wasm",
+        r#"(module (memory (export "memory") 1)
+             (func (export "_start") (loop $again (br $again))))"#,
+    );
+    let run = cluster.bramble(&[
+        "run",
+        "--wasm",
+        &spin,
+        "-n",
+        "1",
+        "--retries",
+        "0",
+        "--fuel",
+        "5000000",
+        "--",
+        "x",
+    ]);
+    assert!(!run.success);
+    assert!(
+        format!("{}{}", run.stdout, run.stderr).contains("ran out of fuel"),
+        "{run:?}"
+    );
+    // Grows its memory without bound: stopped at the limit, the agent unharmed.
+    let hog = write(
+        "hog.wasm",
+        r#"(module (memory (export "memory") 1)
+             (func (export "_start")
+               (loop $grow (br_if $grow (i32.ne (memory.grow (i32.const 16)) (i32.const -1))))
+               unreachable))"#,
+    );
+    let run = cluster.bramble(&[
+        "run",
+        "--wasm",
+        &hog,
+        "-n",
+        "1",
+        "--retries",
+        "0",
+        "--memory",
+        "16M",
+        "--",
+        "x",
+    ]);
+    assert!(!run.success);
+    assert!(
+        format!("{}{}", run.stdout, run.stderr).contains("exit code 137"),
+        "{run:?}"
+    );
+    // Imports what the host lacks: refused before anything runs, naming the import.
+    let files = write(
+        "files.wasm",
+        r#"(module
+             (import "wasi_snapshot_preview1" "path_open"
+               (func (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+             (memory (export "memory") 1)
+             (func (export "_start")))"#,
+    );
+    let run = cluster.bramble(&["run", "--wasm", &files, "-n", "1", "--", "x"]);
+    assert!(!run.success && run.stderr.contains("path_open"), "{run:?}");
+    // Not WebAssembly at all.
+    let text = directory.path().join("notes.txt");
+    std::fs::write(&text, "hello").expect("writing");
+    let run = cluster.bramble(&[
+        "run",
+        "--wasm",
+        &text.to_string_lossy(),
+        "-n",
+        "1",
+        "--",
+        "x",
+    ]);
+    assert!(
+        !run.success && run.stderr.contains("not a WebAssembly module"),
+        "{run:?}"
+    );
+    cluster.assert_all_alive(Duration::from_secs(10));
+}

@@ -106,13 +106,35 @@ fn spec_from(options: &JobOptions, work: Work, tasks: u32, reduction: Reduce) ->
 
 pub async fn run(global: &GlobalOptions, args: &RunArgs) -> Result<()> {
     let client = crate::target::resolve(global)?;
-    let (program, rest) = args
-        .command
-        .split_first()
-        .ok_or_else(|| anyhow!("give the command after --"))?;
-    let work = Work::Command {
-        program: program.clone(),
-        args: rest.to_vec(),
+    let module = match &args.wasm {
+        Some(path) => Some(
+            bramble_util::files::read_bounded(path, bramble_compute::jobs::spec::MAX_MODULE_BYTES)
+                .with_context(|| format!("reading the module {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let work = match &module {
+        Some(bytes) => {
+            // A clear error before anything is sent (the agent checks again).
+            bramble_wasm::inspect(bytes).map_err(|error| anyhow!("{error}"))?;
+            Work::Wasm {
+                module: blake3::hash(bytes).to_hex().to_string(),
+                module_bytes: bytes.len() as u64,
+                args: args.command.clone(),
+                fuel: args.fuel,
+                memory_bytes: crate::units::parse_size(&args.memory)?,
+            }
+        }
+        None => {
+            let (program, rest) = args
+                .command
+                .split_first()
+                .ok_or_else(|| anyhow!("give the command after --"))?;
+            Work::Command {
+                program: program.clone(),
+                args: rest.to_vec(),
+            }
+        }
     };
     let mut spec = spec_from(&args.options, work, args.tasks, reduce(args.reduce))?;
     for pair in &args.env {
@@ -123,7 +145,20 @@ pub async fn run(global: &GlobalOptions, args: &RunArgs) -> Result<()> {
     }
     spec.validate().map_err(|error| anyhow!(error))?;
     let submitted = Instant::now();
-    let (_, id): (_, JobId) = client.call_any(METHOD_SUBMIT, &spec).await?;
+    let (_, id): (_, JobId) = match module {
+        Some(module) => {
+            client
+                .call_any(
+                    METHOD_SUBMIT_WASM,
+                    &SubmitWasm {
+                        spec: spec.clone(),
+                        module,
+                    },
+                )
+                .await?
+        }
+        None => client.call_any(METHOD_SUBMIT, &spec).await?,
+    };
     if args.options.detach {
         if args.options.output.json {
             return output::print_json(&serde_json::json!({ "id": id }));
@@ -673,6 +708,48 @@ pub async fn cancel(global: &GlobalOptions, args: &CancelArgs) -> Result<()> {
         println!("job {} had already {}", args.id, state.name());
     }
     Ok(())
+}
+
+/// `bramble wasm-task`: runs one WebAssembly task in this process (a worker starts it in
+/// the task's scratch directory, as the task's user). The task's environment becomes the
+/// module's; its stdout and stderr are this process's. Exit codes: the module's own, 124
+/// when it ran out of fuel, 137 past its memory limit, 125 for any other refusal or trap
+/// (the reason on stderr).
+pub fn wasm_task(args: &crate::cli::WasmTaskArgs) -> std::process::ExitCode {
+    let module = match bramble_util::files::read_bounded(
+        &args.module,
+        bramble_compute::jobs::spec::MAX_MODULE_BYTES,
+    ) {
+        Ok(module) => module,
+        Err(error) => {
+            eprintln!("wasm task: reading {}: {error}", args.module.display());
+            return std::process::ExitCode::from(125);
+        }
+    };
+    let invocation = bramble_wasm::Invocation {
+        program_name: "task.wasm".to_string(),
+        args: args.args.clone(),
+        env: std::env::vars().collect(),
+    };
+    let limits = bramble_wasm::Limits {
+        fuel: args.fuel,
+        max_memory_bytes: args.memory,
+    };
+    let mut stdout = std::io::stdout().lock();
+    let mut stderr = std::io::stderr();
+    match bramble_wasm::run(&module, &invocation, &limits, &mut stdout, &mut stderr) {
+        Ok(exit) => std::process::ExitCode::from(exit.code.min(255) as u8),
+        Err(error) => {
+            use std::io::Write;
+            let _ = stdout.flush();
+            eprintln!("wasm task: {error}");
+            std::process::ExitCode::from(match error {
+                bramble_wasm::WasmError::OutOfFuel { .. } => 124,
+                bramble_wasm::WasmError::MemoryLimit { .. } => 137,
+                _ => 125,
+            })
+        }
+    }
 }
 
 #[cfg(test)]

@@ -10,12 +10,21 @@ use super::spec::{JobId, JobSpec, Work};
 
 pub const SERVICE: &str = "jobs";
 pub const METHOD_SUBMIT: &str = "jobs.submit";
+pub const METHOD_SUBMIT_WASM: &str = "jobs.submit_wasm";
 pub const METHOD_LIST: &str = "jobs.list";
 pub const METHOD_JOB: &str = "jobs.job";
 pub const METHOD_CANCEL: &str = "jobs.cancel";
 pub const METHOD_OUTPUT: &str = "jobs.output";
 pub const METHOD_EXCHANGE: &str = "jobs.exchange";
 pub const METHOD_NODES: &str = "jobs.nodes";
+
+/// `jobs.submit_wasm`: a job whose tasks run `module`; the spec's `Work::Wasm` names the
+/// module by hash (the node checks it).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SubmitWasm {
+    pub spec: JobSpec,
+    pub module: Vec<u8>,
+}
 
 /// `jobs.job`: one job, with its task table when asked.
 #[derive(Debug, Clone, Serialize, Deserialize)]

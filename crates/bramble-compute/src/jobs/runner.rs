@@ -46,6 +46,10 @@ const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Outputs of attempts are kept this long after the job's record is gone.
 const OUTPUT_DIRECTORY: &str = "jobs/output";
 const SETTINGS_FILE: &str = "jobs.toml";
+/// Where fetched WebAssembly modules are cached, by hash.
+const MODULE_CACHE: &str = "jobs/modules";
+/// The module's name in a task's scratch directory.
+const WASM_FILE: &str = "task.wasm";
 
 /// `jobs.toml` in the data directory; every field optional.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -167,6 +171,8 @@ pub struct Runner {
     running: Mutex<HashMap<TaskKey, Attempt>>,
     unacknowledged: Mutex<BTreeMap<TaskKey, Unacknowledged>>,
     wake: Notify,
+    /// One module fetch at a time: two attempts must not write the same cache file.
+    module_cache: tokio::sync::Mutex<()>,
 }
 
 impl Runner {
@@ -210,6 +216,7 @@ impl Runner {
             running: Mutex::new(HashMap::new()),
             unacknowledged: Mutex::new(BTreeMap::new()),
             wake: Notify::new(),
+            module_cache: tokio::sync::Mutex::new(()),
         }))
     }
 
@@ -609,10 +616,95 @@ impl Runner {
                 }
             }
             Work::Command { program, args } => {
-                self.run_command(assignment, program, args, stop, stopping)
+                self.run_command(assignment, program, args, None, stop, stopping)
                     .await
             }
+            Work::Wasm {
+                module,
+                module_bytes,
+                args,
+                fuel,
+                memory_bytes,
+            } => {
+                let cached = match self.cached_module(module, *module_bytes).await {
+                    Ok(path) => path,
+                    Err(reason) => return (Outcome::NotStarted { reason }, None, String::new()),
+                };
+                // The agent's own binary runs the module (`bramble wasm-task`), so a
+                // runaway module is a process the runner can kill like any other.
+                let mut child_args = vec![
+                    "wasm-task".to_string(),
+                    "--module".to_string(),
+                    WASM_FILE.to_string(),
+                    "--memory".to_string(),
+                    memory_bytes.to_string(),
+                ];
+                if let Some(fuel) = fuel {
+                    child_args.push("--fuel".to_string());
+                    child_args.push(fuel.to_string());
+                }
+                child_args.push("--".to_string());
+                child_args.extend(args.iter().cloned());
+                self.run_command(
+                    assignment,
+                    "/proc/self/exe",
+                    &child_args,
+                    Some(&cached),
+                    stop,
+                    stopping,
+                )
+                .await
+            }
         }
+    }
+
+    /// The module with this hash, from this node's cache or its catalog replica.
+    async fn cached_module(&self, hash: &str, bytes: u64) -> Result<PathBuf, String> {
+        if hash.len() != 64 || !hash.chars().all(|character| character.is_ascii_hexdigit()) {
+            return Err("a module is named by its BLAKE3 hash".to_string());
+        }
+        let directory = self.data_dir.join(MODULE_CACHE);
+        let path = directory.join(format!("{hash}.wasm"));
+        let _only_fetch = self.module_cache.lock().await;
+        if path.exists() {
+            return Ok(path);
+        }
+        let mut module = Vec::with_capacity(bytes as usize);
+        let mut start_after = None;
+        loop {
+            let page = self
+                .meta
+                .scan(ScanRequest {
+                    prefix: super::record::module_prefix(hash),
+                    start_after: start_after.clone(),
+                    delimiter: None,
+                    limit: 8,
+                    consistency: Consistency::Linearizable,
+                    forwarded: false,
+                })
+                .await
+                .map_err(|error| format!("fetching module {hash}: {error}"))?;
+            for (_, value) in page.entries {
+                module.extend_from_slice(&value.value);
+                if module.len() as u64 > bytes {
+                    return Err(format!("module {hash} is larger than its job says"));
+                }
+            }
+            match page.next_start_after {
+                Some(next) => start_after = Some(next),
+                None => break,
+            }
+        }
+        if module.len() as u64 != bytes || blake3::hash(&module).to_hex().as_str() != hash {
+            return Err(format!(
+                "module {hash} in the catalog is incomplete or does not match its hash"
+            ));
+        }
+        std::fs::create_dir_all(&directory)
+            .map_err(|error| format!("creating {}: {error}", directory.display()))?;
+        bramble_util::files::write_atomic(&path, &module, bramble_util::files::Visibility::Public)
+            .map_err(|error| format!("caching module {hash}: {error}"))?;
+        Ok(path)
     }
 
     async fn run_command(
@@ -620,6 +712,7 @@ impl Runner {
         assignment: &Assignment,
         program: &str,
         args: &[String],
+        module: Option<&Path>,
         stop: Arc<Notify>,
         stopping: Arc<AtomicBool>,
     ) -> (Outcome, Option<String>, String) {
@@ -640,6 +733,12 @@ impl Runner {
             return not_started(format!("creating {}: {error}", work_directory.display()));
         }
         let cleanup = WorkDirectory(work_directory.clone());
+        let module_copy = work_directory.join(WASM_FILE);
+        if let Some(module) = module
+            && let Err(error) = std::fs::copy(module, &module_copy)
+        {
+            return not_started(format!("copying the module for the task: {error}"));
+        }
         let mut command = tokio::process::Command::new(program);
         command
             .args(args)
@@ -674,6 +773,14 @@ impl Runner {
                 .unwrap_or_default();
             unsafe {
                 libc::chown(path.as_ptr(), *uid, *gid);
+            }
+            if module.is_some() {
+                let copy = std::ffi::CString::new(module_copy.as_os_str().as_encoded_bytes())
+                    .unwrap_or_default();
+                // SAFETY: as above.
+                unsafe {
+                    libc::chown(copy.as_ptr(), *uid, *gid);
+                }
             }
             command.uid(*uid).gid(*gid);
         }

@@ -44,6 +44,14 @@ impl Handler for JobsService {
                 let spec: JobSpec = request.decode()?;
                 encode(&self.submit(spec, &caller_name(request.caller)).await?)
             }
+            "submit_wasm" => {
+                let submission: SubmitWasm = request.decode()?;
+                encode(
+                    &self
+                        .submit_wasm(submission, &caller_name(request.caller))
+                        .await?,
+                )
+            }
             "list" => {
                 let query: ListJobs = request.decode()?;
                 encode(&self.list(query.all).await?)
@@ -157,6 +165,53 @@ impl JobsService {
             ErrorKind::Unavailable,
             "too many jobs submitted at once; try again",
         ))
+    }
+
+    /// Checks a module, stores it in the catalog under its hash (once), then the job.
+    async fn submit_wasm(&self, submission: SubmitWasm, caller: &str) -> Result<JobId, RpcError> {
+        let SubmitWasm { mut spec, module } = submission;
+        if module.len() as u64 > super::spec::MAX_MODULE_BYTES {
+            return Err(RpcError::bad_request(format!(
+                "the module has {} bytes; at most {} MiB",
+                module.len(),
+                super::spec::MAX_MODULE_BYTES >> 20
+            )));
+        }
+        bramble_wasm::inspect(&module).map_err(|error| RpcError::bad_request(error.to_string()))?;
+        let hash = blake3::hash(&module).to_hex().to_string();
+        match &mut spec.work {
+            super::spec::Work::Wasm {
+                module: named,
+                module_bytes,
+                ..
+            } => {
+                *named = hash.clone();
+                *module_bytes = module.len() as u64;
+            }
+            _ => return Err(RpcError::bad_request("submit_wasm needs a WebAssembly job")),
+        }
+        spec.validate().map_err(RpcError::bad_request)?;
+        let stored = self
+            .meta
+            .read(&module_key(&hash, 0), Consistency::Linearizable, false)
+            .await?
+            .is_some();
+        if !stored {
+            // The first chunk last: a module whose first chunk exists is complete.
+            let chunks: Vec<&[u8]> = module.chunks(MODULE_CHUNK_BYTES).collect();
+            for (index, chunk) in chunks.iter().enumerate().rev() {
+                self.meta
+                    .write(
+                        Command::Put {
+                            key: module_key(&hash, index),
+                            value: chunk.to_vec(),
+                        },
+                        false,
+                    )
+                    .await?;
+            }
+        }
+        self.submit(spec, caller).await
     }
 
     async fn list(&self, all: bool) -> Result<Vec<JobSummary>, RpcError> {

@@ -18,6 +18,10 @@ pub const MAX_ENVIRONMENT: usize = 64;
 pub const MAX_TIMEOUT_MS: u64 = 7 * 24 * 3600 * 1000;
 /// Most samples of a `bramble pi` job: 10^13 (about eight hours on a Pi 4's four cores).
 pub const MAX_PI_SAMPLES: u64 = 10_000_000_000_000;
+/// Largest WebAssembly module (it is stored in the catalog).
+pub const MAX_MODULE_BYTES: u64 = 8 * 1024 * 1024;
+/// Most linear memory a WebAssembly task may have.
+pub const MAX_WASM_MEMORY: u64 = 4 * 1024 * 1024 * 1024;
 /// Most cores one task may claim.
 pub const MAX_CPUS_PER_TASK: u32 = 256;
 
@@ -32,6 +36,16 @@ pub enum Work {
     Command { program: String, args: Vec<String> },
     /// The built-in Monte Carlo estimate of π: `samples` points over all tasks.
     Pi { samples: u64 },
+    /// A WebAssembly (WASI preview 1) module, the same artifact on every architecture:
+    /// stored in the catalog under its BLAKE3 hash, fetched and cached by each worker, run
+    /// by the agent's own binary in a child process under fuel and memory limits.
+    Wasm {
+        module: String,
+        module_bytes: u64,
+        args: Vec<String>,
+        fuel: Option<u64>,
+        memory_bytes: u64,
+    },
 }
 
 impl Work {
@@ -50,6 +64,16 @@ impl Work {
                 text
             }
             Work::Pi { samples } => format!("pi ({samples} samples)"),
+            Work::Wasm {
+                module,
+                module_bytes,
+                args,
+                ..
+            } => format!(
+                "wasm {}… ({module_bytes} bytes) {}",
+                &module[..module.len().min(12)],
+                args.join(" ")
+            ),
         }
     }
 }
@@ -209,6 +233,39 @@ impl JobSpec {
                     ));
                 }
             }
+            Work::Wasm { .. } => {}
+        }
+        if let Work::Wasm {
+            module,
+            module_bytes,
+            args,
+            fuel,
+            memory_bytes,
+        } = &self.work
+        {
+            if module.len() != 64
+                || !module
+                    .chars()
+                    .all(|character| character.is_ascii_hexdigit())
+            {
+                return Err("a module is named by its BLAKE3 hash (64 hex digits)".to_string());
+            }
+            if *module_bytes == 0 || *module_bytes > MAX_MODULE_BYTES {
+                return Err(format!(
+                    "a WebAssembly module has 1 byte to {} MiB, not {module_bytes} bytes",
+                    MAX_MODULE_BYTES >> 20
+                ));
+            }
+            if *fuel == Some(0) {
+                return Err("--fuel must be at least 1".to_string());
+            }
+            if *memory_bytes < 65536 || *memory_bytes > MAX_WASM_MEMORY {
+                return Err("--memory is 64K to 4G".to_string());
+            }
+            if args.len() > MAX_ARGUMENTS {
+                return Err(format!("at most {MAX_ARGUMENTS} arguments"));
+            }
+            bytes += args.iter().map(String::len).sum::<usize>();
         }
         if bytes > MAX_COMMAND_BYTES {
             return Err(format!(
