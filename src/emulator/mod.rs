@@ -497,6 +497,9 @@ pub async fn up(global: &GlobalOptions, args: &UpArgs) -> Result<()> {
         "  bramble chaos kill n2{dir_flag}        power-cut a node; times how fast the others notice"
     );
     println!("  bramble chaos restart n2{dir_flag}     bring it back");
+    println!(
+        "  bramble pi --samples 1e9{dir_flag}     recipe 3: pi by Monte Carlo over the cluster"
+    );
     println!("  bramble status{dir_flag}               processes, memory and CPU");
     println!("  bramble down{dir_flag}                 stop the cluster (bramble up resumes it)");
     Ok(())
