@@ -142,6 +142,15 @@ pub enum Command {
         after_help = "Examples:\n  bramble job 7\n  bramble job 7 --json\n  bramble job logs 7 --task 3\n  bramble job logs 7 --task 3 --follow"
     )]
     Job(JobArgs),
+    /// Run an Open MPI program over the cluster, with Bramble as mpirun's remote launcher
+    /// (no ssh, no passwords), the way Slurm runs mpirun under srun.
+    #[command(
+        after_help = "Examples:\n  bramble mpirun -n 4 -- /usr/bin/python3 examples/mpi/reduce.py\n  bramble mpirun -n 8 --nodes n1,n2 --mca btl=self,tcp -- ./ring\n\nBramble writes the hostfile from the live nodes and their cores, and names itself as\nmpirun's plm_rsh_agent: each node's daemon (orted) is started by that node's agent over\nthe cluster's mutual TLS, as the task user. The program must exist on every node (the\nsame path). Needs Open MPI's mpirun (Debian: apt-get install openmpi-bin). Open MPI's\nown traffic (daemons and ranks) is plain TCP between the nodes, as with ssh."
+    )]
+    Mpirun(MpirunArgs),
+    /// Start a command on a node for mpirun (its plm_rsh_agent; not for people).
+    #[command(hide = true)]
+    MpiLaunch(MpiLaunchArgs),
     /// Runs one WebAssembly task (what a worker starts; not for people).
     #[command(hide = true)]
     WasmTask(WasmTaskArgs),
@@ -942,4 +951,29 @@ pub struct JobLogsArgs {
 #[derive(Debug, Args)]
 pub struct CancelArgs {
     pub id: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct MpirunArgs {
+    /// Number of ranks.
+    #[arg(short = 'n', long = "ranks", value_name = "N")]
+    pub ranks: u32,
+    /// Only these nodes (default: every live node).
+    #[arg(long, value_delimiter = ',', value_name = "NODES")]
+    pub nodes: Vec<String>,
+    /// Extra Open MPI parameters, NAME=VALUE (repeat): passed as --mca NAME VALUE.
+    #[arg(long = "mca", value_name = "NAME=VALUE")]
+    pub mca: Vec<String>,
+    /// The MPI program and its arguments.
+    #[arg(last = true, required = true, value_name = "PROGRAM")]
+    pub program: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct MpiLaunchArgs {
+    /// The node (as named in the hostfile).
+    pub node: String,
+    /// The command line mpirun wants run there.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
 }

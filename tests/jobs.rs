@@ -621,3 +621,55 @@ fn a_webassembly_task_gives_the_native_result_and_bad_modules_are_refused() {
     );
     cluster.assert_all_alive(Duration::from_secs(10));
 }
+
+#[test]
+fn the_corrected_mpi4py_example_reduces_to_rank_0_over_bramble_s_launcher() {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let has = |program: &str, args: &[&str]| {
+        std::process::Command::new(program)
+            .args(args)
+            .output()
+            .map(|output| output.status.success())
+            .unwrap_or(false)
+    };
+    if !root
+        || !has("mpirun", &["--version"])
+        || !has("/usr/bin/python3", &["-c", "import mpi4py, numpy"])
+        || !has("unshare", &["--version"])
+    {
+        eprintln!(
+            "SKIPPED the MPI drill: it needs root (a network namespace), Open MPI and Debian's python3-mpi4py and python3-numpy"
+        );
+        return;
+    }
+    // Open MPI listens on every address whatever it is told: the whole cluster and the
+    // job run in a network namespace that has only loopback.
+    let directory = tempfile::tempdir().expect("a temporary directory");
+    let cluster = directory.path().join("cluster");
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/mpi/reduce.py");
+    let script = format!(
+        "set -e\nip link set lo up\nB='{binary}'\nD='{cluster}'\n\
+         $B up --nodes 3 --bare --dir \"$D\" >/dev/null\n\
+         trap '$B down --purge --dir \"$D\" >/dev/null 2>&1' EXIT\n\
+         $B mpirun --dir \"$D\" -n 99 -- /bin/true 2>&1 || true\n\
+         $B mpirun --dir \"$D\" -n 4 -- /usr/bin/python3 '{example}'\n",
+        binary = harness::bramble_binary().display(),
+        cluster = cluster.display(),
+        example = example.display(),
+    );
+    let output = std::process::Command::new("timeout")
+        .args(["180", "unshare", "-n", "sh", "-c", &script])
+        .output()
+        .expect("running unshare");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("ranks: 4"), "{stdout}\n{stderr}");
+    assert!(stdout.contains("\nmatch"), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("slot(s) (their cores); ask for 1 to"),
+        "{stdout}"
+    );
+    eprintln!("{stdout}{stderr}");
+}

@@ -17,6 +17,7 @@ pub const METHOD_CANCEL: &str = "jobs.cancel";
 pub const METHOD_OUTPUT: &str = "jobs.output";
 pub const METHOD_EXCHANGE: &str = "jobs.exchange";
 pub const METHOD_NODES: &str = "jobs.nodes";
+pub const METHOD_LAUNCH: &str = "jobs.launch";
 
 /// `jobs.submit_wasm`: a job whose tasks run `module`; the spec's `Work::Wasm` names the
 /// module by hash (the node checks it).

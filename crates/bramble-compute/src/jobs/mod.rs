@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod index_set;
+pub mod launch;
 pub mod montecarlo;
 pub mod policy;
 pub mod record;

@@ -707,6 +707,86 @@ impl Runner {
         Ok(path)
     }
 
+    /// A process for a task (or a launched command): a clean environment, its scratch
+    /// directory as home and working directory, its own process group, piped output, the
+    /// priority the agent started with, and the task user when the agent is root.
+    fn task_command(
+        &self,
+        program: &str,
+        args: &[String],
+        work_directory: &Path,
+    ) -> tokio::process::Command {
+        let mut command = tokio::process::Command::new(program);
+        command
+            .args(args)
+            .env_clear()
+            .env(
+                "PATH",
+                std::env::var("PATH")
+                    .unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".to_string()),
+            )
+            .env("HOME", work_directory)
+            .env("TMPDIR", work_directory)
+            .env("LANG", "C.UTF-8")
+            .current_dir(work_directory)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        self.give_to_task_user(work_directory);
+        if let Some((uid, gid, _)) = &self.identity.switch_to {
+            command.uid(*uid).gid(*gid);
+        }
+        // SAFETY: the closure runs in the child between fork and exec and only makes a
+        // system call (setpriority) through an async-signal-safe function.
+        unsafe {
+            command.pre_exec(|| {
+                bramble_util::scheduling::restore_original_priority();
+                Ok(())
+            });
+        }
+        command
+    }
+
+    /// Hands a file or directory this runner created to the task user.
+    fn give_to_task_user(&self, path: &Path) {
+        if let Some((uid, gid, _)) = &self.identity.switch_to {
+            let Ok(path) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+                return;
+            };
+            // SAFETY: chown on a path this runner just created; no memory is shared.
+            unsafe {
+                libc::chown(path.as_ptr(), *uid, *gid);
+            }
+        }
+    }
+
+    /// `jobs.launch`: runs a shell command line like a task (see `launch.rs`).
+    pub fn spawn_shell(
+        &self,
+        line: &str,
+        env: &[(String, String)],
+    ) -> Result<LaunchedShell, String> {
+        let scratch = std::env::temp_dir().join(format!(
+            "bramble-{}-launch-{}-{}",
+            self.node,
+            std::process::id(),
+            LAUNCHES.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&scratch);
+        std::fs::create_dir(&scratch)
+            .map_err(|error| format!("creating {}: {error}", scratch.display()))?;
+        let scratch = WorkDirectory(scratch);
+        let mut command =
+            self.task_command("/bin/sh", &["-c".to_string(), line.to_string()], &scratch.0);
+        command.envs(env.iter().map(|(name, value)| (name, value)));
+        let process = command
+            .spawn()
+            .map_err(|error| format!("starting /bin/sh on {}: {error}", self.node))?;
+        Ok(LaunchedShell { process, scratch })
+    }
+
     async fn run_command(
         &self,
         assignment: &Assignment,
@@ -739,18 +819,8 @@ impl Runner {
         {
             return not_started(format!("copying the module for the task: {error}"));
         }
-        let mut command = tokio::process::Command::new(program);
+        let mut command = self.task_command(program, args, &work_directory);
         command
-            .args(args)
-            .env_clear()
-            .env(
-                "PATH",
-                std::env::var("PATH")
-                    .unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".to_string()),
-            )
-            .env("HOME", &work_directory)
-            .env("TMPDIR", &work_directory)
-            .env("LANG", "C.UTF-8")
             .env("BRAMBLE_JOB_ID", key.job.to_string())
             .env("BRAMBLE_TASK_INDEX", key.index.to_string())
             .env("BRAMBLE_TASK_COUNT", assignment.count.to_string())
@@ -760,37 +830,9 @@ impl Runner {
                 montecarlo::task_seed(assignment.seed, key.index).to_string(),
             )
             .env("BRAMBLE_NODE", &self.node)
-            .envs(assignment.env.iter().map(|(name, value)| (name, value)))
-            .current_dir(&work_directory)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true);
-        if let Some((uid, gid, _)) = &self.identity.switch_to {
-            // SAFETY: chown on a path we just created; no memory is shared.
-            let path = std::ffi::CString::new(work_directory.as_os_str().as_encoded_bytes())
-                .unwrap_or_default();
-            unsafe {
-                libc::chown(path.as_ptr(), *uid, *gid);
-            }
-            if module.is_some() {
-                let copy = std::ffi::CString::new(module_copy.as_os_str().as_encoded_bytes())
-                    .unwrap_or_default();
-                // SAFETY: as above.
-                unsafe {
-                    libc::chown(copy.as_ptr(), *uid, *gid);
-                }
-            }
-            command.uid(*uid).gid(*gid);
-        }
-        // SAFETY: the closure runs in the child between fork and exec and only makes a
-        // system call (setpriority) through an async-signal-safe function.
-        unsafe {
-            command.pre_exec(|| {
-                bramble_util::scheduling::restore_original_priority();
-                Ok(())
-            });
+            .envs(assignment.env.iter().map(|(name, value)| (name, value)));
+        if module.is_some() {
+            self.give_to_task_user(&module_copy);
         }
         let mut child = match command.spawn() {
             Ok(child) => child,
@@ -877,7 +919,16 @@ impl Runner {
 }
 
 /// Removes an attempt's scratch directory when dropped.
-struct WorkDirectory(PathBuf);
+pub struct WorkDirectory(PathBuf);
+
+/// A command started by `jobs.launch`, with its scratch directory (removed on drop).
+pub struct LaunchedShell {
+    pub process: tokio::process::Child,
+    pub scratch: WorkDirectory,
+}
+
+/// Numbers launches' scratch directories.
+static LAUNCHES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 impl Drop for WorkDirectory {
     fn drop(&mut self) {

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use bramble_meta::api::Consistency;
 use bramble_meta::types::{Command, CommandResult, Condition, Operation};
 use bramble_net::rpc::{Request, encode};
-use bramble_net::{Caller, ErrorKind, Handler, RpcClient, RpcError};
+use bramble_net::{
+    Caller, ErrorKind, Handler, IncomingCall, ResponseWriter, RpcClient, RpcError, StreamHandler,
+};
 
 use super::admin::*;
 use super::record::*;
@@ -91,6 +93,24 @@ impl Handler for JobsService {
             other => Err(RpcError::new(
                 ErrorKind::NotFound,
                 format!("jobs has no method {other:?}"),
+            )),
+        }
+    }
+}
+
+/// `jobs.launch` is a stream (see `launch.rs`); every other method is unary.
+#[async_trait::async_trait]
+impl StreamHandler for JobsService {
+    fn streams(&self, method: &str) -> bool {
+        method == "launch"
+    }
+
+    async fn handle(&self, call: IncomingCall, response: ResponseWriter) -> Result<(), RpcError> {
+        match call.method_name() {
+            "launch" => super::launch::serve(&self.runner, call, response).await,
+            other => Err(RpcError::new(
+                ErrorKind::NotFound,
+                format!("jobs has no stream method {other:?}"),
             )),
         }
     }

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bramble_net::Handler;
+use bramble_net::{Handler, StreamHandler};
 use bramble_platform::subsystem::StartFuture;
 use bramble_platform::{Context, Running, Subsystem};
 use bramble_util::Restart;
@@ -117,6 +117,10 @@ struct RunningJobs {
 #[async_trait::async_trait]
 impl Running for RunningJobs {
     fn service(&self) -> Option<Arc<dyn Handler>> {
+        Some(self.service.clone())
+    }
+
+    fn stream_service(&self) -> Option<Arc<dyn StreamHandler>> {
         Some(self.service.clone())
     }
 
