@@ -401,6 +401,134 @@ def storage(data):
     return "\n".join(out)
 
 
+def jobs(data):
+    p = data["params"]
+    native, pi, d, f = data["native"], data["bramble_pi"], data["dispatch"], data["failover"]
+    spark = data.get("spark", {})
+    r = data["ratios"]
+    goals = {x["goal"]: x for x in data["goals"]}
+    att, det = d["attached"], d["detached"]
+    threads = native["threads"]
+
+    def sci(v):
+        # 3.2e8 style, as the issue quotes its figures.
+        if v is None:
+            return "–"
+        exponent = len(str(int(v))) - 1 if v >= 1 else 0
+        mantissa = v / 10**exponent
+        if round(mantissa, 2) >= 10:
+            mantissa, exponent = mantissa / 10, exponent + 1
+        return f"{mantissa:.2f}e{exponent}"
+
+    def verdict(name):
+        x = goals[name]
+        met = {True: "**met**", False: "**not met**", None: "not judged"}[x["met"]]
+        return f"{x['target']}: {met}"
+
+    def pct(v):
+        return f"{v * 100:.0f} %" if v is not None else "–"
+
+    def times(v):
+        return f"{v:.1f}x" if v is not None and v < 100 else (f"{v:,.0f}x" if v is not None else "–")
+
+    def seconds_list(values):
+        return ", ".join("–" if v is None else f"{v:.2f}" for v in values)
+
+    def samples(n):
+        return sci(n).replace(".00e", "e")
+
+    rounds = p["rounds"]
+    med = f"median of {rounds}" if rounds > 1 else "one round"
+    out = [
+        f"| figure ({data['machine']['nproc']} cores; Bramble: {p['nodes']}-node emulated cluster, release agents) | measured | against the native program / the baseline | goal |",
+        "|---|---|---|---|",
+        f"| Monte Carlo, native C program, {threads} threads, Bramble's exact kernel ({samples(p['samples'])} samples, {p['partitions']} tasks; {med}) |"
+        f" {sci(native['samples_per_second'])} samples/s | the physical limit | |",
+        f"| Monte Carlo, `bramble pi --samples {samples(p['samples'])} --partitions {p['partitions']}`, CLI wall clock (job record: started → finished) |"
+        f" {sci(pi['samples_per_second'])} samples/s in {pi['wall_seconds']:.2f} s ({sci(pi['record_samples_per_second'])}/s) |"
+        f" {pct(r['pi_of_native'])} of native ({pct(r['pi_record_of_native'])}); same hit count: {'yes' if pi['hits_match_native'] else '**no**'} | {verdict('monte carlo')} |",
+    ]
+    if spark.get("recipe"):
+        s = spark["recipe"]
+        out.append(
+            f"| Monte Carlo, Apache Spark {spark['spark_version']} `{spark['master']}`, the recipe's PySpark job ({samples(s['samples'])} samples, {spark['partitions']} partitions; wall clock, SparkContext start of {spark['context_start_s']:.1f} s not counted) |"
+            f" {sci(s['samples_per_second'])} samples/s | {r['spark_recipe_of_native'] * 100:.2f} % of native; Bramble {times(r['pi_vs_spark_recipe'])} faster | |"
+        )
+    if spark.get("numpy"):
+        s = spark["numpy"]
+        out.append(
+            f"| Monte Carlo, the same Spark with numpy in each partition ({samples(s['samples'])} samples) |"
+            f" {sci(s['samples_per_second'])} samples/s | {pct(r['spark_numpy_of_native'])} of native; Bramble {times(r['pi_vs_spark_numpy'])} faster | {verdict('monte carlo vs spark')} |"
+        )
+    if spark.get("skipped"):
+        out.append(f"| Monte Carlo, Apache Spark in local mode | skipped: {spark['skipped']} | | |")
+    out.append(
+        f"| dispatch: {p['dispatch_tasks']:,} empty tasks (`bramble run -n {p['dispatch_tasks']} -- true`), end to end (CLI wall clock; job record) |"
+        f" {att['cli_tasks_per_second']:,.0f} tasks/s ({att['record_tasks_per_second']:,.0f}/s) |"
+        f" `xargs -P {threads} /bin/true`: {d['xargs']['tasks_per_second']:,.0f}/s ({r['dispatch_vs_xargs']:.2f}x); one bash loop: {d['loop']['tasks_per_second']:,.0f}/s ({r['dispatch_vs_loop']:.2f}x) |"
+        f" {verdict('dispatch')} (Ray's synchronous client ≈ 1,000/s; Slurm 500 jobs/s) |"
+    )
+    out.append(
+        f"| first task started after `bramble run` (detached, {p['dispatch_tasks']:,} tasks): from just before the CLI starts / from the job's submission |"
+        f" {det['first_task_from_cli_ms']:.0f} ms / {det['first_task_from_submission_ms']:.0f} ms | | |"
+    )
+    fo = "–" if f["progress_s"] is None else f"{f['progress_s']:.2f} s"
+    zk = f"; ≥ {r['failover_vs_spark_zookeeper_60s']:.0f}x faster" if r.get("failover_vs_spark_zookeeper_60s") else ""
+    out.append(
+        f"| coordinator failover: `chaos kill` of the job's scheduler ({p['failover_tasks']} tasks of `sleep {p['failover_sleep_s']}`) → the job live under another scheduler and making progress ({med}: {seconds_list(f['progress_s_all'])}) |"
+        f" {fo} | Spark standalone's master failover via ZooKeeper: 1–2 min (quoted, not measured){zk} |"
+        f" every task counted once after the failover: {'**yes**' if f['all_counted_once'] else '**no**'} |"
+    )
+    rss = data["rss"]
+    jvm = f"; Spark's JVM in local mode: {spark['jvm_rss_kib'] / 1024:.0f} MB" if spark.get("jvm_rss_kib") else ""
+    out.append(
+        f"| agent RSS after the pi rounds, max of {p['nodes']} (peak VmHWM); at the end of the run |"
+        f" {rss['after_pi']['max_rss_kib'] / 1024:.1f} MB ({rss['after_pi']['max_hwm_kib'] / 1024:.1f} MB); {rss['end']['max_rss_kib'] / 1024:.1f} MB | {jvm.lstrip('; ')} | |"
+    )
+    out.append("")
+    note = (
+        f"The native program (`{native['compiler']}`, written by the script) draws the same points as Bramble's tasks"
+        f" (splitmix64-seeded xoshiro256++, the same task seeds and shares) and counted the same {pi['hits']:,} hits for seed {p['seed']}"
+        + (
+            f"; its hit test is a 64-bit carry check (with the test written as a 128-bit comparison, as in Bramble's Rust, gcc's code draws {sci(data['native_int128']['samples_per_second'])} samples/s)"
+            if data.get("native_int128") else ""
+        )
+        + f". Each agent has one task slot per core, so up to {p['nodes'] * data['machine']['nproc']} tasks ran at once against the native program's {threads} threads"
+        " (when other work competes for the cores, more threads get a larger share of them); the native program ran"
+        f" alternately with `bramble pi`, with the cluster's agents idle in the background. Bramble's CLI wall clock runs from the submission to the end"
+        f" it sees (it polls every 200 ms); each task runs inside an agent. Rounds: {', '.join(sci(v) for v in native['samples_per_second_all'])} (native),"
+        f" {', '.join(sci(v) for v in pi['samples_per_second_all'])} samples/s (Bramble)."
+    )
+    if pi.get("local"):
+        loc = pi["local"]
+        note += f" The CLI's own local run of the same tasks ({loc['threads']} threads, one process): {sci(loc['samples_per_second'])} samples/s."
+    if spark.get("recipe"):
+        est = spark["recipe"]["estimates"]
+        same = len(est) > 1 and len(set(est)) == 1
+        note += (
+            f" Spark: `pi-spark.py` from the recipe with `time.clock` (the driver's CPU time) replaced by a wall clock, in one SparkContext"
+            f" ({spark['context_start_s']:.1f} s to start, {spark['process_wall_s']:.0f} s for the whole driver process)"
+            + (f"; its estimate was {est[0]:.6f} in every round (each partition gets the driver's pickled `random` state, so all draw the same points)." if same else ".")
+        )
+    note += (
+        f" Dispatch ({med} for each figure): {', '.join(f'{v:,.0f}' for v in att['cli_tasks_per_second_all'])} tasks/s by the CLI,"
+        f" the {p['nodes']} agents using {att['agents_cpu_us_per_task']:,.0f} µs of their own CPU a task (the `true` processes not counted;"
+        f" the scheduler's agent {att['scheduler_agent_cpu_us_per_task']:,.0f} µs, each other agent {att['other_agent_cpu_us_per_task']:,.0f} µs on average);"
+        f" the detached job's first task started {', '.join(f'{v:.0f}' for v in det['first_task_from_cli_ms_all'])} ms after the CLI was started."
+        f" Failover: the time from just before `bramble chaos kill` until `bramble job ID --json`, polled every 100 ms, shows the job live under another node's scheduler"
+        f" with more tasks done (live under a new scheduler after {seconds_list(f['new_scheduler_s_all'])} s);"
+        f" the killed scheduler was also the catalog's Raft leader in {f['killed_catalog_leader']} of {len(f['rounds'])} round(s)."
+        f" The machine was shared with other work (load average {data['machine']['load_before'].split()[0]} before, {data['machine']['load_after'].split()[0]} after). "
+        + provenance(data)
+    )
+    if data.get("source_tree_dirty"):
+        note += " _The binary was built from a working tree with uncommitted changes._"
+    elif data.get("build_skipped"):
+        note += " _Built with SKIP_BUILD=1: the binary may not match the commit._"
+    out.append(note)
+    return "\n".join(out)
+
+
 def _dig(d, keys):
     for k in keys:
         if not isinstance(d, dict) or k not in d:
@@ -412,7 +540,7 @@ def _dig(d, keys):
 def main():
     readme = ROOT / "README.md"
     text = readme.read_text()
-    for name, render in (("membership", membership), ("footprint", footprint), ("scale", scale), ("catalog", catalog), ("leases", leases), ("streams", streams), ("bulk", bulk), ("lb", lb), ("storage", storage)):
+    for name, render in (("membership", membership), ("footprint", footprint), ("scale", scale), ("catalog", catalog), ("leases", leases), ("streams", streams), ("bulk", bulk), ("lb", lb), ("storage", storage), ("jobs", jobs)):
         data = load(name)
         if data is None:
             continue
