@@ -9,7 +9,7 @@
 //! take over the node or starve the agent's lease renewals. The built-in π task runs on
 //! a thread of its own at the same ordinary priority.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -159,6 +159,8 @@ struct Unacknowledged {
 
 pub struct Runner {
     node: String,
+    /// The cluster's id (its first 16 characters), in scratch directory names.
+    scratch_tag: String,
     data_dir: PathBuf,
     slots: u32,
     speed: f64,
@@ -173,12 +175,19 @@ pub struct Runner {
     wake: Notify,
     /// One module fetch at a time: two attempts must not write the same cache file.
     module_cache: tokio::sync::Mutex<()>,
+    /// Jobs whose scratch directory this run made.
+    job_directories: Mutex<BTreeSet<JobId>>,
+    /// Attempts given to this node beyond its free slots, started as slots free.
+    queued: Mutex<VecDeque<Assignment>>,
+    /// The agent is stopping: start nothing more.
+    stopping_all: AtomicBool,
 }
 
 impl Runner {
     #[allow(clippy::too_many_arguments)]
     pub async fn new(
         node: &str,
+        cluster_id: &str,
         data_dir: &Path,
         settings: &JobSettings,
         meta: Arc<Meta>,
@@ -204,6 +213,11 @@ impl Runner {
             .map_err(|error| format!("creating {}: {error}", output.display()))?;
         Ok(Arc::new(Runner {
             node: node.to_string(),
+            scratch_tag: cluster_id
+                .chars()
+                .filter(char::is_ascii_alphanumeric)
+                .take(16)
+                .collect(),
             data_dir: data_dir.to_path_buf(),
             slots: settings.slots.unwrap_or(cpus),
             speed,
@@ -217,6 +231,9 @@ impl Runner {
             unacknowledged: Mutex::new(BTreeMap::new()),
             wake: Notify::new(),
             module_cache: tokio::sync::Mutex::new(()),
+            job_directories: Mutex::new(BTreeSet::new()),
+            queued: Mutex::new(VecDeque::new()),
+            stopping_all: AtomicBool::new(false),
         }))
     }
 
@@ -255,8 +272,13 @@ impl Runner {
         let mut active = self.active_jobs().await;
         let mut epoch = 0u64;
         loop {
-            let busy = !self.running().is_empty() || !self.unacknowledged().is_empty();
+            // One lock at a time: the queue is always taken before the running table.
+            let has_queued = !self.queued().is_empty();
+            let has_running = !self.running().is_empty();
+            let has_results = !self.unacknowledged().is_empty();
+            let busy = has_queued || has_running || has_results;
             worker.set_queue(self.running().len() as u64);
+            self.forget_job_directories(&active);
             if !busy && active.is_empty() {
                 worker.set_progress("idle");
                 tokio::select! {
@@ -321,12 +343,15 @@ impl Runner {
             }
         }
         self.stop_everything().await;
+        self.forget_job_directories(&BTreeSet::new());
         Ok(())
     }
 
     /// Stops every attempt (the agent is stopping); they are reported as lost and run
     /// elsewhere.
     async fn stop_everything(&self) {
+        self.stopping_all.store(true, Ordering::SeqCst);
+        self.queued().clear();
         let attempts: Vec<(Arc<Notify>, Arc<AtomicBool>)> = self
             .running()
             .values()
@@ -378,7 +403,17 @@ impl Runner {
     }
 
     async fn exchange(&self, epoch: u64, wants_work: bool) -> Result<ExchangeAnswer, RpcError> {
-        let running: Vec<TaskKey> = self.running().keys().copied().collect();
+        // Queued attempts are the worker's too: the scheduler counts them as placed here.
+        // Read under the queue's lock (see `start_queued`): an attempt is in one list or the
+        // other, never in neither, which the scheduler would take for a lost attempt.
+        let mut running: Vec<TaskKey> = {
+            let queued = self.queued();
+            let mut keys: Vec<TaskKey> = queued.iter().map(|queued| queued.key).collect();
+            keys.extend(self.running().keys().copied());
+            keys
+        };
+        running.sort_unstable();
+        running.dedup();
         let holder = self
             .meta
             .lease_record(SCHEDULER_LEASE)
@@ -454,41 +489,80 @@ impl Runner {
                 attempt.stopping.store(true, Ordering::SeqCst);
                 attempt.stop.notify_one();
             }
+            self.queued().retain(|queued| queued.key != *key);
         }
         for assignment in answer.start {
             let key = assignment.key;
-            if self.running().contains_key(&key) || self.unacknowledged().contains_key(&key) {
-                continue;
+            // One lock at a time (the queue is taken before the running table elsewhere).
+            let running = self.running().contains_key(&key);
+            let finished = self.unacknowledged().contains_key(&key);
+            let mut queued = self.queued();
+            if !running && !finished && !queued.iter().any(|queued| queued.key == key) {
+                queued.push_back(assignment);
             }
-            let stop = Arc::new(Notify::new());
-            let stopping = Arc::new(AtomicBool::new(false));
-            self.running().insert(
-                key,
-                Attempt {
-                    stop: stop.clone(),
-                    stopping: stopping.clone(),
-                    cpus: assignment.cpus,
-                },
-            );
-            let runner = self.clone();
-            tokio::spawn(async move {
-                let started = Instant::now();
-                let (outcome, value, stderr_tail) =
-                    runner.run_attempt(&assignment, stop, stopping).await;
-                let result = TaskResult {
-                    key,
-                    outcome,
-                    value,
-                    stderr_tail,
-                    duration_ms: started.elapsed().as_millis().min(u128::from(u32::MAX)) as u32,
-                };
-                runner
-                    .unacknowledged()
-                    .insert(key, Unacknowledged { result, sent_to: 0 });
-                runner.running().remove(&key);
-                runner.wake.notify_one();
-            });
         }
+        self.start_queued();
+    }
+
+    fn queued(&self) -> MutexGuard<'_, VecDeque<Assignment>> {
+        self.queued
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// Starts queued attempts while slots are free. The scheduler gives a worker a few
+    /// more short tasks than it has slots (see `scheduler::assign`), so a slot that frees
+    /// takes the next task at once instead of after a round trip.
+    fn start_queued(self: &Arc<Self>) {
+        // The queue stays locked until the attempt is in the running table, so a report
+        // (which reads the queue, then the table, under the same lock) never misses it.
+        let mut queued = self.queued();
+        loop {
+            let free = self.slots.saturating_sub(self.used_slots());
+            let fits = queued.front().is_some_and(|first| first.cpus <= free);
+            if !fits {
+                return;
+            }
+            let Some(assignment) = queued.pop_front() else {
+                return;
+            };
+            self.start_attempt(assignment);
+        }
+    }
+
+    fn start_attempt(self: &Arc<Self>, assignment: Assignment) {
+        let key = assignment.key;
+        let stop = Arc::new(Notify::new());
+        let stopping = Arc::new(AtomicBool::new(false));
+        self.running().insert(
+            key,
+            Attempt {
+                stop: stop.clone(),
+                stopping: stopping.clone(),
+                cpus: assignment.cpus,
+            },
+        );
+        let runner = self.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let (outcome, value, stderr_tail) =
+                runner.run_attempt(&assignment, stop, stopping).await;
+            let result = TaskResult {
+                key,
+                outcome,
+                value,
+                stderr_tail,
+                duration_ms: started.elapsed().as_millis().min(u128::from(u32::MAX)) as u32,
+            };
+            runner
+                .unacknowledged()
+                .insert(key, Unacknowledged { result, sent_to: 0 });
+            runner.running().remove(&key);
+            if !runner.stopping_all.load(Ordering::SeqCst) {
+                runner.start_queued();
+            }
+            runner.wake.notify_one();
+        });
     }
 
     /// Where an attempt's output is kept.
@@ -526,15 +600,7 @@ impl Runner {
             let start = (request.offset as usize).min(bytes.len());
             Ok((bytes[start..].to_vec(), dropped))
         };
-        if !stdout_path.exists() && !stderr_path.exists() {
-            return Err(RpcError::new(
-                ErrorKind::NotFound,
-                format!(
-                    "node {} keeps no output of job {} task {} attempt {}",
-                    self.node, request.job, request.index, request.attempt
-                ),
-            ));
-        }
+        // A task that printed nothing has no files (they are made at the first byte).
         let (stdout, stdout_dropped) = read(&stdout_path)?;
         let (stderr, stderr_dropped) = read(&stderr_path)?;
         Ok(OutputAnswer {
@@ -734,7 +800,6 @@ impl Runner {
             .stderr(std::process::Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
-        self.give_to_task_user(work_directory);
         if let Some((uid, gid, _)) = &self.identity.switch_to {
             command.uid(*uid).gid(*gid);
         }
@@ -762,6 +827,52 @@ impl Runner {
         }
     }
 
+    /// Where `job`'s scratch directory is: named by cluster and node, so the emulator's
+    /// clusters on one machine (whose nodes share names and job numbers) never meet.
+    fn job_directory_path(&self, job: JobId) -> PathBuf {
+        std::env::temp_dir().join(format!(
+            "bramble-{}-{}-job{job}",
+            self.scratch_tag, self.node
+        ))
+    }
+
+    /// The scratch directory of `job`'s tasks on this node (made on first use).
+    fn job_directory(&self, job: JobId) -> Result<PathBuf, String> {
+        let path = self.job_directory_path(job);
+        let mut made = self
+            .job_directories
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        if made.contains(&job) {
+            return Ok(path);
+        }
+        // A directory left by an earlier run of this agent is not trusted.
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir(&path)
+            .map_err(|error| format!("creating {}: {error}", path.display()))?;
+        self.give_to_task_user(&path);
+        made.insert(job);
+        Ok(path)
+    }
+
+    /// Removes the scratch directories of jobs that are no longer active here.
+    fn forget_job_directories(&self, active: &BTreeSet<JobId>) {
+        let running: BTreeSet<JobId> = self.running().keys().map(|key| key.job).collect();
+        let mut made = self
+            .job_directories
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        let finished: Vec<JobId> = made
+            .iter()
+            .filter(|job| !active.contains(job) && !running.contains(job))
+            .copied()
+            .collect();
+        for job in finished {
+            made.remove(&job);
+            let _ = std::fs::remove_dir_all(self.job_directory_path(job));
+        }
+    }
+
     /// `jobs.launch`: runs a shell command line like a task (see `launch.rs`).
     pub fn spawn_shell(
         &self,
@@ -769,7 +880,8 @@ impl Runner {
         env: &[(String, String)],
     ) -> Result<LaunchedShell, String> {
         let scratch = std::env::temp_dir().join(format!(
-            "bramble-{}-launch-{}-{}",
+            "bramble-{}-{}-launch-{}-{}",
+            self.scratch_tag,
             self.node,
             std::process::id(),
             LAUNCHES.fetch_add(1, Ordering::Relaxed)
@@ -778,6 +890,7 @@ impl Runner {
         std::fs::create_dir(&scratch)
             .map_err(|error| format!("creating {}: {error}", scratch.display()))?;
         let scratch = WorkDirectory(scratch);
+        self.give_to_task_user(&scratch.0);
         let mut command =
             self.task_command("/bin/sh", &["-c".to_string(), line.to_string()], &scratch.0);
         command.envs(env.iter().map(|(name, value)| (name, value)));
@@ -804,20 +917,24 @@ impl Runner {
         {
             return not_started(format!("creating {}: {error}", parent.display()));
         }
-        let work_directory = std::env::temp_dir().join(format!(
-            "bramble-{}-job{}-{}-{}",
-            self.node, key.job, key.index, key.attempt
-        ));
-        let _ = std::fs::remove_dir_all(&work_directory);
-        if let Err(error) = std::fs::create_dir(&work_directory) {
-            return not_started(format!("creating {}: {error}", work_directory.display()));
-        }
-        let cleanup = WorkDirectory(work_directory.clone());
+        // One scratch directory per job on this node, shared by its tasks (as Slurm's
+        // tasks share their submit directory): creating and removing one per task cost
+        // more than starting a small task.
+        let work_directory = match self.job_directory(key.job) {
+            Ok(path) => path,
+            Err(reason) => return not_started(reason),
+        };
         let module_copy = work_directory.join(WASM_FILE);
         if let Some(module) = module
-            && let Err(error) = std::fs::copy(module, &module_copy)
+            && !module_copy.exists()
         {
-            return not_started(format!("copying the module for the task: {error}"));
+            let partial = work_directory.join(format!("{WASM_FILE}.{}", key.index));
+            if let Err(error) = std::fs::copy(module, &partial)
+                .and_then(|_| std::fs::rename(&partial, &module_copy))
+            {
+                return not_started(format!("copying the module for the task: {error}"));
+            }
+            self.give_to_task_user(&module_copy);
         }
         let mut command = self.task_command(program, args, &work_directory);
         command
@@ -831,13 +948,15 @@ impl Runner {
             )
             .env("BRAMBLE_NODE", &self.node)
             .envs(assignment.env.iter().map(|(name, value)| (name, value)));
-        if module.is_some() {
-            self.give_to_task_user(&module_copy);
-        }
         let mut child = match command.spawn() {
             Ok(child) => child,
             Err(error) => {
-                let reason = if error.kind() == std::io::ErrorKind::NotFound {
+                let reason = if !work_directory.is_dir() {
+                    format!(
+                        "its scratch directory {} disappeared before it started",
+                        work_directory.display()
+                    )
+                } else if error.kind() == std::io::ErrorKind::NotFound {
                     format!(
                         "{program:?} was not found on node {} (PATH and the program itself)",
                         self.node
@@ -901,7 +1020,6 @@ impl Runner {
         }
         let stdout = stdout_task.await.unwrap_or_default();
         let stderr = stderr_task.await.unwrap_or_default();
-        drop(cleanup);
         let value = match assignment.reduce {
             Reduce::Concat => task_value(Reduce::Concat, &stdout.head),
             reduce => task_value(reduce, &stdout.tail),
@@ -972,13 +1090,10 @@ async fn capture(stream: Option<impl AsyncRead + Unpin>, path: PathBuf) -> Captu
     let Some(mut stream) = stream else {
         return captured;
     };
-    let mut file = match tokio::fs::File::create(&path).await {
-        Ok(file) => Some(file),
-        Err(error) => {
-            warn!(path = %path.display(), %error, "cannot keep a task's output");
-            None
-        }
-    };
+    // The file is made when the first byte arrives: most small tasks print little or
+    // nothing, and creating two files per task cost more than running it.
+    let mut file: Option<tokio::fs::File> = None;
+    let mut file_failed = false;
     let mut kept = 0u64;
     let mut dropped = 0u64;
     let mut buffer = vec![0u8; 16 * 1024];
@@ -999,6 +1114,15 @@ async fn capture(stream: Option<impl AsyncRead + Unpin>, path: PathBuf) -> Captu
         }
         let room = MAX_KEPT_OUTPUT.saturating_sub(kept) as usize;
         let keep = room.min(read);
+        if keep > 0 && file.is_none() && !file_failed {
+            match tokio::fs::File::create(&path).await {
+                Ok(created) => file = Some(created),
+                Err(error) => {
+                    file_failed = true;
+                    warn!(path = %path.display(), %error, "cannot keep a task's output");
+                }
+            }
+        }
         if keep > 0
             && let Some(file) = file.as_mut()
             && file.write_all(&chunk[..keep]).await.is_err()

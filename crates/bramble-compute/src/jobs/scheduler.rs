@@ -59,6 +59,8 @@ pub const WORKER_SILENCE: Duration = Duration::from_secs(5);
 pub const ADOPTION_WAIT: Duration = Duration::from_secs(2);
 /// How long a new job waits for idle workers to report before a static plan is made.
 const PLANNING_WAIT: Duration = Duration::from_millis(300);
+/// Tasks shorter than this (median) are queued on workers ahead of their free slots.
+const PIPELINE_BELOW: Duration = Duration::from_millis(100);
 /// How long a worker asking for work is held when there is none.
 const LONG_POLL: Duration = Duration::from_secs(1);
 /// How often dirty jobs are checkpointed.
@@ -1113,6 +1115,13 @@ fn apply_report(reign: &mut Reign, request: &ExchangeRequest) {
     let mine = copies_on(&reign.jobs, node);
     for key in mine {
         if !reported.contains(&key) && reign.drop_copy(key, node) {
+            warn!(
+                node,
+                job = key.job,
+                index = key.index,
+                attempt = key.attempt,
+                "an attempt the worker no longer reports: queued again"
+            );
             reign.requeue(key.job, key.index, true);
         }
     }
@@ -1286,7 +1295,11 @@ fn assign(reign: &mut Reign, node: &str) -> Vec<Assignment> {
     let Some(worker) = reign.workers.get_mut(node) else {
         return Vec::new();
     };
+    // Short tasks (a median under PIPELINE_BELOW) are given up to one slot's worth more
+    // than the node's free slots: the worker queues them and starts one the moment a slot
+    // frees, instead of waiting a round trip to the scheduler for each.
     let mut free = worker.slots.saturating_sub(worker.used);
+    let mut extra = 0;
     let mut start = Vec::new();
     let now = Instant::now();
     for (id, run) in reign.jobs.iter_mut() {
@@ -1330,6 +1343,10 @@ fn assign(reign: &mut Reign, node: &str) -> Vec<Assignment> {
                 )),
             );
             continue;
+        }
+        if extra == 0 && is_short(run) {
+            extra = (worker.slots * 2).saturating_sub(worker.used.max(worker.slots));
+            free += extra;
         }
         while free >= cpus {
             if let Some(limit) = run.spec.max_running
@@ -1429,6 +1446,18 @@ fn next_task(run: &mut JobRun, node: &str, other_workers: bool) -> Option<(u32, 
         }
     }
     None
+}
+
+/// Whether a job's tasks are short enough to queue on workers ahead of free slots: a
+/// median below [`PIPELINE_BELOW`] over at least 8 results, and no speculation (a queued
+/// copy would wait behind the straggler it is meant to beat).
+fn is_short(run: &JobRun) -> bool {
+    if run.spec.speculate || run.durations.len() < 8 {
+        return false;
+    }
+    let mut recent: Vec<u32> = run.durations.iter().rev().take(64).copied().collect();
+    recent.sort_unstable();
+    u64::from(recent[recent.len() / 2]) < PIPELINE_BELOW.as_millis() as u64
 }
 
 /// Groups checkpoint operations into batches under the catalog's size bound.

@@ -34,6 +34,7 @@ fn start(context: Context) -> StartFuture {
         );
         let runner = Runner::new(
             context.node_name(),
+            &context.node.config.cluster_id,
             &context.node.path,
             &settings,
             context.meta.clone(),
