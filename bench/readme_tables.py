@@ -462,11 +462,27 @@ def jobs(data):
         )
     if spark.get("skipped"):
         out.append(f"| Monte Carlo, Apache Spark in local mode | skipped: {spark['skipped']} | | |")
+    wasm = data.get("wasm", {})
+    if wasm.get("samples_per_second"):
+        wn = data["wasm_native"]
+        out.append(
+            f"| Monte Carlo as a WebAssembly task (`examples/wasm-pi`, wasmi interpreter) against the built-in task, {samples(p['wasm_samples'])} samples in {p['partitions']} tasks, same seed |"
+            f" {sci(wasm['samples_per_second'])} samples/s (built-in: {sci(wn['samples_per_second'])}/s) |"
+            f" {pct(wasm['of_native_task'])} of the built-in task; same count: {'yes' if wasm['hits_match'] else 'NO'} | |"
+        )
+    elif wasm.get("skipped"):
+        out.append(f"| Monte Carlo as a WebAssembly task | skipped: {wasm['skipped']} | | |")
+    if "builtin" in d:
+        out.append(
+            f"| dispatch: {p['dispatch_tasks']:,} tasks that run inside the agents (`bramble pi --samples {p['dispatch_tasks']} --partitions {p['dispatch_tasks']}`: one sample each), end to end (CLI wall clock) |"
+            f" {d['builtin']['tasks_per_second']:,.0f} tasks/s | the scheduler's and workers' own rate, no process per task |"
+            f" {verdict('dispatch')} (Ray's synchronous client ≈ 1,000/s; Slurm 500 jobs/s) |"
+        )
     out.append(
-        f"| dispatch: {p['dispatch_tasks']:,} empty tasks (`bramble run -n {p['dispatch_tasks']} -- true`), end to end (CLI wall clock; job record) |"
+        f"| {p['dispatch_tasks']:,} empty processes as tasks (`bramble run -n {p['dispatch_tasks']} -- true`), end to end (CLI wall clock; job record) |"
         f" {att['cli_tasks_per_second']:,.0f} tasks/s ({att['record_tasks_per_second']:,.0f}/s) |"
         f" `xargs -P {threads} /bin/true`: {d['xargs']['tasks_per_second']:,.0f}/s ({r['dispatch_vs_xargs']:.2f}x); one bash loop: {d['loop']['tasks_per_second']:,.0f}/s ({r['dispatch_vs_loop']:.2f}x) |"
-        f" {verdict('dispatch')} (Ray's synchronous client ≈ 1,000/s; Slurm 500 jobs/s) |"
+        f" (starting a process is the limit here) |"
     )
     out.append(
         f"| first task started after `bramble run` (detached, {p['dispatch_tasks']:,} tasks): from just before the CLI starts / from the job's submission |"
@@ -496,7 +512,7 @@ def jobs(data):
         + f". Each agent has one task slot per core, so up to {p['nodes'] * data['machine']['nproc']} tasks ran at once against the native program's {threads} threads"
         " (when other work competes for the cores, more threads get a larger share of them); the native program ran"
         f" alternately with `bramble pi`, with the cluster's agents idle in the background. Bramble's CLI wall clock runs from the submission to the end"
-        f" it sees (it polls every 200 ms); each task runs inside an agent. Rounds: {', '.join(sci(v) for v in native['samples_per_second_all'])} (native),"
+        f" it sees (it polls every 100 ms); each task runs inside an agent. Rounds: {', '.join(sci(v) for v in native['samples_per_second_all'])} (native),"
         f" {', '.join(sci(v) for v in pi['samples_per_second_all'])} samples/s (Bramble)."
     )
     if pi.get("local"):

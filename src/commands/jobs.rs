@@ -327,7 +327,7 @@ async fn follow(client: &ClusterClient, id: JobId, tasks: u32, show: bool) -> Re
             return Ok(view);
         }
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
             _ = &mut ctrl_c, if !interrupted => {
                 interrupted = true;
                 bar.println(format!("cancelling job {id} (Ctrl-C); use --detach to leave a job running"));

@@ -317,6 +317,9 @@ pub struct Scheduler {
     membership: Arc<Membership>,
     reign: Mutex<Option<Reign>>,
     work_changed: Notify,
+    /// A job ended: checkpoint now rather than at the next period, so whoever waits for
+    /// it (an attached `bramble run`) hears at once.
+    checkpoint_wanted: Notify,
 }
 
 fn not_scheduler() -> RpcError {
@@ -334,6 +337,7 @@ impl Scheduler {
             membership,
             reign: Mutex::new(None),
             work_changed: Notify::new(),
+            checkpoint_wanted: Notify::new(),
         })
     }
 
@@ -433,6 +437,7 @@ impl Scheduler {
                     }
                 }
                 _ = tokio::time::sleep_until(wake.into()) => {}
+                _ = self.checkpoint_wanted.notified() => next_checkpoint = Instant::now(),
             }
         }
     }
@@ -752,6 +757,13 @@ impl Scheduler {
                 ));
             }
             apply_report(reign, &request);
+            let ended = reign
+                .jobs
+                .values()
+                .any(|run| run.record.state.is_final() && !run.final_committed);
+            if ended {
+                self.checkpoint_wanted.notify_one();
+            }
         }
         self.work_changed.notify_waiters();
         loop {
