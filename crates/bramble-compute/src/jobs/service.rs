@@ -248,6 +248,14 @@ impl JobsService {
 
     async fn list(&self, all: bool) -> Result<Vec<JobSummary>, RpcError> {
         let states = scan_all(&self.meta, STATE_PREFIX).await?;
+        let specs: std::collections::BTreeMap<JobId, JobSpec> = scan_all(&self.meta, SPEC_PREFIX)
+            .await?
+            .into_iter()
+            .filter_map(|(key, value)| {
+                let id = id_of_key(&key, SPEC_PREFIX)?;
+                serde_json::from_slice(&value).ok().map(|spec| (id, spec))
+            })
+            .collect();
         let live = self.scheduler.live_summaries();
         let mut summaries = Vec::new();
         for (key, value) in states.iter().rev() {
@@ -257,7 +265,7 @@ impl JobsService {
             let Ok(record) = JobRecord::decode(value) else {
                 continue;
             };
-            let Some(spec) = read_json::<JobSpec>(&self.meta, &spec_key(id)).await? else {
+            let Some(spec) = specs.get(&id) else {
                 continue;
             };
             summaries.push(JobSummary {
