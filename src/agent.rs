@@ -36,6 +36,7 @@ use crate::process;
 const SUBSYSTEMS: &[Subsystem] = &[
     bramble_store::subsystem::SUBSYSTEM,
     bramble_compute::jobs::subsystem::SUBSYSTEM,
+    bramble_compute::services::subsystem::SUBSYSTEM,
     bramble_lb::subsystem::SUBSYSTEM,
 ];
 /// How long the agent waits for its workers to end after the shutdown signal.

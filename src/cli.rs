@@ -151,6 +151,13 @@ pub enum Command {
     /// Start a command on a node for mpirun (its plm_rsh_agent; not for people).
     #[command(hide = true)]
     MpiLaunch(MpiLaunchArgs),
+    /// Replicated services: N supervised copies of a program over the nodes (Docker
+    /// Swarm's `docker service`), moved within seconds when a node dies.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  bramble service create web --replicas 2 --port 8100 -- python3 -m http.server\n  bramble service ls\n  bramble service ps web\n  bramble service scale web 5\n  bramble service logs web --replica 0\n  bramble service rm web\n\nReplica i gets PORT=<port>+i, BRAMBLE_REPLICA=i, BRAMBLE_SERVICE and BRAMBLE_NODE in its\nenvironment, and runs as `nobody` (when the agent is root) unless --user says otherwise."
+    )]
+    Service(ServiceCommand),
     /// Runs one WebAssembly task (what a worker starts; not for people).
     #[command(hide = true)]
     WasmTask(WasmTaskArgs),
@@ -976,4 +983,92 @@ pub struct MpiLaunchArgs {
     /// The command line mpirun wants run there.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServiceCommand {
+    /// Create a service: its replicas start on the nodes at once.
+    #[command(
+        after_help = "Examples:\n  bramble service create web --replicas 2 --port 8100 -- python3 -m http.server\n  bramble service create worker --replicas 4 --max-per-node 1 --restart on-failure -- ./worker --queue jobs\n  bramble service create api --constraint role=web --env MODE=prod -- /opt/api/serve"
+    )]
+    Create(ServiceCreateArgs),
+    /// List services with their replicas running and wanted.
+    Ls(JsonFlag),
+    /// Every replica of a service: node, state, pid, port, restarts, last exit, error.
+    Ps(ServiceNameArgs),
+    /// A service's spec.
+    Inspect(ServiceNameArgs),
+    /// Change the number of replicas (the running ones keep running).
+    Scale(ServiceScaleArgs),
+    /// Remove a service: every replica is stopped (SIGTERM, then SIGKILL after the grace).
+    Rm(ServiceNameArgs),
+    /// A replica's output (stdout and stderr, the last 1 MiB kept, rotated).
+    Logs(ServiceLogsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServiceCreateArgs {
+    /// Service name (lowercase letters, digits, '-').
+    pub name: String,
+    #[arg(long, default_value_t = 1)]
+    pub replicas: u32,
+    /// Replica i gets PORT=<port>+i.
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Environment for every replica (repeat).
+    #[arg(long = "env", value_name = "K=V")]
+    pub env: Vec<String>,
+    /// A file of K=V lines (# comments allowed).
+    #[arg(long, value_name = "FILE")]
+    pub env_file: Option<std::path::PathBuf>,
+    /// When a replica's process is started again after it ends.
+    #[arg(long, value_enum, default_value_t = RestartArg::Always)]
+    pub restart: RestartArg,
+    /// At most this many replicas on one node (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    pub max_per_node: u32,
+    /// Placement rule: role=NAME, node=NAME, node!=NAME (repeat: all must hold).
+    #[arg(long = "constraint", value_name = "RULE")]
+    pub constraints: Vec<String>,
+    /// The user replicas run as (default nobody when the agent is root; root only if named).
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Time between SIGTERM and SIGKILL when a replica stops: 10s, 500ms, 2m.
+    #[arg(long, default_value = "10s", value_name = "T")]
+    pub stop_grace: String,
+    #[command(flatten)]
+    pub output: JsonFlag,
+    /// The program and its arguments.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RestartArg {
+    Always,
+    OnFailure,
+    Never,
+}
+
+#[derive(Debug, Args)]
+pub struct ServiceNameArgs {
+    pub name: String,
+    #[command(flatten)]
+    pub output: JsonFlag,
+}
+
+#[derive(Debug, Args)]
+pub struct ServiceScaleArgs {
+    pub name: String,
+    pub replicas: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct ServiceLogsArgs {
+    pub name: String,
+    #[arg(long, default_value_t = 0)]
+    pub replica: u32,
+    /// Only the last bytes: 64K, 1M.
+    #[arg(long, default_value = "64K")]
+    pub tail: String,
 }

@@ -98,6 +98,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Command::Jobs(args) => commands::jobs::list(global, args).await,
         Command::Job(args) => commands::jobs::job(global, args).await,
         Command::Cancel(args) => commands::jobs::cancel(global, args).await,
+        Command::Service(command) => commands::service::run(global, command).await,
         Command::Mpirun(args) => commands::mpi::mpirun(global, args).await,
         Command::MpiLaunch(args) => commands::mpi::launch(global, args).await,
         Command::WasmTask(_) => Err(anyhow::anyhow!("wasm-task runs before the runtime")),

@@ -668,7 +668,7 @@ fn the_corrected_mpi4py_example_reduces_to_rank_0_over_bramble_s_launcher() {
     assert!(stdout.contains("ranks: 4"), "{stdout}\n{stderr}");
     assert!(stdout.contains("\nmatch"), "{stdout}\n{stderr}");
     assert!(
-        stdout.contains("slot(s) (their cores); ask for 1 to"),
+        stdout.contains("free slot(s)") && stdout.contains("ask for 1 to"),
         "{stdout}"
     );
     eprintln!("{stdout}{stderr}");

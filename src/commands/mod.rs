@@ -10,5 +10,6 @@ pub mod lb;
 pub mod membership;
 pub mod mpi;
 pub mod s3;
+pub mod service;
 pub mod volume;
 pub mod workers;

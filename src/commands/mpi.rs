@@ -9,7 +9,7 @@ use std::io::Write;
 
 use anyhow::{Context, Result, anyhow, bail};
 use bramble_cluster::{NodeState, NodeView};
-use bramble_compute::jobs::admin::METHOD_LAUNCH;
+use bramble_compute::jobs::admin::{METHOD_LAUNCH, METHOD_NODES, WorkerSummary};
 use bramble_compute::jobs::launch::{
     LaunchRequest, TAG_EXIT, TAG_HEARTBEAT, TAG_STDERR, TAG_STDOUT, take_record,
 };
@@ -112,17 +112,36 @@ pub async fn mpirun(global: &GlobalOptions, args: &MpirunArgs) -> Result<()> {
         bail!("no live node to run on");
     }
     let directory = Scratch::create()?;
+    // Free slots as the jobs scheduler sees them (slots minus tasks running there); a
+    // node it has not heard from yet offers its cores.
+    let workers: Vec<WorkerSummary> = client
+        .call_any::<_, Vec<WorkerSummary>>(METHOD_NODES, &false)
+        .await
+        .map(|(_, workers)| workers)
+        .unwrap_or_default();
+    let free_slots = |node: &NodeView| -> u32 {
+        match workers.iter().find(|worker| worker.node == node.name) {
+            Some(worker) => worker.slots.saturating_sub(worker.used),
+            None => node.load.as_ref().map(|load| load.cpus).unwrap_or(1),
+        }
+    };
     let mut hostfile = String::new();
     let mut slots_total = 0u32;
+    let mut offered = Vec::new();
     for node in &chosen {
-        let slots = node.load.as_ref().map(|load| load.cpus).unwrap_or(1).max(1);
+        let slots = free_slots(node);
+        offered.push(format!("{} ({slots} slot(s))", node.name));
+        if slots == 0 {
+            continue;
+        }
         slots_total += slots;
         hostfile.push_str(&format!("{} slots={slots}\n", node.name));
     }
     if args.ranks == 0 || args.ranks > slots_total {
         bail!(
-            "-n {}: the chosen nodes have {slots_total} slot(s) (their cores); ask for 1 to {slots_total}",
-            args.ranks
+            "-n {}: the chosen nodes have {slots_total} free slot(s) ({}); ask for 1 to {slots_total}",
+            args.ranks,
+            offered.join(", ")
         );
     }
     let hostfile_path = directory.0.join("hostfile");
@@ -191,19 +210,7 @@ pub async fn mpirun(global: &GlobalOptions, args: &MpirunArgs) -> Result<()> {
     if let Some(credential) = &global.credential {
         command.env("BRAMBLE_CREDENTIAL", credential);
     }
-    eprintln!(
-        "mpirun: {} rank(s) over {}",
-        args.ranks,
-        chosen
-            .iter()
-            .map(|node| format!(
-                "{} ({} slot(s))",
-                node.name,
-                node.load.as_ref().map(|load| load.cpus).unwrap_or(1)
-            ))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+    eprintln!("mpirun: {} rank(s) over {}", args.ranks, offered.join(", "));
     let started = std::time::Instant::now();
     let status = tokio::task::spawn_blocking(move || command.status())
         .await

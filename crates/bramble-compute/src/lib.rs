@@ -3,3 +3,5 @@
 //! that can take a job down with it. See [`jobs`] for how a job flows.
 
 pub mod jobs;
+pub mod process;
+pub mod services;

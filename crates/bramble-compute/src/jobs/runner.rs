@@ -32,6 +32,7 @@ use super::record::{JobRecord, SCHEDULER_LEASE, STATE_PREFIX, id_of_key};
 use super::reduce::{MAX_VALUE_BYTES, task_value};
 use super::scheduler::Scheduler;
 use super::spec::{JobId, Reduce, Work};
+use crate::process::Identity;
 
 /// Output kept per stream of an attempt.
 pub const MAX_KEPT_OUTPUT: u64 = 1024 * 1024;
@@ -88,50 +89,6 @@ impl JobSettings {
     }
 }
 
-/// Who tasks run as.
-#[derive(Debug, Clone)]
-struct TaskIdentity {
-    /// `None`: as the agent's own user.
-    switch_to: Option<(u32, u32, String)>,
-}
-
-fn resolve_identity(settings: &JobSettings) -> Result<TaskIdentity, String> {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        return Ok(TaskIdentity { switch_to: None });
-    }
-    let name = settings.task_user.as_deref().unwrap_or("nobody");
-    if name == "root" {
-        return Ok(TaskIdentity { switch_to: None });
-    }
-    let user = lookup_user(name)
-        .ok_or_else(|| format!("jobs.toml: the task user {name:?} does not exist on this node"))?;
-    Ok(TaskIdentity {
-        switch_to: Some((user.0, user.1, name.to_string())),
-    })
-}
-
-/// The uid and gid of a user name, from the system's user database.
-fn lookup_user(name: &str) -> Option<(u32, u32)> {
-    let name = std::ffi::CString::new(name).ok()?;
-    let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut buffer = vec![0 as libc::c_char; 16 * 1024];
-    let mut found: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: every pointer is valid for the call; getpwnam_r writes only into `entry`
-    // and `buffer` (whose length it is told) and sets `found`.
-    let status = unsafe {
-        libc::getpwnam_r(
-            name.as_ptr(),
-            &mut entry,
-            buffer.as_mut_ptr(),
-            buffer.len(),
-            &mut found,
-        )
-    };
-    (status == 0 && !found.is_null()).then_some((entry.pw_uid, entry.pw_gid))
-}
-
 /// Measures this node's speed with a short run of the π kernel: samples per second
 /// over 10^8 (about a modern x86 core; a Pi 4 core is about 0.3).
 fn calibrate() -> f64 {
@@ -165,7 +122,7 @@ pub struct Runner {
     slots: u32,
     speed: f64,
     cpus: u32,
-    identity: TaskIdentity,
+    identity: Identity,
     meta: Arc<Meta>,
     membership: Arc<Membership>,
     rpc: RpcClient,
@@ -198,7 +155,8 @@ impl Runner {
         let cpus = std::thread::available_parallelism()
             .map(|count| count.get() as u32)
             .unwrap_or(1);
-        let identity = resolve_identity(settings)?;
+        let identity = Identity::resolve(settings.task_user.as_deref())
+            .map_err(|error| format!("jobs.toml: {error}"))?;
         let speed = match settings.speed {
             Some(speed) => speed,
             None => tokio::task::spawn_blocking(|| {
@@ -773,58 +731,19 @@ impl Runner {
         Ok(path)
     }
 
-    /// A process for a task (or a launched command): a clean environment, its scratch
-    /// directory as home and working directory, its own process group, piped output, the
-    /// priority the agent started with, and the task user when the agent is root.
+    /// A process for a task or a launched command (see `crate::process`).
     fn task_command(
         &self,
         program: &str,
         args: &[String],
         work_directory: &Path,
     ) -> tokio::process::Command {
-        let mut command = tokio::process::Command::new(program);
-        command
-            .args(args)
-            .env_clear()
-            .env(
-                "PATH",
-                std::env::var("PATH")
-                    .unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".to_string()),
-            )
-            .env("HOME", work_directory)
-            .env("TMPDIR", work_directory)
-            .env("LANG", "C.UTF-8")
-            .current_dir(work_directory)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .process_group(0)
-            .kill_on_drop(true);
-        if let Some((uid, gid, _)) = &self.identity.switch_to {
-            command.uid(*uid).gid(*gid);
-        }
-        // SAFETY: the closure runs in the child between fork and exec and only makes a
-        // system call (setpriority) through an async-signal-safe function.
-        unsafe {
-            command.pre_exec(|| {
-                bramble_util::scheduling::restore_original_priority();
-                Ok(())
-            });
-        }
-        command
+        self.identity.command(program, args, work_directory)
     }
 
     /// Hands a file or directory this runner created to the task user.
     fn give_to_task_user(&self, path: &Path) {
-        if let Some((uid, gid, _)) = &self.identity.switch_to {
-            let Ok(path) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
-                return;
-            };
-            // SAFETY: chown on a path this runner just created; no memory is shared.
-            unsafe {
-                libc::chown(path.as_ptr(), *uid, *gid);
-            }
-        }
+        self.identity.give(path);
     }
 
     /// Where `job`'s scratch directory is: named by cluster and node, so the emulator's

@@ -1,0 +1,146 @@
+//! Starting the cluster's users' programs — job tasks, service replicas, MPI daemons — the
+//! same careful way: a clean environment, a scratch directory as home and working
+//! directory, a process group of their own (so every child can be signalled together), the
+//! priority the agent was started with (its own threads run raised, and a child would
+//! inherit that, competing with the agent's lease renewals), an unprivileged user when
+//! the agent runs as root, and death with the agent (a program outlives no supervisor).
+
+use std::path::Path;
+
+/// Who a program runs as.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// `None`: as the agent's own user. Otherwise uid, gid and the user's name.
+    switch_to: Option<(u32, u32, String)>,
+}
+
+impl Identity {
+    /// As `user` (default `nobody`) when the agent is root; `root` only when named. An
+    /// agent that is not root runs everything as itself and refuses another named user.
+    pub fn resolve(user: Option<&str>) -> Result<Identity, String> {
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        if !root {
+            return match user {
+                None => Ok(Identity { switch_to: None }),
+                Some(name) if Some(name) == current_user_name().as_deref() => {
+                    Ok(Identity { switch_to: None })
+                }
+                Some(name) => Err(format!(
+                    "the agent does not run as root, so it cannot run programs as {name:?}"
+                )),
+            };
+        }
+        let name = user.unwrap_or("nobody");
+        if name == "root" {
+            return Ok(Identity { switch_to: None });
+        }
+        let (uid, gid) = lookup_user(name)
+            .ok_or_else(|| format!("the user {name:?} does not exist on this node"))?;
+        Ok(Identity {
+            switch_to: Some((uid, gid, name.to_string())),
+        })
+    }
+
+    /// The user's name, for status pages.
+    pub fn user_name(&self) -> String {
+        match &self.switch_to {
+            Some((_, _, name)) => name.clone(),
+            None => current_user_name().unwrap_or_else(|| "the agent's user".to_string()),
+        }
+    }
+
+    /// A command for `program` in `work_directory` (which should belong to this
+    /// identity: see [`Identity::give`]), with piped output and no input.
+    pub fn command(
+        &self,
+        program: &str,
+        args: &[String],
+        work_directory: &Path,
+    ) -> tokio::process::Command {
+        let mut command = tokio::process::Command::new(program);
+        command
+            .args(args)
+            .env_clear()
+            .env(
+                "PATH",
+                std::env::var("PATH")
+                    .unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".to_string()),
+            )
+            .env("HOME", work_directory)
+            .env("TMPDIR", work_directory)
+            .env("LANG", "C.UTF-8")
+            .current_dir(work_directory)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        if let Some((uid, gid, _)) = &self.switch_to {
+            command.uid(*uid).gid(*gid);
+        }
+        // SAFETY: the closure runs in the child between fork and exec and only makes
+        // system calls (setpriority, prctl), which are async-signal-safe.
+        unsafe {
+            command.pre_exec(|| {
+                bramble_util::scheduling::restore_original_priority();
+                // If the agent dies, so does the program (as with a power cut): nothing
+                // runs unsupervised, and a restarted agent never finds a copy it does not
+                // know about. Set after the user change, which would clear it.
+                #[cfg(target_os = "linux")]
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+                Ok(())
+            });
+        }
+        command
+    }
+
+    /// Hands a file or directory the agent created to this identity.
+    pub fn give(&self, path: &Path) {
+        if let Some((uid, gid, _)) = &self.switch_to {
+            let Ok(path) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+                return;
+            };
+            // SAFETY: chown on a path the agent just created; no memory is shared.
+            unsafe {
+                libc::chown(path.as_ptr(), *uid, *gid);
+            }
+        }
+    }
+}
+
+/// Sends `signal` to a process group the agent created (a group that is gone is ESRCH,
+/// harmless).
+pub fn signal_group(group: i32, signal: i32) {
+    if group > 0 {
+        // SAFETY: signalling a process group; no memory is involved.
+        unsafe {
+            libc::kill(-group, signal);
+        }
+    }
+}
+
+/// The uid and gid of a user name, from the system's user database.
+pub fn lookup_user(name: &str) -> Option<(u32, u32)> {
+    let name = std::ffi::CString::new(name).ok()?;
+    // SAFETY: a zeroed passwd is a valid value for getpwnam_r to fill.
+    let mut entry: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut buffer = vec![0 as libc::c_char; 16 * 1024];
+    let mut found: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call; getpwnam_r writes only into `entry`
+    // and `buffer` (whose length it is told) and sets `found`.
+    let status = unsafe {
+        libc::getpwnam_r(
+            name.as_ptr(),
+            &mut entry,
+            buffer.as_mut_ptr(),
+            buffer.len(),
+            &mut found,
+        )
+    };
+    (status == 0 && !found.is_null()).then_some((entry.pw_uid, entry.pw_gid))
+}
+
+fn current_user_name() -> Option<String> {
+    std::env::var("USER").ok().filter(|name| !name.is_empty())
+}

@@ -1,0 +1,297 @@
+//! `services.*`: create, list, inspect, scale and remove services (any node answers; the
+//! catalog holds them), `ps` (this node asks every live member for its replicas), a
+//! node's own replicas (`local`) and a replica's log (`logs`, on the node that runs it).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bramble_cluster::{Membership, NodeState};
+use bramble_meta::Meta;
+use bramble_meta::api::Consistency;
+use bramble_meta::types::{Command, CommandResult, Condition, Operation};
+use bramble_net::rpc::{Request, encode};
+use bramble_net::{ErrorKind, Handler, RpcClient, RpcError};
+
+use super::admin::*;
+use super::reconciler::Reconciler;
+use super::spec::*;
+use super::supervisor::{ReplicaStatus, Supervisor};
+use crate::jobs::scheduler::scan_all;
+
+/// Most bytes of a log one call returns.
+const MAX_LOG_BYTES: u64 = 4 * 1024 * 1024;
+
+pub struct ServicesService {
+    pub(crate) node: String,
+    pub(crate) meta: Arc<Meta>,
+    pub(crate) membership: Arc<Membership>,
+    pub(crate) rpc: RpcClient,
+    pub(crate) supervisor: Arc<Supervisor>,
+    pub(crate) reconciler: Arc<Reconciler>,
+}
+
+fn not_found(name: &str) -> RpcError {
+    RpcError::new(ErrorKind::NotFound, format!("there is no service {name:?}"))
+}
+
+#[async_trait::async_trait]
+impl Handler for ServicesService {
+    async fn handle(&self, request: Request<'_>) -> Result<Vec<u8>, RpcError> {
+        request.require_authenticated()?;
+        match request.method {
+            "create" => encode(&self.create(request.decode()?).await?),
+            "list" => encode(&self.list().await?),
+            "inspect" => {
+                let name: String = request.decode()?;
+                encode(&self.spec(&name).await?.0)
+            }
+            "scale" => encode(&self.scale(request.decode()?).await?),
+            "remove" => {
+                let name: String = request.decode()?;
+                encode(&self.remove(&name).await?)
+            }
+            "ps" => {
+                let name: String = request.decode()?;
+                encode(&self.ps(&name).await?)
+            }
+            "local" => {
+                let name: Option<String> = request.decode()?;
+                encode(&self.supervisor.statuses(name.as_deref()))
+            }
+            "logs" => {
+                let logs: LogsRequest = request.decode()?;
+                encode(&self.logs(&logs)?)
+            }
+            other => Err(RpcError::new(
+                ErrorKind::NotFound,
+                format!("services has no method {other:?}"),
+            )),
+        }
+    }
+}
+
+impl ServicesService {
+    async fn spec(&self, name: &str) -> Result<(ServiceSpec, u64), RpcError> {
+        let value = self
+            .meta
+            .read(&spec_key(name), Consistency::Linearizable, false)
+            .await?
+            .ok_or_else(|| not_found(name))?;
+        let spec = serde_json::from_slice(&value.value).map_err(|error| {
+            RpcError::new(
+                ErrorKind::Internal,
+                format!("unreadable service {name}: {error}"),
+            )
+        })?;
+        Ok((spec, value.version))
+    }
+
+    async fn create(&self, mut spec: ServiceSpec) -> Result<ServiceSpec, RpcError> {
+        spec.generation = 1;
+        spec.created_unix_ms = bramble_util::time::unix_millis();
+        spec.validate().map_err(RpcError::bad_request)?;
+        let result = self
+            .meta
+            .write(
+                Command::PutIfVersion {
+                    key: spec_key(&spec.name),
+                    value: serde_json::to_vec(&spec).unwrap_or_default(),
+                    expected_version: 0,
+                },
+                false,
+            )
+            .await?;
+        match result {
+            CommandResult::Written { .. } => Ok(spec),
+            CommandResult::VersionMismatch { .. } => Err(RpcError::new(
+                ErrorKind::AlreadyExists,
+                format!(
+                    "a service named {:?} exists (bramble service scale, or rm it first)",
+                    spec.name
+                ),
+            )),
+            other => Err(RpcError::new(
+                ErrorKind::Internal,
+                format!("storing the service: {other:?}"),
+            )),
+        }
+    }
+
+    async fn scale(&self, request: ScaleRequest) -> Result<ServiceSpec, RpcError> {
+        for _ in 0..10 {
+            let (mut spec, version) = self.spec(&request.name).await?;
+            // Scaling adds or removes replicas; the others keep running (same generation).
+            spec.replicas = request.replicas;
+            spec.validate().map_err(RpcError::bad_request)?;
+            let result = self
+                .meta
+                .write(
+                    Command::PutIfVersion {
+                        key: spec_key(&spec.name),
+                        value: serde_json::to_vec(&spec).unwrap_or_default(),
+                        expected_version: version,
+                    },
+                    false,
+                )
+                .await?;
+            if matches!(result, CommandResult::Written { .. }) {
+                return Ok(spec);
+            }
+        }
+        Err(RpcError::new(
+            ErrorKind::Unavailable,
+            "the service kept changing; try again",
+        ))
+    }
+
+    async fn remove(&self, name: &str) -> Result<ServiceSpec, RpcError> {
+        let (spec, version) = self.spec(name).await?;
+        let result = self
+            .meta
+            .write(
+                Command::Batch {
+                    conditions: vec![Condition {
+                        key: spec_key(name),
+                        version,
+                    }],
+                    operations: vec![
+                        Operation::Delete {
+                            key: spec_key(name),
+                        },
+                        Operation::DeletePrefix {
+                            prefix: assign_prefix(name),
+                        },
+                    ],
+                },
+                false,
+            )
+            .await?;
+        match result {
+            CommandResult::BatchApplied { .. } => Ok(spec),
+            _ => Err(RpcError::new(
+                ErrorKind::Unavailable,
+                "the service changed meanwhile; try again",
+            )),
+        }
+    }
+
+    /// Every live member's replicas (of `service`, or all), asked at once.
+    async fn gather(&self, service: Option<&str>) -> (Vec<ReplicaStatus>, Vec<String>) {
+        let members = self.membership.nodes().await;
+        let mut calls = Vec::new();
+        for member in members {
+            if !matches!(member.state, NodeState::Alive | NodeState::Suspect) {
+                continue;
+            }
+            if member.name == self.node {
+                continue;
+            }
+            let rpc = self.rpc.clone();
+            let name = service.map(str::to_string);
+            // Asked at once: one silent node costs the answer two seconds, not each.
+            calls.push((
+                member.name,
+                tokio::spawn(async move {
+                    let call =
+                        rpc.call_reusing::<_, Vec<ReplicaStatus>>(member.addr, METHOD_LOCAL, &name);
+                    tokio::time::timeout(Duration::from_secs(2), call).await
+                }),
+            ));
+        }
+        let mut replicas = self.supervisor.statuses(service);
+        let mut unreachable = Vec::new();
+        for (node, call) in calls {
+            match call.await {
+                Ok(Ok(Ok(found))) => replicas.extend(found),
+                _ => unreachable.push(node),
+            }
+        }
+        replicas
+            .sort_by(|a, b| (&a.service, a.index, &a.node).cmp(&(&b.service, b.index, &b.node)));
+        (replicas, unreachable)
+    }
+
+    async fn ps(&self, name: &str) -> Result<PsAnswer, RpcError> {
+        let (spec, _) = self.spec(name).await?;
+        let (replicas, unreachable) = self.gather(Some(name)).await;
+        let placed: BTreeMap<u32, String> = scan_all(&self.meta, &assign_prefix(name))
+            .await?
+            .into_iter()
+            .filter_map(|(key, value)| {
+                let (_, index) = parse_assign_key(&key)?;
+                let assignment: Assignment = serde_json::from_slice(&value).ok()?;
+                Some((index, assignment.node))
+            })
+            .collect();
+        let reasons: BTreeMap<u32, String> = self
+            .reconciler
+            .unplaced
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .iter()
+            .filter(|(service, _, _)| service == name)
+            .map(|(_, index, reason)| (*index, reason.clone()))
+            .collect();
+        let pending = (0..spec.replicas)
+            .filter(|index| !placed.contains_key(index))
+            .map(|index| {
+                let reason = reasons
+                    .get(&index)
+                    .cloned()
+                    .unwrap_or_else(|| "waiting for the reconciler to place it".to_string());
+                (index, reason)
+            })
+            .collect();
+        Ok(PsAnswer {
+            spec,
+            replicas,
+            pending,
+            unreachable,
+        })
+    }
+
+    async fn list(&self) -> Result<Vec<ServiceSummary>, RpcError> {
+        let specs: Vec<ServiceSpec> = scan_all(&self.meta, SPEC_PREFIX)
+            .await?
+            .into_iter()
+            .filter_map(|(_, value)| serde_json::from_slice(&value).ok())
+            .collect();
+        let (replicas, _) = self.gather(None).await;
+        Ok(specs
+            .into_iter()
+            .map(|spec| ServiceSummary {
+                running: replicas
+                    .iter()
+                    .filter(|replica| replica.service == spec.name && replica.state == "running")
+                    .count() as u32,
+                name: spec.name.clone(),
+                replicas: spec.replicas,
+                command: spec.describe_command(),
+                port: spec.port,
+                restart: spec.restart.name().to_string(),
+            })
+            .collect())
+    }
+
+    fn logs(&self, request: &LogsRequest) -> Result<Vec<u8>, RpcError> {
+        bramble_util::names::validate_name("a service name", &request.name)
+            .map_err(|error| RpcError::bad_request(error.to_string()))?;
+        let (current, rotated) = self.supervisor.log_paths(&request.name, request.index);
+        let wanted = request.tail_bytes.clamp(1, MAX_LOG_BYTES);
+        let read = |path: &std::path::Path| std::fs::read(path).unwrap_or_default();
+        let mut bytes = read(&rotated);
+        bytes.extend(read(&current));
+        if bytes.is_empty() && !current.exists() {
+            return Err(RpcError::new(
+                ErrorKind::NotFound,
+                format!(
+                    "node {} keeps no log of {} replica {}",
+                    self.node, request.name, request.index
+                ),
+            ));
+        }
+        let start = bytes.len().saturating_sub(wanted as usize);
+        Ok(bytes[start..].to_vec())
+    }
+}

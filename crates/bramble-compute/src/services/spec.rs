@@ -1,0 +1,247 @@
+//! What a service is, as created and kept in the catalog (`services/spec/<name>`), and
+//! where its replicas are placed (`services/assign/<name>/<index>`, written only by the
+//! reconciler). Everything here came from a user: [`ServiceSpec::validate`] bounds it.
+
+use serde::{Deserialize, Serialize};
+
+pub const PREFIX: &str = "services/";
+pub const SPEC_PREFIX: &str = "services/spec/";
+pub const ASSIGN_PREFIX: &str = "services/assign/";
+/// The reconciler's lease.
+pub const RECONCILER_LEASE: &str = "services/reconciler";
+/// Most replicas of one service.
+pub const MAX_REPLICAS: u32 = 1000;
+/// Most arguments, environment variables and bytes of a command.
+pub const MAX_ARGUMENTS: usize = 256;
+pub const MAX_ENVIRONMENT: usize = 128;
+pub const MAX_COMMAND_BYTES: usize = 64 * 1024;
+/// Longest grace between SIGTERM and SIGKILL.
+pub const MAX_STOP_GRACE_MS: u64 = 10 * 60 * 1000;
+
+pub fn spec_key(name: &str) -> String {
+    format!("{SPEC_PREFIX}{name}")
+}
+
+pub fn assign_prefix(name: &str) -> String {
+    format!("{ASSIGN_PREFIX}{name}/")
+}
+
+pub fn assign_key(name: &str, index: u32) -> String {
+    format!("{ASSIGN_PREFIX}{name}/{index:04}")
+}
+
+/// `(service, index)` of an assignment key.
+pub fn parse_assign_key(key: &str) -> Option<(String, u32)> {
+    let rest = key.strip_prefix(ASSIGN_PREFIX)?;
+    let (name, index) = rest.split_once('/')?;
+    Some((name.to_string(), index.parse().ok()?))
+}
+
+/// When a replica's process is started again after it ends (Swarm's `--restart-condition`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    /// Whatever the exit (the default, as Swarm's `any`).
+    #[default]
+    Always,
+    /// Only after a non-zero exit or a signal.
+    OnFailure,
+    Never,
+}
+
+impl RestartPolicy {
+    pub fn name(self) -> &'static str {
+        match self {
+            RestartPolicy::Always => "always",
+            RestartPolicy::OnFailure => "on-failure",
+            RestartPolicy::Never => "never",
+        }
+    }
+}
+
+/// A placement rule: `role=web`, `node=n2`, `node!=n3`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Constraint {
+    Role(String),
+    Node(String),
+    NotNode(String),
+}
+
+impl Constraint {
+    pub fn parse(text: &str) -> Result<Constraint, String> {
+        let parsed = if let Some((key, value)) = text.split_once("!=") {
+            match key.trim() {
+                "node" => Constraint::NotNode(value.trim().to_string()),
+                other => {
+                    return Err(format!(
+                        "constraint {text:?}: {other}!= is not known (node!=NAME)"
+                    ));
+                }
+            }
+        } else if let Some((key, value)) = text.split_once('=') {
+            match key.trim() {
+                "role" => Constraint::Role(value.trim().to_string()),
+                "node" => Constraint::Node(value.trim().to_string()),
+                other => {
+                    return Err(format!(
+                        "constraint {text:?}: {other} is not known (role=NAME, node=NAME, node!=NAME)"
+                    ));
+                }
+            }
+        } else {
+            return Err(format!(
+                "constraint {text:?}: write role=NAME, node=NAME or node!=NAME"
+            ));
+        };
+        let value = match &parsed {
+            Constraint::Role(value) | Constraint::Node(value) | Constraint::NotNode(value) => value,
+        };
+        bramble_util::names::validate_name("a constraint's value", value)
+            .map_err(|error| error.to_string())?;
+        Ok(parsed)
+    }
+
+    pub fn allows(&self, node: &str, roles: &[String]) -> bool {
+        match self {
+            Constraint::Role(role) => roles.iter().any(|own| own == role),
+            Constraint::Node(name) => node == name,
+            Constraint::NotNode(name) => node != name,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Constraint::Role(role) => format!("role={role}"),
+            Constraint::Node(name) => format!("node={name}"),
+            Constraint::NotNode(name) => format!("node!={name}"),
+        }
+    }
+}
+
+/// A service: N supervised replicas of one command.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceSpec {
+    pub name: String,
+    pub program: String,
+    pub args: Vec<String>,
+    pub replicas: u32,
+    /// Replica `i` gets `PORT = port + i` (distinct even where nodes share an address, as
+    /// in the emulator).
+    pub port: Option<u16>,
+    pub env: Vec<(String, String)>,
+    pub restart: RestartPolicy,
+    /// At most this many replicas on one node (0: no limit).
+    pub max_per_node: u32,
+    pub constraints: Vec<Constraint>,
+    /// The user replicas run as (default `nobody` when the agent is root; `root` must be
+    /// asked for).
+    pub user: Option<String>,
+    pub stop_grace_ms: u64,
+    /// Grows with every change of the spec (a replica restarts on a new generation).
+    pub generation: u64,
+    pub created_unix_ms: u64,
+}
+
+impl ServiceSpec {
+    pub fn validate(&self) -> Result<(), String> {
+        bramble_util::names::validate_name("a service name", &self.name)
+            .map_err(|error| error.to_string())?;
+        if self.program.is_empty() || self.program.contains('\0') {
+            return Err("the service's command is empty or holds a NUL byte".to_string());
+        }
+        if self.replicas > MAX_REPLICAS {
+            return Err(format!(
+                "--replicas is 0 to {MAX_REPLICAS}, not {}",
+                self.replicas
+            ));
+        }
+        if self.args.len() > MAX_ARGUMENTS || self.env.len() > MAX_ENVIRONMENT {
+            return Err(format!(
+                "at most {MAX_ARGUMENTS} arguments and {MAX_ENVIRONMENT} environment variables"
+            ));
+        }
+        if let Some(port) = self.port {
+            let last = u32::from(port) + self.replicas.saturating_sub(1);
+            if port == 0 || last > 65535 {
+                return Err(format!(
+                    "--port {port}: replica i listens on {port}+i, which must stay a port (1 to 65535)"
+                ));
+            }
+        }
+        let mut bytes = self.program.len() + self.args.iter().map(String::len).sum::<usize>();
+        for (name, value) in &self.env {
+            let valid = !name.is_empty()
+                && name.len() <= 128
+                && !name.starts_with("BRAMBLE_")
+                && name != "PORT"
+                && name
+                    .chars()
+                    .all(|character| character.is_ascii_alphanumeric() || character == '_')
+                && !name.starts_with(|character: char| character.is_ascii_digit());
+            if !valid || value.contains('\0') {
+                return Err(format!(
+                    "environment variable {name:?}: names are letters, digits and '_' (not PORT or BRAMBLE_*), values without NUL"
+                ));
+            }
+            bytes += name.len() + value.len();
+        }
+        if self.args.iter().any(|argument| argument.contains('\0')) {
+            return Err("an argument holds a NUL byte".to_string());
+        }
+        if bytes > MAX_COMMAND_BYTES {
+            return Err(format!(
+                "the command and environment hold {bytes} bytes; at most {MAX_COMMAND_BYTES}"
+            ));
+        }
+        if self.stop_grace_ms > MAX_STOP_GRACE_MS {
+            return Err("--stop-grace is at most 10 minutes".to_string());
+        }
+        if let Some(user) = &self.user {
+            bramble_util::names::validate_name("--user", user)
+                .map_err(|error| error.to_string())?;
+        }
+        Ok(())
+    }
+
+    pub fn describe_command(&self) -> String {
+        let mut text = self.program.clone();
+        for argument in &self.args {
+            text.push(' ');
+            if argument.contains(char::is_whitespace) || argument.is_empty() {
+                text.push_str(&format!("{argument:?}"));
+            } else {
+                text.push_str(argument);
+            }
+        }
+        text
+    }
+}
+
+/// Where one replica runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    pub node: String,
+    pub port: Option<u16>,
+    /// The spec generation this placement was made for.
+    pub generation: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constraints_parse_and_match() {
+        let role = Constraint::parse("role=web").unwrap_or(Constraint::Node("x".into()));
+        assert!(role.allows("n1", &["web".to_string()]));
+        assert!(!role.allows("n1", &[]));
+        let not = Constraint::parse("node!=n3").unwrap_or(Constraint::Node("x".into()));
+        assert!(not.allows("n1", &[]) && !not.allows("n3", &[]));
+        assert!(Constraint::parse("zone=eu").is_err());
+        assert!(Constraint::parse("role=../x").is_err());
+        assert_eq!(
+            parse_assign_key(&assign_key("web", 7)),
+            Some(("web".into(), 7))
+        );
+    }
+}

@@ -1,0 +1,525 @@
+//! The replica supervisor every node runs: it follows the placements in its catalog
+//! replica (`services/assign/...` naming this node), starts each replica as a supervised
+//! process (see `crate::process`: its own process group, ordinary priority, an
+//! unprivileged user unless `root` was asked for), restarts it by the service's policy with
+//! back-off, keeps its output in a rotated log, and stops it — SIGTERM to the group, SIGKILL
+//! after the grace period — when the placement goes away (scaled down, removed, moved).
+//!
+//! Back-off: 100 ms after the first failure, doubling to at most 30 s, back to 100 ms once a
+//! run lasted a minute. Swarm waits 5 s before every restart and systemd 100 ms (with a
+//! burst limit that then gives up); this restarts a one-off crash at once and leaves a
+//! crash loop costing a restart every 30 s, never giving up.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bramble_meta::Meta;
+use bramble_meta::api::{Consistency, ScanRequest};
+use bramble_util::WorkerContext;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use super::spec::*;
+use crate::process::{Identity, signal_group};
+
+/// First and longest restart delay.
+const FIRST_DELAY: Duration = Duration::from_millis(100);
+const LONGEST_DELAY: Duration = Duration::from_secs(30);
+/// A run this long resets the back-off.
+const HEALTHY_RUN: Duration = Duration::from_secs(60);
+/// A replica's log is rotated at this size (one old file kept).
+pub const LOG_ROTATE_BYTES: u64 = 1024 * 1024;
+
+/// One replica's state, for `service ps`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplicaStatus {
+    pub service: String,
+    pub index: u32,
+    pub node: String,
+    /// starting, running, backoff, exited, failed, stopping.
+    pub state: String,
+    pub pid: Option<u32>,
+    pub port: Option<u16>,
+    pub user: String,
+    pub restarts: u32,
+    pub last_exit: Option<String>,
+    /// Why it is not running (a program that does not exist, a user that does not).
+    pub error: Option<String>,
+    /// When it entered its state.
+    pub since_unix_ms: u64,
+    pub generation: u64,
+}
+
+/// (service, index).
+type ReplicaKey = (String, u32);
+/// A replica's status, shared by its supervising task and the status calls.
+type SharedStatus = Arc<Mutex<ReplicaStatus>>;
+
+struct Replica {
+    generation: u64,
+    stop: watch::Sender<bool>,
+    status: Arc<Mutex<ReplicaStatus>>,
+}
+
+pub struct Supervisor {
+    node: String,
+    scratch_tag: String,
+    logs: PathBuf,
+    meta: Arc<Meta>,
+    replicas: Mutex<BTreeMap<(String, u32), Replica>>,
+    /// Replicas being stopped (their processes may still be exiting).
+    stopping: Mutex<BTreeMap<ReplicaKey, SharedStatus>>,
+    /// A replica finished stopping: converge again (a new generation may wait for it).
+    stopped_one: tokio::sync::Notify,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poison| poison.into_inner())
+}
+
+impl Supervisor {
+    pub fn new(node: &str, cluster_id: &str, data_dir: &Path, meta: Arc<Meta>) -> Arc<Supervisor> {
+        Arc::new(Supervisor {
+            node: node.to_string(),
+            scratch_tag: cluster_id
+                .chars()
+                .filter(char::is_ascii_alphanumeric)
+                .take(16)
+                .collect(),
+            logs: data_dir.join("services").join("logs"),
+            meta,
+            replicas: Mutex::new(BTreeMap::new()),
+            stopping: Mutex::new(BTreeMap::new()),
+            stopped_one: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// This node's replicas (and those still stopping), optionally of one service.
+    pub fn statuses(&self, service: Option<&str>) -> Vec<ReplicaStatus> {
+        let mut found: Vec<ReplicaStatus> = lock(&self.replicas)
+            .iter()
+            .filter(|((name, _), _)| service.is_none_or(|wanted| wanted == name))
+            .map(|(_, replica)| lock(&replica.status).clone())
+            .collect();
+        found.extend(
+            lock(&self.stopping)
+                .iter()
+                .filter(|((name, _), _)| service.is_none_or(|wanted| wanted == name))
+                .map(|(_, status)| lock(status).clone()),
+        );
+        found
+    }
+
+    pub fn running_count(&self) -> usize {
+        lock(&self.replicas).len()
+    }
+
+    /// The log file of a replica on this node (and the rotated one before it).
+    pub fn log_paths(&self, service: &str, index: u32) -> (PathBuf, PathBuf) {
+        let directory = self.logs.join(service);
+        (
+            directory.join(format!("{index}.log")),
+            directory.join(format!("{index}.log.1")),
+        )
+    }
+
+    /// The worker `services-supervisor`.
+    pub async fn run(self: Arc<Self>, worker: WorkerContext) -> Result<(), String> {
+        let mut shutdown = worker.shutdown();
+        let mut watch = self.meta.watch(PREFIX);
+        loop {
+            if let Err(error) = self.converge().await {
+                worker.report_error(&error);
+            }
+            worker.set_progress(format!("{} replica(s)", self.running_count()));
+            tokio::select! {
+                _ = shutdown.wait() => break,
+                change = watch.next() => {
+                    if change.is_none() {
+                        break;
+                    }
+                    // Take every queued change before converging once.
+                    while watch.try_next().is_some() {}
+                }
+                _ = self.stopped_one.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            }
+        }
+        self.stop_all().await;
+        Ok(())
+    }
+
+    /// Stops every replica here and waits for them (the agent is stopping).
+    async fn stop_all(&self) {
+        let all: Vec<(String, u32)> = lock(&self.replicas).keys().cloned().collect();
+        for key in all {
+            self.stop_replica(&key);
+        }
+        let deadline = Instant::now() + Duration::from_secs(12);
+        while !lock(&self.stopping).is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn stop_replica(&self, key: &(String, u32)) {
+        let Some(replica) = lock(&self.replicas).remove(key) else {
+            return;
+        };
+        lock(&self.stopping).insert(key.clone(), replica.status.clone());
+        let _ = replica.stop.send(true);
+    }
+
+    /// Brings this node's replicas to what its catalog replica says.
+    async fn converge(self: &Arc<Self>) -> Result<(), String> {
+        let specs: BTreeMap<String, ServiceSpec> = scan_local(&self.meta, SPEC_PREFIX)
+            .await?
+            .into_iter()
+            .filter_map(|(_, value)| serde_json::from_slice::<ServiceSpec>(&value).ok())
+            .map(|spec| (spec.name.clone(), spec))
+            .collect();
+        let mut desired: BTreeMap<(String, u32), (ServiceSpec, Assignment)> = BTreeMap::new();
+        for (key, value) in scan_local(&self.meta, ASSIGN_PREFIX).await? {
+            let Some((service, index)) = parse_assign_key(&key) else {
+                continue;
+            };
+            let Ok(assignment) = serde_json::from_slice::<Assignment>(&value) else {
+                continue;
+            };
+            if assignment.node != self.node {
+                continue;
+            }
+            if let Some(spec) = specs.get(&service)
+                && index < spec.replicas
+            {
+                desired.insert((service, index), (spec.clone(), assignment));
+            }
+        }
+        let running: Vec<((String, u32), u64)> = lock(&self.replicas)
+            .iter()
+            .map(|(key, replica)| (key.clone(), replica.generation))
+            .collect();
+        for (key, generation) in running {
+            let keep = desired
+                .get(&key)
+                .is_some_and(|(spec, _)| spec.generation == generation);
+            if !keep {
+                info!(service = %key.0, index = key.1, "stopping a replica (no longer placed here, or its service changed)");
+                self.stop_replica(&key);
+            }
+        }
+        for (key, (spec, assignment)) in desired {
+            if lock(&self.replicas).contains_key(&key) || lock(&self.stopping).contains_key(&key) {
+                // A replica being stopped is started again once it is gone (next pass).
+                continue;
+            }
+            self.start_replica(key, spec, assignment);
+        }
+        Ok(())
+    }
+
+    fn start_replica(
+        self: &Arc<Self>,
+        key: (String, u32),
+        spec: ServiceSpec,
+        assignment: Assignment,
+    ) {
+        let (stop, stopped) = watch::channel(false);
+        let status = Arc::new(Mutex::new(ReplicaStatus {
+            service: key.0.clone(),
+            index: key.1,
+            node: self.node.clone(),
+            state: "starting".to_string(),
+            pid: None,
+            port: assignment.port,
+            user: spec.user.clone().unwrap_or_else(|| "nobody".to_string()),
+            restarts: 0,
+            last_exit: None,
+            error: None,
+            since_unix_ms: bramble_util::time::unix_millis(),
+            generation: spec.generation,
+        }));
+        lock(&self.replicas).insert(
+            key.clone(),
+            Replica {
+                generation: spec.generation,
+                stop,
+                status: status.clone(),
+            },
+        );
+        let supervisor = self.clone();
+        tokio::spawn(async move {
+            supervisor
+                .supervise(&key, &spec, assignment.port, &status, stopped)
+                .await;
+            set_state(&status, "stopped", None);
+            lock(&supervisor.stopping).remove(&key);
+            supervisor.stopped_one.notify_one();
+        });
+    }
+
+    fn work_directory(&self, service: &str, index: u32) -> PathBuf {
+        std::env::temp_dir().join(format!(
+            "bramble-{}-{}-service-{service}-{index}",
+            self.scratch_tag, self.node
+        ))
+    }
+
+    async fn supervise(
+        &self,
+        key: &(String, u32),
+        spec: &ServiceSpec,
+        port: Option<u16>,
+        status: &Arc<Mutex<ReplicaStatus>>,
+        mut stopped: watch::Receiver<bool>,
+    ) {
+        let (service, index) = (key.0.as_str(), key.1);
+        let identity = match Identity::resolve(spec.user.as_deref()) {
+            Ok(identity) => identity,
+            Err(reason) => {
+                set_state(status, "failed", Some(reason));
+                let _ = stopped.wait_for(|stop| *stop).await;
+                return;
+            }
+        };
+        lock(status).user = identity.user_name();
+        let work_directory = self.work_directory(service, index);
+        let _ = std::fs::remove_dir_all(&work_directory);
+        if let Err(error) = std::fs::create_dir(&work_directory) {
+            set_state(
+                status,
+                "failed",
+                Some(format!("creating {}: {error}", work_directory.display())),
+            );
+            let _ = stopped.wait_for(|stop| *stop).await;
+            return;
+        }
+        identity.give(&work_directory);
+        let (log_path, rotated_path) = self.log_paths(service, index);
+        if let Some(parent) = log_path.parent() {
+            let _ = std::fs::create_dir_all(parent);
+        }
+        let mut failures_in_a_row = 0u32;
+        loop {
+            let mut command = identity.command(&spec.program, &spec.args, &work_directory);
+            command
+                .env("BRAMBLE_SERVICE", service)
+                .env("BRAMBLE_REPLICA", index.to_string())
+                .env("BRAMBLE_NODE", &self.node)
+                .envs(spec.env.iter().map(|(name, value)| (name, value)));
+            if let Some(port) = port {
+                command.env("PORT", port.to_string());
+            }
+            let started = Instant::now();
+            let outcome = match command.spawn() {
+                Err(error) => {
+                    let reason = if error.kind() == std::io::ErrorKind::NotFound {
+                        format!("{:?} was not found on node {}", spec.program, self.node)
+                    } else {
+                        format!("{:?}: {error}", spec.program)
+                    };
+                    set_state(status, "failed", Some(reason.clone()));
+                    warn!(service, index, %reason, "a replica could not start");
+                    Err(reason)
+                }
+                Ok(mut child) => {
+                    let group = child.id().map(|pid| pid as i32).unwrap_or(0);
+                    {
+                        let mut current = lock(status);
+                        current.pid = child.id();
+                        current.error = None;
+                    }
+                    set_state(status, "running", None);
+                    let log = Arc::new(tokio::sync::Mutex::new(RotatingLog::new(
+                        log_path.clone(),
+                        rotated_path.clone(),
+                    )));
+                    let pumps = [
+                        child
+                            .stdout
+                            .take()
+                            .map(|stream| tokio::spawn(pump(stream, log.clone()))),
+                        child
+                            .stderr
+                            .take()
+                            .map(|stream| tokio::spawn(pump(stream, log.clone()))),
+                    ];
+                    let exit = tokio::select! {
+                        exit = child.wait() => Some(exit),
+                        _ = stopped.wait_for(|stop| *stop) => None,
+                    };
+                    let exit = match exit {
+                        Some(exit) => exit,
+                        None => {
+                            set_state(status, "stopping", None);
+                            signal_group(group, libc::SIGTERM);
+                            let grace = Duration::from_millis(spec.stop_grace_ms);
+                            let exit = match tokio::time::timeout(grace, child.wait()).await {
+                                Ok(exit) => exit,
+                                Err(_) => {
+                                    signal_group(group, libc::SIGKILL);
+                                    child.wait().await
+                                }
+                            };
+                            // Whatever the group left behind goes too.
+                            signal_group(group, libc::SIGKILL);
+                            for pump in pumps.into_iter().flatten() {
+                                pump.abort();
+                            }
+                            lock(status).last_exit = exit.ok().map(describe_exit);
+                            let _ = std::fs::remove_dir_all(&work_directory);
+                            return;
+                        }
+                    };
+                    signal_group(group, libc::SIGKILL);
+                    for pump in pumps.into_iter().flatten() {
+                        let _ = tokio::time::timeout(Duration::from_secs(1), pump).await;
+                    }
+                    match exit {
+                        Ok(exit) => Ok(exit),
+                        Err(error) => Err(format!("waiting for the replica: {error}")),
+                    }
+                }
+            };
+            let clean = matches!(&outcome, Ok(exit) if exit.success());
+            {
+                let mut current = lock(status);
+                current.pid = None;
+                current.last_exit = Some(match &outcome {
+                    Ok(exit) => describe_exit(*exit),
+                    Err(reason) => reason.clone(),
+                });
+            }
+            let restart = match spec.restart {
+                RestartPolicy::Always => true,
+                RestartPolicy::OnFailure => !clean,
+                RestartPolicy::Never => false,
+            };
+            if !restart {
+                set_state(status, if clean { "exited" } else { "failed" }, None);
+                let _ = stopped.wait_for(|stop| *stop).await;
+                let _ = std::fs::remove_dir_all(&work_directory);
+                return;
+            }
+            if started.elapsed() >= HEALTHY_RUN {
+                failures_in_a_row = 0;
+            }
+            let delay = FIRST_DELAY
+                .saturating_mul(1u32 << failures_in_a_row.min(9))
+                .min(LONGEST_DELAY);
+            failures_in_a_row = failures_in_a_row.saturating_add(1);
+            if lock(status).state != "failed" {
+                set_state(status, "backoff", None);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = stopped.wait_for(|stop| *stop) => {
+                    let _ = std::fs::remove_dir_all(&work_directory);
+                    return;
+                }
+            }
+            lock(status).restarts += 1;
+        }
+    }
+}
+
+fn set_state(status: &Arc<Mutex<ReplicaStatus>>, state: &str, error: Option<String>) {
+    let mut current = lock(status);
+    if current.state != state {
+        current.state = state.to_string();
+        current.since_unix_ms = bramble_util::time::unix_millis();
+    }
+    if error.is_some() {
+        current.error = error;
+    }
+}
+
+fn describe_exit(exit: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (exit.code(), exit.signal()) {
+        (Some(code), _) => format!("exit code {code}"),
+        (None, Some(libc::SIGKILL)) => "killed by signal 9 (SIGKILL)".to_string(),
+        (None, Some(signal)) => format!("killed by signal {signal}"),
+        _ => "ended".to_string(),
+    }
+}
+
+/// A replica's log: appended, rotated at [`LOG_ROTATE_BYTES`] with one old file kept.
+struct RotatingLog {
+    path: PathBuf,
+    rotated: PathBuf,
+    file: Option<tokio::fs::File>,
+    written: u64,
+}
+
+impl RotatingLog {
+    fn new(path: PathBuf, rotated: PathBuf) -> RotatingLog {
+        let written = std::fs::metadata(&path).map(|meta| meta.len()).unwrap_or(0);
+        RotatingLog {
+            path,
+            rotated,
+            file: None,
+            written,
+        }
+    }
+
+    async fn write(&mut self, bytes: &[u8]) {
+        if self.written + bytes.len() as u64 > LOG_ROTATE_BYTES {
+            self.file = None;
+            let _ = std::fs::rename(&self.path, &self.rotated);
+            self.written = 0;
+        }
+        if self.file.is_none() {
+            self.file = tokio::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)
+                .await
+                .ok();
+        }
+        if let Some(file) = self.file.as_mut()
+            && file.write_all(bytes).await.is_ok()
+        {
+            self.written += bytes.len() as u64;
+        }
+    }
+}
+
+async fn pump(mut stream: impl AsyncRead + Unpin, log: Arc<tokio::sync::Mutex<RotatingLog>>) {
+    let mut buffer = vec![0u8; 16 * 1024];
+    loop {
+        match stream.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(read) => log.lock().await.write(&buffer[..read]).await,
+        }
+    }
+}
+
+/// Every key and value under `prefix` in this node's replica.
+pub async fn scan_local(meta: &Meta, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, String> {
+    let mut found = Vec::new();
+    let mut start_after = None;
+    loop {
+        let page = meta
+            .scan(ScanRequest {
+                prefix: prefix.to_string(),
+                start_after: start_after.clone(),
+                delimiter: None,
+                limit: 1000,
+                consistency: Consistency::Stale,
+                forwarded: false,
+            })
+            .await
+            .map_err(|error| format!("reading {prefix}: {error}"))?;
+        for (key, value) in page.entries {
+            found.push((key, value.value));
+        }
+        match page.next_start_after {
+            Some(next) => start_after = Some(next),
+            None => return Ok(found),
+        }
+    }
+}

@@ -1,0 +1,247 @@
+//! Replicated service drills (issue 11) on real emulated clusters: replicas spread over
+//! the nodes, a node killed (its replica runs elsewhere soon after gossip calls it dead,
+//! and nothing is duplicated when it returns), scaling up past what the nodes can take
+//! and back down, removal leaving no process behind, a crash loop backing off, and a
+//! program that does not exist.
+
+mod harness;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use harness::{TestCluster, wait_until};
+use serde_json::Value;
+
+fn ps(cluster: &TestCluster, name: &str) -> Value {
+    cluster
+        .bramble_ok(&["service", "ps", name, "--json"])
+        .json()
+}
+
+/// Running replicas by index: index → (node, pid).
+fn running(view: &Value) -> BTreeMap<u64, Vec<(String, u64)>> {
+    let mut found: BTreeMap<u64, Vec<(String, u64)>> = BTreeMap::new();
+    for replica in view["replicas"].as_array().cloned().unwrap_or_default() {
+        if replica["state"].as_str() == Some("running") {
+            found
+                .entry(replica["index"].as_u64().unwrap_or(u64::MAX))
+                .or_default()
+                .push((
+                    replica["node"].as_str().unwrap_or_default().to_string(),
+                    replica["pid"].as_u64().unwrap_or(0),
+                ));
+        }
+    }
+    found
+}
+
+fn process_alive(pid: u64) -> bool {
+    pid > 0 && std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+fn reconciler(cluster: &TestCluster) -> String {
+    let run = cluster.bramble_ok(&["kv", "get", "leases/services/reconciler"]);
+    let record: Value = serde_json::from_str(run.stdout.trim()).unwrap_or(Value::Null);
+    record["holder"].as_str().unwrap_or_default().to_string()
+}
+
+#[test]
+fn replicas_move_off_a_dead_node_scale_and_leave_nothing_behind() {
+    let cluster = TestCluster::up(4);
+    cluster.bramble_ok(&[
+        "service",
+        "create",
+        "sleeper",
+        "--replicas",
+        "2",
+        "--max-per-node",
+        "1",
+        "--port",
+        "8300",
+        "--stop-grace",
+        "2s",
+        "--",
+        "sleep",
+        "600",
+    ]);
+    let mut view = Value::Null;
+    wait_until("both replicas run", Duration::from_secs(30), || {
+        view = ps(&cluster, "sleeper");
+        let placed = running(&view);
+        placed.len() == 2 && placed.values().all(|copies| copies.len() == 1)
+    });
+    let placed = running(&view);
+    let nodes: Vec<&str> = placed.values().map(|copies| copies[0].0.as_str()).collect();
+    assert_ne!(nodes[0], nodes[1], "--max-per-node 1 spreads them: {view}");
+    let ports: Vec<u64> = view["replicas"]
+        .as_array()
+        .map(|replicas| replicas.iter().filter_map(|r| r["port"].as_u64()).collect())
+        .unwrap_or_default();
+    assert!(ports.contains(&8300) && ports.contains(&8301), "{view}");
+
+    // Kill the node of a replica that is not the reconciler's node.
+    let holder = reconciler(&cluster);
+    let (index, victim, old_pid) = placed
+        .iter()
+        .map(|(index, copies)| (*index, copies[0].0.clone(), copies[0].1))
+        .find(|(_, node, _)| *node != holder)
+        .expect("a replica away from the reconciler");
+    eprintln!("killing {victim} (replica {index}; reconciler {holder})");
+    let killed = Instant::now();
+    let report = cluster.chaos("kill", &victim);
+    eprintln!("chaos: {report}");
+    let mut moved_to = String::new();
+    let moved = wait_until(
+        "the replica runs elsewhere",
+        Duration::from_secs(30),
+        || {
+            let view = ps(&cluster, "sleeper");
+            match running(&view).get(&index) {
+                Some(copies) if copies.len() == 1 && copies[0].0 != victim => {
+                    moved_to = copies[0].0.clone();
+                    true
+                }
+                _ => false,
+            }
+        },
+    );
+    // `chaos kill` returns once every other node calls the victim dead.
+    eprintln!(
+        "replica {index} running on {moved_to} {:.2} s after the others called {victim} dead ({:.2} s after the kill)",
+        moved.as_secs_f64(),
+        killed.elapsed().as_secs_f64()
+    );
+    // The replica's process died with its agent (as with a power cut).
+    wait_until(
+        "the dead node's replica process is gone",
+        Duration::from_secs(5),
+        || !process_alive(old_pid),
+    );
+    // The node comes back: it must not start a duplicate.
+    cluster.chaos("restart", &victim);
+    cluster.assert_all_alive(Duration::from_secs(30));
+    std::thread::sleep(Duration::from_secs(3));
+    let view = ps(&cluster, "sleeper");
+    let placed = running(&view);
+    assert_eq!(placed.len(), 2, "{view}");
+    assert!(
+        placed.values().all(|copies| copies.len() == 1),
+        "duplicates: {view}"
+    );
+
+    // Five replicas on four nodes with one per node: four run, one waits, and says why.
+    cluster.bramble_ok(&["service", "scale", "sleeper", "5"]);
+    wait_until(
+        "four replicas run, one waits",
+        Duration::from_secs(30),
+        || {
+            let view = ps(&cluster, "sleeper");
+            running(&view).len() == 4
+                && view["pending"].as_array().is_some_and(|pending| {
+                    pending.len() == 1
+                        && pending[0][1]
+                            .as_str()
+                            .is_some_and(|why| why.contains("max-per-node"))
+                })
+        },
+    );
+    let before: Vec<u64> = running(&ps(&cluster, "sleeper"))
+        .values()
+        .flat_map(|copies| copies.iter().map(|copy| copy.1))
+        .collect();
+    cluster.bramble_ok(&["service", "scale", "sleeper", "1"]);
+    wait_until("one replica is left", Duration::from_secs(30), || {
+        let view = ps(&cluster, "sleeper");
+        running(&view).len() == 1 && view["replicas"].as_array().is_some_and(|r| r.len() == 1)
+    });
+    let kept: Vec<u64> = running(&ps(&cluster, "sleeper"))
+        .values()
+        .flat_map(|copies| copies.iter().map(|copy| copy.1))
+        .collect();
+    for pid in before.iter().filter(|pid| !kept.contains(pid)) {
+        wait_until(
+            "a scaled-down replica's process is gone",
+            Duration::from_secs(10),
+            || !process_alive(*pid),
+        );
+    }
+    cluster.bramble_ok(&["service", "rm", "sleeper"]);
+    for pid in &kept {
+        wait_until(
+            "the removed service's process is gone",
+            Duration::from_secs(10),
+            || !process_alive(*pid),
+        );
+    }
+    let listing = cluster.bramble_ok(&["service", "ls", "--json"]).json();
+    assert_eq!(listing.as_array().map(Vec::len), Some(0), "{listing}");
+}
+
+#[test]
+fn a_crash_loop_backs_off_and_a_missing_program_is_reported() {
+    let cluster = TestCluster::up(3);
+    cluster.bramble_ok(&[
+        "service",
+        "create",
+        "crasher",
+        "--",
+        "sh",
+        "-c",
+        "echo boom; exit 3",
+    ]);
+    std::thread::sleep(Duration::from_secs(6));
+    let view = ps(&cluster, "crasher");
+    let replica = &view["replicas"][0];
+    let restarts = replica["restarts"].as_u64().unwrap_or(0);
+    // 100 ms, 200, 400, 800, 1.6 s, 3.2 s...: about six restarts in six seconds, where
+    // restarting at once would have made thousands.
+    assert!((2..=12).contains(&restarts), "restarts: {restarts}: {view}");
+    assert_eq!(replica["last_exit"].as_str(), Some("exit code 3"), "{view}");
+    let logs = cluster.bramble_ok(&["service", "logs", "crasher", "--replica", "0"]);
+    assert!(logs.stdout.contains("boom"), "{logs:?}");
+
+    cluster.bramble_ok(&["service", "create", "ghost", "--", "/nonexistent/server"]);
+    wait_until(
+        "the missing program is reported",
+        Duration::from_secs(20),
+        || {
+            let view = ps(&cluster, "ghost");
+            view["replicas"][0]["error"]
+                .as_str()
+                .is_some_and(|error| error.contains("was not found"))
+        },
+    );
+    // Bad input is refused with the reason.
+    let taken = cluster.bramble(&["service", "create", "ghost", "--", "true"]);
+    assert!(
+        !taken.success && taken.stderr.contains("exists"),
+        "{taken:?}"
+    );
+    let bad = cluster.bramble(&["service", "create", "Bad_Name", "--", "true"]);
+    assert!(!bad.success, "{bad:?}");
+    let port = cluster.bramble(&[
+        "service",
+        "create",
+        "p",
+        "--replicas",
+        "3",
+        "--port",
+        "65534",
+        "--",
+        "true",
+    ]);
+    assert!(!port.success && port.stderr.contains("port"), "{port:?}");
+    let rule = cluster.bramble(&[
+        "service",
+        "create",
+        "c",
+        "--constraint",
+        "zone=eu",
+        "--",
+        "true",
+    ]);
+    assert!(!rule.success && rule.stderr.contains("zone"), "{rule:?}");
+    cluster.assert_all_alive(Duration::from_secs(10));
+    cluster.bramble_ok(&["service", "rm", "crasher"]);
+    cluster.bramble_ok(&["service", "rm", "ghost"]);
+}
