@@ -155,7 +155,7 @@ pub enum Command {
     /// Swarm's `docker service`), moved within seconds when a node dies.
     #[command(
         subcommand,
-        after_help = "Examples:\n  bramble service create web --replicas 2 --port 8100 -- python3 -m http.server\n  bramble service ls\n  bramble service ps web\n  bramble service scale web 5\n  bramble service logs web --replica 0\n  bramble service rm web\n\nReplica i gets PORT=<port>+i, BRAMBLE_REPLICA=i, BRAMBLE_SERVICE and BRAMBLE_NODE in its\nenvironment, and runs as `nobody` (when the agent is root) unless --user says otherwise."
+        after_help = "Examples:\n  bramble service create web --replicas 2 --port 8100 -- sh -c 'exec python3 -m http.server $PORT'\n  bramble service ls\n  bramble service ps web\n  bramble service scale web 5\n  bramble service logs web --replica 0\n  bramble service rm web\n\nReplica i gets PORT=<port>+i, BRAMBLE_REPLICA=i, BRAMBLE_SERVICE and BRAMBLE_NODE in its\nenvironment, and runs as `nobody` (when the agent is root) unless --user says otherwise."
     )]
     Service(ServiceCommand),
     /// Runs one WebAssembly task (what a worker starts; not for people).
@@ -989,7 +989,7 @@ pub struct MpiLaunchArgs {
 pub enum ServiceCommand {
     /// Create a service: its replicas start on the nodes at once.
     #[command(
-        after_help = "Examples:\n  bramble service create web --replicas 2 --port 8100 -- python3 -m http.server\n  bramble service create worker --replicas 4 --max-per-node 1 --restart on-failure -- ./worker --queue jobs\n  bramble service create api --constraint role=web --env MODE=prod -- /opt/api/serve"
+        after_help = "Examples:\n  bramble service create web --replicas 2 --port 8100 -- sh -c 'exec python3 -m http.server $PORT'\n  bramble service create worker --replicas 4 --max-per-node 1 --restart on-failure -- ./worker --queue jobs\n  bramble service create api --constraint role=web --env MODE=prod -- /opt/api/serve"
     )]
     Create(ServiceCreateArgs),
     /// List services with their replicas running and wanted.
