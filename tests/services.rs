@@ -131,11 +131,25 @@ fn replicas_move_off_a_dead_node_scale_and_leave_nothing_behind() {
 
     // Five replicas on four nodes with one per node: four run, one waits, and says why.
     cluster.bramble_ok(&["service", "scale", "sleeper", "5"]);
+    // Asked of a node that is not the reconciler: any node can say why.
+    let holder = reconciler(&cluster);
+    let other = cluster
+        .all()
+        .into_iter()
+        .find(|node| *node != holder)
+        .expect("another node")
+        .to_string();
+    let other_addr = cluster.addr(&other).to_string();
     wait_until(
         "four replicas run, one waits",
         Duration::from_secs(30),
         || {
-            let view = ps(&cluster, "sleeper");
+            let run =
+                cluster.bramble(&["--addr", &other_addr, "service", "ps", "sleeper", "--json"]);
+            if !run.success {
+                return false;
+            }
+            let view = run.json();
             running(&view).len() == 4
                 && view["pending"].as_array().is_some_and(|pending| {
                     pending.len() == 1

@@ -6,7 +6,7 @@
 //! them; the reconciler never talks to them.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bramble_cluster::{Membership, NodeState};
@@ -31,8 +31,6 @@ pub struct Reconciler {
     node: String,
     meta: Arc<Meta>,
     membership: Arc<Membership>,
-    /// The replicas the last pass could not place, with why: (service, index, reason).
-    pub unplaced: Mutex<Vec<(String, u32, String)>>,
     holding: std::sync::atomic::AtomicBool,
 }
 
@@ -42,7 +40,6 @@ impl Reconciler {
             node: node.to_string(),
             meta,
             membership,
-            unplaced: Mutex::new(Vec::new()),
             holding: std::sync::atomic::AtomicBool::new(false),
         })
     }
@@ -144,10 +141,6 @@ impl Reconciler {
             })
             .collect();
         let changes = reconcile(&specs, &current, &nodes);
-        *self
-            .unplaced
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner()) = changes.unplaced.clone();
         if changes.place.is_empty() && changes.remove.is_empty() {
             return Ok(());
         }

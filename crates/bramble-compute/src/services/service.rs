@@ -14,7 +14,7 @@ use bramble_net::rpc::{Request, encode};
 use bramble_net::{ErrorKind, Handler, RpcClient, RpcError};
 
 use super::admin::*;
-use super::reconciler::Reconciler;
+use super::placement::{Candidate, reconcile};
 use super::spec::*;
 use super::supervisor::{ReplicaStatus, Supervisor};
 use crate::jobs::scheduler::scan_all;
@@ -28,7 +28,6 @@ pub struct ServicesService {
     pub(crate) membership: Arc<Membership>,
     pub(crate) rpc: RpcClient,
     pub(crate) supervisor: Arc<Supervisor>,
-    pub(crate) reconciler: Arc<Reconciler>,
 }
 
 fn not_found(name: &str) -> RpcError {
@@ -224,15 +223,13 @@ impl ServicesService {
                 Some((index, assignment.node))
             })
             .collect();
-        let reasons: BTreeMap<u32, String> = self
-            .reconciler
-            .unplaced
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .iter()
-            .filter(|(service, _, _)| service == name)
-            .map(|(_, index, reason)| (*index, reason.clone()))
-            .collect();
+        // Why a replica has no node: placement is a pure function, so any node can tell
+        // (the reconciler may be elsewhere).
+        let reasons: BTreeMap<u32, String> = if placed.len() < spec.replicas as usize {
+            self.unplaced_reasons(&spec).await?
+        } else {
+            BTreeMap::new()
+        };
         let pending = (0..spec.replicas)
             .filter(|index| !placed.contains_key(index))
             .map(|index| {
@@ -249,6 +246,47 @@ impl ServicesService {
             pending,
             unreachable,
         })
+    }
+
+    /// What placement says of `spec`'s replicas that no node can take, by index.
+    async fn unplaced_reasons(
+        &self,
+        spec: &ServiceSpec,
+    ) -> Result<BTreeMap<u32, String>, RpcError> {
+        let mut current = BTreeMap::new();
+        for (key, value) in scan_all(&self.meta, ASSIGN_PREFIX).await? {
+            if let (Some(key), Ok(assignment)) = (
+                parse_assign_key(&key),
+                serde_json::from_slice::<Assignment>(&value),
+            ) {
+                current.insert(key, assignment);
+            }
+        }
+        let mut specs = BTreeMap::new();
+        for (_, value) in scan_all(&self.meta, SPEC_PREFIX).await? {
+            if let Ok(other) = serde_json::from_slice::<ServiceSpec>(&value) {
+                specs.insert(other.name.clone(), other);
+            }
+        }
+        specs.insert(spec.name.clone(), spec.clone());
+        let nodes: Vec<Candidate> = self
+            .membership
+            .nodes()
+            .await
+            .into_iter()
+            .map(|node| Candidate {
+                alive: node.state == NodeState::Alive,
+                suspect: node.state == NodeState::Suspect,
+                name: node.name,
+                roles: node.roles,
+            })
+            .collect();
+        Ok(reconcile(&specs, &current, &nodes)
+            .unplaced
+            .into_iter()
+            .filter(|(service, _, _)| *service == spec.name)
+            .map(|(_, index, reason)| (index, reason))
+            .collect())
     }
 
     async fn list(&self) -> Result<Vec<ServiceSummary>, RpcError> {

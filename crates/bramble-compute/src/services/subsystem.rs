@@ -60,7 +60,6 @@ fn start(context: Context) -> StartFuture {
             membership: context.membership.clone(),
             rpc: context.rpc.clone(),
             supervisor: supervisor.clone(),
-            reconciler: reconciler.clone(),
         });
         Ok(Arc::new(RunningServices {
             service,
