@@ -719,7 +719,9 @@ pub struct LbCreateArgs {
     /// The VIP and port clients use (in the emulator a 127.x address).
     #[arg(long)]
     pub listen: SocketAddr,
-    /// A backend: ADDR or NAME=ADDR, optionally followed by ,weight=N (repeatable).
+    /// A backend: ADDR or NAME=ADDR, optionally followed by ,weight=N; or service:NAME,
+    /// every placed replica of that service (added and removed as it scales and moves).
+    /// Repeatable.
     #[arg(long = "backend", required = true)]
     pub backends: Vec<String>,
     /// Boxed: the options are many, and every other command would carry their size.

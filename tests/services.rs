@@ -259,3 +259,117 @@ fn a_crash_loop_backs_off_and_a_missing_program_is_reported() {
     cluster.bramble_ok(&["service", "rm", "crasher"]);
     cluster.bramble_ok(&["service", "rm", "ghost"]);
 }
+
+#[test]
+fn a_service_is_a_balancer_s_backends_and_a_lost_replica_costs_no_request() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let cluster = TestCluster::up(5);
+    // The balancer runs on the lb nodes (n2 and n3); the replicas stay off them, so
+    // killing a replica's node never moves the VIP.
+    let port = harness::free_port([127, 0, 0, 1]);
+    let port_text = port.to_string();
+    cluster.bramble_ok(&[
+        "service",
+        "create",
+        "web",
+        "--replicas",
+        "2",
+        "--max-per-node",
+        "1",
+        "--port",
+        &port_text,
+        "--constraint",
+        "node!=n2",
+        "--constraint",
+        "node!=n3",
+        "--stop-grace",
+        "1s",
+        "--",
+        "sh",
+        "-c",
+        "exec python3 -m http.server $PORT --bind 127.0.0.1",
+    ]);
+    let listen = std::net::SocketAddr::from(([127, 0, 2, 61], harness::free_port([127, 0, 0, 1])));
+    let listen_text = listen.to_string();
+    cluster.bramble_ok(&[
+        "lb",
+        "create",
+        "site",
+        "--listen",
+        &listen_text,
+        "--backend",
+        "service:web",
+        "--check",
+        "GET /",
+    ]);
+    let backends_up = |count: usize| {
+        let run = cluster.bramble(&["lb", "show", "site", "--json"]);
+        run.success
+            && run.json()["live"]["backends"]
+                .as_array()
+                .is_some_and(|backends| {
+                    backends.len() == count
+                        && backends
+                            .iter()
+                            .all(|backend| backend["status"].as_str() == Some("up"))
+                })
+    };
+    wait_until(
+        "both replicas are the balancer's backends, up",
+        Duration::from_secs(60),
+        || backends_up(2),
+    );
+    let view = ps(&cluster, "web");
+    let placed = running(&view);
+    let (index, victim) = placed
+        .iter()
+        .map(|(index, copies)| (*index, copies[0].0.clone()))
+        .find(|(_, node)| node != "n1")
+        .expect("a replica away from n1");
+    let done = Arc::new(AtomicBool::new(false));
+    let client = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            harness::web::raise_thread_priority();
+            harness::web::client_loop(listen, Duration::from_millis(20), &done)
+        })
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    eprintln!("killing {victim} (replica {index})");
+    cluster.chaos("kill", &victim);
+    let moved = wait_until(
+        "the replica runs elsewhere",
+        Duration::from_secs(30),
+        || {
+            running(&ps(&cluster, "web"))
+                .get(&index)
+                .is_some_and(|copies| copies.len() == 1 && copies[0].0 != victim)
+        },
+    );
+    wait_until(
+        "the balancer has both backends up again",
+        Duration::from_secs(60),
+        || backends_up(2),
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    done.store(true, Ordering::Relaxed);
+    let record = client.join().expect("the client loop");
+    eprintln!(
+        "replica {index} moved {:.2} s after {victim} was called dead; {} requests, failures: {:?}",
+        moved.as_secs_f64(),
+        record.requests,
+        record.failures
+    );
+    assert!(record.requests > 50, "{record:?}");
+    // Requests in flight when the node died may fail; nothing else.
+    assert!(record.failures.len() <= 2, "{record:?}");
+    // Scaling adds and removes backends with no manual step (the third replica needs the
+    // killed node back: the others run one each or are the balancer's).
+    cluster.chaos("restart", &victim);
+    cluster.assert_all_alive(Duration::from_secs(30));
+    cluster.bramble_ok(&["service", "scale", "web", "3"]);
+    wait_until("three backends", Duration::from_secs(60), || backends_up(3));
+    cluster.bramble_ok(&["service", "scale", "web", "1"]);
+    wait_until("one backend", Duration::from_secs(60), || backends_up(1));
+}

@@ -140,10 +140,23 @@ fn apply_options(spec: &mut BalancerSpec, options: &LbOptions) -> Result<()> {
     Ok(())
 }
 
+/// The static backends (`ADDR`, `NAME=ADDR[,weight=N]`) among `--backend` values.
 fn parse_backends(backends: &[String]) -> Result<Vec<BackendSpec>> {
     backends
         .iter()
+        .filter(|text| !text.starts_with(SERVICE_BACKEND))
         .map(|text| text.parse::<BackendSpec>().map_err(Into::into))
+        .collect()
+}
+
+/// `--backend service:NAME`: a service whose replicas are backends.
+const SERVICE_BACKEND: &str = "service:";
+
+fn parse_services(backends: &[String]) -> Vec<String> {
+    backends
+        .iter()
+        .filter_map(|text| text.strip_prefix(SERVICE_BACKEND))
+        .map(str::to_string)
         .collect()
 }
 
@@ -196,6 +209,7 @@ pub async fn run(global: &GlobalOptions, command: &LbCommand) -> Result<()> {
                 mode: Default::default(),
                 balance: Default::default(),
                 backends: parse_backends(&args.backends)?,
+                services: parse_services(&args.backends),
                 check: None,
                 sticky: None,
                 timeouts: Timeouts::default(),
@@ -221,6 +235,7 @@ pub async fn run(global: &GlobalOptions, command: &LbCommand) -> Result<()> {
             let (mut spec, version) = read_spec(&client, &args.name).await?;
             if !args.backends.is_empty() {
                 spec.backends = parse_backends(&args.backends)?;
+                spec.services = parse_services(&args.backends);
             }
             apply_options(&mut spec, &args.options)?;
             spec.normalize_and_validate()?;
@@ -405,7 +420,33 @@ pub async fn run(global: &GlobalOptions, command: &LbCommand) -> Result<()> {
                         .unwrap_or_else(|| "-".into()),
                 ]);
             }
+            // Replicas of the services that are backends, as the serving node sees them.
+            for state in live.iter().flat_map(|stats| stats.backends.iter()) {
+                if spec
+                    .backends
+                    .iter()
+                    .any(|backend| backend.name == state.name)
+                {
+                    continue;
+                }
+                table.add_row(vec![
+                    state.name.clone(),
+                    state.addr.clone(),
+                    state.status.clone(),
+                    state.weight.to_string(),
+                    state.active_sessions.to_string(),
+                    state.total_sessions.to_string(),
+                    state.errors.to_string(),
+                    state.last_check.clone(),
+                ]);
+            }
             println!("{table}");
+            if !spec.services.is_empty() {
+                println!(
+                    "backends from services: {} (each placed replica, as <service>-<index>)",
+                    spec.services.join(", ")
+                );
+            }
             Ok(())
         }
     }

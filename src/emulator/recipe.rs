@@ -334,6 +334,7 @@ pub async fn set_up(
             .iter()
             .map(|web| format!("{}={}", web.name, web.addr).parse())
             .collect::<Result<_, _>>()?,
+        services: Vec::new(),
         check: Some("HEAD /lb-check.txt".parse()?),
         sticky: Some(Sticky::PrefixCookie("JSESSIONID".to_string())),
         timeouts: Timeouts::default(),

@@ -335,6 +335,11 @@ pub struct BalancerSpec {
     #[serde(default)]
     pub balance: Balance,
     pub backends: Vec<BackendSpec>,
+    /// Services whose replicas are backends too (`--backend service:web`): each placed
+    /// replica becomes the backend `<service>-<index>` at its node's address and port,
+    /// added and removed as the service's placements change.
+    #[serde(default)]
+    pub services: Vec<String>,
     #[serde(default)]
     pub check: Option<CheckSpec>,
     #[serde(default)]
@@ -367,8 +372,18 @@ impl BalancerSpec {
         if self.listen.port() == 0 {
             return Err(invalid("listen", "the port must not be 0"));
         }
-        if self.backends.is_empty() {
-            return Err(invalid("backends", "at least one backend is needed"));
+        if self.backends.is_empty() && self.services.is_empty() {
+            return Err(invalid(
+                "backends",
+                "at least one backend (ADDR, NAME=ADDR or service:NAME) is needed",
+            ));
+        }
+        if self.services.len() > 16 {
+            return Err(invalid("backends", "at most 16 services per balancer"));
+        }
+        for service in &self.services {
+            validate_name("service name", service)
+                .map_err(|error| invalid("backends", error.to_string()))?;
         }
         if self.backends.len() > MAX_BACKENDS {
             return Err(invalid(
@@ -541,6 +556,7 @@ mod tests {
                 "web1=127.0.0.1:8081".parse().unwrap(),
                 "127.0.0.1:8082,weight=3".parse().unwrap(),
             ],
+            services: Vec::new(),
             check: Some("HEAD /lb-check.txt".parse().unwrap()),
             sticky: Some(Sticky::PrefixCookie("JSESSIONID".into())),
             timeouts: Timeouts::default(),

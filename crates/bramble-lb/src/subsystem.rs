@@ -11,12 +11,13 @@
 //! ([`crate::vip_interface`]) and deletes it after closing the listener when it lets go.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bramble_cluster::{Membership, NodeState};
+use bramble_compute::services::spec::{ASSIGN_PREFIX, Assignment, assign_prefix, parse_assign_key};
 use bramble_meta::Meta;
 use bramble_meta::lease::lease_key;
 use bramble_meta::types::Change;
@@ -29,7 +30,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::balancer::BalancerHandle;
-use crate::config::BalancerSpec;
+use crate::config::{AdminState, BackendSpec, BalancerSpec};
 use crate::keys::BALANCERS_PREFIX;
 use crate::participant::{RELEASE_PATIENCE, VipParticipant};
 use crate::pool::BalancerStats;
@@ -232,23 +233,78 @@ impl LoadBalancers {
             .collect()
     }
 
-    /// Applies the catalog's balancer specs now and after every change.
+    /// Applies the catalog's balancer specs now and after every change — of the specs,
+    /// of the placements of services that are backends, and of the members' addresses.
     async fn follow_catalog(self: Arc<Self>, mut shutdown: Shutdown) {
         let mut changes = self.meta.watch(BALANCERS_PREFIX);
+        let mut placements = self.meta.watch(ASSIGN_PREFIX);
+        let mut addresses = BTreeMap::new();
         loop {
-            self.reconcile();
+            let now: BTreeMap<String, IpAddr> = self
+                .membership
+                .nodes()
+                .await
+                .into_iter()
+                .map(|node| (node.name, node.addr.ip()))
+                .collect();
+            if now != addresses {
+                addresses = now;
+            }
+            self.reconcile(&addresses);
             tokio::select! {
                 _ = shutdown.wait() => break,
                 change = changes.next() => match change {
                     Some(Change::Key { .. } | Change::Reset) => {}
                     None => break,
                 },
+                change = placements.next() => match change {
+                    Some(Change::Key { .. } | Change::Reset) => {}
+                    None => break,
+                },
+                // A member that joins (or moves) may be where a service replica runs.
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
             }
         }
         self.stop().await;
     }
 
-    fn reconcile(self: &Arc<Self>) {
+    /// Adds the replicas of `spec`'s services as backends: `<service>-<index>` at its
+    /// node's address and the replica's port, from this node's catalog replica.
+    fn expand_services(&self, spec: &mut BalancerSpec, addresses: &BTreeMap<String, IpAddr>) {
+        for service in spec.services.clone() {
+            let entries = match self.meta.reader().list(&assign_prefix(&service), 10_000) {
+                Ok(entries) => entries,
+                Err(error) => {
+                    warn!(%service, %error, "could not read a service's placements");
+                    continue;
+                }
+            };
+            for (key, value) in entries {
+                let Some((_, index)) = parse_assign_key(&key) else {
+                    continue;
+                };
+                let Ok(assignment) = serde_json::from_slice::<Assignment>(&value.value) else {
+                    continue;
+                };
+                let (Some(ip), Some(port)) = (addresses.get(&assignment.node), assignment.port)
+                else {
+                    continue;
+                };
+                let name = format!("{service}-{index}");
+                if spec.backends.iter().any(|backend| backend.name == name) {
+                    continue;
+                }
+                spec.backends.push(BackendSpec {
+                    name,
+                    addr: SocketAddr::new(*ip, port),
+                    weight: 1,
+                    admin: AdminState::Enabled,
+                });
+            }
+        }
+    }
+
+    fn reconcile(self: &Arc<Self>, addresses: &BTreeMap<String, IpAddr>) {
         if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
             return;
         }
@@ -265,7 +321,11 @@ impl LoadBalancers {
                             }
                         };
                         match spec.validate() {
-                            Ok(()) => Some((spec.name.clone(), spec)),
+                            Ok(()) => {
+                                let mut spec = spec;
+                                self.expand_services(&mut spec, addresses);
+                                Some((spec.name.clone(), spec))
+                            }
                             Err(error) => {
                                 warn!(%key, %error, "ignoring an invalid balancer spec");
                                 None

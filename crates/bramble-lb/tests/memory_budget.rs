@@ -67,6 +67,7 @@ fn spec(backend: SocketAddr, listen: SocketAddr) -> BalancerSpec {
             weight: 1,
             admin: AdminState::Enabled,
         }],
+        services: Vec::new(),
         check: None,
         sticky: None,
         timeouts: Timeouts {

@@ -229,6 +229,7 @@ fn spec(backends: &[(&str, SocketAddr)], balance: &str) -> BalancerSpec {
                 admin: AdminState::Enabled,
             })
             .collect(),
+        services: Vec::new(),
         check: None,
         sticky: None,
         timeouts: Timeouts {
