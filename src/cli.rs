@@ -993,7 +993,7 @@ pub enum ServiceCommand {
     #[command(
         after_help = "Examples:\n  bramble service create web --replicas 2 --port 8100 -- sh -c 'exec python3 -m http.server $PORT'\n  bramble service create worker --replicas 4 --max-per-node 1 --restart on-failure -- ./worker --queue jobs\n  bramble service create api --constraint role=web --env MODE=prod -- /opt/api/serve"
     )]
-    Create(ServiceCreateArgs),
+    Create(Box<ServiceCreateArgs>),
     /// List services with their replicas running and wanted.
     Ls(JsonFlag),
     /// Every replica of a service: node, state, pid, port, restarts, last exit, error.
@@ -1038,6 +1038,24 @@ pub struct ServiceCreateArgs {
     /// Time between SIGTERM and SIGKILL when a replica stops: 10s, 500ms, 2m.
     #[arg(long, default_value = "10s", value_name = "T")]
     pub stop_grace: String,
+    /// Health check: GET PATH on 127.0.0.1:PORT answers 2xx/3xx (needs --port).
+    #[arg(long, value_name = "PATH", conflicts_with = "health_cmd")]
+    pub health_http: Option<String>,
+    /// Health check: a shell command line that exits 0 (run like the replica, with PORT).
+    #[arg(long, value_name = "CMD")]
+    pub health_cmd: Option<String>,
+    /// Time between health checks.
+    #[arg(long, default_value = "2s", value_name = "T")]
+    pub health_interval: String,
+    /// Longest one check may take.
+    #[arg(long, default_value = "1s", value_name = "T")]
+    pub health_timeout: String,
+    /// Failed checks in a row before the replica is restarted.
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    pub health_retries: u32,
+    /// Time after a start before checks count.
+    #[arg(long, default_value = "2s", value_name = "T")]
+    pub health_start_period: String,
     #[command(flatten)]
     pub output: JsonFlag,
     /// The program and its arguments.

@@ -373,3 +373,117 @@ fn a_service_is_a_balancer_s_backends_and_a_lost_replica_costs_no_request() {
     cluster.bramble_ok(&["service", "scale", "web", "1"]);
     wait_until("one backend", Duration::from_secs(60), || backends_up(1));
 }
+
+#[test]
+fn an_unhealthy_replica_is_restarted_and_a_healthy_one_is_left_alone() {
+    let cluster = TestCluster::up(3);
+    let healthy_port = harness::free_port([127, 0, 0, 1]).to_string();
+    let sick_port = harness::free_port([127, 0, 0, 1]).to_string();
+    let server = "exec python3 -m http.server $PORT --bind 127.0.0.1";
+    cluster.bramble_ok(&[
+        "service",
+        "create",
+        "fine",
+        "--port",
+        &healthy_port,
+        "--health-http",
+        "/",
+        "--health-interval",
+        "300ms",
+        "--health-start-period",
+        "500ms",
+        "--",
+        "sh",
+        "-c",
+        server,
+    ]);
+    // It serves, but not the page its check asks for: 404, so it is restarted.
+    cluster.bramble_ok(&[
+        "service",
+        "create",
+        "sick",
+        "--port",
+        &sick_port,
+        "--health-http",
+        "/missing",
+        "--health-interval",
+        "300ms",
+        "--health-retries",
+        "2",
+        "--health-start-period",
+        "500ms",
+        "--stop-grace",
+        "1s",
+        "--",
+        "sh",
+        "-c",
+        server,
+    ]);
+    wait_until(
+        "the sick replica is restarted for failing its check",
+        Duration::from_secs(30),
+        || {
+            let view = ps(&cluster, "sick");
+            let replica = &view["replicas"][0];
+            replica["restarts"].as_u64().unwrap_or(0) >= 1
+                && replica["last_exit"]
+                    .as_str()
+                    .is_some_and(|exit| exit.contains("unhealthy") && exit.contains("404"))
+        },
+    );
+    let view = ps(&cluster, "fine");
+    let replica = &view["replicas"][0];
+    assert_eq!(replica["health"].as_str(), Some("healthy"), "{view}");
+    assert_eq!(replica["restarts"].as_u64(), Some(0), "{view}");
+    // A command check that fails: restarted too, with the check's exit in the reason.
+    cluster.bramble_ok(&[
+        "service",
+        "create",
+        "grumpy",
+        "--health-cmd",
+        "exit 7",
+        "--health-interval",
+        "300ms",
+        "--health-retries",
+        "1",
+        "--health-start-period",
+        "100ms",
+        "--stop-grace",
+        "1s",
+        "--",
+        "sleep",
+        "600",
+    ]);
+    wait_until(
+        "the command check restarts its replica",
+        Duration::from_secs(30),
+        || {
+            let view = ps(&cluster, "grumpy");
+            view["replicas"][0]["last_exit"]
+                .as_str()
+                .is_some_and(|exit| exit.contains("unhealthy") && exit.contains("exit code 7"))
+        },
+    );
+    // Bad checks are refused.
+    let no_port = cluster.bramble(&["service", "create", "x", "--health-http", "/", "--", "true"]);
+    assert!(
+        !no_port.success && no_port.stderr.contains("--port"),
+        "{no_port:?}"
+    );
+    let bad_path = cluster.bramble(&[
+        "service",
+        "create",
+        "y",
+        "--port",
+        "9999",
+        "--health-http",
+        "no-slash",
+        "--",
+        "true",
+    ]);
+    assert!(
+        !bad_path.success && bad_path.stderr.contains("health-http"),
+        "{bad_path:?}"
+    );
+    cluster.assert_all_alive(Duration::from_secs(10));
+}

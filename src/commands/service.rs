@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result, anyhow, bail};
 use bramble_compute::services::admin::*;
-use bramble_compute::services::spec::{Constraint, RestartPolicy, ServiceSpec};
+use bramble_compute::services::spec::{Constraint, HealthCheck, Probe, RestartPolicy, ServiceSpec};
 
 use crate::cli::{GlobalOptions, RestartArg, ServiceCommand, ServiceCreateArgs};
 use crate::output;
@@ -68,10 +68,14 @@ pub async fn run(global: &GlobalOptions, command: &ServiceCommand) -> Result<()>
                 "error",
             ]);
             for replica in &answer.replicas {
+                let state = match &replica.health {
+                    Some(health) => format!("{} ({health})", replica.state),
+                    None => replica.state.clone(),
+                };
                 table.add_row(vec![
                     format!("{}.{}", replica.service, replica.index),
                     replica.node.clone(),
-                    replica.state.clone(),
+                    state,
                     replica.pid.map(|pid| pid.to_string()).unwrap_or_default(),
                     replica
                         .port
@@ -191,6 +195,21 @@ fn spec_from(args: &ServiceCreateArgs) -> Result<ServiceSpec> {
         .map(|text| Constraint::parse(text).map_err(|error| anyhow!(error)))
         .collect::<Result<Vec<_>>>()?;
     let stop_grace_ms = crate::units::parse_milliseconds(&args.stop_grace)?;
+    let probe = match (&args.health_http, &args.health_cmd) {
+        (Some(path), _) => Some(Probe::Http { path: path.clone() }),
+        (None, Some(line)) => Some(Probe::Command { line: line.clone() }),
+        (None, None) => None,
+    };
+    let health = match probe {
+        Some(probe) => Some(HealthCheck {
+            probe,
+            interval_ms: crate::units::parse_milliseconds(&args.health_interval)?,
+            timeout_ms: crate::units::parse_milliseconds(&args.health_timeout)?,
+            retries: args.health_retries,
+            start_period_ms: crate::units::parse_milliseconds(&args.health_start_period)?,
+        }),
+        None => None,
+    };
     let spec = ServiceSpec {
         name: args.name.clone(),
         program: program.clone(),
@@ -207,6 +226,7 @@ fn spec_from(args: &ServiceCreateArgs) -> Result<ServiceSpec> {
         constraints,
         user: args.user.clone(),
         stop_grace_ms,
+        health,
         generation: 1,
         created_unix_ms: 0,
     };

@@ -169,6 +169,7 @@ mod tests {
             constraints: vec![],
             user: None,
             stop_grace_ms: 10_000,
+            health: None,
             generation: 1,
             created_unix_ms: 0,
         }

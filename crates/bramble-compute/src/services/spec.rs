@@ -118,6 +118,64 @@ impl Constraint {
     }
 }
 
+/// How a replica shows it is healthy (Docker's HEALTHCHECK, Nomad's check): probed every
+/// `interval_ms` once `start_period_ms` has passed; `retries` failures in a row and the
+/// replica is restarted (as Swarm replaces an unhealthy task).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthCheck {
+    pub probe: Probe,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    pub retries: u32,
+    pub start_period_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Probe {
+    /// `GET <path>` on 127.0.0.1:PORT answers 2xx or 3xx.
+    Http { path: String },
+    /// A shell command line (run like the replica) exits 0.
+    Command { line: String },
+}
+
+impl HealthCheck {
+    pub fn validate(&self, port: Option<u16>) -> Result<(), String> {
+        match &self.probe {
+            Probe::Http { path } => {
+                if port.is_none() {
+                    return Err("--health-http needs --port (the replica's PORT)".to_string());
+                }
+                if !path.starts_with('/')
+                    || path.len() > 1024
+                    || path
+                        .chars()
+                        .any(|character| character.is_ascii_control() || character == ' ')
+                {
+                    return Err(format!(
+                        "--health-http {path:?}: a path starting with '/', without spaces, at most 1 KiB"
+                    ));
+                }
+            }
+            Probe::Command { line } => {
+                if line.is_empty() || line.len() > 4096 || line.contains('\0') {
+                    return Err("--health-cmd is 1 to 4096 bytes".to_string());
+                }
+            }
+        }
+        if !(100..=3_600_000).contains(&self.interval_ms)
+            || !(100..=600_000).contains(&self.timeout_ms)
+            || !(1..=100).contains(&self.retries)
+            || self.start_period_ms > 3_600_000
+        {
+            return Err(
+                "health: interval 100 ms to 1 h, timeout 100 ms to 10 min, retries 1 to 100, start period at most 1 h"
+                    .to_string(),
+            );
+        }
+        Ok(())
+    }
+}
+
 /// A service: N supervised replicas of one command.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServiceSpec {
@@ -137,6 +195,8 @@ pub struct ServiceSpec {
     /// asked for).
     pub user: Option<String>,
     pub stop_grace_ms: u64,
+    #[serde(default)]
+    pub health: Option<HealthCheck>,
     /// Grows with every change of the spec (a replica restarts on a new generation).
     pub generation: u64,
     pub created_unix_ms: u64,
@@ -195,6 +255,9 @@ impl ServiceSpec {
         }
         if self.stop_grace_ms > MAX_STOP_GRACE_MS {
             return Err("--stop-grace is at most 10 minutes".to_string());
+        }
+        if let Some(health) = &self.health {
+            health.validate(self.port)?;
         }
         if let Some(user) = &self.user {
             bramble_util::names::validate_name("--user", user)

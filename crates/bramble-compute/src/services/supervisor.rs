@@ -51,6 +51,9 @@ pub struct ReplicaStatus {
     pub error: Option<String>,
     /// When it entered its state.
     pub since_unix_ms: u64,
+    /// The health check's verdict: starting, healthy, or unhealthy with the last reason.
+    #[serde(default)]
+    pub health: Option<String>,
     pub generation: u64,
 }
 
@@ -240,6 +243,7 @@ impl Supervisor {
             last_exit: None,
             error: None,
             since_unix_ms: bramble_util::time::unix_millis(),
+            health: None,
             generation: spec.generation,
         }));
         lock(&self.replicas).insert(
@@ -347,12 +351,31 @@ impl Supervisor {
                             .take()
                             .map(|stream| tokio::spawn(pump(stream, log.clone()))),
                     ];
+                    let health = self.watch_health(spec, port, status, &identity, &work_directory);
                     let exit = tokio::select! {
-                        exit = child.wait() => Some(exit),
+                        exit = child.wait() => Some(Ok(exit)),
                         _ = stopped.wait_for(|stop| *stop) => None,
+                        reason = health => Some(Err(reason)),
                     };
-                    let exit = match exit {
-                        Some(exit) => exit,
+                    let exit: Result<std::process::ExitStatus, String> = match exit {
+                        Some(Ok(exit)) => {
+                            exit.map_err(|error| format!("waiting for the replica: {error}"))
+                        }
+                        Some(Err(unhealthy)) => {
+                            // Restarted like a crash: SIGTERM, the grace, SIGKILL.
+                            warn!(service, index, %unhealthy, "a replica failed its health check; restarting it");
+                            signal_group(group, libc::SIGTERM);
+                            let grace = Duration::from_millis(spec.stop_grace_ms);
+                            if tokio::time::timeout(grace, child.wait()).await.is_err() {
+                                signal_group(group, libc::SIGKILL);
+                                let _ = child.wait().await;
+                            }
+                            signal_group(group, libc::SIGKILL);
+                            for pump in pumps.iter().flatten() {
+                                pump.abort();
+                            }
+                            Err(format!("restarted: unhealthy ({unhealthy})"))
+                        }
                         None => {
                             set_state(status, "stopping", None);
                             signal_group(group, libc::SIGTERM);
@@ -374,13 +397,15 @@ impl Supervisor {
                             return;
                         }
                     };
-                    signal_group(group, libc::SIGKILL);
-                    for pump in pumps.into_iter().flatten() {
-                        let _ = tokio::time::timeout(Duration::from_secs(1), pump).await;
-                    }
                     match exit {
-                        Ok(exit) => Ok(exit),
-                        Err(error) => Err(format!("waiting for the replica: {error}")),
+                        Ok(exit) => {
+                            signal_group(group, libc::SIGKILL);
+                            for pump in pumps.into_iter().flatten() {
+                                let _ = tokio::time::timeout(Duration::from_secs(1), pump).await;
+                            }
+                            Ok(exit)
+                        }
+                        Err(error) => Err(error),
                     }
                 }
             };
@@ -423,6 +448,116 @@ impl Supervisor {
             }
             lock(status).restarts += 1;
         }
+    }
+}
+
+impl Supervisor {
+    /// Probes the replica until it is unhealthy (`retries` failures in a row); returns the
+    /// last failure. Never returns for a service without a health check.
+    async fn watch_health(
+        &self,
+        spec: &ServiceSpec,
+        port: Option<u16>,
+        status: &SharedStatus,
+        identity: &Identity,
+        work_directory: &Path,
+    ) -> String {
+        let Some(check) = &spec.health else {
+            return std::future::pending().await;
+        };
+        lock(status).health = Some("starting".to_string());
+        tokio::time::sleep(Duration::from_millis(check.start_period_ms)).await;
+        let mut failures = 0u32;
+        loop {
+            let timeout = Duration::from_millis(check.timeout_ms);
+            let verdict = match &check.probe {
+                Probe::Http { path } => probe_http(port.unwrap_or(0), path, timeout).await,
+                Probe::Command { line } => {
+                    let mut command = identity.command(
+                        "/bin/sh",
+                        &["-c".to_string(), line.clone()],
+                        work_directory,
+                    );
+                    command
+                        .envs(spec.env.iter().map(|(name, value)| (name, value)))
+                        .stdout(std::process::Stdio::null())
+                        .stderr(std::process::Stdio::null());
+                    if let Some(port) = port {
+                        command.env("PORT", port.to_string());
+                    }
+                    match command.spawn() {
+                        Err(error) => Err(format!("the check could not start: {error}")),
+                        Ok(mut probe) => match tokio::time::timeout(timeout, probe.wait()).await {
+                            Ok(Ok(exit)) if exit.success() => Ok(()),
+                            Ok(Ok(exit)) => Err(format!("the check {}", describe_exit(exit))),
+                            Ok(Err(error)) => Err(format!("the check: {error}")),
+                            Err(_) => {
+                                let _ = probe.kill().await;
+                                Err(format!("the check took over {} ms", check.timeout_ms))
+                            }
+                        },
+                    }
+                }
+            };
+            match verdict {
+                Ok(()) => {
+                    failures = 0;
+                    lock(status).health = Some("healthy".to_string());
+                }
+                Err(reason) => {
+                    failures += 1;
+                    lock(status).health = Some(format!(
+                        "unhealthy ({failures}/{}): {reason}",
+                        check.retries
+                    ));
+                    if failures >= check.retries {
+                        return reason;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(check.interval_ms)).await;
+        }
+    }
+}
+
+/// `GET path` on 127.0.0.1:port: healthy on a 2xx or 3xx status line.
+async fn probe_http(port: u16, path: &str, timeout: Duration) -> Result<(), String> {
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .map_err(|error| format!("connecting to port {port}: {error}"))?;
+        let request =
+            format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nUser-Agent: bramble-health\r\n\r\n");
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .map_err(|error| format!("sending the check: {error}"))?;
+        let mut head = [0u8; 64];
+        let mut read = 0;
+        while read < 12 {
+            let got = stream
+                .read(&mut head[read..])
+                .await
+                .map_err(|error| format!("reading the answer: {error}"))?;
+            if got == 0 {
+                break;
+            }
+            read += got;
+        }
+        let line = String::from_utf8_lossy(&head[..read]).to_string();
+        let code: Option<u16> = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|code| code.parse().ok());
+        match code {
+            Some(code) if (200..400).contains(&code) => Ok(()),
+            Some(code) => Err(format!("GET {path} answered {code}")),
+            None => Err(format!("GET {path}: not an HTTP answer")),
+        }
+    };
+    match tokio::time::timeout(timeout, exchange).await {
+        Ok(outcome) => outcome,
+        Err(_) => Err(format!("GET {path} took over {} ms", timeout.as_millis())),
     }
 }
 
