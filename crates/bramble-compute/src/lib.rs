@@ -2,6 +2,7 @@
 //! article's scheduling models) run by the agents themselves — no JVM, no ssh, no master
 //! that can take a job down with it. See [`jobs`] for how a job flows.
 
+pub mod catalog;
 pub mod jobs;
 pub mod process;
 pub mod services;

@@ -109,6 +109,18 @@ impl Identity {
     }
 }
 
+/// Where the agent makes a scratch directory for `what` (a job, a replica, a launch):
+/// under the system's temp directory, named by cluster and node, so the emulator's
+/// clusters on one machine (whose nodes share names) never share one.
+pub fn scratch_directory(cluster_id: &str, node: &str, what: &str) -> std::path::PathBuf {
+    let tag: String = cluster_id
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(16)
+        .collect();
+    std::env::temp_dir().join(format!("bramble-{tag}-{node}-{what}"))
+}
+
 /// Sends `signal` to a process group the agent created (a group that is gone is ESRCH,
 /// harmless).
 pub fn signal_group(group: i32, signal: i32) {

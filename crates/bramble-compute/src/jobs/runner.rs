@@ -116,8 +116,8 @@ struct Unacknowledged {
 
 pub struct Runner {
     node: String,
-    /// The cluster's id (its first 16 characters), in scratch directory names.
-    scratch_tag: String,
+    /// The cluster's id, in scratch directory names.
+    cluster_id: String,
     data_dir: PathBuf,
     slots: u32,
     speed: f64,
@@ -171,11 +171,7 @@ impl Runner {
             .map_err(|error| format!("creating {}: {error}", output.display()))?;
         Ok(Arc::new(Runner {
             node: node.to_string(),
-            scratch_tag: cluster_id
-                .chars()
-                .filter(char::is_ascii_alphanumeric)
-                .take(16)
-                .collect(),
+            cluster_id: cluster_id.to_string(),
             data_dir: data_dir.to_path_buf(),
             slots: settings.slots.unwrap_or(cpus),
             speed,
@@ -327,37 +323,19 @@ impl Runner {
 
     /// Jobs whose state in this node's replica is not final.
     async fn active_jobs(&self) -> BTreeSet<JobId> {
-        let mut active = BTreeSet::new();
-        let mut start_after = None;
-        loop {
-            let page = self
-                .meta
-                .scan(ScanRequest {
-                    prefix: STATE_PREFIX.to_string(),
-                    start_after: start_after.clone(),
-                    delimiter: None,
-                    limit: 1000,
-                    consistency: Consistency::Stale,
-                    forwarded: false,
-                })
-                .await;
-            let Ok(page) = page else {
-                return active;
-            };
-            for entry in page.entries {
-                if let (Some(id), Ok(record)) = (
-                    id_of_key(&entry.0, STATE_PREFIX),
-                    JobRecord::decode(&entry.1.value),
-                ) && !record.state.is_final()
-                {
-                    active.insert(id);
-                }
-            }
-            match page.next_start_after {
-                Some(next) => start_after = Some(next),
-                None => return active,
-            }
-        }
+        let Ok(records) =
+            crate::catalog::scan_prefix(&self.meta, STATE_PREFIX, Consistency::Stale).await
+        else {
+            return BTreeSet::new();
+        };
+        records
+            .into_iter()
+            .filter_map(|(key, value)| {
+                let id = id_of_key(&key, STATE_PREFIX)?;
+                let record = JobRecord::decode(&value).ok()?;
+                (!record.state.is_final()).then_some(id)
+            })
+            .collect()
     }
 
     async fn exchange(&self, epoch: u64, wants_work: bool) -> Result<ExchangeAnswer, RpcError> {
@@ -749,10 +727,7 @@ impl Runner {
     /// Where `job`'s scratch directory is: named by cluster and node, so the emulator's
     /// clusters on one machine (whose nodes share names and job numbers) never meet.
     fn job_directory_path(&self, job: JobId) -> PathBuf {
-        std::env::temp_dir().join(format!(
-            "bramble-{}-{}-job{job}",
-            self.scratch_tag, self.node
-        ))
+        crate::process::scratch_directory(&self.cluster_id, &self.node, &format!("job{job}"))
     }
 
     /// The scratch directory of `job`'s tasks on this node (made on first use).
@@ -798,13 +773,15 @@ impl Runner {
         line: &str,
         env: &[(String, String)],
     ) -> Result<LaunchedShell, String> {
-        let scratch = std::env::temp_dir().join(format!(
-            "bramble-{}-{}-launch-{}-{}",
-            self.scratch_tag,
-            self.node,
-            std::process::id(),
-            LAUNCHES.fetch_add(1, Ordering::Relaxed)
-        ));
+        let scratch = crate::process::scratch_directory(
+            &self.cluster_id,
+            &self.node,
+            &format!(
+                "launch-{}-{}",
+                std::process::id(),
+                LAUNCHES.fetch_add(1, Ordering::Relaxed)
+            ),
+        );
         let _ = std::fs::remove_dir_all(&scratch);
         std::fs::create_dir(&scratch)
             .map_err(|error| format!("creating {}: {error}", scratch.display()))?;

@@ -1498,35 +1498,9 @@ fn split_batches(operations: Vec<Operation>) -> Vec<Vec<Operation>> {
     batches
 }
 
-/// Every key and value under `prefix`, page by page (linearizable).
+/// Every key and value under `prefix`, from the leader.
 pub async fn scan_all(meta: &Meta, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, RpcError> {
-    let mut found = Vec::new();
-    let mut start_after = None;
-    loop {
-        let page = meta
-            .scan(ScanRequest {
-                prefix: prefix.to_string(),
-                start_after: start_after.clone(),
-                delimiter: None,
-                limit: 1000,
-                consistency: Consistency::Linearizable,
-                forwarded: false,
-            })
-            .await?;
-        for entry in page.entries {
-            found.push((entry.0, entry.1.value));
-        }
-        match page.next_start_after {
-            Some(next) => start_after = Some(next),
-            None => return Ok(found),
-        }
-        if found.len() > 1_000_000 {
-            return Err(RpcError::new(
-                ErrorKind::Internal,
-                format!("more than a million keys under {prefix}"),
-            ));
-        }
-    }
+    crate::catalog::scan_prefix(meta, prefix, Consistency::Linearizable).await
 }
 
 /// A JSON value from the catalog (linearizable).

@@ -27,6 +27,47 @@ const MEMBERSHIP_POLL: Duration = Duration::from_millis(200);
 /// A pass at least this often, whatever changed.
 const PERIODIC_PASS: Duration = Duration::from_secs(5);
 
+/// What placement decides from: every spec, every placement, every member (read from the
+/// leader, so a decision never rests on a lagging replica).
+pub type PlacementInputs = (
+    BTreeMap<String, ServiceSpec>,
+    BTreeMap<(String, u32), Assignment>,
+    Vec<Candidate>,
+);
+
+pub async fn placement_inputs(
+    meta: &Meta,
+    membership: &Membership,
+) -> Result<PlacementInputs, bramble_net::RpcError> {
+    let specs: BTreeMap<String, ServiceSpec> = scan_all(meta, SPEC_PREFIX)
+        .await?
+        .into_iter()
+        .filter_map(|(_, value)| serde_json::from_slice::<ServiceSpec>(&value).ok())
+        .map(|spec| (spec.name.clone(), spec))
+        .collect();
+    let mut current = BTreeMap::new();
+    for (key, value) in scan_all(meta, ASSIGN_PREFIX).await? {
+        if let (Some(key), Ok(assignment)) = (
+            parse_assign_key(&key),
+            serde_json::from_slice::<Assignment>(&value),
+        ) {
+            current.insert(key, assignment);
+        }
+    }
+    let nodes: Vec<Candidate> = membership
+        .nodes()
+        .await
+        .into_iter()
+        .map(|node| Candidate {
+            alive: node.state == NodeState::Alive,
+            suspect: node.state == NodeState::Suspect,
+            name: node.name,
+            roles: node.roles,
+        })
+        .collect();
+    Ok((specs, current, nodes))
+}
+
 pub struct Reconciler {
     node: String,
     meta: Arc<Meta>,
@@ -109,37 +150,9 @@ impl Reconciler {
 
     /// One reconciliation: read specs and placements, place, write what changed.
     async fn pass(&self, grant_version: u64) -> Result<(), String> {
-        let specs: BTreeMap<String, ServiceSpec> = scan_all(&self.meta, SPEC_PREFIX)
+        let (specs, current, nodes) = placement_inputs(&self.meta, &self.membership)
             .await
-            .map_err(|error| format!("reading the services: {error}"))?
-            .into_iter()
-            .filter_map(|(_, value)| serde_json::from_slice::<ServiceSpec>(&value).ok())
-            .map(|spec| (spec.name.clone(), spec))
-            .collect();
-        let mut current = BTreeMap::new();
-        for (key, value) in scan_all(&self.meta, ASSIGN_PREFIX)
-            .await
-            .map_err(|error| format!("reading the placements: {error}"))?
-        {
-            if let (Some(key), Ok(assignment)) = (
-                parse_assign_key(&key),
-                serde_json::from_slice::<Assignment>(&value),
-            ) {
-                current.insert(key, assignment);
-            }
-        }
-        let nodes: Vec<Candidate> = self
-            .membership
-            .nodes()
-            .await
-            .into_iter()
-            .map(|node| Candidate {
-                alive: node.state == NodeState::Alive,
-                suspect: node.state == NodeState::Suspect,
-                name: node.name,
-                roles: node.roles,
-            })
-            .collect();
+            .map_err(|error| format!("reading the services and placements: {error}"))?;
         let changes = reconcile(&specs, &current, &nodes);
         if changes.place.is_empty() && changes.remove.is_empty() {
             return Ok(());

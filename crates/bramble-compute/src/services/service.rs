@@ -14,7 +14,8 @@ use bramble_net::rpc::{Request, encode};
 use bramble_net::{ErrorKind, Handler, RpcClient, RpcError};
 
 use super::admin::*;
-use super::placement::{Candidate, reconcile};
+use super::placement::reconcile;
+use super::reconciler::placement_inputs;
 use super::spec::*;
 use super::supervisor::{ReplicaStatus, Supervisor};
 use crate::jobs::scheduler::scan_all;
@@ -253,34 +254,8 @@ impl ServicesService {
         &self,
         spec: &ServiceSpec,
     ) -> Result<BTreeMap<u32, String>, RpcError> {
-        let mut current = BTreeMap::new();
-        for (key, value) in scan_all(&self.meta, ASSIGN_PREFIX).await? {
-            if let (Some(key), Ok(assignment)) = (
-                parse_assign_key(&key),
-                serde_json::from_slice::<Assignment>(&value),
-            ) {
-                current.insert(key, assignment);
-            }
-        }
-        let mut specs = BTreeMap::new();
-        for (_, value) in scan_all(&self.meta, SPEC_PREFIX).await? {
-            if let Ok(other) = serde_json::from_slice::<ServiceSpec>(&value) {
-                specs.insert(other.name.clone(), other);
-            }
-        }
+        let (mut specs, current, nodes) = placement_inputs(&self.meta, &self.membership).await?;
         specs.insert(spec.name.clone(), spec.clone());
-        let nodes: Vec<Candidate> = self
-            .membership
-            .nodes()
-            .await
-            .into_iter()
-            .map(|node| Candidate {
-                alive: node.state == NodeState::Alive,
-                suspect: node.state == NodeState::Suspect,
-                name: node.name,
-                roles: node.roles,
-            })
-            .collect();
         Ok(reconcile(&specs, &current, &nodes)
             .unplaced
             .into_iter()

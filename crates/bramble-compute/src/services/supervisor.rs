@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bramble_meta::Meta;
-use bramble_meta::api::{Consistency, ScanRequest};
+use bramble_meta::api::Consistency;
 use bramble_util::WorkerContext;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -70,7 +70,7 @@ struct Replica {
 
 pub struct Supervisor {
     node: String,
-    scratch_tag: String,
+    cluster_id: String,
     logs: PathBuf,
     meta: Arc<Meta>,
     replicas: Mutex<BTreeMap<(String, u32), Replica>>,
@@ -88,11 +88,7 @@ impl Supervisor {
     pub fn new(node: &str, cluster_id: &str, data_dir: &Path, meta: Arc<Meta>) -> Arc<Supervisor> {
         Arc::new(Supervisor {
             node: node.to_string(),
-            scratch_tag: cluster_id
-                .chars()
-                .filter(char::is_ascii_alphanumeric)
-                .take(16)
-                .collect(),
+            cluster_id: cluster_id.to_string(),
             logs: data_dir.join("services").join("logs"),
             meta,
             replicas: Mutex::new(BTreeMap::new()),
@@ -266,10 +262,11 @@ impl Supervisor {
     }
 
     fn work_directory(&self, service: &str, index: u32) -> PathBuf {
-        std::env::temp_dir().join(format!(
-            "bramble-{}-{}-service-{service}-{index}",
-            self.scratch_tag, self.node
-        ))
+        crate::process::scratch_directory(
+            &self.cluster_id,
+            &self.node,
+            &format!("service-{service}-{index}"),
+        )
     }
 
     async fn supervise(
@@ -634,27 +631,8 @@ async fn pump(mut stream: impl AsyncRead + Unpin, log: Arc<tokio::sync::Mutex<Ro
 }
 
 /// Every key and value under `prefix` in this node's replica.
-pub async fn scan_local(meta: &Meta, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, String> {
-    let mut found = Vec::new();
-    let mut start_after = None;
-    loop {
-        let page = meta
-            .scan(ScanRequest {
-                prefix: prefix.to_string(),
-                start_after: start_after.clone(),
-                delimiter: None,
-                limit: 1000,
-                consistency: Consistency::Stale,
-                forwarded: false,
-            })
-            .await
-            .map_err(|error| format!("reading {prefix}: {error}"))?;
-        for (key, value) in page.entries {
-            found.push((key, value.value));
-        }
-        match page.next_start_after {
-            Some(next) => start_after = Some(next),
-            None => return Ok(found),
-        }
-    }
+async fn scan_local(meta: &Meta, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, String> {
+    crate::catalog::scan_prefix(meta, prefix, Consistency::Stale)
+        .await
+        .map_err(|error| format!("reading {prefix}: {error}"))
 }
