@@ -121,6 +121,30 @@ pub fn scratch_directory(cluster_id: &str, node: &str, what: &str) -> std::path:
     std::env::temp_dir().join(format!("bramble-{tag}-{node}-{what}"))
 }
 
+/// Removes this node's scratch directories of `kind` (`job`, `launch-`, `service-`) left
+/// by an earlier run of its agent: nothing of that run is alive (its programs died with
+/// it), and a directory that stayed would fill the temp directory over restarts.
+pub fn remove_stale_scratch(cluster_id: &str, node: &str, kind: &str) {
+    let prefix = scratch_directory(cluster_id, node, kind);
+    let (Some(parent), Some(start)) = (
+        prefix.parent(),
+        prefix.file_name().and_then(|name| name.to_str()),
+    ) else {
+        return;
+    };
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let is_ours = name.to_str().is_some_and(|name| name.starts_with(start));
+        let is_directory = entry.file_type().is_ok_and(|kind| kind.is_dir());
+        if is_ours && is_directory {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 /// Sends `signal` to a process group the agent created (a group that is gone is ESRCH,
 /// harmless).
 pub fn signal_group(group: i32, signal: i32) {
@@ -155,4 +179,26 @@ pub fn lookup_user(name: &str) -> Option<(u32, u32)> {
 
 fn current_user_name() -> Option<String> {
     std::env::var("USER").ok().filter(|name| !name.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stale_scratch_of_this_node_and_kind_is_removed_and_nothing_else() {
+        let cluster = format!("ctest{}", std::process::id());
+        let ours = scratch_directory(&cluster, "n1", "job7");
+        let other_kind = scratch_directory(&cluster, "n1", "service-web-0");
+        let other_node = scratch_directory(&cluster, "n2", "job7");
+        for directory in [&ours, &other_kind, &other_node] {
+            std::fs::create_dir_all(directory.join("inside")).expect("a test directory");
+        }
+        remove_stale_scratch(&cluster, "n1", "job");
+        assert!(!ours.exists());
+        assert!(other_kind.exists() && other_node.exists());
+        for directory in [&other_kind, &other_node] {
+            let _ = std::fs::remove_dir_all(directory);
+        }
+    }
 }

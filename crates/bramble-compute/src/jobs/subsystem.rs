@@ -27,6 +27,13 @@ pub const SUBSYSTEM: Subsystem = Subsystem {
 fn start(context: Context) -> StartFuture {
     Box::pin(async move {
         let settings = JobSettings::load(&context.node.path)?;
+        for kind in ["job", "launch-"] {
+            crate::process::remove_stale_scratch(
+                &context.node.config.cluster_id,
+                context.node_name(),
+                kind,
+            );
+        }
         let scheduler = Scheduler::new(
             context.node_name(),
             context.meta.clone(),

@@ -24,6 +24,11 @@ pub const SUBSYSTEM: Subsystem = Subsystem {
 
 fn start(context: Context) -> StartFuture {
     Box::pin(async move {
+        crate::process::remove_stale_scratch(
+            &context.node.config.cluster_id,
+            context.node_name(),
+            "service-",
+        );
         let supervisor = Supervisor::new(
             context.node_name(),
             &context.node.config.cluster_id,
