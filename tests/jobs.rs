@@ -449,14 +449,7 @@ fn bad_input_gets_clear_answers_and_leaves_the_cluster_healthy() {
     wait_until(
         "the cancelled tasks are gone",
         Duration::from_secs(15),
-        || {
-            let listing = std::process::Command::new("pgrep")
-                .args(["-f", "^sleep 7$"])
-                .output()
-                .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_string())
-                .unwrap_or_default();
-            listing.is_empty()
-        },
+        || !any_process_runs(b"sleep\x007\x00"),
     );
     let listing = cluster.bramble_ok(&["jobs", "--json"]).json();
     assert!(
@@ -672,4 +665,16 @@ fn the_corrected_mpi4py_example_reduces_to_rank_0_over_bramble_s_launcher() {
         "{stdout}"
     );
     eprintln!("{stdout}{stderr}");
+}
+
+/// Whether a process with exactly this command line (NUL-separated, as in
+/// /proc/PID/cmdline) runs on this machine.
+fn any_process_runs(cmdline: &[u8]) -> bool {
+    std::fs::read_dir("/proc")
+        .map(|entries| {
+            entries.flatten().any(|entry| {
+                std::fs::read(entry.path().join("cmdline")).is_ok_and(|found| found == cmdline)
+            })
+        })
+        .unwrap_or(false)
 }

@@ -709,21 +709,6 @@ impl Runner {
         Ok(path)
     }
 
-    /// A process for a task or a launched command (see `crate::process`).
-    fn task_command(
-        &self,
-        program: &str,
-        args: &[String],
-        work_directory: &Path,
-    ) -> tokio::process::Command {
-        self.identity.command(program, args, work_directory)
-    }
-
-    /// Hands a file or directory this runner created to the task user.
-    fn give_to_task_user(&self, path: &Path) {
-        self.identity.give(path);
-    }
-
     /// Where `job`'s scratch directory is: named by cluster and node, so the emulator's
     /// clusters on one machine (whose nodes share names and job numbers) never meet.
     fn job_directory_path(&self, job: JobId) -> PathBuf {
@@ -744,7 +729,7 @@ impl Runner {
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir(&path)
             .map_err(|error| format!("creating {}: {error}", path.display()))?;
-        self.give_to_task_user(&path);
+        self.identity.give(&path);
         made.insert(job);
         Ok(path)
     }
@@ -786,9 +771,10 @@ impl Runner {
         std::fs::create_dir(&scratch)
             .map_err(|error| format!("creating {}: {error}", scratch.display()))?;
         let scratch = WorkDirectory(scratch);
-        self.give_to_task_user(&scratch.0);
+        self.identity.give(&scratch.0);
         let mut command =
-            self.task_command("/bin/sh", &["-c".to_string(), line.to_string()], &scratch.0);
+            self.identity
+                .command("/bin/sh", &["-c".to_string(), line.to_string()], &scratch.0);
         command.envs(env.iter().map(|(name, value)| (name, value)));
         let process = command
             .spawn()
@@ -830,9 +816,9 @@ impl Runner {
             {
                 return not_started(format!("copying the module for the task: {error}"));
             }
-            self.give_to_task_user(&module_copy);
+            self.identity.give(&module_copy);
         }
-        let mut command = self.task_command(program, args, &work_directory);
+        let mut command = self.identity.command(program, args, &work_directory);
         command
             .env("BRAMBLE_JOB_ID", key.job.to_string())
             .env("BRAMBLE_TASK_INDEX", key.index.to_string())
