@@ -1006,6 +1006,98 @@ pub enum ServiceCommand {
     Rm(ServiceNameArgs),
     /// A replica's output (stdout and stderr, the last 1 MiB kept, rotated).
     Logs(ServiceLogsArgs),
+    /// Change what replicas run: a rolling update, a few replicas at a time, each drained
+    /// from the balancers first and watched until healthy.
+    #[command(
+        after_help = "Examples:\n  bramble service update web --env GREETING=hello\n  bramble service update web --parallelism 2 --delay 5s --on-failure rollback -- ./server --v2\n  bramble service update web --force          # replace every replica with the same version\n  bramble service update web --parallelism 3  # only the policy: no replica is replaced"
+    )]
+    Update(Box<ServiceUpdateArgs>),
+    /// Return a service to its version before the last update (rolling, as an update).
+    #[command(
+        after_help = "Examples:\n  bramble service rollback web\n  bramble service rollback web --detach"
+    )]
+    Rollback(ServiceRollbackArgs),
+}
+
+/// A health check's flags, for `create` and `update`.
+#[derive(Debug, Args)]
+pub struct HealthArgs {
+    /// Health check: GET PATH on 127.0.0.1:PORT answers 2xx/3xx (needs --port).
+    #[arg(long, value_name = "PATH", conflicts_with = "health_cmd")]
+    pub health_http: Option<String>,
+    /// Health check: a shell command line that exits 0 (run like the replica, with PORT).
+    #[arg(long, value_name = "CMD")]
+    pub health_cmd: Option<String>,
+    /// Time between health checks [default: 2s].
+    #[arg(long, value_name = "T")]
+    pub health_interval: Option<String>,
+    /// Longest one check may take [default: 1s].
+    #[arg(long, value_name = "T")]
+    pub health_timeout: Option<String>,
+    /// Failed checks in a row before the replica is restarted [default: 3].
+    #[arg(long, value_name = "N")]
+    pub health_retries: Option<u32>,
+    /// Time after a start before checks count [default: 2s].
+    #[arg(long, value_name = "T")]
+    pub health_start_period: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FailureActionArg {
+    Pause,
+    Continue,
+    Rollback,
+}
+
+#[derive(Debug, Args)]
+pub struct ServiceUpdateArgs {
+    pub name: String,
+    /// Add or replace an environment variable (repeat).
+    #[arg(long = "env", value_name = "K=V")]
+    pub env: Vec<String>,
+    /// Remove an environment variable (repeat).
+    #[arg(long = "env-rm", value_name = "K")]
+    pub env_remove: Vec<String>,
+    #[arg(long)]
+    pub user: Option<String>,
+    #[arg(long, value_name = "T")]
+    pub stop_grace: Option<String>,
+    #[arg(long, value_enum)]
+    pub restart: Option<RestartArg>,
+    #[command(flatten)]
+    pub health: HealthArgs,
+    /// Remove the health check.
+    #[arg(long, conflicts_with_all = ["health_http", "health_cmd"])]
+    pub no_health: bool,
+    /// Replicas replaced at a time (0: all at once) [default: 1, then as last set].
+    #[arg(long, value_name = "N")]
+    pub parallelism: Option<u32>,
+    /// Wait between batches: 10s, 500ms [default: 0s].
+    #[arg(long, value_name = "T")]
+    pub delay: Option<String>,
+    /// When a new replica fails: pause, continue, or roll back [default: pause].
+    #[arg(long, value_enum)]
+    pub on_failure: Option<FailureActionArg>,
+    /// How long a new replica must run (and be healthy) to count as updated [default: 5s].
+    #[arg(long, value_name = "T")]
+    pub monitor: Option<String>,
+    /// Replace every replica even if nothing they run changes.
+    #[arg(long)]
+    pub force: bool,
+    /// Return at once instead of following the update.
+    #[arg(long, short = 'd')]
+    pub detach: bool,
+    /// A new program and its arguments.
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ServiceRollbackArgs {
+    pub name: String,
+    /// Return at once instead of following the rollback.
+    #[arg(long, short = 'd')]
+    pub detach: bool,
 }
 
 #[derive(Debug, Args)]
@@ -1038,24 +1130,8 @@ pub struct ServiceCreateArgs {
     /// Time between SIGTERM and SIGKILL when a replica stops: 10s, 500ms, 2m.
     #[arg(long, default_value = "10s", value_name = "T")]
     pub stop_grace: String,
-    /// Health check: GET PATH on 127.0.0.1:PORT answers 2xx/3xx (needs --port).
-    #[arg(long, value_name = "PATH", conflicts_with = "health_cmd")]
-    pub health_http: Option<String>,
-    /// Health check: a shell command line that exits 0 (run like the replica, with PORT).
-    #[arg(long, value_name = "CMD")]
-    pub health_cmd: Option<String>,
-    /// Time between health checks.
-    #[arg(long, default_value = "2s", value_name = "T")]
-    pub health_interval: String,
-    /// Longest one check may take.
-    #[arg(long, default_value = "1s", value_name = "T")]
-    pub health_timeout: String,
-    /// Failed checks in a row before the replica is restarted.
-    #[arg(long, default_value_t = 3, value_name = "N")]
-    pub health_retries: u32,
-    /// Time after a start before checks count.
-    #[arg(long, default_value = "2s", value_name = "T")]
-    pub health_start_period: String,
+    #[command(flatten)]
+    pub health: HealthArgs,
     #[command(flatten)]
     pub output: JsonFlag,
     /// The program and its arguments.

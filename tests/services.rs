@@ -35,6 +35,40 @@ fn running(view: &Value) -> BTreeMap<u64, Vec<(String, u64)>> {
     found
 }
 
+/// `wait_until`, but a timeout first prints what the cluster says of `service` and the
+/// balancer `site`, and the agents' warnings, so a failure can be understood.
+fn wait_or_explain(
+    cluster: &TestCluster,
+    service: &str,
+    what: &str,
+    timeout: Duration,
+    mut condition: impl FnMut() -> bool,
+) -> Duration {
+    let started = Instant::now();
+    loop {
+        if condition() {
+            return started.elapsed();
+        }
+        if started.elapsed() > timeout {
+            eprintln!("{}", cluster.bramble(&["service", "ps", service]).stdout);
+            eprintln!("{}", cluster.bramble(&["lb", "show", "site"]).stdout);
+            eprintln!("{}", cluster.bramble(&["kv", "ls", "services/"]).stdout);
+            for name in &cluster.names {
+                let log = std::fs::read_to_string(cluster.dir.path().join(name).join("agent.log"))
+                    .unwrap_or_default();
+                for line in log
+                    .lines()
+                    .filter(|line| line.contains("WARN") || line.contains("ERROR"))
+                {
+                    eprintln!("{name}: {line}");
+                }
+            }
+            panic!("timed out after {timeout:?} waiting until {what}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn process_alive(pid: u64) -> bool {
     pid > 0 && std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
@@ -267,7 +301,7 @@ fn a_service_is_a_balancer_s_backends_and_a_lost_replica_costs_no_request() {
     let cluster = TestCluster::up(5);
     // The balancer runs on the lb nodes (n2 and n3); the replicas stay off them, so
     // killing a replica's node never moves the VIP.
-    let port = harness::free_port([127, 0, 0, 1]);
+    let port = harness::free_port_run(3);
     let port_text = port.to_string();
     cluster.bramble_ok(&[
         "service",
@@ -347,7 +381,9 @@ fn a_service_is_a_balancer_s_backends_and_a_lost_replica_costs_no_request() {
                 .is_some_and(|copies| copies.len() == 1 && copies[0].0 != victim)
         },
     );
-    wait_until(
+    wait_or_explain(
+        &cluster,
+        "web",
         "the balancer has both backends up again",
         Duration::from_secs(60),
         || backends_up(2),
@@ -377,8 +413,8 @@ fn a_service_is_a_balancer_s_backends_and_a_lost_replica_costs_no_request() {
 #[test]
 fn an_unhealthy_replica_is_restarted_and_a_healthy_one_is_left_alone() {
     let cluster = TestCluster::up(3);
-    let healthy_port = harness::free_port([127, 0, 0, 1]).to_string();
-    let sick_port = harness::free_port([127, 0, 0, 1]).to_string();
+    let healthy_port = harness::free_port_run(1).to_string();
+    let sick_port = harness::free_port_run(1).to_string();
     let server = "exec python3 -m http.server $PORT --bind 127.0.0.1";
     cluster.bramble_ok(&[
         "service",
@@ -484,6 +520,168 @@ fn an_unhealthy_replica_is_restarted_and_a_healthy_one_is_left_alone() {
     assert!(
         !bad_path.success && bad_path.stderr.contains("health-http"),
         "{bad_path:?}"
+    );
+    cluster.assert_all_alive(Duration::from_secs(10));
+}
+
+#[test]
+fn a_rolling_update_replaces_replicas_without_a_failed_request_and_a_bad_one_rolls_back() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let cluster = TestCluster::up(5);
+    let port = harness::free_port_run(2).to_string();
+    cluster.bramble_ok(&[
+        "service",
+        "create",
+        "web",
+        "--replicas",
+        "2",
+        "--max-per-node",
+        "1",
+        "--port",
+        &port,
+        "--constraint",
+        "node!=n2",
+        "--constraint",
+        "node!=n3",
+        "--health-http",
+        "/",
+        "--health-interval",
+        "300ms",
+        "--health-start-period",
+        "300ms",
+        "--stop-grace",
+        "1s",
+        "--",
+        "sh",
+        "-c",
+        "exec python3 -m http.server $PORT --bind 127.0.0.1",
+    ]);
+    let listen = std::net::SocketAddr::from(([127, 0, 2, 62], harness::free_port([127, 0, 0, 1])));
+    let listen_text = listen.to_string();
+    cluster.bramble_ok(&[
+        "lb",
+        "create",
+        "site",
+        "--listen",
+        &listen_text,
+        "--backend",
+        "service:web",
+        "--check",
+        "GET /",
+    ]);
+    let backends_up = |count: usize| {
+        let run = cluster.bramble(&["lb", "show", "site", "--json"]);
+        run.success
+            && run.json()["live"]["backends"]
+                .as_array()
+                .is_some_and(|backends| {
+                    backends.len() == count
+                        && backends
+                            .iter()
+                            .all(|backend| backend["status"].as_str() == Some("up"))
+                })
+    };
+    wait_or_explain(
+        &cluster,
+        "web",
+        "both replicas serve",
+        Duration::from_secs(60),
+        || backends_up(2),
+    );
+    let done = Arc::new(AtomicBool::new(false));
+    let client = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            harness::web::raise_thread_priority();
+            harness::web::client_loop(listen, Duration::from_millis(20), &done)
+        })
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    // A good version: every replica is replaced, one at a time.
+    let started = Instant::now();
+    let good = cluster.bramble(&[
+        "service",
+        "update",
+        "web",
+        "--env",
+        "VERSION=2",
+        "--monitor",
+        "1s",
+        "--on-failure",
+        "rollback",
+    ]);
+    assert!(good.success, "{good:?}");
+    eprintln!("the update took {:.1} s", started.elapsed().as_secs_f64());
+    let view = ps(&cluster, "web");
+    assert_eq!(view["spec"]["generation"].as_u64(), Some(2), "{view}");
+    assert_eq!(
+        view["rollout"]["state"].as_str(),
+        Some("completed"),
+        "{view}"
+    );
+    let replicas = view["replicas"].as_array().cloned().unwrap_or_default();
+    assert!(
+        replicas.len() == 2
+            && replicas
+                .iter()
+                .all(|replica| replica["generation"].as_u64() == Some(2)
+                    && replica["state"].as_str() == Some("running")),
+        "{view}"
+    );
+    // A bad version (it runs but never listens, so its checks fail and the balancer's
+    // connections are refused): the update rolls back by itself to version 2.
+    let started = Instant::now();
+    let bad = cluster.bramble(&["service", "update", "web", "--", "sleep", "600"]);
+    eprintln!(
+        "the bad update was rolled back after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        !bad.success && bad.stderr.contains("rolled back"),
+        "{bad:?}"
+    );
+    let view = ps(&cluster, "web");
+    assert_eq!(view["spec"]["generation"].as_u64(), Some(2), "{view}");
+    assert_eq!(
+        view["spec"]["previous"]["generation"].as_u64(),
+        Some(3),
+        "{view}"
+    );
+    assert_eq!(view["rollout"]["kind"].as_str(), Some("rollback"), "{view}");
+    assert!(
+        view["rollout"]["message"]
+            .as_str()
+            .is_some_and(|message| message.contains("unhealthy")),
+        "{view}"
+    );
+    let back = wait_until(
+        "both replicas serve version 2 again",
+        Duration::from_secs(30),
+        || backends_up(2),
+    );
+    eprintln!("both served again {:.1} s later", back.as_secs_f64());
+    std::thread::sleep(Duration::from_secs(1));
+    done.store(true, Ordering::Relaxed);
+    let record = client.join().expect("the client loop");
+    eprintln!(
+        "{} requests during the updates, failures: {:?}",
+        record.requests, record.failures
+    );
+    assert!(record.requests > 100, "{record:?}");
+    assert!(record.failures.is_empty(), "{record:?}");
+    // Asking for nothing changes nothing; a service never updated has nothing to roll
+    // back to.
+    let nothing = cluster.bramble(&["service", "update", "web"]);
+    assert!(
+        !nothing.success && nothing.stderr.contains("nothing to change"),
+        "{nothing:?}"
+    );
+    cluster.bramble_ok(&["service", "create", "lonely", "--", "sleep", "600"]);
+    let no_previous = cluster.bramble(&["service", "rollback", "lonely"]);
+    assert!(
+        !no_previous.success && no_previous.stderr.contains("no previous version"),
+        "{no_previous:?}"
     );
     cluster.assert_all_alive(Duration::from_secs(10));
 }

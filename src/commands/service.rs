@@ -3,9 +3,15 @@
 
 use anyhow::{Context, Result, anyhow, bail};
 use bramble_compute::services::admin::*;
-use bramble_compute::services::spec::{Constraint, HealthCheck, Probe, RestartPolicy, ServiceSpec};
+use bramble_compute::services::spec::{
+    Constraint, FailureAction, HealthCheck, Probe, RestartPolicy, RolloutKind, RolloutState,
+    ServiceSpec,
+};
 
-use crate::cli::{GlobalOptions, RestartArg, ServiceCommand, ServiceCreateArgs};
+use crate::cli::{
+    FailureActionArg, GlobalOptions, HealthArgs, RestartArg, ServiceCommand, ServiceCreateArgs,
+    ServiceUpdateArgs,
+};
 use crate::output;
 
 pub async fn run(global: &GlobalOptions, command: &ServiceCommand) -> Result<()> {
@@ -58,6 +64,7 @@ pub async fn run(global: &GlobalOptions, command: &ServiceCommand) -> Result<()>
             }
             let mut table = output::table(&[
                 "replica",
+                "version",
                 "node",
                 "state",
                 "pid",
@@ -74,6 +81,7 @@ pub async fn run(global: &GlobalOptions, command: &ServiceCommand) -> Result<()>
                 };
                 table.add_row(vec![
                     format!("{}.{}", replica.service, replica.index),
+                    replica.generation.to_string(),
                     replica.node.clone(),
                     state,
                     replica.pid.map(|pid| pid.to_string()).unwrap_or_default(),
@@ -91,6 +99,7 @@ pub async fn run(global: &GlobalOptions, command: &ServiceCommand) -> Result<()>
                 table.add_row(vec![
                     format!("{}.{}", answer.spec.name, index),
                     String::new(),
+                    String::new(),
                     "pending".to_string(),
                     String::new(),
                     String::new(),
@@ -101,6 +110,9 @@ pub async fn run(global: &GlobalOptions, command: &ServiceCommand) -> Result<()>
                 ]);
             }
             println!("{table}");
+            if let Some(rollout) = &answer.rollout {
+                println!("version {}; {}", answer.spec.generation, rollout.describe());
+            }
             if !answer.unreachable.is_empty() {
                 println!("did not answer: {}", answer.unreachable.join(", "));
             }
@@ -129,6 +141,57 @@ pub async fn run(global: &GlobalOptions, command: &ServiceCommand) -> Result<()>
                 spec.name, spec.stop_grace_ms
             );
             Ok(())
+        }
+        ServiceCommand::Update(args) => {
+            let (_, current): (_, ServiceSpec) =
+                client.call_any(METHOD_INSPECT, &args.name).await?;
+            let request = update_request(args, &current)?;
+            let (_, updated): (_, ServiceSpec) = client.call_any(METHOD_UPDATE, &request).await?;
+            if updated.generation == current.generation {
+                println!(
+                    "service {}: update policy changed; no replica is replaced",
+                    updated.name
+                );
+                return Ok(());
+            }
+            println!(
+                "service {}: rolling update to version {} ({} at a time, on failure {})",
+                updated.name,
+                updated.generation,
+                match updated.update.parallelism {
+                    0 => "all".to_string(),
+                    parallelism => parallelism.to_string(),
+                },
+                updated.update.on_failure.name()
+            );
+            if args.detach {
+                return Ok(());
+            }
+            follow_rollout(
+                &client,
+                &updated.name,
+                updated.generation,
+                RolloutKind::Update,
+            )
+            .await
+        }
+        ServiceCommand::Rollback(args) => {
+            let (_, restored): (_, ServiceSpec) =
+                client.call_any(METHOD_ROLLBACK, &args.name).await?;
+            println!(
+                "service {}: rolling back to version {}",
+                restored.name, restored.generation
+            );
+            if args.detach {
+                return Ok(());
+            }
+            follow_rollout(
+                &client,
+                &restored.name,
+                restored.generation,
+                RolloutKind::Rollback,
+            )
+            .await
         }
         ServiceCommand::Logs(args) => {
             let (_, answer): (_, PsAnswer) = client.call_any(METHOD_PS, &args.name).await?;
@@ -184,10 +247,7 @@ fn spec_from(args: &ServiceCreateArgs) -> Result<ServiceSpec> {
         }
     }
     for pair in &args.env {
-        let (name, value) = pair
-            .split_once('=')
-            .ok_or_else(|| anyhow!("--env {pair:?}: write NAME=VALUE"))?;
-        env.push((name.to_string(), value.to_string()));
+        env.push(parse_env_pair(pair)?);
     }
     let constraints = args
         .constraints
@@ -195,21 +255,7 @@ fn spec_from(args: &ServiceCreateArgs) -> Result<ServiceSpec> {
         .map(|text| Constraint::parse(text).map_err(|error| anyhow!(error)))
         .collect::<Result<Vec<_>>>()?;
     let stop_grace_ms = crate::units::parse_milliseconds(&args.stop_grace)?;
-    let probe = match (&args.health_http, &args.health_cmd) {
-        (Some(path), _) => Some(Probe::Http { path: path.clone() }),
-        (None, Some(line)) => Some(Probe::Command { line: line.clone() }),
-        (None, None) => None,
-    };
-    let health = match probe {
-        Some(probe) => Some(HealthCheck {
-            probe,
-            interval_ms: crate::units::parse_milliseconds(&args.health_interval)?,
-            timeout_ms: crate::units::parse_milliseconds(&args.health_timeout)?,
-            retries: args.health_retries,
-            start_period_ms: crate::units::parse_milliseconds(&args.health_start_period)?,
-        }),
-        None => None,
-    };
+    let health = health_from(&args.health, None)?;
     let spec = ServiceSpec {
         name: args.name.clone(),
         program: program.clone(),
@@ -217,11 +263,7 @@ fn spec_from(args: &ServiceCreateArgs) -> Result<ServiceSpec> {
         replicas: args.replicas,
         port: args.port,
         env,
-        restart: match args.restart {
-            RestartArg::Always => RestartPolicy::Always,
-            RestartArg::OnFailure => RestartPolicy::OnFailure,
-            RestartArg::Never => RestartPolicy::Never,
-        },
+        restart: restart_policy(args.restart),
         max_per_node: args.max_per_node,
         constraints,
         user: args.user.clone(),
@@ -229,9 +271,168 @@ fn spec_from(args: &ServiceCreateArgs) -> Result<ServiceSpec> {
         health,
         generation: 1,
         created_unix_ms: 0,
+        update: Default::default(),
+        previous: None,
     };
     if let Err(error) = spec.validate() {
         bail!(error);
     }
     Ok(spec)
+}
+
+fn restart_policy(argument: RestartArg) -> RestartPolicy {
+    match argument {
+        RestartArg::Always => RestartPolicy::Always,
+        RestartArg::OnFailure => RestartPolicy::OnFailure,
+        RestartArg::Never => RestartPolicy::Never,
+    }
+}
+
+/// The health check the flags describe: a new probe takes the timings given, else those
+/// of `base` (the check being replaced), else the defaults; timings alone retime `base`.
+fn health_from(args: &HealthArgs, base: Option<&HealthCheck>) -> Result<Option<HealthCheck>> {
+    let probe = match (&args.health_http, &args.health_cmd, base) {
+        (Some(path), _, _) => Probe::Http { path: path.clone() },
+        (None, Some(line), _) => Probe::Command { line: line.clone() },
+        (None, None, Some(base)) => base.probe.clone(),
+        (None, None, None) => {
+            if args.health_interval.is_some()
+                || args.health_timeout.is_some()
+                || args.health_retries.is_some()
+                || args.health_start_period.is_some()
+            {
+                bail!("health check timings need a check: --health-http PATH or --health-cmd CMD");
+            }
+            return Ok(None);
+        }
+    };
+    let milliseconds = |given: &Option<String>, base: Option<u64>, default: u64| -> Result<u64> {
+        match given {
+            Some(text) => crate::units::parse_milliseconds(text),
+            None => Ok(base.unwrap_or(default)),
+        }
+    };
+    Ok(Some(HealthCheck {
+        probe,
+        interval_ms: milliseconds(&args.health_interval, base.map(|b| b.interval_ms), 2_000)?,
+        timeout_ms: milliseconds(&args.health_timeout, base.map(|b| b.timeout_ms), 1_000)?,
+        retries: args.health_retries.or(base.map(|b| b.retries)).unwrap_or(3),
+        start_period_ms: milliseconds(
+            &args.health_start_period,
+            base.map(|b| b.start_period_ms),
+            2_000,
+        )?,
+    }))
+}
+
+fn parse_env_pair(pair: &str) -> Result<(String, String)> {
+    let (name, value) = pair
+        .split_once('=')
+        .ok_or_else(|| anyhow!("--env {pair:?}: write NAME=VALUE"))?;
+    Ok((name.to_string(), value.to_string()))
+}
+
+/// The `services.update` request the flags ask for (the current spec supplies what a
+/// partial health check change keeps).
+fn update_request(args: &ServiceUpdateArgs, current: &ServiceSpec) -> Result<UpdateRequest> {
+    // Only flags that were given change the check (None keeps it).
+    let health = health_from(&args.health, current.health.as_ref())?
+        .filter(|check| Some(check) != current.health.as_ref());
+    let optional_ms = |given: &Option<String>| -> Result<Option<u64>> {
+        given
+            .as_deref()
+            .map(crate::units::parse_milliseconds)
+            .transpose()
+    };
+    Ok(UpdateRequest {
+        name: args.name.clone(),
+        command: (!args.command.is_empty()).then(|| args.command.clone()),
+        env_add: args
+            .env
+            .iter()
+            .map(|pair| parse_env_pair(pair))
+            .collect::<Result<_>>()?,
+        env_remove: args.env_remove.clone(),
+        user: args.user.clone(),
+        stop_grace_ms: optional_ms(&args.stop_grace)?,
+        restart: args.restart.map(restart_policy),
+        health,
+        remove_health: args.no_health,
+        parallelism: args.parallelism,
+        delay_ms: optional_ms(&args.delay)?,
+        on_failure: args.on_failure.map(|action| match action {
+            FailureActionArg::Pause => FailureAction::Pause,
+            FailureActionArg::Continue => FailureAction::Continue,
+            FailureActionArg::Rollback => FailureAction::Rollback,
+        }),
+        monitor_ms: optional_ms(&args.monitor)?,
+        force: args.force,
+    })
+}
+
+/// Follows a rollout to `generation` with a progress bar until it completes, pauses or is
+/// rolled back; an error unless it completed as asked.
+async fn follow_rollout(
+    client: &crate::client::ClusterClient,
+    name: &str,
+    generation: u64,
+    kind: RolloutKind,
+) -> Result<()> {
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {pos}/{len} replicas")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    loop {
+        let (_, answer): (_, PsAnswer) = client.call_any(METHOD_PS, &name.to_string()).await?;
+        let target = answer.spec.generation;
+        let updated = answer
+            .replicas
+            .iter()
+            .filter(|replica| replica.generation == target && replica.state == "running")
+            .count() as u64;
+        bar.set_length(u64::from(answer.spec.replicas));
+        bar.set_position(updated.min(u64::from(answer.spec.replicas)));
+        let Some(rollout) = answer.rollout else {
+            bar.set_message(format!("{name}: waiting for the reconciler"));
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            continue;
+        };
+        bar.set_message(format!("{name}: {}", rollout.describe()));
+        let ours = rollout.to_generation == generation && rollout.kind == kind;
+        match rollout.state {
+            RolloutState::Running => {}
+            RolloutState::Completed if ours => {
+                bar.finish_and_clear();
+                println!("{name}: {}", rollout.describe());
+                return Ok(());
+            }
+            RolloutState::Paused if ours => {
+                bar.finish_and_clear();
+                bail!(
+                    "{name}: {} — bramble service rollback {name} returns to the previous version",
+                    rollout.describe()
+                );
+            }
+            _ if rollout.kind == RolloutKind::Rollback && kind == RolloutKind::Update => {
+                // The update failed and is being (or has been) rolled back: follow that.
+                if rollout.state == RolloutState::Completed {
+                    bar.finish_and_clear();
+                    bail!(
+                        "{name}: the update failed and was rolled back: {}",
+                        rollout.describe()
+                    );
+                }
+            }
+            _ => {
+                bar.finish_and_clear();
+                bail!(
+                    "{name}: another change replaced this one: {}",
+                    rollout.describe()
+                );
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
 }

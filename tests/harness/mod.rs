@@ -74,6 +74,27 @@ pub fn free_port(ip: [u8; 4]) -> u16 {
     }
 }
 
+/// The first of `count` consecutive free TCP ports on 127.0.0.1, below the kernel's
+/// ephemeral range (32768 and up), so no outgoing connection takes one of them meanwhile:
+/// for services, whose replica i listens on base + i.
+pub fn free_port_run(count: u16) -> u16 {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.subsec_nanos())
+        .unwrap_or(0)
+        ^ std::process::id().wrapping_mul(2_654_435_761);
+    for attempt in 0..2_000u32 {
+        let base = 20_000 + (seed.wrapping_add(attempt.wrapping_mul(7_919)) % 12_000) as u16;
+        let listeners: Vec<_> = (0..count)
+            .map_while(|offset| std::net::TcpListener::bind(("127.0.0.1", base + offset)).ok())
+            .collect();
+        if listeners.len() == usize::from(count) {
+            return base;
+        }
+    }
+    panic!("no {count} consecutive free ports between 20000 and 32000");
+}
+
 /// Polls `condition` every 100 ms until it holds; panics with `what` after `timeout`.
 pub fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) -> Duration {
     let started = Instant::now();

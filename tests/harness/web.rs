@@ -11,6 +11,11 @@ use super::TestCluster;
 
 /// GET `/` over a fresh connection; the status code, or why there was none.
 pub fn get_status(address: SocketAddr, timeout: Duration) -> Result<u16, String> {
+    get_answer(address, timeout).map(|(status, _)| status)
+}
+
+/// `GET /`'s status and body.
+pub fn get_answer(address: SocketAddr, timeout: Duration) -> Result<(u16, String), String> {
     let mut stream =
         TcpStream::connect_timeout(&address, timeout).map_err(|error| error.to_string())?;
     stream
@@ -25,10 +30,16 @@ pub fn get_status(address: SocketAddr, timeout: Duration) -> Result<u16, String>
         .read_to_end(&mut answer)
         .map_err(|error| error.to_string())?;
     let text = String::from_utf8_lossy(&answer);
-    text.split_whitespace()
+    let status = text
+        .split_whitespace()
         .nth(1)
         .and_then(|code| code.parse().ok())
-        .ok_or_else(|| format!("no status line in {text:?}"))
+        .ok_or_else(|| format!("no status line in {text:?}"))?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.trim().to_string())
+        .unwrap_or_default();
+    Ok((status, body))
 }
 
 /// The demo site's address (`bramble status`), once it answers.
@@ -72,15 +83,18 @@ pub fn client_loop(site: SocketAddr, every: Duration, done: &AtomicBool) -> Serv
     let mut record = ServiceRecord::default();
     let mut last_answer = Instant::now();
     while !done.load(Ordering::Relaxed) {
-        let outcome = get_status(site, Duration::from_secs(2));
+        let outcome = get_answer(site, Duration::from_secs(2));
         let now = Instant::now();
         record.requests += 1;
         match outcome {
-            Ok(200) => {
+            Ok((200, _)) => {
                 record.longest_gap = record.longest_gap.max(now - last_answer);
                 last_answer = now;
             }
-            Ok(status) => record.failures.push(format!("status {status}")),
+            Ok((status, body)) => record.failures.push(format!(
+                "status {status}: {}",
+                body.chars().take(120).collect::<String>()
+            )),
             Err(error) => record.failures.push(error),
         }
         std::thread::sleep(every);

@@ -269,7 +269,9 @@ impl LoadBalancers {
     }
 
     /// Adds the replicas of `spec`'s services as backends: `<service>-<index>` at its
-    /// node's address and the replica's port, from this node's catalog replica.
+    /// node's address and the replica's port, from this node's catalog replica: those
+    /// not withheld (a replica joins once it runs and is healthy, and leaves before a
+    /// rolling update replaces it).
     fn expand_services(&self, spec: &mut BalancerSpec, addresses: &BTreeMap<String, IpAddr>) {
         for service in spec.services.clone() {
             let entries = match self.meta.reader().list(&assign_prefix(&service), 10_000) {
@@ -286,6 +288,10 @@ impl LoadBalancers {
                 let Ok(assignment) = serde_json::from_slice::<Assignment>(&value.value) else {
                     continue;
                 };
+                // Not yet healthy, or about to be replaced by a rolling update.
+                if assignment.withheld_since_unix_ms.is_some() {
+                    continue;
+                }
                 let (Some(ip), Some(port)) = (addresses.get(&assignment.node), assignment.port)
                 else {
                     continue;

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::spec::ServiceSpec;
+use super::spec::{FailureAction, HealthCheck, RestartPolicy, Rollout, ServiceSpec};
 use super::supervisor::ReplicaStatus;
 
 pub const SERVICE: &str = "services";
@@ -14,6 +14,32 @@ pub const METHOD_REMOVE: &str = "services.remove";
 pub const METHOD_PS: &str = "services.ps";
 pub const METHOD_LOCAL: &str = "services.local";
 pub const METHOD_LOGS: &str = "services.logs";
+pub const METHOD_UPDATE: &str = "services.update";
+pub const METHOD_ROLLBACK: &str = "services.rollback";
+
+/// `services.update`: what changes (`None` and empty lists keep what is there). A change of
+/// what replicas run starts a rolling update; a change of the update policy alone does not.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct UpdateRequest {
+    pub name: String,
+    /// A new program and its arguments.
+    pub command: Option<Vec<String>>,
+    /// Variables to add or replace.
+    pub env_add: Vec<(String, String)>,
+    /// Variables to remove.
+    pub env_remove: Vec<String>,
+    pub user: Option<String>,
+    pub stop_grace_ms: Option<u64>,
+    pub restart: Option<RestartPolicy>,
+    pub health: Option<HealthCheck>,
+    pub remove_health: bool,
+    pub parallelism: Option<u32>,
+    pub delay_ms: Option<u64>,
+    pub on_failure: Option<FailureAction>,
+    pub monitor_ms: Option<u64>,
+    /// Replace every replica even if nothing they run changed (Swarm's `--force`).
+    pub force: bool,
+}
 
 /// `services.scale`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -42,6 +68,9 @@ pub struct PsAnswer {
     pub pending: Vec<(u32, String)>,
     /// Nodes that did not answer.
     pub unreachable: Vec<String>,
+    /// The latest rolling update, if there was one.
+    #[serde(default)]
+    pub rollout: Option<Rollout>,
 }
 
 /// `services.logs`: a replica's log on the node that runs it.

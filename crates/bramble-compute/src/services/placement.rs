@@ -3,6 +3,8 @@
 //! replica stays where it is while its node is alive (or only suspected) and still allowed;
 //! otherwise it moves to the allowed node with the fewest replicas of the service, then
 //! the fewest replicas overall (spread, as Swarm's scheduler), within `max_per_node`.
+//! A new or moved replica runs the service's current version; which version a kept
+//! replica runs is left to the rolling update (`super::rollout`).
 
 use std::collections::BTreeMap;
 
@@ -73,13 +75,13 @@ pub fn reconcile(
                 let node = nodes.iter().find(|node| node.name == assignment.node);
                 let keeps = node.is_some_and(|node| (node.alive || node.suspect) && allowed(node));
                 if keeps {
-                    if assignment.port != port || assignment.generation != spec.generation {
+                    // Its version is the rolling update's business, not placement's.
+                    if assignment.port != port {
                         changes.place.insert(
                             key,
                             Assignment {
-                                node: assignment.node.clone(),
                                 port,
-                                generation: spec.generation,
+                                ..assignment.clone()
                             },
                         );
                     }
@@ -117,6 +119,8 @@ pub fn reconcile(
                             node: node.name.clone(),
                             port,
                             generation: spec.generation,
+                            withheld_since_unix_ms: None,
+                            updated_unix_ms: 0,
                         },
                     );
                 }
@@ -154,25 +158,12 @@ pub fn reconcile(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::services::spec::{Constraint, RestartPolicy};
+    use crate::services::spec::Constraint;
 
     fn spec(name: &str, replicas: u32, max_per_node: u32) -> ServiceSpec {
-        ServiceSpec {
-            name: name.into(),
-            program: "sleep".into(),
-            args: vec!["1000".into()],
-            replicas,
-            port: Some(8000),
-            env: vec![],
-            restart: RestartPolicy::Always,
-            max_per_node,
-            constraints: vec![],
-            user: None,
-            stop_grace_ms: 10_000,
-            health: None,
-            generation: 1,
-            created_unix_ms: 0,
-        }
+        let mut spec = ServiceSpec::example(name, replicas);
+        spec.max_per_node = max_per_node;
+        spec
     }
 
     fn node(name: &str, alive: bool) -> Candidate {

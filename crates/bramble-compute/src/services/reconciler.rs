@@ -3,7 +3,9 @@
 //! [`super::placement::reconcile`], whenever a spec or the membership changes and every
 //! few seconds. Its writes are fenced by the lease grant's version, so a node whose lease
 //! moved on cannot place anything. Nodes' supervisors then start and stop what is placed on
-//! them; the reconciler never talks to them.
+//! them. While a service has placements behind its current version, each pass also takes
+//! the rolling update a step further (`super::rollout`), for which it asks the nodes how
+//! the service's replicas are doing.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -17,7 +19,10 @@ use bramble_util::WorkerContext;
 use tracing::{info, warn};
 
 use super::placement::{Candidate, reconcile};
+use super::rollout::{decide, rollback_batch};
+use super::service::gather_replicas;
 use super::spec::*;
+use super::supervisor::Supervisor;
 use crate::jobs::scheduler::scan_all;
 
 /// The lease period: a dead reconciler is replaced after about this long.
@@ -26,6 +31,8 @@ const LEASE_TTL: Duration = Duration::from_secs(3);
 const MEMBERSHIP_POLL: Duration = Duration::from_millis(200);
 /// A pass at least this often, whatever changed.
 const PERIODIC_PASS: Duration = Duration::from_secs(5);
+/// A pass this often while a rolling update is under way.
+const ROLLOUT_PASS: Duration = Duration::from_millis(250);
 
 /// What placement decides from: every spec, every placement, every member (read from the
 /// leader, so a decision never rests on a lagging replica).
@@ -72,15 +79,26 @@ pub struct Reconciler {
     node: String,
     meta: Arc<Meta>,
     membership: Arc<Membership>,
+    rpc: bramble_net::RpcClient,
+    /// This node's replicas, reported with the others' during a rolling update.
+    supervisor: Arc<Supervisor>,
     holding: std::sync::atomic::AtomicBool,
 }
 
 impl Reconciler {
-    pub fn new(node: &str, meta: Arc<Meta>, membership: Arc<Membership>) -> Arc<Reconciler> {
+    pub fn new(
+        node: &str,
+        meta: Arc<Meta>,
+        membership: Arc<Membership>,
+        rpc: bramble_net::RpcClient,
+        supervisor: Arc<Supervisor>,
+    ) -> Arc<Reconciler> {
         Arc::new(Reconciler {
             node: node.to_string(),
             meta,
             membership,
+            rpc,
+            supervisor,
             holding: std::sync::atomic::AtomicBool::new(false),
         })
     }
@@ -123,11 +141,17 @@ impl Reconciler {
                     dirty = true;
                 }
                 if dirty || Instant::now() >= next_pass {
+                    let mut period = PERIODIC_PASS;
                     match self.pass(grant_version).await {
-                        Ok(()) => dirty = false,
+                        Ok(rolling) => {
+                            dirty = false;
+                            if rolling {
+                                period = ROLLOUT_PASS;
+                            }
+                        }
                         Err(error) => worker.report_error(&error),
                     }
-                    next_pass = Instant::now() + PERIODIC_PASS;
+                    next_pass = Instant::now() + period;
                 }
             }
             tokio::select! {
@@ -143,59 +167,185 @@ impl Reconciler {
                     }
                     dirty = true;
                 }
-                _ = tokio::time::sleep(MEMBERSHIP_POLL) => {}
+                _ = tokio::time::sleep(MEMBERSHIP_POLL.min(next_pass.saturating_duration_since(Instant::now()))) => {}
             }
         }
     }
 
-    /// One reconciliation: read specs and placements, place, write what changed.
-    async fn pass(&self, grant_version: u64) -> Result<(), String> {
-        let (specs, current, nodes) = placement_inputs(&self.meta, &self.membership)
+    /// One reconciliation: read specs and placements, place, write what changed, then take
+    /// every rolling update a step. Returns whether one is under way.
+    async fn pass(&self, grant_version: u64) -> Result<bool, String> {
+        let (specs, mut current, nodes) = placement_inputs(&self.meta, &self.membership)
             .await
             .map_err(|error| format!("reading the services and placements: {error}"))?;
         let changes = reconcile(&specs, &current, &nodes);
-        if changes.place.is_empty() && changes.remove.is_empty() {
-            return Ok(());
-        }
         let mut operations = Vec::new();
-        for (service, index) in &changes.remove {
-            if !changes.place.contains_key(&(service.clone(), *index)) {
+        for key in &changes.remove {
+            if !changes.place.contains_key(key) {
                 operations.push(Operation::Delete {
-                    key: assign_key(service, *index),
+                    key: assign_key(&key.0, key.1),
                 });
+                current.remove(key);
             }
         }
+        let now = bramble_util::time::unix_millis();
         for ((service, index), assignment) in &changes.place {
-            let moved = current
+            let previous_node = current
                 .get(&(service.clone(), *index))
-                .is_some_and(|old| old.node != assignment.node);
-            if moved {
-                info!(service, index, node = %assignment.node, "moving a replica");
+                .map(|old| old.node.clone());
+            let mut assignment = assignment.clone();
+            if previous_node.as_ref() != Some(&assignment.node) {
+                // New on its node: out of the balancers until it runs and is healthy.
+                assignment.withheld_since_unix_ms = Some(now);
+                if previous_node.is_some() {
+                    info!(service, index, node = %assignment.node, "moving a replica");
+                }
             }
             operations.push(Operation::Put {
                 key: assign_key(service, *index),
-                value: serde_json::to_vec(assignment).unwrap_or_default(),
+                value: serde_json::to_vec(&assignment).unwrap_or_default(),
             });
+            current.insert((service.clone(), *index), assignment);
         }
-        let lease_key = bramble_meta::lease::lease_key(RECONCILER_LEASE);
         for chunk in operations.chunks(1000) {
-            let command = Command::Batch {
-                conditions: vec![Condition {
-                    key: lease_key.clone(),
-                    version: grant_version,
-                }],
-                operations: chunk.to_vec(),
-            };
-            match self.meta.write(command, false).await {
-                Ok(CommandResult::BatchApplied { .. }) => {}
-                Ok(CommandResult::ConditionFailed { .. }) => {
-                    warn!("placements refused: the reconciler lease moved on");
-                    return Err("the reconciler lease moved on".to_string());
+            self.fenced_write(grant_version, Vec::new(), chunk.to_vec())
+                .await?;
+        }
+        self.roll_out(grant_version, &specs, &current).await
+    }
+
+    /// Takes each service whose placements are behind its version or withheld from the
+    /// balancers (or whose rollout is still open) one step further.
+    async fn roll_out(
+        &self,
+        grant_version: u64,
+        specs: &BTreeMap<String, ServiceSpec>,
+        current: &BTreeMap<(String, u32), Assignment>,
+    ) -> Result<bool, String> {
+        let records: BTreeMap<String, Rollout> = scan_all(&self.meta, ROLLOUT_PREFIX)
+            .await
+            .map_err(|error| format!("reading the rollouts: {error}"))?
+            .into_iter()
+            .filter_map(|(key, value)| {
+                let name = key.strip_prefix(ROLLOUT_PREFIX)?.to_string();
+                Some((name, serde_json::from_slice(&value).ok()?))
+            })
+            .collect();
+        let mut rolling = false;
+        for (name, spec) in specs {
+            let assignments: BTreeMap<u32, Assignment> = current
+                .iter()
+                .filter(|((service, _), _)| service == name)
+                .map(|((_, index), assignment)| (*index, assignment.clone()))
+                .collect();
+            let record = records.get(name);
+            let behind = assignments.iter().any(|(index, assignment)| {
+                *index < spec.replicas
+                    && (assignment.generation != spec.generation
+                        || assignment.withheld_since_unix_ms.is_some())
+            });
+            let open = record.is_some_and(|record| record.state == RolloutState::Running);
+            if !behind && !open {
+                continue;
+            }
+            let (replicas, _) = gather_replicas(
+                &self.node,
+                &self.membership,
+                &self.rpc,
+                &self.supervisor,
+                Some(name),
+            )
+            .await;
+            let decision = decide(
+                spec,
+                record,
+                &assignments,
+                &replicas,
+                bramble_util::time::unix_millis(),
+            );
+            rolling |= decision.active;
+            if let Some(reason) = decision.roll_back {
+                warn!(service = %name, %reason, "the update failed; rolling back");
+                let stored = self
+                    .meta
+                    .read(
+                        &spec_key(name),
+                        bramble_meta::api::Consistency::Linearizable,
+                        false,
+                    )
+                    .await
+                    .map_err(|error| format!("reading service {name}: {error}"))?;
+                let Some(stored) = stored else { continue };
+                let Ok(latest) = serde_json::from_slice::<ServiceSpec>(&stored.value) else {
+                    continue;
+                };
+                if latest.generation != spec.generation {
+                    continue;
                 }
-                Ok(other) => return Err(format!("placing replicas: {other:?}")),
-                Err(error) => return Err(format!("placing replicas: {error}")),
+                if let Some((conditions, operations)) =
+                    rollback_batch(&latest, stored.version, format!("rolling back: {reason}"))
+                {
+                    self.fenced_write(grant_version, conditions, operations)
+                        .await?;
+                }
+                rolling = true;
+                continue;
+            }
+            let mut operations: Vec<Operation> = decision
+                .assignments
+                .iter()
+                .map(|(index, assignment)| Operation::Put {
+                    key: assign_key(name, *index),
+                    value: serde_json::to_vec(assignment).unwrap_or_default(),
+                })
+                .collect();
+            if let Some(rollout) = &decision.rollout {
+                if rollout.state != RolloutState::Running {
+                    info!(service = %name, rollout = %rollout.describe(), "a rollout ended");
+                }
+                operations.push(Operation::Put {
+                    key: rollout_key(name),
+                    value: serde_json::to_vec(rollout).unwrap_or_default(),
+                });
+            }
+            if !operations.is_empty() {
+                self.fenced_write(grant_version, Vec::new(), operations)
+                    .await?;
             }
         }
-        Ok(())
+        Ok(rolling)
+    }
+
+    /// A catalog batch that applies only while this node's lease grant stands (and the
+    /// extra `conditions` hold).
+    async fn fenced_write(
+        &self,
+        grant_version: u64,
+        mut conditions: Vec<Condition>,
+        operations: Vec<Operation>,
+    ) -> Result<(), String> {
+        conditions.push(Condition {
+            key: bramble_meta::lease::lease_key(RECONCILER_LEASE),
+            version: grant_version,
+        });
+        match self
+            .meta
+            .write(
+                Command::Batch {
+                    conditions,
+                    operations,
+                },
+                false,
+            )
+            .await
+        {
+            Ok(CommandResult::BatchApplied { .. }) => Ok(()),
+            Ok(CommandResult::ConditionFailed { .. }) => {
+                warn!("a reconciler write was refused: the lease (or the service) moved on");
+                Err("the reconciler lease or the service moved on".to_string())
+            }
+            Ok(other) => Err(format!("writing placements: {other:?}")),
+            Err(error) => Err(format!("writing placements: {error}")),
+        }
     }
 }

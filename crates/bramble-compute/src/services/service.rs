@@ -47,6 +47,11 @@ impl Handler for ServicesService {
                 encode(&self.spec(&name).await?.0)
             }
             "scale" => encode(&self.scale(request.decode()?).await?),
+            "update" => encode(&self.update(request.decode()?).await?),
+            "rollback" => {
+                let name: String = request.decode()?;
+                encode(&self.rollback(&name).await?)
+            }
             "remove" => {
                 let name: String = request.decode()?;
                 encode(&self.remove(&name).await?)
@@ -145,6 +150,143 @@ impl ServicesService {
         ))
     }
 
+    /// Stores a new version of a service and opens a rolling update to it (the reconciler
+    /// carries it out).
+    async fn update(&self, request: UpdateRequest) -> Result<ServiceSpec, RpcError> {
+        for _ in 0..10 {
+            let (spec, version) = self.spec(&request.name).await?;
+            let mut next = spec.clone();
+            next.previous = None;
+            if let Some(command) = &request.command {
+                let (program, args) = command
+                    .split_first()
+                    .ok_or_else(|| RpcError::bad_request("the new command is empty"))?;
+                next.program = program.clone();
+                next.args = args.to_vec();
+            }
+            next.env
+                .retain(|(name, _)| !request.env_remove.contains(name));
+            for (name, value) in &request.env_add {
+                match next.env.iter_mut().find(|(existing, _)| existing == name) {
+                    Some(entry) => entry.1 = value.clone(),
+                    None => next.env.push((name.clone(), value.clone())),
+                }
+            }
+            if let Some(user) = &request.user {
+                next.user = Some(user.clone());
+            }
+            if let Some(grace) = request.stop_grace_ms {
+                next.stop_grace_ms = grace;
+            }
+            if let Some(restart) = request.restart {
+                next.restart = restart;
+            }
+            if request.remove_health {
+                next.health = None;
+            }
+            if let Some(health) = &request.health {
+                next.health = Some(health.clone());
+            }
+            if let Some(parallelism) = request.parallelism {
+                next.update.parallelism = parallelism;
+            }
+            if let Some(delay) = request.delay_ms {
+                next.update.delay_ms = delay;
+            }
+            if let Some(action) = request.on_failure {
+                next.update.on_failure = action;
+            }
+            if let Some(monitor) = request.monitor_ms {
+                next.update.monitor_ms = monitor;
+            }
+            let new_version = request.force || next.runs_differently(&spec);
+            let mut operations = Vec::new();
+            if new_version {
+                let previous_generation = spec
+                    .previous
+                    .as_ref()
+                    .map_or(0, |previous| previous.generation);
+                next.generation = spec.generation.max(previous_generation) + 1;
+                let mut previous = spec.clone();
+                previous.previous = None;
+                next.previous = Some(Box::new(previous));
+                let rollout =
+                    Rollout::start(RolloutKind::Update, spec.generation, next.generation, None);
+                operations.push(Operation::Put {
+                    key: rollout_key(&spec.name),
+                    value: serde_json::to_vec(&rollout).unwrap_or_default(),
+                });
+            } else if next.update == spec.update {
+                return Err(RpcError::bad_request(format!(
+                    "nothing to change in service {:?} (--force replaces its replicas anyway)",
+                    spec.name
+                )));
+            } else {
+                // Only the update policy changed: the version and its replicas stay.
+                next.previous = spec.previous.clone();
+            }
+            next.validate().map_err(RpcError::bad_request)?;
+            operations.push(Operation::Put {
+                key: spec_key(&spec.name),
+                value: serde_json::to_vec(&next).unwrap_or_default(),
+            });
+            let result = self
+                .meta
+                .write(
+                    Command::Batch {
+                        conditions: vec![Condition {
+                            key: spec_key(&spec.name),
+                            version,
+                        }],
+                        operations,
+                    },
+                    false,
+                )
+                .await?;
+            if matches!(result, CommandResult::BatchApplied { .. }) {
+                return Ok(next);
+            }
+        }
+        Err(RpcError::new(
+            ErrorKind::Unavailable,
+            "the service kept changing; try again",
+        ))
+    }
+
+    /// Returns a service to its previous version (a rolling update back).
+    async fn rollback(&self, name: &str) -> Result<ServiceSpec, RpcError> {
+        for _ in 0..10 {
+            let (spec, version) = self.spec(name).await?;
+            let Some((conditions, operations)) = super::rollout::rollback_batch(
+                &spec,
+                version,
+                "asked for by service rollback".to_string(),
+            ) else {
+                return Err(RpcError::bad_request(format!(
+                    "service {name:?} has no previous version to return to"
+                )));
+            };
+            let restored = super::rollout::rolled_back(&spec).unwrap_or(spec);
+            let result = self
+                .meta
+                .write(
+                    Command::Batch {
+                        conditions,
+                        operations,
+                    },
+                    false,
+                )
+                .await?;
+            if matches!(result, CommandResult::BatchApplied { .. }) {
+                return Ok(restored);
+            }
+        }
+        Err(RpcError::new(
+            ErrorKind::Unavailable,
+            "the service kept changing; try again",
+        ))
+    }
+
     async fn remove(&self, name: &str) -> Result<ServiceSpec, RpcError> {
         let (spec, version) = self.spec(name).await?;
         let result = self
@@ -162,6 +304,9 @@ impl ServicesService {
                         Operation::DeletePrefix {
                             prefix: assign_prefix(name),
                         },
+                        Operation::Delete {
+                            key: rollout_key(name),
+                        },
                     ],
                 },
                 false,
@@ -176,40 +321,15 @@ impl ServicesService {
         }
     }
 
-    /// Every live member's replicas (of `service`, or all), asked at once.
     async fn gather(&self, service: Option<&str>) -> (Vec<ReplicaStatus>, Vec<String>) {
-        let members = self.membership.nodes().await;
-        let mut calls = Vec::new();
-        for member in members {
-            if !matches!(member.state, NodeState::Alive | NodeState::Suspect) {
-                continue;
-            }
-            if member.name == self.node {
-                continue;
-            }
-            let rpc = self.rpc.clone();
-            let name = service.map(str::to_string);
-            // Asked at once: one silent node costs the answer two seconds, not each.
-            calls.push((
-                member.name,
-                tokio::spawn(async move {
-                    let call =
-                        rpc.call_reusing::<_, Vec<ReplicaStatus>>(member.addr, METHOD_LOCAL, &name);
-                    tokio::time::timeout(Duration::from_secs(2), call).await
-                }),
-            ));
-        }
-        let mut replicas = self.supervisor.statuses(service);
-        let mut unreachable = Vec::new();
-        for (node, call) in calls {
-            match call.await {
-                Ok(Ok(Ok(found))) => replicas.extend(found),
-                _ => unreachable.push(node),
-            }
-        }
-        replicas
-            .sort_by(|a, b| (&a.service, a.index, &a.node).cmp(&(&b.service, b.index, &b.node)));
-        (replicas, unreachable)
+        gather_replicas(
+            &self.node,
+            &self.membership,
+            &self.rpc,
+            &self.supervisor,
+            service,
+        )
+        .await
     }
 
     async fn ps(&self, name: &str) -> Result<PsAnswer, RpcError> {
@@ -241,11 +361,17 @@ impl ServicesService {
                 (index, reason)
             })
             .collect();
+        let rollout = self
+            .meta
+            .read(&rollout_key(name), Consistency::Linearizable, false)
+            .await?
+            .and_then(|value| serde_json::from_slice(&value.value).ok());
         Ok(PsAnswer {
             spec,
             replicas,
             pending,
             unreachable,
+            rollout,
         })
     }
 
@@ -307,4 +433,43 @@ impl ServicesService {
         let start = bytes.len().saturating_sub(wanted as usize);
         Ok(bytes[start..].to_vec())
     }
+}
+
+/// Every live member's replicas (of `service`, or all), asked at once; and the members
+/// that did not answer.
+pub(crate) async fn gather_replicas(
+    node: &str,
+    membership: &Membership,
+    rpc: &RpcClient,
+    supervisor: &Supervisor,
+    service: Option<&str>,
+) -> (Vec<ReplicaStatus>, Vec<String>) {
+    let members = membership.nodes().await;
+    let mut calls = Vec::new();
+    for member in members {
+        if !matches!(member.state, NodeState::Alive | NodeState::Suspect) || member.name == node {
+            continue;
+        }
+        let rpc = rpc.clone();
+        let name = service.map(str::to_string);
+        // Asked at once: one silent node costs the answer two seconds, not each.
+        calls.push((
+            member.name,
+            tokio::spawn(async move {
+                let call =
+                    rpc.call_reusing::<_, Vec<ReplicaStatus>>(member.addr, METHOD_LOCAL, &name);
+                tokio::time::timeout(Duration::from_secs(2), call).await
+            }),
+        ));
+    }
+    let mut replicas = supervisor.statuses(service);
+    let mut unreachable = Vec::new();
+    for (node, call) in calls {
+        match call.await {
+            Ok(Ok(Ok(found))) => replicas.extend(found),
+            _ => unreachable.push(node),
+        }
+    }
+    replicas.sort_by(|a, b| (&a.service, a.index, &a.node).cmp(&(&b.service, b.index, &b.node)));
+    (replicas, unreachable)
 }

@@ -7,6 +7,8 @@ use serde::{Deserialize, Serialize};
 pub const PREFIX: &str = "services/";
 pub const SPEC_PREFIX: &str = "services/spec/";
 pub const ASSIGN_PREFIX: &str = "services/assign/";
+/// The state of each service's latest rolling update (`services/rollout/<name>`).
+pub const ROLLOUT_PREFIX: &str = "services/rollout/";
 /// The reconciler's lease.
 pub const RECONCILER_LEASE: &str = "services/reconciler";
 /// Most replicas of one service.
@@ -20,6 +22,10 @@ pub const MAX_STOP_GRACE_MS: u64 = 10 * 60 * 1000;
 
 pub fn spec_key(name: &str) -> String {
     format!("{SPEC_PREFIX}{name}")
+}
+
+pub fn rollout_key(name: &str) -> String {
+    format!("{ROLLOUT_PREFIX}{name}")
 }
 
 pub fn assign_prefix(name: &str) -> String {
@@ -197,9 +203,18 @@ pub struct ServiceSpec {
     pub stop_grace_ms: u64,
     #[serde(default)]
     pub health: Option<HealthCheck>,
-    /// Grows with every change of the spec (a replica restarts on a new generation).
+    /// The version of what replicas run (command, environment, health check, user…): grows
+    /// with every `service update`; scaling keeps it. Each placement names the generation
+    /// its replica runs, which a rolling update moves forward a few replicas at a time.
     pub generation: u64,
     pub created_unix_ms: u64,
+    /// How `service update` replaces replicas.
+    #[serde(default)]
+    pub update: UpdatePolicy,
+    /// The version before the last update: what replicas not yet updated still run, and
+    /// what `service rollback` returns to. Its own `previous` is always empty.
+    #[serde(default)]
+    pub previous: Option<Box<ServiceSpec>>,
 }
 
 impl ServiceSpec {
@@ -263,7 +278,52 @@ impl ServiceSpec {
             bramble_util::names::validate_name("--user", user)
                 .map_err(|error| error.to_string())?;
         }
+        self.update.validate()?;
+        if let Some(previous) = &self.previous {
+            if previous.previous.is_some() || previous.name != self.name {
+                return Err("a service's previous version is one level deep".to_string());
+            }
+            previous.validate()?;
+        }
         Ok(())
+    }
+
+    /// The version a placement of `generation` runs: this one, the previous one while a
+    /// rolling update is under way, and this one for anything older (superseded twice: it
+    /// is replaced at once rather than run from a version no longer kept).
+    pub fn version(&self, generation: u64) -> &ServiceSpec {
+        match &self.previous {
+            Some(previous)
+                if previous.generation == generation && generation != self.generation =>
+            {
+                previous
+            }
+            _ => self,
+        }
+    }
+
+    /// Whether `other` runs something different (a replica of one would be restarted to
+    /// run the other): everything but the name, scale, placement rules and bookkeeping.
+    pub fn runs_differently(&self, other: &ServiceSpec) -> bool {
+        (
+            &self.program,
+            &self.args,
+            &self.env,
+            self.port,
+            self.restart,
+            &self.user,
+            self.stop_grace_ms,
+            &self.health,
+        ) != (
+            &other.program,
+            &other.args,
+            &other.env,
+            other.port,
+            other.restart,
+            &other.user,
+            other.stop_grace_ms,
+            &other.health,
+        )
     }
 
     pub fn describe_command(&self) -> String {
@@ -285,8 +345,181 @@ impl ServiceSpec {
 pub struct Assignment {
     pub node: String,
     pub port: Option<u16>,
-    /// The spec generation this placement was made for.
+    /// The version its replica runs (see [`ServiceSpec::version`]).
     pub generation: u64,
+    /// Kept out of the balancers since then: a replica that is new here (placed, moved or
+    /// updated) until it runs and passes its health check, and one a rolling update is
+    /// about to replace, for a drain first. Balancers serve only replicas without it.
+    #[serde(default)]
+    pub withheld_since_unix_ms: Option<u64>,
+    /// When a rolling update last moved this placement to a new version, or returned it to
+    /// the balancers.
+    #[serde(default)]
+    pub updated_unix_ms: u64,
+}
+
+/// What a rolling update does when a replica of the new version fails (Swarm's
+/// `--update-failure-action`; `rollback` is Nomad's `auto_revert`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailureAction {
+    /// Stop replacing replicas and say why (Swarm's default).
+    #[default]
+    Pause,
+    /// Carry on with the other replicas.
+    Continue,
+    /// Return every replica to the previous version.
+    Rollback,
+}
+
+impl FailureAction {
+    pub fn name(self) -> &'static str {
+        match self {
+            FailureAction::Pause => "pause",
+            FailureAction::Continue => "continue",
+            FailureAction::Rollback => "rollback",
+        }
+    }
+}
+
+/// How replicas are replaced by a new version: `parallelism` at a time (0: all at once),
+/// `delay_ms` between batches; a replica counts as updated once it has run (and, with a
+/// health check, been healthy) for `monitor_ms` (Swarm's `--update-monitor`, 5 s).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdatePolicy {
+    pub parallelism: u32,
+    pub delay_ms: u64,
+    pub on_failure: FailureAction,
+    pub monitor_ms: u64,
+}
+
+impl Default for UpdatePolicy {
+    fn default() -> UpdatePolicy {
+        UpdatePolicy {
+            parallelism: 1,
+            delay_ms: 0,
+            on_failure: FailureAction::Pause,
+            monitor_ms: 5_000,
+        }
+    }
+}
+
+impl UpdatePolicy {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.parallelism > MAX_REPLICAS
+            || self.delay_ms > 3_600_000
+            || self.monitor_ms > 3_600_000
+        {
+            return Err(format!(
+                "update: --parallelism 0 to {MAX_REPLICAS}, --delay and --monitor at most 1 h"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Whether a rollout brings a new version or returns to the previous one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RolloutKind {
+    Update,
+    Rollback,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RolloutState {
+    /// Replacing replicas.
+    Running,
+    /// Stopped after a failure (or a failed rollback); `service update` or `rollback`
+    /// starts a new one.
+    Paused,
+    Completed,
+}
+
+/// A service's latest rolling update, kept at `services/rollout/<name>`: written by
+/// `update` and `rollback` when they start one, then only by the reconciler.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rollout {
+    pub kind: RolloutKind,
+    pub state: RolloutState,
+    pub from_generation: u64,
+    pub to_generation: u64,
+    pub started_unix_ms: u64,
+    pub finished_unix_ms: Option<u64>,
+    /// Why it paused or rolled back, or how it ended.
+    pub message: Option<String>,
+    /// A batch of replicas is being replaced.
+    #[serde(default)]
+    pub batch_open: bool,
+    /// When the last batch finished (the next waits `delay_ms` after it).
+    #[serde(default)]
+    pub batch_done_unix_ms: u64,
+    /// Replicas whose failure was let pass (`--on-failure continue`).
+    #[serde(default)]
+    pub failures_let_pass: Vec<u32>,
+}
+
+impl Rollout {
+    pub fn start(kind: RolloutKind, from: u64, to: u64, message: Option<String>) -> Rollout {
+        Rollout {
+            kind,
+            state: RolloutState::Running,
+            from_generation: from,
+            to_generation: to,
+            started_unix_ms: bramble_util::time::unix_millis(),
+            finished_unix_ms: None,
+            message,
+            batch_open: false,
+            batch_done_unix_ms: 0,
+            failures_let_pass: Vec::new(),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        let kind = match self.kind {
+            RolloutKind::Update => "update",
+            RolloutKind::Rollback => "rollback",
+        };
+        let state = match self.state {
+            RolloutState::Running => "running",
+            RolloutState::Paused => "paused",
+            RolloutState::Completed => "completed",
+        };
+        let mut text = format!(
+            "{kind} from version {} to {}: {state}",
+            self.from_generation, self.to_generation
+        );
+        if let Some(message) = &self.message {
+            text.push_str(&format!(" ({message})"));
+        }
+        text
+    }
+}
+
+#[cfg(test)]
+impl ServiceSpec {
+    /// A plain service for tests: `sleep 1000`, replicas on port 8000 upwards.
+    pub fn example(name: &str, replicas: u32) -> ServiceSpec {
+        ServiceSpec {
+            name: name.into(),
+            program: "sleep".into(),
+            args: vec!["1000".into()],
+            replicas,
+            port: Some(8000),
+            env: vec![],
+            restart: RestartPolicy::Always,
+            max_per_node: 0,
+            constraints: vec![],
+            user: None,
+            stop_grace_ms: 10_000,
+            health: None,
+            generation: 1,
+            created_unix_ms: 0,
+            update: UpdatePolicy::default(),
+            previous: None,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -39,6 +39,8 @@ fn start(context: Context) -> StartFuture {
             context.node_name(),
             context.meta.clone(),
             context.membership.clone(),
+            context.rpc.clone(),
+            supervisor.clone(),
         );
         let (stop_trigger, stop_signal) = bramble_util::ShutdownTrigger::new();
         {

@@ -194,7 +194,9 @@ impl Supervisor {
             if let Some(spec) = specs.get(&service)
                 && index < spec.replicas
             {
-                desired.insert((service, index), (spec.clone(), assignment));
+                let mut version = spec.version(assignment.generation).clone();
+                version.previous = None;
+                desired.insert((service, index), (version, assignment));
             }
         }
         let running: Vec<((String, u32), u64)> = lock(&self.replicas)
