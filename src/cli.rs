@@ -991,7 +991,7 @@ pub struct MpiLaunchArgs {
 pub enum ServiceCommand {
     /// Create a service: its replicas start on the nodes at once.
     #[command(
-        after_help = "Examples:\n  bramble service create web --replicas 2 --port 8100 -- sh -c 'exec python3 -m http.server $PORT'\n  bramble service create worker --replicas 4 --max-per-node 1 --restart on-failure -- ./worker --queue jobs\n  bramble service create api --constraint role=web --env MODE=prod -- /opt/api/serve"
+        after_help = "Examples:\n  bramble service create web --replicas 2 --port 8100 -- sh -c 'exec python3 -m http.server $PORT'\n  bramble service create worker --replicas 4 --max-per-node 1 --restart on-failure -- ./worker --queue jobs\n  bramble service create api --constraint role=web --env MODE=prod -- /opt/api/serve\n  bramble service create thumbnailer --cpus 0.5 --memory 128M -- ./thumbnailer"
     )]
     Create(Box<ServiceCreateArgs>),
     /// List services with their replicas running and wanted.
@@ -1056,6 +1056,13 @@ pub struct ServiceCreateArgs {
     /// Time after a start before checks count.
     #[arg(long, default_value = "2s", value_name = "T")]
     pub health_start_period: String,
+    /// CPUs each replica may use: 0.5, 2, 1.25 (a cgroup CPU quota; 0.01 to 1024).
+    #[arg(long, value_name = "N")]
+    pub cpus: Option<String>,
+    /// Memory each replica may use: 128M, 1G (a cgroup limit, OOM-killed past it; where
+    /// the node's memory controller is off, RLIMIT_AS instead, with a warning in ps).
+    #[arg(long, value_name = "SIZE")]
+    pub memory: Option<String>,
     #[command(flatten)]
     pub output: JsonFlag,
     /// The program and its arguments.

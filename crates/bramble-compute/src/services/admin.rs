@@ -31,6 +31,9 @@ pub struct ServiceSummary {
     pub command: String,
     pub port: Option<u16>,
     pub restart: String,
+    /// `0.5 CPU, 32 MiB`, empty without limits.
+    #[serde(default)]
+    pub limits: String,
 }
 
 /// `services.ps`: every replica of a service, wherever it runs.

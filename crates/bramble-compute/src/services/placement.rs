@@ -170,6 +170,8 @@ mod tests {
             user: None,
             stop_grace_ms: 10_000,
             health: None,
+            cpus_millis: None,
+            memory_bytes: None,
             generation: 1,
             created_unix_ms: 0,
         }

@@ -283,6 +283,7 @@ impl ServicesService {
                 command: spec.describe_command(),
                 port: spec.port,
                 restart: spec.restart.name().to_string(),
+                limits: spec.limits().describe(),
             })
             .collect())
     }
