@@ -493,8 +493,11 @@ fn enable_controllers(directory: &Path, controllers: &[&str]) -> Result<(), Limi
 
 fn write_value(path: &Path, value: &str) -> Result<(), LimitsError> {
     use std::io::Write;
+    // Truncating as a shell's `>` does (cgroup files ignore it; an ordinary file would
+    // keep the tail of a longer old value).
     std::fs::OpenOptions::new()
         .write(true)
+        .truncate(true)
         .open(path)
         .and_then(|mut file| file.write_all(value.as_bytes()))
         .map_err(|source| LimitsError::Write {
@@ -1240,6 +1243,41 @@ mod tests {
         assert!(directories.iter().all(|directory| !directory.exists()));
         node.remove_parents();
         assert!(!node.parent(&cpu).exists() && !node.parent(&memory).exists());
+    }
+
+    /// This host has no controller on cgroup v2, so the v2 files are checked as plain
+    /// files laid out as the unified tree has them: what is written, and in which.
+    #[test]
+    fn v2_limits_are_written_as_the_unified_tree_reads_them() {
+        let directory = tempfile::tempdir().expect("a temporary directory");
+        let path = directory.path();
+        for file in [
+            "cpu.max",
+            "memory.max",
+            "memory.swap.max",
+            "memory.oom.group",
+            "cgroup.subtree_control",
+        ] {
+            std::fs::write(path.join(file), "").expect("a stand-in file");
+        }
+        let read = |file: &str| std::fs::read_to_string(path.join(file)).unwrap_or_default();
+        write_cpu_limit(path, Version::V2, 500).expect("cpu.max");
+        assert_eq!(read("cpu.max"), "50000 100000");
+        write_cpu_limit(path, Version::V2, 10).expect("cpu.max");
+        assert_eq!(read("cpu.max"), "1000 100000");
+        write_memory_limit(path, Version::V2, 32 * MIB).expect("memory.max");
+        assert_eq!(read("memory.max"), (32 * MIB).to_string());
+        assert_eq!(read("memory.swap.max"), "0");
+        assert_eq!(read("memory.oom.group"), "1");
+        enable_controllers(path, &["memory"]).expect("subtree_control");
+        assert_eq!(read("cgroup.subtree_control"), "+memory");
+        // Already enabled: nothing is written.
+        std::fs::write(path.join("cgroup.subtree_control"), "cpu memory\n").expect("reset");
+        enable_controllers(path, &["cpu", "memory"]).expect("subtree_control");
+        assert_eq!(read("cgroup.subtree_control"), "cpu memory\n");
+        // A v1 tree without CFS bandwidth control cannot take a quota: said so.
+        let error = write_cpu_limit(path, Version::V1, 500).expect_err("no cpu.cfs_quota_us");
+        assert!(error.to_string().contains("cpu.cfs_quota_us"), "{error}");
     }
 
     #[test]
