@@ -991,7 +991,7 @@ pub struct MpiLaunchArgs {
 pub enum ServiceCommand {
     /// Create a service: its replicas start on the nodes at once.
     #[command(
-        after_help = "Examples:\n  bramble service create web --replicas 2 --port 8100 -- sh -c 'exec python3 -m http.server $PORT'\n  bramble service create worker --replicas 4 --max-per-node 1 --restart on-failure -- ./worker --queue jobs\n  bramble service create api --constraint role=web --env MODE=prod -- /opt/api/serve"
+        after_help = "Examples:\n  bramble service create web --replicas 2 --port 8100 -- sh -c 'exec python3 -m http.server $PORT'\n  bramble service create worker --replicas 4 --max-per-node 1 --restart on-failure -- ./worker --queue jobs\n  bramble service create api --constraint role=web --env MODE=prod -- /opt/api/serve\n  bramble service create thumbnailer --cpus 0.5 --memory 128M -- ./thumbnailer"
     )]
     Create(Box<ServiceCreateArgs>),
     /// List services with their replicas running and wanted.
@@ -1069,6 +1069,12 @@ pub struct ServiceUpdateArgs {
     /// Remove the health check.
     #[arg(long, conflicts_with_all = ["health_http", "health_cmd"])]
     pub no_health: bool,
+    /// CPUs each replica may use (0.5, 2), or `none` to lift the limit.
+    #[arg(long, value_name = "N")]
+    pub cpus: Option<String>,
+    /// Memory each replica may use (128M, 1G), or `none` to lift the limit.
+    #[arg(long, value_name = "SIZE")]
+    pub memory: Option<String>,
     /// Replicas replaced at a time (0: all at once) [default: 1, then as last set].
     #[arg(long, value_name = "N")]
     pub parallelism: Option<u32>,
@@ -1132,6 +1138,13 @@ pub struct ServiceCreateArgs {
     pub stop_grace: String,
     #[command(flatten)]
     pub health: HealthArgs,
+    /// CPUs each replica may use: 0.5, 2, 1.25 (a cgroup CPU quota; 0.01 to 1024).
+    #[arg(long, value_name = "N")]
+    pub cpus: Option<String>,
+    /// Memory each replica may use: 128M, 1G (a cgroup limit, OOM-killed past it; where
+    /// the node's memory controller is off, RLIMIT_AS instead, with a warning in ps).
+    #[arg(long, value_name = "SIZE")]
+    pub memory: Option<String>,
     #[command(flatten)]
     pub output: JsonFlag,
     /// The program and its arguments.

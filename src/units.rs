@@ -49,6 +49,36 @@ pub fn parse_size(text: &str) -> Result<u64> {
     )
 }
 
+/// A number of CPUs as people write it (`0.5`, `2`, `1.25`), in thousandths of a CPU
+/// (`500`, `2000`, `1250`): the finest a CPU quota is worth asking for.
+pub fn parse_cpus(text: &str) -> Result<u32> {
+    let trimmed = text.trim();
+    let (whole, fraction) = trimmed.split_once('.').unwrap_or((trimmed, ""));
+    let all_digits = |part: &str| part.chars().all(|character| character.is_ascii_digit());
+    let well_formed = !(whole.is_empty() && fraction.is_empty())
+        && all_digits(whole)
+        && all_digits(fraction)
+        && !trimmed.ends_with('.');
+    if !well_formed {
+        bail!("{text:?} is not a number of CPUs such as 0.5, 2 or 1.25");
+    }
+    if fraction.len() > 3 {
+        bail!("{text:?}: at most three decimals (a thousandth of a CPU)");
+    }
+    let whole: u32 = if whole.is_empty() {
+        0
+    } else {
+        whole
+            .parse()
+            .map_err(|_| anyhow!("{text:?} is too many CPUs"))?
+    };
+    let thousandths: u32 = format!("{fraction:0<3}").parse().unwrap_or(0);
+    whole
+        .checked_mul(1000)
+        .and_then(|millis| millis.checked_add(thousandths))
+        .ok_or_else(|| anyhow!("{text:?} is too many CPUs"))
+}
+
 /// `500ms`, `5s`, `2m` or a bare number of milliseconds.
 pub fn parse_milliseconds(text: &str) -> Result<u64> {
     parse_with_units(
@@ -76,5 +106,23 @@ mod tests {
         assert!(parse_milliseconds("s").is_err());
         assert_eq!(parse_milliseconds("500").unwrap(), 500);
         assert!(parse_milliseconds("99999999999999999999s").is_err());
+    }
+
+    #[test]
+    fn cpus_parse_to_thousandths() {
+        assert_eq!(parse_cpus("0.5").unwrap(), 500);
+        assert_eq!(parse_cpus("2").unwrap(), 2000);
+        assert_eq!(parse_cpus("1.25").unwrap(), 1250);
+        assert_eq!(parse_cpus(".25").unwrap(), 250);
+        assert_eq!(parse_cpus("0.001").unwrap(), 1);
+        assert!(
+            parse_cpus("0.0005")
+                .unwrap_err()
+                .to_string()
+                .contains("three decimals")
+        );
+        for bad in ["", ".", "2.", "-1", "half", "1,5", "1.2.3", "9999999"] {
+            assert!(parse_cpus(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -1,8 +1,9 @@
 //! Replicated service drills (issue 11) on real emulated clusters: replicas spread over
 //! the nodes, a node killed (its replica runs elsewhere soon after gossip calls it dead,
 //! and nothing is duplicated when it returns), scaling up past what the nodes can take
-//! and back down, removal leaving no process behind, a crash loop backing off, and a
-//! program that does not exist.
+//! and back down, removal leaving no process behind, a crash loop backing off, a
+//! program that does not exist, rolling updates (one that fails rolls back) with a client
+//! loop that sees no error, and `--cpus`/`--memory` through the host's cgroups.
 
 mod harness;
 
@@ -682,6 +683,233 @@ fn a_rolling_update_replaces_replicas_without_a_failed_request_and_a_bad_one_rol
     assert!(
         !no_previous.success && no_previous.stderr.contains("no previous version"),
         "{no_previous:?}"
+    );
+    cluster.assert_all_alive(Duration::from_secs(10));
+}
+
+/// `utime + stime` of a process from `/proc/<pid>/stat`, in seconds.
+fn cpu_seconds(pid: u64) -> Option<f64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: count after it.
+    let fields: Vec<&str> = text
+        .get(text.rfind(')')? + 1..)?
+        .split_whitespace()
+        .collect();
+    // Fields 14 and 15 of the line (utime, stime) are the 12th and 13th after the name.
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (per_second > 0).then(|| ticks as f64 / per_second as f64)
+}
+
+/// `--memory 32M` on a program that allocates 100 MB: OOM-killed at every start and `ps`
+/// says so; `--cpus 0.5` on a busy loop: its cgroup holds the quota, it is in that cgroup,
+/// and it gets about half a core; limits the node cannot honour are a warning in `ps`; bad
+/// values are refused. Real agents, real cgroups: the controllers this host lacks are
+/// skipped with a message.
+#[test]
+fn memory_and_cpu_limits_hold_and_an_oom_kill_is_reported() {
+    use bramble_compute::limits::{Layout, Version};
+    let layout = Layout::detect();
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    eprintln!("cgroups here: {}; root: {root}", layout.describe());
+    let cluster = TestCluster::up(2);
+
+    // Bad values are refused, naming the flag and the problem.
+    for (flag, value, expected) in [
+        ("--cpus", "0", "0.01 to 1024"),
+        ("--cpus", "1.2345", "three decimals"),
+        ("--cpus", "half", "not a number of CPUs"),
+        ("--memory", "1K", "4M to 1024G"),
+        ("--memory", "2000G", "4M to 1024G"),
+        ("--memory", "lots", "not a size"),
+    ] {
+        let refused = cluster.bramble(&["service", "create", "bad", flag, value, "--", "true"]);
+        assert!(
+            !refused.success && refused.stderr.contains(flag) && refused.stderr.contains(expected),
+            "{flag} {value}: {refused:?}"
+        );
+    }
+
+    // Limits no node can honour: it runs, and ps says why the limits mean nothing.
+    cluster.bramble_ok(&[
+        "service",
+        "create",
+        "huge",
+        "--cpus",
+        "1000",
+        "--memory",
+        "1000G",
+        "--stop-grace",
+        "1s",
+        "--",
+        "sleep",
+        "600",
+    ]);
+    wait_until(
+        "ps warns of limits above the node's",
+        Duration::from_secs(30),
+        || {
+            let view = ps(&cluster, "huge");
+            let replica = &view["replicas"][0];
+            replica["state"].as_str() == Some("running")
+                && replica["warning"].as_str().is_some_and(|warning| {
+                    warning.contains("--cpus 1000 is more than this node's")
+                        && warning.contains("--memory 1000 GiB is more than this node's")
+                })
+        },
+    );
+    let table = cluster.bramble_ok(&["service", "ps", "huge"]);
+    assert!(
+        table.stdout.contains("warning (huge.0 on n"),
+        "{}",
+        table.stdout
+    );
+    cluster.bramble_ok(&["service", "rm", "huge"]);
+
+    if !root {
+        eprintln!("skipped the cgroup checks: the test does not run as root");
+        return;
+    }
+    match &layout.memory {
+        None => eprintln!("skipped the OOM drill: this host has no memory controller"),
+        Some(_) => {
+            // Restarted after each kill (the default policy): every run is limited anew.
+            cluster.bramble_ok(&[
+                "service",
+                "create",
+                "eater",
+                "--memory",
+                "32M",
+                "--",
+                "python3",
+                "-c",
+                "import time; b = bytearray(100 * 1024 * 1024); time.sleep(600)",
+            ]);
+            let mut view = Value::Null;
+            wait_until(
+                "the replica is OOM-killed at three starts in a row",
+                Duration::from_secs(60),
+                || {
+                    view = ps(&cluster, "eater");
+                    let replica = &view["replicas"][0];
+                    replica["restarts"].as_u64().unwrap_or(0) >= 3
+                        && replica["last_exit"].as_str() == Some("OOM-killed (memory limit 32 MiB)")
+                },
+            );
+            assert!(view["replicas"][0]["warning"].is_null(), "{view}");
+            let table = cluster.bramble_ok(&["service", "ps", "eater"]);
+            assert!(table.stdout.contains("OOM-killed"), "{}", table.stdout);
+            let spec = cluster.bramble_ok(&["service", "inspect", "eater"]).json();
+            assert_eq!(
+                spec["memory_bytes"].as_u64(),
+                Some(32 * 1024 * 1024),
+                "{spec}"
+            );
+            cluster.bramble_ok(&["service", "rm", "eater"]);
+        }
+    }
+    let Some(cpu) = &layout.cpu else {
+        eprintln!("skipped the CPU drill: this host has no cpu controller");
+        cluster.assert_all_alive(Duration::from_secs(10));
+        return;
+    };
+    cluster.bramble_ok(&[
+        "service",
+        "create",
+        "hog",
+        "--cpus",
+        "0.5",
+        "--stop-grace",
+        "1s",
+        "--",
+        "sh",
+        "-c",
+        "while :; do :; done",
+    ]);
+    let mut pid = 0;
+    wait_until("the busy loop runs", Duration::from_secs(30), || {
+        pid = running(&ps(&cluster, "hog"))
+            .get(&0)
+            .map(|copies| copies[0].1)
+            .unwrap_or(0);
+        pid > 0
+    });
+    // It runs as nobody with no supplementary groups: the user change, made after the
+    // cgroup move in the same pre_exec, still happens.
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .map(|rest| {
+                rest.split_whitespace()
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
+    };
+    if let Some((uid, gid)) = bramble_compute::process::lookup_user("nobody") {
+        assert!(
+            field("Uid:").len() == 4 && field("Uid:").iter().all(|id| *id == uid.to_string()),
+            "{status}"
+        );
+        assert!(
+            field("Gid:").len() == 4 && field("Gid:").iter().all(|id| *id == gid.to_string()),
+            "{status}"
+        );
+        assert!(field("Groups:").is_empty(), "{status}");
+    }
+    // It is in its own cgroup, which holds the quota: 50 ms in each 100 ms.
+    let membership = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    let cgroup_path = membership
+        .lines()
+        .find_map(|line| {
+            let mut parts = line.splitn(3, ':');
+            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+            let ours = match cpu.version {
+                Version::V2 => controllers.is_empty(),
+                Version::V1 => controllers.split(',').any(|name| name == "cpu"),
+            };
+            ours.then(|| path.to_string())
+        })
+        .unwrap_or_default();
+    assert!(
+        cgroup_path.ends_with("-n1/service-hog-0") || cgroup_path.ends_with("-n2/service-hog-0"),
+        "{membership}"
+    );
+    let directory = cpu
+        .directory_of(&cgroup_path)
+        .expect("the cgroup lies under the cpu tree");
+    let quota = match cpu.version {
+        Version::V2 => std::fs::read_to_string(directory.join("cpu.max")).unwrap_or_default(),
+        Version::V1 => format!(
+            "{} {}",
+            std::fs::read_to_string(directory.join("cpu.cfs_quota_us"))
+                .unwrap_or_default()
+                .trim(),
+            std::fs::read_to_string(directory.join("cpu.cfs_period_us"))
+                .unwrap_or_default()
+                .trim()
+        ),
+    };
+    assert_eq!(quota.trim(), "50000 100000", "{}", directory.display());
+    // And it bites: over two seconds the loop gets about half a core (without the quota
+    // it would take a whole one on a machine not saturated).
+    let before = cpu_seconds(pid).expect("the loop's CPU time");
+    let started = Instant::now();
+    std::thread::sleep(Duration::from_secs(2));
+    let used = cpu_seconds(pid).expect("the loop's CPU time") - before;
+    let cores = used / started.elapsed().as_secs_f64();
+    let throttled = std::fs::read_to_string(directory.join("cpu.stat")).unwrap_or_default();
+    eprintln!("the --cpus 0.5 loop used {cores:.2} cores; cpu.stat: {throttled:?}");
+    assert!(cores <= 0.75, "the loop used {cores:.2} cores");
+    cluster.bramble_ok(&["service", "rm", "hog"]);
+    wait_until(
+        "the removed replica's cgroup is gone",
+        Duration::from_secs(15),
+        || !directory.exists() && !process_alive(pid),
     );
     cluster.assert_all_alive(Duration::from_secs(10));
 }

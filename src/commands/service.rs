@@ -41,7 +41,9 @@ pub async fn run(global: &GlobalOptions, command: &ServiceCommand) -> Result<()>
                 println!("no services (bramble service create --help)");
                 return Ok(());
             }
-            let mut table = output::table(&["service", "replicas", "port", "restart", "command"]);
+            let mut table = output::table(&[
+                "service", "replicas", "port", "restart", "limits", "command",
+            ]);
             for service in &services {
                 table.add_row(vec![
                     service.name.clone(),
@@ -51,6 +53,7 @@ pub async fn run(global: &GlobalOptions, command: &ServiceCommand) -> Result<()>
                         .map(|port| port.to_string())
                         .unwrap_or_default(),
                     service.restart.clone(),
+                    service.limits.clone(),
                     service.command.chars().take(60).collect(),
                 ]);
             }
@@ -112,6 +115,22 @@ pub async fn run(global: &GlobalOptions, command: &ServiceCommand) -> Result<()>
             println!("{table}");
             if let Some(rollout) = &answer.rollout {
                 println!("version {}; {}", answer.spec.generation, rollout.describe());
+            }
+            // Warnings are long (what the node lacks and what to do): under the table,
+            // once per distinct text, naming the replicas it applies to.
+            let mut warnings: Vec<(String, Vec<String>)> = Vec::new();
+            for replica in &answer.replicas {
+                let Some(warning) = &replica.warning else {
+                    continue;
+                };
+                let name = format!("{}.{} on {}", replica.service, replica.index, replica.node);
+                match warnings.iter_mut().find(|(text, _)| text == warning) {
+                    Some((_, names)) => names.push(name),
+                    None => warnings.push((warning.clone(), vec![name])),
+                }
+            }
+            for (warning, names) in warnings {
+                println!("warning ({}): {warning}", names.join(", "));
             }
             if !answer.unreachable.is_empty() {
                 println!("did not answer: {}", answer.unreachable.join(", "));
@@ -269,6 +288,16 @@ fn spec_from(args: &ServiceCreateArgs) -> Result<ServiceSpec> {
         user: args.user.clone(),
         stop_grace_ms,
         health,
+        cpus_millis: args
+            .cpus
+            .as_deref()
+            .map(|text| crate::units::parse_cpus(text).context("--cpus"))
+            .transpose()?,
+        memory_bytes: args
+            .memory
+            .as_deref()
+            .map(|text| crate::units::parse_size(text).context("--memory"))
+            .transpose()?,
         generation: 1,
         created_unix_ms: 0,
         update: Default::default(),
@@ -358,6 +387,22 @@ fn update_request(args: &ServiceUpdateArgs, current: &ServiceSpec) -> Result<Upd
         restart: args.restart.map(restart_policy),
         health,
         remove_health: args.no_health,
+        cpus_millis: args
+            .cpus
+            .as_deref()
+            .map(|text| match text {
+                "none" => Ok(None),
+                text => crate::units::parse_cpus(text).context("--cpus").map(Some),
+            })
+            .transpose()?,
+        memory_bytes: args
+            .memory
+            .as_deref()
+            .map(|text| match text {
+                "none" => Ok(None),
+                text => crate::units::parse_size(text).context("--memory").map(Some),
+            })
+            .transpose()?,
         parallelism: args.parallelism,
         delay_ms: optional_ms(&args.delay)?,
         on_failure: args.on_failure.map(|action| match action {

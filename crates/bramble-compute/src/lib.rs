@@ -4,5 +4,6 @@
 
 pub mod catalog;
 pub mod jobs;
+pub mod limits;
 pub mod process;
 pub mod services;

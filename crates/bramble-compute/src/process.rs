@@ -7,6 +7,8 @@
 
 use std::path::Path;
 
+use crate::limits::Confinement;
+
 /// Who a program runs as.
 #[derive(Debug, Clone)]
 pub struct Identity {
@@ -58,6 +60,18 @@ impl Identity {
         args: &[String],
         work_directory: &Path,
     ) -> tokio::process::Command {
+        self.confined_command(program, args, work_directory, Confinement::default())
+    }
+
+    /// As [`Identity::command`], the program entering its cgroups and taking its
+    /// resource limits (see `crate::limits`) before it runs.
+    pub fn confined_command(
+        &self,
+        program: &str,
+        args: &[String],
+        work_directory: &Path,
+        confinement: Confinement,
+    ) -> tokio::process::Command {
         let mut command = tokio::process::Command::new(program);
         command
             .args(args)
@@ -76,14 +90,32 @@ impl Identity {
             .stderr(std::process::Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
-        if let Some((uid, gid, _)) = &self.switch_to {
-            command.uid(*uid).gid(*gid);
-        }
+        let switch_to = self.switch_to.as_ref().map(|(uid, gid, _)| (*uid, *gid));
         // SAFETY: the closure runs in the child between fork and exec and only makes
-        // system calls (setpriority, prctl), which are async-signal-safe.
+        // system calls (setpriority, write, setrlimit, setgroups, setgid, setuid, prctl),
+        // which are async-signal-safe, on data copied into it; it allocates nothing.
         unsafe {
-            command.pre_exec(|| {
+            command.pre_exec(move || {
                 bramble_util::scheduling::restore_original_priority();
+                // Into the cgroups while still the agent's user: moving a process needs
+                // write access to the cgroups' common ancestor, which kernels before 5.16
+                // check against the writer's current user, not the one that opened it.
+                confinement.enter()?;
+                // The user change is made here, not with Command::uid, so that it comes
+                // after the cgroup move. As the standard library does: supplementary
+                // groups dropped (EPERM only when they cannot be, as for a non-root
+                // agent, which never switches), then group, then user.
+                if let Some((uid, gid)) = switch_to {
+                    if libc::setgroups(0, std::ptr::null()) != 0 {
+                        let error = std::io::Error::last_os_error();
+                        if error.raw_os_error() != Some(libc::EPERM) {
+                            return Err(error);
+                        }
+                    }
+                    if libc::setgid(gid) != 0 || libc::setuid(uid) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
                 // If the agent dies, so does the program (as with a power cut): nothing
                 // runs unsupervised, and a restarted agent never finds a copy it does not
                 // know about. Set after the user change, which would clear it.
@@ -113,12 +145,18 @@ impl Identity {
 /// under the system's temp directory, named by cluster and node, so the emulator's
 /// clusters on one machine (whose nodes share names) never share one.
 pub fn scratch_directory(cluster_id: &str, node: &str, what: &str) -> std::path::PathBuf {
-    let tag: String = cluster_id
+    let tag = cluster_tag(cluster_id);
+    std::env::temp_dir().join(format!("bramble-{tag}-{node}-{what}"))
+}
+
+/// A cluster's id as a part of names on the host (scratch directories, cgroups): its
+/// first 16 letters and digits.
+pub fn cluster_tag(cluster_id: &str) -> String {
+    cluster_id
         .chars()
         .filter(char::is_ascii_alphanumeric)
         .take(16)
-        .collect();
-    std::env::temp_dir().join(format!("bramble-{tag}-{node}-{what}"))
+        .collect()
 }
 
 /// Removes this node's scratch directories of `kind` (`job`, `launch-`, `service-`) left

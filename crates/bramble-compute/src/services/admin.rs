@@ -33,6 +33,9 @@ pub struct UpdateRequest {
     pub restart: Option<RestartPolicy>,
     pub health: Option<HealthCheck>,
     pub remove_health: bool,
+    /// New limits (`Some(None)` removes one).
+    pub cpus_millis: Option<Option<u32>>,
+    pub memory_bytes: Option<Option<u64>>,
     pub parallelism: Option<u32>,
     pub delay_ms: Option<u64>,
     pub on_failure: Option<FailureAction>,
@@ -57,6 +60,9 @@ pub struct ServiceSummary {
     pub command: String,
     pub port: Option<u16>,
     pub restart: String,
+    /// `0.5 CPU, 32 MiB`, empty without limits.
+    #[serde(default)]
+    pub limits: String,
 }
 
 /// `services.ps`: every replica of a service, wherever it runs.

@@ -385,6 +385,7 @@ mod tests {
             error: None,
             since_unix_ms: since,
             health: None,
+            warning: None,
             generation,
         }
     }

@@ -184,6 +184,12 @@ impl ServicesService {
             if request.remove_health {
                 next.health = None;
             }
+            if let Some(cpus) = request.cpus_millis {
+                next.cpus_millis = cpus;
+            }
+            if let Some(memory) = request.memory_bytes {
+                next.memory_bytes = memory;
+            }
             if let Some(health) = &request.health {
                 next.health = Some(health.clone());
             }
@@ -409,6 +415,7 @@ impl ServicesService {
                 command: spec.describe_command(),
                 port: spec.port,
                 restart: spec.restart.name().to_string(),
+                limits: spec.limits().describe(),
             })
             .collect())
     }

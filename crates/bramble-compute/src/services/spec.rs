@@ -19,6 +19,13 @@ pub const MAX_ENVIRONMENT: usize = 128;
 pub const MAX_COMMAND_BYTES: usize = 64 * 1024;
 /// Longest grace between SIGTERM and SIGKILL.
 pub const MAX_STOP_GRACE_MS: u64 = 10 * 60 * 1000;
+/// `--cpus` bounds, in thousandths of a CPU: 0.01 (the kernel's smallest quota, 1 ms in
+/// each 100 ms period) to 1024.
+pub const MIN_CPU_MILLIS: u32 = 10;
+pub const MAX_CPU_MILLIS: u32 = 1_024_000;
+/// `--memory` bounds: below 4 MiB hardly a program starts; 1 TiB is past any board.
+pub const MIN_MEMORY_BYTES: u64 = 4 * 1024 * 1024;
+pub const MAX_MEMORY_BYTES: u64 = 1024 * 1024 * 1024 * 1024;
 
 pub fn spec_key(name: &str) -> String {
     format!("{SPEC_PREFIX}{name}")
@@ -203,6 +210,13 @@ pub struct ServiceSpec {
     pub stop_grace_ms: u64,
     #[serde(default)]
     pub health: Option<HealthCheck>,
+    /// `--cpus`, in thousandths of a CPU (0.5 is 500), enforced by a cgroup.
+    #[serde(default)]
+    pub cpus_millis: Option<u32>,
+    /// `--memory`, in bytes, enforced by a cgroup (or RLIMIT_AS where the memory
+    /// controller is off).
+    #[serde(default)]
+    pub memory_bytes: Option<u64>,
     /// The version of what replicas run (command, environment, health check, user…): grows
     /// with every `service update`; scaling keeps it. Each placement names the generation
     /// its replica runs, which a rolling update moves forward a few replicas at a time.
@@ -285,6 +299,22 @@ impl ServiceSpec {
             }
             previous.validate()?;
         }
+        if let Some(millis) = self.cpus_millis
+            && !(MIN_CPU_MILLIS..=MAX_CPU_MILLIS).contains(&millis)
+        {
+            return Err(format!(
+                "--cpus is 0.01 to 1024 (CPUs a replica may use), not {}",
+                f64::from(millis) / 1000.0
+            ));
+        }
+        if let Some(bytes) = self.memory_bytes
+            && !(MIN_MEMORY_BYTES..=MAX_MEMORY_BYTES).contains(&bytes)
+        {
+            return Err(format!(
+                "--memory is 4M to 1024G (1 TiB), not {bytes} bytes ({})",
+                crate::limits::describe_bytes(bytes)
+            ));
+        }
         Ok(())
     }
 
@@ -314,6 +344,8 @@ impl ServiceSpec {
             &self.user,
             self.stop_grace_ms,
             &self.health,
+            self.cpus_millis,
+            self.memory_bytes,
         ) != (
             &other.program,
             &other.args,
@@ -323,7 +355,17 @@ impl ServiceSpec {
             &other.user,
             other.stop_grace_ms,
             &other.health,
+            other.cpus_millis,
+            other.memory_bytes,
         )
+    }
+
+    /// The resource limits of each replica.
+    pub fn limits(&self) -> crate::limits::Limits {
+        crate::limits::Limits {
+            cpu_millis: self.cpus_millis,
+            memory_bytes: self.memory_bytes,
+        }
     }
 
     pub fn describe_command(&self) -> String {
@@ -514,6 +556,8 @@ impl ServiceSpec {
             user: None,
             stop_grace_ms: 10_000,
             health: None,
+            cpus_millis: None,
+            memory_bytes: None,
             generation: 1,
             created_unix_ms: 0,
             update: UpdatePolicy::default(),
@@ -539,5 +583,50 @@ mod tests {
             parse_assign_key(&assign_key("web", 7)),
             Some(("web".into(), 7))
         );
+    }
+
+    fn spec() -> ServiceSpec {
+        let mut spec = ServiceSpec::example("web", 1);
+        spec.port = None;
+        spec
+    }
+
+    #[test]
+    fn limits_are_bounded_with_the_reason() {
+        let mut limited = spec();
+        limited.cpus_millis = Some(500);
+        limited.memory_bytes = Some(32 * 1024 * 1024);
+        assert_eq!(limited.validate(), Ok(()));
+        assert_eq!(limited.limits().describe(), "0.5 CPU, 32 MiB");
+        limited.cpus_millis = Some(5);
+        let error = limited.validate().expect_err("0.005 CPU is refused");
+        assert!(
+            error.contains("--cpus") && error.contains("0.005"),
+            "{error}"
+        );
+        limited.cpus_millis = Some(MAX_CPU_MILLIS + 1);
+        assert!(limited.validate().is_err());
+        limited.cpus_millis = Some(MAX_CPU_MILLIS);
+        limited.memory_bytes = Some(1024 * 1024);
+        let error = limited.validate().expect_err("1 MiB is refused");
+        assert!(
+            error.contains("--memory") && error.contains("1 MiB"),
+            "{error}"
+        );
+        limited.memory_bytes = Some(MAX_MEMORY_BYTES + 1);
+        assert!(limited.validate().is_err());
+        limited.memory_bytes = Some(MAX_MEMORY_BYTES);
+        assert_eq!(limited.validate(), Ok(()));
+    }
+
+    #[test]
+    fn a_spec_stored_before_limits_existed_still_reads() {
+        let mut old = serde_json::to_value(spec()).expect("a spec as JSON");
+        if let Some(fields) = old.as_object_mut() {
+            fields.remove("cpus_millis");
+            fields.remove("memory_bytes");
+        }
+        let read: ServiceSpec = serde_json::from_value(old).expect("an old spec reads");
+        assert!(read.limits().is_empty());
     }
 }

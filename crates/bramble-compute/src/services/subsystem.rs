@@ -13,6 +13,7 @@ use super::admin::SERVICE;
 use super::reconciler::Reconciler;
 use super::service::ServicesService;
 use super::supervisor::Supervisor;
+use crate::limits::NodeCgroups;
 
 pub const SUBSYSTEM: Subsystem = Subsystem {
     name: SERVICE,
@@ -29,11 +30,20 @@ fn start(context: Context) -> StartFuture {
             context.node_name(),
             "service-",
         );
+        // Replicas' cgroups of an earlier run of this agent go too (what a program that
+        // left its process group still runs in them is killed).
+        let cgroups = Arc::new(NodeCgroups::new(
+            &context.node.config.cluster_id,
+            context.node_name(),
+        ));
+        cgroups.remove_stale("service-");
+        tracing::info!(layout = %cgroups.layout().describe(), "resource limits (--cpus, --memory)");
         let supervisor = Supervisor::new(
             context.node_name(),
             &context.node.config.cluster_id,
             &context.node.path,
             context.meta.clone(),
+            cgroups,
         );
         let reconciler = Reconciler::new(
             context.node_name(),

@@ -9,6 +9,10 @@
 //! run lasted a minute. Swarm waits 5 s before every restart and systemd 100 ms (with a
 //! burst limit that then gives up); this restarts a one-off crash at once and leaves a
 //! crash loop costing a restart every 30 s, never giving up.
+//!
+//! `--cpus` and `--memory` are applied at every start: a fresh cgroup per run (see
+//! `crate::limits`), which the process enters before it runs and which is removed when
+//! the run ends, so one run's OOM count or leftover process never blurs the next.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -24,6 +28,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::spec::*;
+use crate::limits::{Confinement, NodeCgroups, ProcessCgroup};
 use crate::process::{Identity, signal_group};
 
 /// First and longest restart delay.
@@ -54,6 +59,10 @@ pub struct ReplicaStatus {
     /// The health check's verdict: starting, healthy, or unhealthy with the last reason.
     #[serde(default)]
     pub health: Option<String>,
+    /// Why its limits are weaker than asked (a controller the node lacks, the
+    /// address-space fallback, a limit above what the node has).
+    #[serde(default)]
+    pub warning: Option<String>,
     pub generation: u64,
 }
 
@@ -73,6 +82,8 @@ pub struct Supervisor {
     cluster_id: String,
     logs: PathBuf,
     meta: Arc<Meta>,
+    /// Where replicas' cgroups are made.
+    cgroups: Arc<NodeCgroups>,
     replicas: Mutex<BTreeMap<(String, u32), Replica>>,
     /// Replicas being stopped (their processes may still be exiting).
     stopping: Mutex<BTreeMap<ReplicaKey, SharedStatus>>,
@@ -85,12 +96,19 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Supervisor {
-    pub fn new(node: &str, cluster_id: &str, data_dir: &Path, meta: Arc<Meta>) -> Arc<Supervisor> {
+    pub fn new(
+        node: &str,
+        cluster_id: &str,
+        data_dir: &Path,
+        meta: Arc<Meta>,
+        cgroups: Arc<NodeCgroups>,
+    ) -> Arc<Supervisor> {
         Arc::new(Supervisor {
             node: node.to_string(),
             cluster_id: cluster_id.to_string(),
             logs: data_dir.join("services").join("logs"),
             meta,
+            cgroups,
             replicas: Mutex::new(BTreeMap::new()),
             stopping: Mutex::new(BTreeMap::new()),
             stopped_one: tokio::sync::Notify::new(),
@@ -149,6 +167,7 @@ impl Supervisor {
             }
         }
         self.stop_all().await;
+        self.cgroups.remove_parents();
         Ok(())
     }
 
@@ -242,6 +261,7 @@ impl Supervisor {
             error: None,
             since_unix_ms: bramble_util::time::unix_millis(),
             health: None,
+            warning: None,
             generation: spec.generation,
         }));
         lock(&self.replicas).insert(
@@ -306,8 +326,23 @@ impl Supervisor {
             let _ = std::fs::create_dir_all(parent);
         }
         let mut failures_in_a_row = 0u32;
+        let limits = spec.limits();
         loop {
-            let mut command = identity.command(&spec.program, &spec.args, &work_directory);
+            // A fresh cgroup for each run: its OOM count is this run's alone.
+            let cgroup = (!limits.is_empty()).then(|| {
+                ProcessCgroup::create(&self.cgroups, &format!("service-{service}-{index}"), limits)
+            });
+            let warning = cgroup.as_ref().and_then(ProcessCgroup::warning);
+            if let Some(warning) = &warning {
+                warn!(service, index, %warning, "a replica's limits are weaker than asked");
+            }
+            lock(status).warning = warning;
+            let confinement = cgroup
+                .as_ref()
+                .map(ProcessCgroup::confinement)
+                .unwrap_or_default();
+            let mut command =
+                identity.confined_command(&spec.program, &spec.args, &work_directory, confinement);
             command
                 .env("BRAMBLE_SERVICE", service)
                 .env("BRAMBLE_REPLICA", index.to_string())
@@ -321,6 +356,13 @@ impl Supervisor {
                 Err(error) => {
                     let reason = if error.kind() == std::io::ErrorKind::NotFound {
                         format!("{:?} was not found on node {}", spec.program, self.node)
+                    } else if cgroup.is_some() {
+                        // The error may be the child's, entering its cgroups.
+                        format!(
+                            "{:?}: {error} (starting it under its limits, {})",
+                            spec.program,
+                            limits.describe()
+                        )
                     } else {
                         format!("{:?}: {error}", spec.program)
                     };
@@ -350,7 +392,14 @@ impl Supervisor {
                             .take()
                             .map(|stream| tokio::spawn(pump(stream, log.clone()))),
                     ];
-                    let health = self.watch_health(spec, port, status, &identity, &work_directory);
+                    let health = self.watch_health(
+                        spec,
+                        port,
+                        status,
+                        &identity,
+                        &work_directory,
+                        confinement,
+                    );
                     let exit = tokio::select! {
                         exit = child.wait() => Some(Ok(exit)),
                         _ = stopped.wait_for(|stop| *stop) => None,
@@ -392,6 +441,9 @@ impl Supervisor {
                                 pump.abort();
                             }
                             lock(status).last_exit = exit.ok().map(describe_exit);
+                            if let Some(cgroup) = cgroup {
+                                cgroup.remove().await;
+                            }
                             let _ = std::fs::remove_dir_all(&work_directory);
                             return;
                         }
@@ -409,13 +461,17 @@ impl Supervisor {
                 }
             };
             let clean = matches!(&outcome, Ok(exit) if exit.success());
+            let last_exit = match &outcome {
+                Ok(exit) => describe_run(*exit, cgroup.as_ref()),
+                Err(reason) => reason.clone(),
+            };
+            if let Some(cgroup) = cgroup {
+                cgroup.remove().await;
+            }
             {
                 let mut current = lock(status);
                 current.pid = None;
-                current.last_exit = Some(match &outcome {
-                    Ok(exit) => describe_exit(*exit),
-                    Err(reason) => reason.clone(),
-                });
+                current.last_exit = Some(last_exit);
             }
             let restart = match spec.restart {
                 RestartPolicy::Always => true,
@@ -460,6 +516,7 @@ impl Supervisor {
         status: &SharedStatus,
         identity: &Identity,
         work_directory: &Path,
+        confinement: Confinement,
     ) -> String {
         let Some(check) = &spec.health else {
             return std::future::pending().await;
@@ -472,10 +529,12 @@ impl Supervisor {
             let verdict = match &check.probe {
                 Probe::Http { path } => probe_http(port.unwrap_or(0), path, timeout).await,
                 Probe::Command { line } => {
-                    let mut command = identity.command(
+                    // Inside the replica's limits, as Docker runs a check in the container.
+                    let mut command = identity.confined_command(
                         "/bin/sh",
                         &["-c".to_string(), line.clone()],
                         work_directory,
+                        confinement,
                     );
                     command
                         .envs(spec.env.iter().map(|(name, value)| (name, value)))
@@ -568,6 +627,17 @@ fn set_state(status: &Arc<Mutex<ReplicaStatus>>, state: &str, error: Option<Stri
     }
     if error.is_some() {
         current.error = error;
+    }
+}
+
+/// How a run ended, told as an OOM kill where its memory cgroup counted one.
+fn describe_run(exit: std::process::ExitStatus, cgroup: Option<&ProcessCgroup>) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    let killed = exit.signal() == Some(libc::SIGKILL);
+    match cgroup.and_then(|cgroup| cgroup.describe_oom(killed)) {
+        Some(oom) if killed => oom,
+        Some(note) => format!("{}; {note}", describe_exit(exit)),
+        None => describe_exit(exit),
     }
 }
 
