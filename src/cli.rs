@@ -1005,6 +1005,9 @@ pub enum ServiceCommand {
     /// Remove a service: every replica is stopped (SIGTERM, then SIGKILL after the grace).
     Rm(ServiceNameArgs),
     /// A replica's output (stdout and stderr, the last 1 MiB kept, rotated).
+    #[command(
+        after_help = "Examples:\n  bramble service logs web\n  bramble service logs web --replica 1 --tail 1M\n  bramble service logs web -f      # follow until Ctrl-C"
+    )]
     Logs(ServiceLogsArgs),
     /// Change what replicas run: a rolling update, a few replicas at a time, each drained
     /// from the balancers first and watched until healthy.
@@ -1180,4 +1183,7 @@ pub struct ServiceLogsArgs {
     /// Only the last bytes: 64K, 1M.
     #[arg(long, default_value = "64K")]
     pub tail: String,
+    /// Keep printing what the replica writes (following it if it moves) until Ctrl-C.
+    #[arg(long, short = 'f')]
+    pub follow: bool,
 }

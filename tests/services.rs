@@ -248,6 +248,39 @@ fn a_crash_loop_backs_off_and_a_missing_program_is_reported() {
     assert_eq!(replica["last_exit"].as_str(), Some("exit code 3"), "{view}");
     let logs = cluster.bramble_ok(&["service", "logs", "crasher", "--replica", "0"]);
     assert!(logs.stdout.contains("boom"), "{logs:?}");
+    // `logs --follow` prints what a replica writes as it writes it.
+    cluster.bramble_ok(&[
+        "service",
+        "create",
+        "ticker",
+        "--",
+        "sh",
+        "-c",
+        "i=0; while :; do i=$((i+1)); echo tick $i; sleep 0.1; done",
+    ]);
+    wait_until("the ticker runs", Duration::from_secs(20), || {
+        running(&ps(&cluster, "ticker")).len() == 1
+    });
+    let mut follower = std::process::Command::new(harness::bramble_binary())
+        .args(["service", "logs", "ticker", "--follow", "--tail", "20"])
+        .env("BRAMBLE_DIR", cluster.dir.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("starting logs --follow");
+    std::thread::sleep(Duration::from_secs(3));
+    let _ = follower.kill();
+    let output = follower.wait_with_output().expect("the follower's output");
+    let ticks: Vec<u64> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| line.strip_prefix("tick ")?.trim().parse().ok())
+        .collect();
+    // Three seconds of ticks every 100 ms, in order, none twice.
+    assert!(ticks.len() >= 10, "{ticks:?}");
+    assert!(
+        ticks.windows(2).all(|pair| pair[1] == pair[0] + 1),
+        "{ticks:?}"
+    );
+    cluster.bramble_ok(&["service", "rm", "ticker"]);
 
     cluster.bramble_ok(&["service", "create", "ghost", "--", "/nonexistent/server"]);
     wait_until(

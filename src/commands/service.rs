@@ -10,7 +10,7 @@ use bramble_compute::services::spec::{
 
 use crate::cli::{
     FailureActionArg, GlobalOptions, HealthArgs, RestartArg, ServiceCommand, ServiceCreateArgs,
-    ServiceUpdateArgs,
+    ServiceLogsArgs, ServiceUpdateArgs,
 };
 use crate::output;
 
@@ -212,34 +212,7 @@ pub async fn run(global: &GlobalOptions, command: &ServiceCommand) -> Result<()>
             )
             .await
         }
-        ServiceCommand::Logs(args) => {
-            let (_, answer): (_, PsAnswer) = client.call_any(METHOD_PS, &args.name).await?;
-            let replica = answer
-                .replicas
-                .iter()
-                .find(|replica| replica.index == args.replica)
-                .ok_or_else(|| {
-                    anyhow!(
-                        "replica {} of {} runs nowhere at the moment (bramble service ps {})",
-                        args.replica,
-                        args.name,
-                        args.name
-                    )
-                })?;
-            let address = client.address_of(&replica.node).await?;
-            let request = LogsRequest {
-                name: args.name.clone(),
-                index: args.replica,
-                tail_bytes: crate::units::parse_size(&args.tail)?,
-            };
-            let bytes: Vec<u8> = client
-                .call_at(address, METHOD_LOGS, &request)
-                .await
-                .with_context(|| format!("reading the log on {}", replica.node))?;
-            use std::io::Write;
-            std::io::stdout().write_all(&bytes)?;
-            Ok(())
-        }
+        ServiceCommand::Logs(args) => show_logs(&client, args).await,
     }
 }
 
@@ -481,3 +454,87 @@ async fn follow_rollout(
         tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     }
 }
+
+/// The node a replica runs on now (one running copy preferred over one stopping).
+async fn replica_node(
+    client: &crate::client::ClusterClient,
+    name: &str,
+    index: u32,
+) -> Result<Option<String>> {
+    let (_, answer): (_, PsAnswer) = client.call_any(METHOD_PS, &name.to_string()).await?;
+    let mut copies: Vec<_> = answer
+        .replicas
+        .iter()
+        .filter(|replica| replica.index == index)
+        .collect();
+    copies.sort_by_key(|replica| replica.state != "running");
+    Ok(copies.first().map(|replica| replica.node.clone()))
+}
+
+/// `service logs`: the tail of a replica's log, and with `--follow` what it writes next,
+/// following the replica to another node if it moves (until Ctrl-C).
+async fn show_logs(client: &crate::client::ClusterClient, args: &ServiceLogsArgs) -> Result<()> {
+    use std::io::Write;
+    let no_replica = || {
+        anyhow!(
+            "replica {} of {} runs nowhere at the moment (bramble service ps {})",
+            args.replica,
+            args.name,
+            args.name
+        )
+    };
+    let mut node = replica_node(client, &args.name, args.replica)
+        .await?
+        .ok_or_else(no_replica)?;
+    let mut request = LogsRequest {
+        name: args.name.clone(),
+        index: args.replica,
+        tail_bytes: crate::units::parse_size(&args.tail)?,
+        after: None,
+    };
+    let mut quiet_rounds = 0u32;
+    loop {
+        let address = client.address_of(&node).await?;
+        match client
+            .call_at::<_, LogChunk>(address, METHOD_LOGS, &request)
+            .await
+        {
+            Ok(chunk) => {
+                let mut stdout = std::io::stdout();
+                stdout.write_all(&chunk.bytes)?;
+                stdout.flush()?;
+                if !args.follow {
+                    return Ok(());
+                }
+                request.after = chunk.position;
+                quiet_rounds = if chunk.bytes.is_empty() {
+                    quiet_rounds + 1
+                } else {
+                    0
+                };
+            }
+            Err(error) if !args.follow || request.after.is_none() => {
+                return Err(anyhow::Error::from(error))
+                    .with_context(|| format!("reading the log on {node}"));
+            }
+            // Its node went away: look where the replica runs now.
+            Err(_) => quiet_rounds = u32::MAX,
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        // Every few quiet seconds, check whether the replica moved.
+        if quiet_rounds >= 6 {
+            quiet_rounds = 0;
+            if let Some(now) = replica_node(client, &args.name, args.replica).await?
+                && now != node
+            {
+                eprintln!("--- {}.{} now runs on {now} ---", args.name, args.replica);
+                node = now;
+                request.after = None;
+                request.tail_bytes = MAX_FOLLOW_START;
+            }
+        }
+    }
+}
+
+/// How much of a moved replica's new log `--follow` shows first.
+const MAX_FOLLOW_START: u64 = 64 * 1024;

@@ -84,6 +84,25 @@ pub struct PsAnswer {
 pub struct LogsRequest {
     pub name: String,
     pub index: u32,
-    /// Only the last this many bytes.
+    /// Only the last this many bytes (when `after` is not given).
     pub tail_bytes: u64,
+    /// Only what was written after this position (`logs --follow` asks again with the
+    /// position of its last answer).
+    #[serde(default)]
+    pub after: Option<LogPosition>,
+}
+
+/// A place in a replica's log: the file (by inode, so a rotation is noticed) and the
+/// offset in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogPosition {
+    pub file: u64,
+    pub offset: u64,
+}
+
+/// What `services.logs` answers: the bytes, and where they end.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LogChunk {
+    pub bytes: Vec<u8>,
+    pub position: Option<LogPosition>,
 }

@@ -420,25 +420,77 @@ impl ServicesService {
             .collect())
     }
 
-    fn logs(&self, request: &LogsRequest) -> Result<Vec<u8>, RpcError> {
+    /// A replica's log: its tail, or what follows `request.after` (across one rotation).
+    fn logs(&self, request: &LogsRequest) -> Result<LogChunk, RpcError> {
+        use std::os::unix::fs::MetadataExt;
         bramble_util::names::validate_name("a service name", &request.name)
             .map_err(|error| RpcError::bad_request(error.to_string()))?;
         let (current, rotated) = self.supervisor.log_paths(&request.name, request.index);
-        let wanted = request.tail_bytes.clamp(1, MAX_LOG_BYTES);
-        let read = |path: &std::path::Path| std::fs::read(path).unwrap_or_default();
-        let mut bytes = read(&rotated);
-        bytes.extend(read(&current));
-        if bytes.is_empty() && !current.exists() {
-            return Err(RpcError::new(
-                ErrorKind::NotFound,
-                format!(
-                    "node {} keeps no log of {} replica {}",
-                    self.node, request.name, request.index
-                ),
+        let identity = |path: &std::path::Path| std::fs::metadata(path).ok().map(|m| m.ino());
+        let read_from = |path: &std::path::Path, offset: u64, most: u64| -> Vec<u8> {
+            use std::io::{Read, Seek, SeekFrom};
+            let Ok(mut file) = std::fs::File::open(path) else {
+                return Vec::new();
+            };
+            let mut bytes = Vec::new();
+            if file.seek(SeekFrom::Start(offset)).is_ok() {
+                let _ = file.take(most).read_to_end(&mut bytes);
+            }
+            bytes
+        };
+        let current_file = identity(&current);
+        let length = |path: &std::path::Path| std::fs::metadata(path).map_or(0, |m| m.len());
+        let Some(after) = request.after else {
+            let wanted = request.tail_bytes.clamp(1, MAX_LOG_BYTES);
+            let current_length = length(&current);
+            let mut bytes = Vec::new();
+            if current_length < wanted {
+                let rotated_length = length(&rotated);
+                let from_rotated = (wanted - current_length).min(rotated_length);
+                bytes = read_from(&rotated, rotated_length - from_rotated, from_rotated);
+            }
+            bytes.extend(read_from(
+                &current,
+                current_length.saturating_sub(wanted),
+                wanted,
             ));
+            if bytes.is_empty() && current_file.is_none() {
+                return Err(RpcError::new(
+                    ErrorKind::NotFound,
+                    format!(
+                        "node {} keeps no log of {} replica {}",
+                        self.node, request.name, request.index
+                    ),
+                ));
+            }
+            return Ok(LogChunk {
+                bytes,
+                position: current_file.map(|file| LogPosition {
+                    file,
+                    offset: current_length,
+                }),
+            });
+        };
+        let mut bytes = Vec::new();
+        let mut position = after;
+        if current_file != Some(after.file) {
+            // Rotated since: the rest of the old file (now the rotated one), then the new.
+            if identity(&rotated) == Some(after.file) {
+                bytes = read_from(&rotated, after.offset, MAX_LOG_BYTES);
+            }
+            position = LogPosition {
+                file: current_file.unwrap_or(0),
+                offset: 0,
+            };
         }
-        let start = bytes.len().saturating_sub(wanted as usize);
-        Ok(bytes[start..].to_vec())
+        let room = MAX_LOG_BYTES.saturating_sub(bytes.len() as u64);
+        let more = read_from(&current, position.offset, room);
+        position.offset += more.len() as u64;
+        bytes.extend(more);
+        Ok(LogChunk {
+            bytes,
+            position: Some(position),
+        })
     }
 }
 
