@@ -514,8 +514,7 @@ async fn show_logs(client: &crate::client::ClusterClient, args: &ServiceLogsArgs
                 };
             }
             Err(error) if !args.follow || request.after.is_none() => {
-                return Err(anyhow::Error::from(error))
-                    .with_context(|| format!("reading the log on {node}"));
+                return Err(error).with_context(|| format!("reading the log on {node}"));
             }
             // Its node went away: look where the replica runs now.
             Err(_) => quiet_rounds = u32::MAX,
