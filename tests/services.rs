@@ -293,6 +293,31 @@ fn a_crash_loop_backs_off_and_a_missing_program_is_reported() {
                 .is_some_and(|error| error.contains("was not found"))
         },
     );
+    // A port another program holds is named as such (and tried again after the back-off).
+    let holder_port = harness::free_port_run(1);
+    let _holder = std::net::TcpListener::bind(("127.0.0.1", holder_port)).expect("holding a port");
+    let holder_text = holder_port.to_string();
+    cluster.bramble_ok(&[
+        "service",
+        "create",
+        "squatter",
+        "--port",
+        &holder_text,
+        "--",
+        "sleep",
+        "600",
+    ]);
+    wait_until(
+        "the taken port is reported",
+        Duration::from_secs(20),
+        || {
+            ps(&cluster, "squatter")["replicas"][0]["error"]
+                .as_str()
+                .is_some_and(|error| {
+                    error.contains(&format!("port {holder_port} is already in use"))
+                })
+        },
+    );
     // Bad input is refused with the reason.
     let taken = cluster.bramble(&["service", "create", "ghost", "--", "true"]);
     assert!(

@@ -352,9 +352,24 @@ impl Supervisor {
                 command.env("PORT", port.to_string());
             }
             let started = Instant::now();
-            let outcome = match command.spawn() {
+            // A port another program holds would make the replica fail in its own words
+            // (or serve nothing at all): say so plainly, and try again after the back-off.
+            let port_taken = port.and_then(|port| port_in_use(port).then_some(port));
+            let spawned = match port_taken {
+                Some(port) => Err(std::io::Error::new(
+                    std::io::ErrorKind::AddrInUse,
+                    format!(
+                        "port {port} is already in use on node {} (another program listens there)",
+                        self.node
+                    ),
+                )),
+                None => command.spawn(),
+            };
+            let outcome = match spawned {
                 Err(error) => {
-                    let reason = if error.kind() == std::io::ErrorKind::NotFound {
+                    let reason = if error.kind() == std::io::ErrorKind::AddrInUse {
+                        error.to_string()
+                    } else if error.kind() == std::io::ErrorKind::NotFound {
                         format!("{:?} was not found on node {}", spec.program, self.node)
                     } else if cgroup.is_some() {
                         // The error may be the child's, entering its cgroups.
@@ -576,6 +591,16 @@ impl Supervisor {
             tokio::time::sleep(Duration::from_millis(check.interval_ms)).await;
         }
     }
+}
+
+/// Whether a listening socket holds `port` (on any address): binding the wildcard fails.
+/// The probe is closed at once; std sets SO_REUSEADDR, so connections of an earlier run
+/// lingering in TIME_WAIT do not count.
+fn port_in_use(port: u16) -> bool {
+    matches!(
+        std::net::TcpListener::bind((std::net::Ipv4Addr::UNSPECIFIED, port)),
+        Err(error) if error.kind() == std::io::ErrorKind::AddrInUse
+    )
 }
 
 /// `GET path` on 127.0.0.1:port: healthy on a 2xx or 3xx status line.
