@@ -223,9 +223,12 @@ impl Supervisor {
             .map(|(key, replica)| (key.clone(), replica.generation))
             .collect();
         for (key, generation) in running {
-            let keep = desired
-                .get(&key)
-                .is_some_and(|(spec, _)| spec.generation == generation);
+            // A replica still running a version no longer kept (an update superseded
+            // before reaching it) keeps running until the rolling update replaces it,
+            // rather than being restarted here without leaving the balancers first.
+            let keep = desired.get(&key).is_some_and(|(spec, assignment)| {
+                spec.generation == generation || assignment.generation == generation
+            });
             if !keep {
                 info!(service = %key.0, index = key.1, "stopping a replica (no longer placed here, or its service changed)");
                 self.stop_replica(&key);
