@@ -902,6 +902,9 @@ pub struct WasmTaskArgs {
     pub fuel: Option<u64>,
     #[arg(long)]
     pub memory: u64,
+    /// Bind this TCP port (all addresses) and hand it to the module as descriptor 3.
+    #[arg(long)]
+    pub listen: Option<u16>,
     #[arg(last = true)]
     pub args: Vec<String>,
 }

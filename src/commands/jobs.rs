@@ -711,7 +711,8 @@ pub async fn cancel(global: &GlobalOptions, args: &CancelArgs) -> Result<()> {
 }
 
 /// `bramble wasm-task`: runs one WebAssembly task in this process (a worker starts it in
-/// the task's scratch directory, as the task's user). The task's environment becomes the
+/// the task's scratch directory, as the task's user; a service's supervisor starts it for
+/// a replica, with `--listen PORT`). The task's environment becomes the
 /// module's; its stdout and stderr are this process's. Exit codes: the module's own, 124
 /// when it ran out of fuel, 137 past its memory limit, 125 for any other refusal or trap
 /// (the reason on stderr).
@@ -735,9 +736,28 @@ pub fn wasm_task(args: &crate::cli::WasmTaskArgs) -> std::process::ExitCode {
         fuel: args.fuel,
         max_memory_bytes: args.memory,
     };
+    // A service's module serves on descriptor 3: the socket is bound here, by the host,
+    // as the module has no way to open one itself.
+    let listener = match args.listen {
+        None => None,
+        Some(port) => match std::net::TcpListener::bind((std::net::Ipv4Addr::UNSPECIFIED, port)) {
+            Ok(listener) => Some(listener),
+            Err(error) => {
+                eprintln!("wasm task: listening on port {port}: {error}");
+                return std::process::ExitCode::from(125);
+            }
+        },
+    };
     let mut stdout = std::io::stdout().lock();
     let mut stderr = std::io::stderr();
-    match bramble_wasm::run(&module, &invocation, &limits, &mut stdout, &mut stderr) {
+    match bramble_wasm::run(
+        &module,
+        &invocation,
+        &limits,
+        &mut stdout,
+        &mut stderr,
+        listener,
+    ) {
         Ok(exit) => std::process::ExitCode::from(exit.code.min(255) as u8),
         Err(error) => {
             use std::io::Write;

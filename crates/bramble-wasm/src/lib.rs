@@ -8,7 +8,8 @@
 //!
 //! The interpreter is `wasmi` (portable, no JIT); the WASI preview-1 host is our own and
 //! deliberately small (the `wasi` module): arguments, environment, stdout and stderr, clocks,
-//! random bytes and exit. No filesystem, no sockets.
+//! random bytes and exit; for a service, a preopened listening socket (descriptor 3) and
+//! the connections accepted on it. No filesystem, no outgoing connections.
 //!
 //! - `load`: size and header checks, the interpreter's configuration, import/export checks.
 //! - `wasi`: the host functions.
@@ -102,14 +103,16 @@ pub fn inspect(module: &[u8]) -> Result<ModuleInfo, WasmError> {
 /// instantiates it (running its start function, if any), then calls `_start`.
 ///
 /// Output goes to `stdout` and `stderr` as the module writes it; both are flushed at the
-/// end. A `proc_exit` with any code is `Ok`; traps, running out of fuel and growing past
-/// the memory limit are errors.
+/// end. `listener`, when given, is the module's descriptor 3 (a server accepts on it). A
+/// `proc_exit` with any code is `Ok`; traps, running out of fuel and growing past the
+/// memory limit are errors.
 pub fn run(
     module: &[u8],
     invocation: &Invocation,
     limits: &Limits,
     stdout: &mut dyn Write,
     stderr: &mut dyn Write,
+    listener: Option<std::net::TcpListener>,
 ) -> Result<Exit, WasmError> {
     let args = wasi_args(invocation)?;
     let env = wasi_env(invocation)?;
@@ -117,7 +120,10 @@ pub fn run(
     let compiled = load::compile(&engine, module)?;
 
     let cap = limiter::MemoryCap::new(limits.max_memory_bytes);
-    let host = wasi::Host::new(args, env, stdout, stderr, cap);
+    let mut host = wasi::Host::new(args, env, stdout, stderr, cap);
+    if let Some(listener) = listener {
+        host.preopen_listener(listener);
+    }
     let mut store = Store::new(&engine, host);
     store.limiter(|host| &mut host.memory_cap);
     let functions = wasi::functions(&mut store);

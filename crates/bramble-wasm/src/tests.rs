@@ -27,7 +27,7 @@ fn run_with(
 ) -> (Result<Exit, WasmError>, Vec<u8>, Vec<u8>) {
     let mut stdout = Vec::new();
     let mut stderr = Vec::new();
-    let result = run(module, invocation, limits, &mut stdout, &mut stderr);
+    let result = run(module, invocation, limits, &mut stdout, &mut stderr, None);
     (result, stdout, stderr)
 }
 
@@ -563,7 +563,14 @@ fn a_failing_stdout_is_epipe_to_the_module() {
     (call $proc_exit (call $fd_write (i32.const 1) (i32.const 200) (i32.const 1) (i32.const 16))))"#,
     );
     let mut stderr = Vec::new();
-    match run(&module, &invocation(), &limits(), &mut Closed, &mut stderr) {
+    match run(
+        &module,
+        &invocation(),
+        &limits(),
+        &mut Closed,
+        &mut stderr,
+        None,
+    ) {
         Ok(exit) => assert_eq!(exit.code, 64),
         Err(e) => panic!("{e}"),
     }
@@ -605,5 +612,75 @@ fn deep_recursion_works_and_runaway_recursion_traps_cleanly() {
     match run_with(&recursive(1_000_000), &invocation(), &limits()).0 {
         Err(WasmError::Trap(message)) => assert!(message.contains("stack"), "{message}"),
         other => panic!("expected a stack trap, got {other:?}"),
+    }
+}
+
+/// A server in WebAssembly text: accepts one connection on the preopened descriptor 3,
+/// reads what the client sent, answers "hi " and the first byte back, closes. Exit code:
+/// the accepted descriptor.
+#[test]
+fn a_preopened_listener_accepts_and_serves_a_connection() {
+    let module = wasm(&format!(
+        r#"(module
+  {WASI_IMPORTS}
+  (import "wasi_snapshot_preview1" "sock_accept" (func $sock_accept (param i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "sock_shutdown" (func $sock_shutdown (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "sock_recv" (func $sock_recv (param i32 i32 i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "sock_send" (func $sock_send (param i32 i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 300) "hi ")
+  (func (export "_start") (local $fd i32)
+    (if (call $sock_accept (i32.const 3) (i32.const 0) (i32.const 16)) (then unreachable))
+    (local.set $fd (i32.load (i32.const 16)))
+    ;; read into 303 (one iovec at 200), then write "hi " plus that first byte
+    (i32.store (i32.const 200) (i32.const 303))
+    (i32.store (i32.const 204) (i32.const 64))
+    (if (call $fd_read (local.get $fd) (i32.const 200) (i32.const 1) (i32.const 20)) (then unreachable))
+    (if (i32.eqz (i32.load (i32.const 20))) (then unreachable))
+    (i32.store (i32.const 200) (i32.const 300))
+    (i32.store (i32.const 204) (i32.const 4))
+    (if (call $fd_write (local.get $fd) (i32.const 200) (i32.const 1) (i32.const 20)) (then unreachable))
+    (if (call $sock_shutdown (local.get $fd) (i32.const 2)) (then unreachable))
+    (if (call $fd_close (local.get $fd)) (then unreachable))
+    ;; closed: writing again is EBADF (8)
+    (if (i32.ne (call $fd_write (local.get $fd) (i32.const 200) (i32.const 1) (i32.const 20)) (i32.const 8))
+      (then unreachable))
+    (call $proc_exit (local.get $fd)))
+)"#
+    ));
+    let listener = match std::net::TcpListener::bind("127.0.0.1:0") {
+        Ok(listener) => listener,
+        Err(e) => panic!("binding: {e}"),
+    };
+    let address = match listener.local_addr() {
+        Ok(address) => address,
+        Err(e) => panic!("{e}"),
+    };
+    let server = std::thread::spawn(move || {
+        let mut stdout = Vec::new();
+        let mut stderr = Vec::new();
+        run(
+            &module,
+            &invocation(),
+            &limits(),
+            &mut stdout,
+            &mut stderr,
+            Some(listener),
+        )
+        .map(|exit| exit.code)
+        .map_err(|e| e.to_string())
+    });
+    use std::io::{Read, Write};
+    let mut client = match std::net::TcpStream::connect(address) {
+        Ok(client) => client,
+        Err(e) => panic!("connecting: {e}"),
+    };
+    assert!(client.write_all(b"x").is_ok());
+    let mut answer = String::new();
+    assert!(client.read_to_string(&mut answer).is_ok());
+    assert_eq!(answer, "hi x");
+    match server.join() {
+        Ok(result) => assert_eq!(result, Ok(4), "the first accepted descriptor is 4"),
+        Err(_) => panic!("the server thread panicked"),
     }
 }

@@ -1,14 +1,17 @@
 //! Bramble's own WASI preview-1 host: the handful of `wasi_snapshot_preview1` functions a
 //! portable compute task needs (arguments, environment, stdout/stderr, clocks, random
-//! bytes, exit) and nothing else: no filesystem, no sockets, no polling.
+//! bytes, exit), and for a service one preopened listening socket (fd 3, as `wasmtime run
+//! --tcplisten` gives) with the connections it accepts — and nothing else: no filesystem,
+//! no outgoing connections, no polling.
 //!
 //! Every function is a plain `fn` taking `Caller<Host>`; [`functions`] is the one list of
 //! what the host provides, used both to link a module and, by `inspect`, to check a
 //! module's imports before it runs. Guest pointers go through [`GuestMemory`], so a bad
 //! one is `EFAULT`; errno values are those of the preview-1 specification.
 
-use std::io::{self, Write};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ring::rand::{SecureRandom, SystemRandom};
 use wasmi::{Caller, Extern, Func, Store};
@@ -26,10 +29,16 @@ pub mod errno {
     pub struct Errno(pub u16);
 
     pub const SUCCESS: Errno = Errno(0);
+    pub const AGAIN: Errno = Errno(6);
     pub const BADF: Errno = Errno(8);
+    pub const CONNABORTED: Errno = Errno(13);
+    pub const CONNRESET: Errno = Errno(15);
     pub const FAULT: Errno = Errno(21);
     pub const INVAL: Errno = Errno(28);
     pub const IO: Errno = Errno(29);
+    pub const MFILE: Errno = Errno(33);
+    pub const NOTCONN: Errno = Errno(53);
+    pub const NOTSOCK: Errno = Errno(57);
     pub const NOTSUP: Errno = Errno(58);
     pub const OVERFLOW: Errno = Errno(61);
     pub const PIPE: Errno = Errno(64);
@@ -40,6 +49,12 @@ use errno::Errno;
 
 // `filetype`, `rights` and `clockid` values of the specification.
 const FILETYPE_UNKNOWN: u8 = 0;
+const FILETYPE_SOCKET_STREAM: u8 = 6;
+/// `fdflags.nonblock`.
+const FDFLAGS_NONBLOCK: u32 = 1 << 2;
+/// `sdflags`: shut down reading, writing.
+const SDFLAGS_RD: u32 = 1;
+const SDFLAGS_WR: u32 = 2;
 const RIGHTS_FD_READ: u64 = 1 << 1;
 const RIGHTS_FD_WRITE: u64 = 1 << 6;
 const CLOCKID_REALTIME: u32 = 0;
@@ -61,7 +76,23 @@ pub struct Host<'a> {
     started: Instant,
     rng: SystemRandom,
     pub memory_cap: MemoryCap,
+    /// Descriptors 3 and up: the preopened listener and the connections it accepted.
+    sockets: Vec<Option<Socket>>,
 }
+
+/// A socket descriptor the guest holds.
+enum Socket {
+    Listener(TcpListener),
+    Stream(TcpStream),
+}
+
+/// Most sockets a guest holds at once (the listener included).
+const MAX_SOCKETS: usize = 64;
+/// How long one read or write on an accepted connection may wait: a client that sends
+/// nothing cannot hold a (typically one-connection-at-a-time) guest for longer.
+const CONNECTION_IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// The first socket descriptor.
+const FIRST_SOCKET: u32 = 3;
 
 impl<'a> Host<'a> {
     /// `args` and `env` must already be NUL-terminated (see `lib.rs`).
@@ -81,7 +112,43 @@ impl<'a> Host<'a> {
             started: Instant::now(),
             rng: SystemRandom::new(),
             memory_cap,
+            sockets: Vec::new(),
         }
+    }
+
+    /// Hands the guest `listener` as descriptor 3.
+    pub fn preopen_listener(&mut self, listener: TcpListener) {
+        self.sockets = vec![Some(Socket::Listener(listener))];
+    }
+
+    fn socket(&mut self, fd: u32) -> Option<&mut Socket> {
+        let index = fd.checked_sub(FIRST_SOCKET)? as usize;
+        self.sockets.get_mut(index)?.as_mut()
+    }
+
+    fn stream(&mut self, fd: u32) -> Result<&mut TcpStream, Errno> {
+        if fd < FIRST_SOCKET && self.is_open(fd) {
+            return Err(errno::NOTSOCK);
+        }
+        match self.socket(fd) {
+            Some(Socket::Stream(stream)) => Ok(stream),
+            Some(Socket::Listener(_)) => Err(errno::NOTCONN),
+            None => Err(errno::BADF),
+        }
+    }
+
+    /// A free descriptor for a new socket, if the guest holds fewer than the most.
+    fn add_socket(&mut self, socket: Socket) -> Result<u32, Errno> {
+        let index = match self.sockets.iter().position(Option::is_none) {
+            Some(index) => index,
+            None if self.sockets.len() < MAX_SOCKETS => {
+                self.sockets.push(None);
+                self.sockets.len() - 1
+            }
+            None => return Err(errno::MFILE),
+        };
+        self.sockets[index] = Some(socket);
+        Ok(FIRST_SOCKET + index as u32)
     }
 
     pub fn flush(&mut self) -> io::Result<()> {
@@ -119,6 +186,10 @@ pub fn functions(store: &mut Store<Host<'_>>) -> Vec<(&'static str, Func)> {
         ("random_get", Func::wrap(&mut *store, random_get)),
         ("proc_exit", Func::wrap(&mut *store, proc_exit)),
         ("sched_yield", Func::wrap(&mut *store, sched_yield)),
+        ("sock_accept", Func::wrap(&mut *store, sock_accept)),
+        ("sock_recv", Func::wrap(&mut *store, sock_recv)),
+        ("sock_send", Func::wrap(&mut *store, sock_send)),
+        ("sock_shutdown", Func::wrap(&mut *store, sock_shutdown)),
     ]
 }
 
@@ -143,7 +214,7 @@ pub fn why_missing(name: &str) -> &'static str {
     {
         " (no filesystem)"
     } else if name.starts_with("sock_") {
-        " (no sockets)"
+        " (no outgoing sockets: only the preopened listener and its connections)"
     } else if name == "poll_oneoff" {
         " (no polling or sleeping)"
     } else if name == "proc_raise" {
@@ -172,10 +243,12 @@ fn with_memory(
 }
 
 fn io_errno(e: &io::Error) -> Errno {
-    if e.kind() == io::ErrorKind::BrokenPipe {
-        errno::PIPE
-    } else {
-        errno::IO
+    match e.kind() {
+        io::ErrorKind::BrokenPipe => errno::PIPE,
+        io::ErrorKind::ConnectionReset => errno::CONNRESET,
+        io::ErrorKind::ConnectionAborted => errno::CONNABORTED,
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => errno::AGAIN,
+        _ => errno::IO,
     }
 }
 
@@ -249,6 +322,10 @@ fn fd_write(
     nwritten: u32,
 ) -> i32 {
     with_memory(&mut caller, |mem, host| {
+        if fd >= FIRST_SOCKET {
+            let written = send(mem, host.stream(fd)?, iovs, iovs_len)?;
+            return mem.write_u32(nwritten, written);
+        }
         if fd == 0 || !host.is_open(fd) {
             return Err(errno::BADF);
         }
@@ -272,6 +349,10 @@ fn fd_write(
 
 fn fd_read(mut caller: Caller<'_, Host<'_>>, fd: u32, iovs: u32, iovs_len: u32, nread: u32) -> i32 {
     with_memory(&mut caller, |mem, host| {
+        if fd >= FIRST_SOCKET {
+            let read = receive(mem, host.stream(fd)?, iovs, iovs_len)?;
+            return mem.write_u32(nread, read);
+        }
         if fd != 0 || !host.is_open(fd) {
             return Err(errno::BADF);
         }
@@ -283,6 +364,13 @@ fn fd_read(mut caller: Caller<'_, Host<'_>>, fd: u32, iovs: u32, iovs_len: u32, 
 
 fn fd_close(mut caller: Caller<'_, Host<'_>>, fd: u32) -> i32 {
     let host = caller.data_mut();
+    if fd >= FIRST_SOCKET {
+        let index = (fd - FIRST_SOCKET) as usize;
+        return match host.sockets.get_mut(index).and_then(Option::take) {
+            Some(_) => i32::from(errno::SUCCESS.0),
+            None => i32::from(errno::BADF.0),
+        };
+    }
     if !host.is_open(fd) {
         return i32::from(errno::BADF.0);
     }
@@ -292,6 +380,12 @@ fn fd_close(mut caller: Caller<'_, Host<'_>>, fd: u32) -> i32 {
 
 fn fd_fdstat_get(mut caller: Caller<'_, Host<'_>>, fd: u32, stat: u32) -> i32 {
     with_memory(&mut caller, |mem, host| {
+        if host.socket(fd).is_some() {
+            let mut record = [0u8; 24];
+            record[0] = FILETYPE_SOCKET_STREAM;
+            record[8..16].copy_from_slice(&(RIGHTS_FD_READ | RIGHTS_FD_WRITE).to_le_bytes());
+            return mem.write_bytes(stat, &record);
+        }
         if !host.is_open(fd) {
             return Err(errno::BADF);
         }
@@ -311,13 +405,13 @@ fn fd_fdstat_get(mut caller: Caller<'_, Host<'_>>, fd: u32, stat: u32) -> i32 {
 }
 
 fn fd_seek(
-    caller: Caller<'_, Host<'_>>,
+    mut caller: Caller<'_, Host<'_>>,
     fd: u32,
     _offset: i64,
     _whence: u32,
     _newoffset: u32,
 ) -> i32 {
-    if caller.data().is_open(fd) {
+    if caller.data().is_open(fd) || caller.data_mut().socket(fd).is_some() {
         i32::from(errno::SPIPE.0)
     } else {
         i32::from(errno::BADF.0)
@@ -376,4 +470,113 @@ fn proc_exit(_caller: Caller<'_, Host<'_>>, code: u32) -> Result<(), wasmi::Erro
 /// One task per process: there is no one to yield to.
 fn sched_yield(_caller: Caller<'_, Host<'_>>) -> i32 {
     i32::from(errno::SUCCESS.0)
+}
+
+/// Reads what one `recv` gives into the first non-empty buffer (as a short read).
+fn receive(
+    mem: &mut GuestMemory<'_>,
+    stream: &mut TcpStream,
+    iovs: u32,
+    iovs_len: u32,
+) -> Result<u32, Errno> {
+    let iovs = mem.iovecs(iovs, iovs_len)?;
+    let Some(&(buf, len)) = iovs.iter().find(|&&(_, len)| len > 0) else {
+        return Ok(0);
+    };
+    let target = mem.slice_mut(buf, len)?;
+    let read = stream.read(target).map_err(|e| io_errno(&e))?;
+    Ok(read as u32)
+}
+
+/// Writes every buffer in full (or fails).
+fn send(
+    mem: &mut GuestMemory<'_>,
+    stream: &mut TcpStream,
+    iovs: u32,
+    iovs_len: u32,
+) -> Result<u32, Errno> {
+    let iovs = mem.iovecs(iovs, iovs_len)?;
+    let mut total = 0u32;
+    for (buf, len) in iovs {
+        stream
+            .write_all(mem.slice(buf, len)?)
+            .map_err(|e| io_errno(&e))?;
+        total = total.checked_add(len).ok_or(errno::OVERFLOW)?;
+    }
+    Ok(total)
+}
+
+/// Accepts a connection on the preopened listener: blocking, unless the guest asks for
+/// `nonblock` (then `EAGAIN` when none waits).
+fn sock_accept(mut caller: Caller<'_, Host<'_>>, fd: u32, flags: u32, result_fd: u32) -> i32 {
+    with_memory(&mut caller, |mem, host| {
+        mem.check(result_fd, 4)?;
+        let listener = match host.socket(fd) {
+            Some(Socket::Listener(listener)) => listener,
+            Some(Socket::Stream(_)) => return Err(errno::INVAL),
+            None => return Err(errno::BADF),
+        };
+        let nonblocking = flags & FDFLAGS_NONBLOCK != 0;
+        listener
+            .set_nonblocking(nonblocking)
+            .map_err(|e| io_errno(&e))?;
+        let (stream, _) = listener.accept().map_err(|e| io_errno(&e))?;
+        stream
+            .set_nonblocking(false)
+            .and_then(|()| stream.set_read_timeout(Some(CONNECTION_IO_TIMEOUT)))
+            .and_then(|()| stream.set_write_timeout(Some(CONNECTION_IO_TIMEOUT)))
+            .map_err(|e| io_errno(&e))?;
+        let new_fd = host.add_socket(Socket::Stream(stream))?;
+        mem.write_u32(result_fd, new_fd)
+    })
+}
+
+fn sock_recv(
+    mut caller: Caller<'_, Host<'_>>,
+    fd: u32,
+    ri_data: u32,
+    ri_data_len: u32,
+    _ri_flags: u32,
+    ro_datalen: u32,
+    ro_flags: u32,
+) -> i32 {
+    with_memory(&mut caller, |mem, host| {
+        mem.check(ro_datalen, 4)?;
+        mem.check(ro_flags, 2)?;
+        let read = receive(mem, host.stream(fd)?, ri_data, ri_data_len)?;
+        mem.write_bytes(ro_flags, &[0, 0])?;
+        mem.write_u32(ro_datalen, read)
+    })
+}
+
+fn sock_send(
+    mut caller: Caller<'_, Host<'_>>,
+    fd: u32,
+    si_data: u32,
+    si_data_len: u32,
+    _si_flags: u32,
+    so_datalen: u32,
+) -> i32 {
+    with_memory(&mut caller, |mem, host| {
+        mem.check(so_datalen, 4)?;
+        let sent = send(mem, host.stream(fd)?, si_data, si_data_len)?;
+        mem.write_u32(so_datalen, sent)
+    })
+}
+
+fn sock_shutdown(mut caller: Caller<'_, Host<'_>>, fd: u32, how: u32) -> i32 {
+    let host = caller.data_mut();
+    let direction = match how & (SDFLAGS_RD | SDFLAGS_WR) {
+        SDFLAGS_RD => Shutdown::Read,
+        SDFLAGS_WR => Shutdown::Write,
+        0 => return i32::from(errno::INVAL.0),
+        _ => Shutdown::Both,
+    };
+    match host.stream(fd) {
+        Ok(stream) => match stream.shutdown(direction) {
+            Ok(()) => i32::from(errno::SUCCESS.0),
+            Err(e) => i32::from(io_errno(&e).0),
+        },
+        Err(e) => i32::from(e.0),
+    }
 }

@@ -71,7 +71,7 @@ fn hits(module: &[u8], seed: u64) -> u64 {
     };
     let mut stdout = Vec::new();
     let mut stderr = Vec::new();
-    let exit = match run(module, &invocation, &limits, &mut stdout, &mut stderr) {
+    let exit = match run(module, &invocation, &limits, &mut stdout, &mut stderr, None) {
         Ok(exit) => exit,
         Err(e) => panic!("seed {seed}: {e}"),
     };
@@ -140,7 +140,14 @@ fn wasm_pi_counts_the_same_hits_as_the_native_kernel() {
         fuel: Some(100_000_000),
         max_memory_bytes: 64 * 1024 * 1024,
     };
-    match run(&module, &invocation, &limits, &mut stdout, &mut stderr) {
+    match run(
+        &module,
+        &invocation,
+        &limits,
+        &mut stdout,
+        &mut stderr,
+        None,
+    ) {
         Ok(exit) => assert_eq!(exit.code, 2),
         Err(e) => panic!("{e}"),
     }
@@ -156,7 +163,7 @@ fn wasm_pi_counts_the_same_hits_as_the_native_kernel() {
         fuel: Some(1_000_000),
         ..limits
     };
-    match run(&module, &invocation, &tight, &mut stdout, &mut stderr) {
+    match run(&module, &invocation, &tight, &mut stdout, &mut stderr, None) {
         Err(WasmError::OutOfFuel { fuel }) => assert_eq!(fuel, 1_000_000),
         other => panic!("expected OutOfFuel, got {other:?}"),
     }
