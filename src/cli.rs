@@ -155,7 +155,7 @@ pub enum Command {
     /// Swarm's `docker service`), moved within seconds when a node dies.
     #[command(
         subcommand,
-        after_help = "Examples:\n  bramble service create web --replicas 2 --port 8100 -- sh -c 'exec python3 -m http.server $PORT'\n  bramble service ls\n  bramble service ps web\n  bramble service scale web 5\n  bramble service logs web --replica 0\n  bramble service rm web\n\nReplica i gets PORT=<port>+i, BRAMBLE_REPLICA=i, BRAMBLE_SERVICE and BRAMBLE_NODE in its\nenvironment, and runs as `nobody` (when the agent is root) unless --user says otherwise."
+        after_help = "Examples:\n  bramble service create web --replicas 2 --port 8100 -- sh -c 'exec python3 -m http.server $PORT'\n  bramble service create hello --replicas 2 --port 8200 --wasm examples/wasm-web/hello.wasm\n  bramble service ls\n  bramble service ps web\n  bramble service scale web 5\n  bramble service logs web --replica 0\n  bramble service rm web\n\nReplica i gets PORT=<port>+i, BRAMBLE_REPLICA=i, BRAMBLE_SERVICE and BRAMBLE_NODE in its\nenvironment, and runs as `nobody` (when the agent is root) unless --user says otherwise."
     )]
     Service(ServiceCommand),
     /// Runs one WebAssembly task (what a worker starts; not for people).
@@ -994,7 +994,7 @@ pub struct MpiLaunchArgs {
 pub enum ServiceCommand {
     /// Create a service: its replicas start on the nodes at once.
     #[command(
-        after_help = "Examples:\n  bramble service create web --replicas 2 --port 8100 -- sh -c 'exec python3 -m http.server $PORT'\n  bramble service create worker --replicas 4 --max-per-node 1 --restart on-failure -- ./worker --queue jobs\n  bramble service create api --constraint role=web --env MODE=prod -- /opt/api/serve\n  bramble service create thumbnailer --cpus 0.5 --memory 128M -- ./thumbnailer"
+        after_help = "Examples:\n  bramble service create web --replicas 2 --port 8100 -- sh -c 'exec python3 -m http.server $PORT'\n  bramble service create hello --replicas 2 --port 8200 --wasm examples/wasm-web/hello.wasm\n  bramble service create worker --replicas 4 --max-per-node 1 --restart on-failure -- ./worker --queue jobs\n  bramble service create api --constraint role=web --env MODE=prod -- /opt/api/serve\n  bramble service create thumbnailer --cpus 0.5 --memory 128M -- ./thumbnailer"
     )]
     Create(Box<ServiceCreateArgs>),
     /// List services with their replicas running and wanted.
@@ -1096,6 +1096,10 @@ pub struct ServiceUpdateArgs {
     /// Replace every replica even if nothing they run changes.
     #[arg(long)]
     pub force: bool,
+    /// A new WebAssembly module for a service that runs one (what follows -- is then its
+    /// arguments).
+    #[arg(long, value_name = "FILE")]
+    pub wasm: Option<std::path::PathBuf>,
     /// Return at once instead of following the update.
     #[arg(long, short = 'd')]
     pub detach: bool,
@@ -1151,10 +1155,15 @@ pub struct ServiceCreateArgs {
     /// the node's memory controller is off, RLIMIT_AS instead, with a warning in ps).
     #[arg(long, value_name = "SIZE")]
     pub memory: Option<String>,
+    /// Run this WebAssembly module (wasm32-wasip1) instead of a program on the nodes: the
+    /// same file on every architecture; with --port it accepts on descriptor 3. What
+    /// follows -- is then its arguments.
+    #[arg(long, value_name = "FILE")]
+    pub wasm: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub output: JsonFlag,
-    /// The program and its arguments.
-    #[arg(last = true, required = true, value_name = "COMMAND")]
+    /// The program and its arguments (with --wasm: the module's arguments).
+    #[arg(last = true, required_unless_present = "wasm", value_name = "COMMAND")]
     pub command: Vec<String>,
 }
 

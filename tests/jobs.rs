@@ -461,40 +461,9 @@ fn bad_input_gets_clear_answers_and_leaves_the_cluster_healthy() {
     cluster.assert_all_alive(Duration::from_secs(10));
 }
 
-/// Builds `examples/wasm-pi` for wasm32-wasip1; `None` (with a message) where the target
-/// is not installed (`.ci/run` installs it).
-fn wasm_pi_module() -> Option<std::path::PathBuf> {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let installed = std::process::Command::new("rustup")
-        .args(["target", "list", "--installed"])
-        .output()
-        .map(|output| String::from_utf8_lossy(&output.stdout).contains("wasm32-wasip1"))
-        .unwrap_or(false);
-    if !installed {
-        eprintln!("SKIPPED the WebAssembly drill: `rustup target add wasm32-wasip1` first");
-        return None;
-    }
-    let target = std::env::temp_dir().join("bramble-test-wasm-pi");
-    let built = std::process::Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "--release",
-            "--target",
-            "wasm32-wasip1",
-            "--manifest-path",
-        ])
-        .arg(root.join("examples/wasm-pi/Cargo.toml"))
-        .arg("--target-dir")
-        .arg(&target)
-        .status()
-        .expect("running cargo");
-    assert!(built.success(), "building examples/wasm-pi failed");
-    Some(target.join("wasm32-wasip1/release/wasm-pi.wasm"))
-}
-
 #[test]
 fn a_webassembly_task_gives_the_native_result_and_bad_modules_are_refused() {
-    let Some(module) = wasm_pi_module() else {
+    let Some(module) = harness::wasm_example("wasm-pi") else {
         return;
     };
     let module = module.to_string_lossy().to_string();

@@ -19,7 +19,15 @@ pub async fn run(global: &GlobalOptions, command: &ServiceCommand) -> Result<()>
     match command {
         ServiceCommand::Create(args) => {
             let spec = spec_from(args)?;
-            let (_, created): (_, ServiceSpec) = client.call_any(METHOD_CREATE, &spec).await?;
+            let (_, created): (_, ServiceSpec) = match &args.wasm {
+                None => client.call_any(METHOD_CREATE, &spec).await?,
+                Some(path) => {
+                    let module = read_module(path)?;
+                    client
+                        .call_any(METHOD_CREATE_WASM, &CreateWasm { spec, module })
+                        .await?
+                }
+            };
             if args.output.json {
                 return output::print_json(&created);
             }
@@ -216,11 +224,30 @@ pub async fn run(global: &GlobalOptions, command: &ServiceCommand) -> Result<()>
     }
 }
 
+/// A module file, bounded by the largest a service may run.
+fn read_module(path: &std::path::Path) -> Result<Vec<u8>> {
+    bramble_util::files::read_bounded(path, bramble_compute::modules::MAX_MODULE_BYTES)
+        .with_context(|| format!("reading the module {}", path.display()))
+}
+
+/// A module's name for people: its file name.
+fn module_name(path: &std::path::Path) -> String {
+    path.file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "module.wasm".to_string())
+}
+
 fn spec_from(args: &ServiceCreateArgs) -> Result<ServiceSpec> {
-    let (program, rest) = args
-        .command
-        .split_first()
-        .ok_or_else(|| anyhow!("give the command after --"))?;
+    let (program, rest) = match &args.wasm {
+        Some(path) => (module_name(path), args.command.as_slice()),
+        None => {
+            let (program, rest) = args
+                .command
+                .split_first()
+                .ok_or_else(|| anyhow!("give the command after --"))?;
+            (program.clone(), rest)
+        }
+    };
     let mut env = Vec::new();
     if let Some(path) = &args.env_file {
         let text = bramble_util::files::read_bounded(path, 1024 * 1024)
@@ -250,7 +277,7 @@ fn spec_from(args: &ServiceCreateArgs) -> Result<ServiceSpec> {
     let health = health_from(&args.health, None)?;
     let spec = ServiceSpec {
         name: args.name.clone(),
-        program: program.clone(),
+        program,
         args: rest.to_vec(),
         replicas: args.replicas,
         port: args.port,
@@ -273,6 +300,7 @@ fn spec_from(args: &ServiceCreateArgs) -> Result<ServiceSpec> {
             .transpose()?,
         generation: 1,
         created_unix_ms: 0,
+        module: None,
         update: Default::default(),
         previous: None,
     };
@@ -385,6 +413,11 @@ fn update_request(args: &ServiceUpdateArgs, current: &ServiceSpec) -> Result<Upd
         }),
         monitor_ms: optional_ms(&args.monitor)?,
         force: args.force,
+        module: args
+            .wasm
+            .as_deref()
+            .map(|path| read_module(path).map(|module| (module_name(path), module)))
+            .transpose()?,
     })
 }
 

@@ -286,3 +286,34 @@ impl Drop for TestCluster {
         }
     }
 }
+
+/// Builds `examples/<name>` for wasm32-wasip1 and returns its module; `None` (with a
+/// message) where the target is not installed (`.ci/run` installs it).
+pub fn wasm_example(name: &str) -> Option<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .map(|output| String::from_utf8_lossy(&output.stdout).contains("wasm32-wasip1"))
+        .unwrap_or(false);
+    if !installed {
+        eprintln!("SKIPPED the WebAssembly drill: `rustup target add wasm32-wasip1` first");
+        return None;
+    }
+    let target = std::env::temp_dir().join(format!("bramble-test-{name}"));
+    let built = Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip1",
+            "--manifest-path",
+        ])
+        .arg(root.join("examples").join(name).join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&target)
+        .status()
+        .expect("running cargo");
+    assert!(built.success(), "building examples/{name} failed");
+    Some(target.join(format!("wasm32-wasip1/release/{name}.wasm")))
+}

@@ -18,9 +18,6 @@ pub const SPEC_PREFIX: &str = "jobs/spec/";
 pub const STATE_PREFIX: &str = "jobs/state/";
 pub const TASKS_PREFIX: &str = "jobs/tasks/";
 pub const CANCEL_PREFIX: &str = "jobs/cancel/";
-pub const MODULES_PREFIX: &str = "jobs/modules/";
-/// A stored module is cut into values of this size.
-pub const MODULE_CHUNK_BYTES: usize = 512 * 1024;
 /// Tasks per chunk of the task table.
 pub const TASKS_PER_CHUNK: u32 = 1000;
 /// The most failures a record keeps (the latest).
@@ -46,15 +43,6 @@ pub fn tasks_key(id: JobId, chunk: u32) -> String {
 
 pub fn cancel_key(id: JobId) -> String {
     format!("{CANCEL_PREFIX}{id:012}")
-}
-
-/// The prefix of a module's chunks.
-pub fn module_prefix(hash: &str) -> String {
-    format!("{MODULES_PREFIX}{hash}/")
-}
-
-pub fn module_key(hash: &str, chunk: usize) -> String {
-    format!("{MODULES_PREFIX}{hash}/{chunk:04}")
 }
 
 /// The job id a `jobs/<kind>/<id>...` key names.

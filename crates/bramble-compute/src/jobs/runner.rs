@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use bramble_cluster::Membership;
 use bramble_meta::Meta;
-use bramble_meta::api::{Consistency, ScanRequest};
+use bramble_meta::api::Consistency;
 use bramble_meta::types::Change;
 use bramble_net::{ErrorKind, RpcClient, RpcError};
 use bramble_util::WorkerContext;
@@ -47,8 +47,6 @@ const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Outputs of attempts are kept this long after the job's record is gone.
 const OUTPUT_DIRECTORY: &str = "jobs/output";
 const SETTINGS_FILE: &str = "jobs.toml";
-/// Where fetched WebAssembly modules are cached, by hash.
-const MODULE_CACHE: &str = "jobs/modules";
 /// The module's name in a task's scratch directory.
 const WASM_FILE: &str = "task.wasm";
 
@@ -130,8 +128,8 @@ pub struct Runner {
     running: Mutex<HashMap<TaskKey, Attempt>>,
     unacknowledged: Mutex<BTreeMap<TaskKey, Unacknowledged>>,
     wake: Notify,
-    /// One module fetch at a time: two attempts must not write the same cache file.
-    module_cache: tokio::sync::Mutex<()>,
+    /// Modules fetched from the catalog, by hash.
+    modules: crate::modules::ModuleCache,
     /// Jobs whose scratch directory this run made.
     job_directories: Mutex<BTreeSet<JobId>>,
     /// Attempts given to this node beyond its free slots, started as slots free.
@@ -184,7 +182,7 @@ impl Runner {
             running: Mutex::new(HashMap::new()),
             unacknowledged: Mutex::new(BTreeMap::new()),
             wake: Notify::new(),
-            module_cache: tokio::sync::Mutex::new(()),
+            modules: crate::modules::ModuleCache::new(data_dir),
             job_directories: Mutex::new(BTreeSet::new()),
             queued: Mutex::new(VecDeque::new()),
             stopping_all: AtomicBool::new(false),
@@ -628,7 +626,11 @@ impl Runner {
                 fuel,
                 memory_bytes,
             } => {
-                let cached = match self.cached_module(module, *module_bytes).await {
+                let reference = crate::modules::ModuleRef {
+                    hash: module.clone(),
+                    bytes: *module_bytes,
+                };
+                let cached = match self.modules.fetch(&self.meta, &reference).await {
                     Ok(path) => path,
                     Err(reason) => return (Outcome::NotStarted { reason }, None, String::new()),
                 };
@@ -658,55 +660,6 @@ impl Runner {
                 .await
             }
         }
-    }
-
-    /// The module with this hash, from this node's cache or its catalog replica.
-    async fn cached_module(&self, hash: &str, bytes: u64) -> Result<PathBuf, String> {
-        if hash.len() != 64 || !hash.chars().all(|character| character.is_ascii_hexdigit()) {
-            return Err("a module is named by its BLAKE3 hash".to_string());
-        }
-        let directory = self.data_dir.join(MODULE_CACHE);
-        let path = directory.join(format!("{hash}.wasm"));
-        let _only_fetch = self.module_cache.lock().await;
-        if path.exists() {
-            return Ok(path);
-        }
-        let mut module = Vec::with_capacity(bytes as usize);
-        let mut start_after = None;
-        loop {
-            let page = self
-                .meta
-                .scan(ScanRequest {
-                    prefix: super::record::module_prefix(hash),
-                    start_after: start_after.clone(),
-                    delimiter: None,
-                    limit: 8,
-                    consistency: Consistency::Linearizable,
-                    forwarded: false,
-                })
-                .await
-                .map_err(|error| format!("fetching module {hash}: {error}"))?;
-            for (_, value) in page.entries {
-                module.extend_from_slice(&value.value);
-                if module.len() as u64 > bytes {
-                    return Err(format!("module {hash} is larger than its job says"));
-                }
-            }
-            match page.next_start_after {
-                Some(next) => start_after = Some(next),
-                None => break,
-            }
-        }
-        if module.len() as u64 != bytes || blake3::hash(&module).to_hex().as_str() != hash {
-            return Err(format!(
-                "module {hash} in the catalog is incomplete or does not match its hash"
-            ));
-        }
-        std::fs::create_dir_all(&directory)
-            .map_err(|error| format!("creating {}: {error}", directory.display()))?;
-        bramble_util::files::write_atomic(&path, &module, bramble_util::files::Visibility::Public)
-            .map_err(|error| format!("caching module {hash}: {error}"))?;
-        Ok(path)
     }
 
     /// Where `job`'s scratch directory is: named by cluster and node, so the emulator's

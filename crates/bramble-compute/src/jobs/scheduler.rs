@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 
 use bramble_cluster::{Membership, NodeState};
 use bramble_meta::Meta;
-use bramble_meta::api::{Consistency, ScanRequest};
+use bramble_meta::api::Consistency;
 use bramble_meta::types::{Change, Command, CommandResult, Condition, Operation};
 use bramble_net::{ErrorKind, RpcError};
 use bramble_platform::lease_holder::HeldLease;
@@ -962,47 +962,7 @@ impl Scheduler {
             };
             self.meta.write(command, false).await?;
         }
-        self.forget_unused_modules().await
-    }
-
-    /// Removes WebAssembly modules no kept job names.
-    async fn forget_unused_modules(&self) -> Result<(), RpcError> {
-        let page = self
-            .meta
-            .scan(ScanRequest {
-                prefix: MODULES_PREFIX.to_string(),
-                start_after: None,
-                delimiter: Some('/'),
-                limit: 1000,
-                consistency: Consistency::Linearizable,
-                forwarded: false,
-            })
-            .await?;
-        if page.common_prefixes.is_empty() {
-            return Ok(());
-        }
-        let mut used = BTreeSet::new();
-        for (_, value) in scan_all(&self.meta, SPEC_PREFIX).await? {
-            if let Ok(spec) = serde_json::from_slice::<JobSpec>(&value)
-                && let super::spec::Work::Wasm { module, .. } = spec.work
-            {
-                used.insert(module);
-            }
-        }
-        for prefix in page.common_prefixes {
-            let hash = prefix
-                .trim_start_matches(MODULES_PREFIX)
-                .trim_end_matches('/');
-            if used.contains(hash) {
-                continue;
-            }
-            let command = Command::Batch {
-                conditions: vec![],
-                operations: vec![Operation::DeletePrefix { prefix }],
-            };
-            self.meta.write(command, false).await?;
-        }
-        Ok(())
+        crate::modules::forget_unused(&self.meta).await
     }
 
     /// The live view of a job, if this node schedules it.

@@ -211,39 +211,13 @@ impl JobsService {
             _ => return Err(RpcError::bad_request("submit_wasm needs a WebAssembly job")),
         }
         spec.validate().map_err(RpcError::bad_request)?;
-        self.store_module(&hash, &module).await?;
+        crate::modules::store(&self.meta, &hash, &module).await?;
         let id = self.submit(spec, caller).await?;
         // The scheduler removes modules no job names; one stored just before its job
         // could have gone in between: store it again (an attempt that found it missing
         // failed and is retried).
-        self.store_module(&hash, &module).await?;
+        crate::modules::store(&self.meta, &hash, &module).await?;
         Ok(id)
-    }
-
-    /// Writes a module's chunks unless its first chunk is there, the first chunk last: a
-    /// module whose first chunk exists is complete.
-    async fn store_module(&self, hash: &str, module: &[u8]) -> Result<(), RpcError> {
-        let stored = self
-            .meta
-            .read(&module_key(hash, 0), Consistency::Linearizable, false)
-            .await?
-            .is_some();
-        if stored {
-            return Ok(());
-        }
-        let chunks: Vec<&[u8]> = module.chunks(MODULE_CHUNK_BYTES).collect();
-        for (index, chunk) in chunks.iter().enumerate().rev() {
-            self.meta
-                .write(
-                    Command::Put {
-                        key: module_key(hash, index),
-                        value: chunk.to_vec(),
-                    },
-                    false,
-                )
-                .await?;
-        }
-        Ok(())
     }
 
     async fn list(&self, all: bool) -> Result<Vec<JobSummary>, RpcError> {

@@ -19,7 +19,7 @@ pub const MAX_TIMEOUT_MS: u64 = 7 * 24 * 3600 * 1000;
 /// Most samples of a `bramble pi` job: 10^13 (about eight hours on a Pi 4's four cores).
 pub const MAX_PI_SAMPLES: u64 = 10_000_000_000_000;
 /// Largest WebAssembly module (it is stored in the catalog).
-pub const MAX_MODULE_BYTES: u64 = 8 * 1024 * 1024;
+pub use crate::modules::MAX_MODULE_BYTES;
 /// Most linear memory a WebAssembly task may have.
 pub const MAX_WASM_MEMORY: u64 = 4 * 1024 * 1024 * 1024;
 /// Most cores one task may claim.

@@ -16,6 +16,14 @@ pub const METHOD_LOCAL: &str = "services.local";
 pub const METHOD_LOGS: &str = "services.logs";
 pub const METHOD_UPDATE: &str = "services.update";
 pub const METHOD_ROLLBACK: &str = "services.rollback";
+pub const METHOD_CREATE_WASM: &str = "services.create_wasm";
+
+/// `services.create_wasm`: a service whose replicas run this WebAssembly module.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateWasm {
+    pub spec: ServiceSpec,
+    pub module: Vec<u8>,
+}
 
 /// `services.update`: what changes (`None` and empty lists keep what is there). A change of
 /// what replicas run starts a rolling update; a change of the update policy alone does not.
@@ -42,6 +50,9 @@ pub struct UpdateRequest {
     pub monitor_ms: Option<u64>,
     /// Replace every replica even if nothing they run changed (Swarm's `--force`).
     pub force: bool,
+    /// A new WebAssembly module (then `command` holds only its arguments) and its name.
+    #[serde(default)]
+    pub module: Option<(String, Vec<u8>)>,
 }
 
 /// `services.scale`.

@@ -41,6 +41,7 @@ impl Handler for ServicesService {
         request.require_authenticated()?;
         match request.method {
             "create" => encode(&self.create(request.decode()?).await?),
+            "create_wasm" => encode(&self.create_wasm(request.decode()?).await?),
             "list" => encode(&self.list().await?),
             "inspect" => {
                 let name: String = request.decode()?;
@@ -90,6 +91,17 @@ impl ServicesService {
             )
         })?;
         Ok((spec, value.version))
+    }
+
+    /// Stores the module (once, by hash), then the service that runs it.
+    async fn create_wasm(&self, request: CreateWasm) -> Result<ServiceSpec, RpcError> {
+        let CreateWasm { mut spec, module } = request;
+        spec.module = Some(crate::modules::check_and_store(&self.meta, &module).await?);
+        let created = self.create(spec).await?;
+        // Modules no spec names are removed by the jobs scheduler; one stored just before
+        // its service could have gone in between: store it again.
+        crate::modules::store(&self.meta, &blake3::hash(&module).to_hex(), &module).await?;
+        Ok(created)
     }
 
     async fn create(&self, mut spec: ServiceSpec) -> Result<ServiceSpec, RpcError> {
@@ -157,12 +169,21 @@ impl ServicesService {
             let (spec, version) = self.spec(&request.name).await?;
             let mut next = spec.clone();
             next.previous = None;
-            if let Some(command) = &request.command {
-                let (program, args) = command
-                    .split_first()
-                    .ok_or_else(|| RpcError::bad_request("the new command is empty"))?;
-                next.program = program.clone();
-                next.args = args.to_vec();
+            if let Some((name, module)) = &request.module {
+                next.module = Some(crate::modules::check_and_store(&self.meta, module).await?);
+                next.program = name.clone();
+            }
+            match &request.command {
+                // A module's arguments.
+                Some(arguments) if next.module.is_some() => next.args = arguments.clone(),
+                Some(command) => {
+                    let (program, args) = command
+                        .split_first()
+                        .ok_or_else(|| RpcError::bad_request("the new command is empty"))?;
+                    next.program = program.clone();
+                    next.args = args.to_vec();
+                }
+                None => {}
             }
             next.env
                 .retain(|(name, _)| !request.env_remove.contains(name));
@@ -250,6 +271,11 @@ impl ServicesService {
                 )
                 .await?;
             if matches!(result, CommandResult::BatchApplied { .. }) {
+                if let Some((_, module)) = &request.module {
+                    // As in `create_wasm`: the module outlives a removal in between.
+                    crate::modules::store(&self.meta, &blake3::hash(module).to_hex(), module)
+                        .await?;
+                }
                 return Ok(next);
             }
         }

@@ -222,6 +222,12 @@ pub struct ServiceSpec {
     /// its replica runs, which a rolling update moves forward a few replicas at a time.
     pub generation: u64,
     pub created_unix_ms: u64,
+    /// A WebAssembly module replicas run (the agent's own interpreter, the same file on
+    /// every architecture) instead of a program installed on the node; `program` is then
+    /// the module's name for people, and `args` its arguments. With `--port`, the module
+    /// gets the replica's port as a listening socket, descriptor 3.
+    #[serde(default)]
+    pub module: Option<crate::modules::ModuleRef>,
     /// How `service update` replaces replicas.
     #[serde(default)]
     pub update: UpdatePolicy,
@@ -293,6 +299,9 @@ impl ServiceSpec {
                 .map_err(|error| error.to_string())?;
         }
         self.update.validate()?;
+        if let Some(module) = &self.module {
+            module.validate()?;
+        }
         if let Some(previous) = &self.previous {
             if previous.previous.is_some() || previous.name != self.name {
                 return Err("a service's previous version is one level deep".to_string());
@@ -346,6 +355,7 @@ impl ServiceSpec {
             &self.health,
             self.cpus_millis,
             self.memory_bytes,
+            &self.module,
         ) != (
             &other.program,
             &other.args,
@@ -357,6 +367,7 @@ impl ServiceSpec {
             &other.health,
             other.cpus_millis,
             other.memory_bytes,
+            &other.module,
         )
     }
 
@@ -560,6 +571,7 @@ impl ServiceSpec {
             memory_bytes: None,
             generation: 1,
             created_unix_ms: 0,
+            module: None,
             update: UpdatePolicy::default(),
             previous: None,
         }

@@ -84,6 +84,8 @@ pub struct Supervisor {
     meta: Arc<Meta>,
     /// Where replicas' cgroups are made.
     cgroups: Arc<NodeCgroups>,
+    /// WebAssembly modules replicas run, fetched from the catalog.
+    modules: crate::modules::ModuleCache,
     replicas: Mutex<BTreeMap<(String, u32), Replica>>,
     /// Replicas being stopped (their processes may still be exiting).
     stopping: Mutex<BTreeMap<ReplicaKey, SharedStatus>>,
@@ -109,6 +111,7 @@ impl Supervisor {
             logs: data_dir.join("services").join("logs"),
             meta,
             cgroups,
+            modules: crate::modules::ModuleCache::new(data_dir),
             replicas: Mutex::new(BTreeMap::new()),
             stopping: Mutex::new(BTreeMap::new()),
             stopped_one: tokio::sync::Notify::new(),
@@ -324,6 +327,27 @@ impl Supervisor {
             return;
         }
         identity.give(&work_directory);
+        let (program, arguments) = match &spec.module {
+            None => (spec.program.clone(), spec.args.clone()),
+            Some(module) => {
+                // Until the module is here (the catalog may be briefly unreachable), the
+                // replica says why it waits.
+                loop {
+                    match self.place_module(module, &work_directory, &identity).await {
+                        Ok(()) => break,
+                        Err(reason) => set_state(status, "failed", Some(reason)),
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                        _ = stopped.wait_for(|stop| *stop) => {
+                            let _ = std::fs::remove_dir_all(&work_directory);
+                            return;
+                        }
+                    }
+                }
+                wasm_command(spec, port)
+            }
+        };
         let (log_path, rotated_path) = self.log_paths(service, index);
         if let Some(parent) = log_path.parent() {
             let _ = std::fs::create_dir_all(parent);
@@ -345,7 +369,7 @@ impl Supervisor {
                 .map(ProcessCgroup::confinement)
                 .unwrap_or_default();
             let mut command =
-                identity.confined_command(&spec.program, &spec.args, &work_directory, confinement);
+                identity.confined_command(&program, &arguments, &work_directory, confinement);
             command
                 .env("BRAMBLE_SERVICE", service)
                 .env("BRAMBLE_REPLICA", index.to_string())
@@ -524,7 +548,51 @@ impl Supervisor {
     }
 }
 
+/// The module's name in a replica's work directory.
+const MODULE_FILE: &str = "service.wasm";
+/// The most linear memory a module may grow to when the service sets no `--memory`.
+const DEFAULT_MODULE_MEMORY: u64 = 256 * 1024 * 1024;
+
+/// How the agent's own binary runs a replica's module: `bramble wasm-task`, with the
+/// replica's port as its listening socket, no fuel limit (a service runs until stopped)
+/// and `--memory` (or 256 MiB) as the guest memory cap.
+fn wasm_command(spec: &ServiceSpec, port: Option<u16>) -> (String, Vec<String>) {
+    let mut arguments = vec![
+        "wasm-task".to_string(),
+        "--module".to_string(),
+        MODULE_FILE.to_string(),
+        "--memory".to_string(),
+        spec.memory_bytes
+            .unwrap_or(DEFAULT_MODULE_MEMORY)
+            .to_string(),
+    ];
+    if let Some(port) = port {
+        arguments.extend(["--listen".to_string(), port.to_string()]);
+    }
+    arguments.push("--".to_string());
+    arguments.extend(spec.args.iter().cloned());
+    // The magic link reaches the agent's binary without traversing its directory, which
+    // the replica's user may not be allowed to (as with /root/.cargo/bin).
+    ("/proc/self/exe".to_string(), arguments)
+}
+
 impl Supervisor {
+    /// Copies the module from this node's cache (fetching it first if need be) into the
+    /// replica's work directory, readable by its user.
+    async fn place_module(
+        &self,
+        module: &crate::modules::ModuleRef,
+        work_directory: &Path,
+        identity: &Identity,
+    ) -> Result<(), String> {
+        let cached = self.modules.fetch(&self.meta, module).await?;
+        let target = work_directory.join(MODULE_FILE);
+        std::fs::copy(&cached, &target)
+            .map_err(|error| format!("copying the module for the replica: {error}"))?;
+        identity.give(&target);
+        Ok(())
+    }
+
     /// Probes the replica until it is unhealthy (`retries` failures in a row); returns the
     /// last failure. Never returns for a service without a health check.
     async fn watch_health(
