@@ -502,6 +502,33 @@ pub enum BenchCommand {
     /// Node-to-node bulk throughput: `--from` streams to `--to`'s `bench.sink` over the
     /// mux (mutual TLS, flow control, bulk threads), as block copies will.
     Net(BenchNetArgs),
+    /// sysbench's CPU test (same algorithm) on each node, one after another, with each
+    /// node beside the seeds' Raspberry Pi figures; a run at the default max prime becomes
+    /// the node's speed for the jobs scheduler's greedy policy.
+    #[command(
+        after_help = "Examples:\n  bramble bench cpu\n  bramble bench cpu --nodes n1,n2 --threads 4 --time 5\n  bramble bench cpu --cpu-max-prime 9999 --events 10000 --time 0   # the seeds' run\n  bramble bench cpu --json"
+    )]
+    Cpu(BenchCpuArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchCpuArgs {
+    #[command(flatten)]
+    pub output: JsonFlag,
+    /// Nodes to measure (default: every node).
+    #[arg(long, value_delimiter = ',', value_name = "NODE,...")]
+    pub nodes: Vec<String>,
+    /// Trial division up to this number per event (sysbench's --cpu-max-prime).
+    #[arg(long, default_value_t = 10_000)]
+    pub cpu_max_prime: u64,
+    #[arg(long, default_value_t = 1)]
+    pub threads: u32,
+    /// Stop after this many events (0: no limit).
+    #[arg(long, default_value_t = 0)]
+    pub events: u64,
+    /// Stop after this many seconds (0: no limit; at most 12).
+    #[arg(long, default_value_t = 10.0)]
+    pub time: f64,
 }
 
 #[derive(Debug, Args)]

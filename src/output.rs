@@ -28,3 +28,19 @@ pub fn kib(value: u64) -> String {
         format!("{value} KB")
     }
 }
+
+/// A progress bar for long CLI work (on stderr), or a hidden one for `--json` output.
+pub fn progress_bar(length: u64, hidden: bool) -> indicatif::ProgressBar {
+    if hidden {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(length);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.enable_steady_tick(std::time::Duration::from_millis(100));
+    bar
+}

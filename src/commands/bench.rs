@@ -1,6 +1,8 @@
 //! `bramble bench net`: node-to-node bulk throughput measured with the agents' own
 //! transport. The CLI asks the sending agent to `bench.push` to the receiving agent's
 //! `bench.sink` (bramble-platform's bench service) and prints what the sink confirmed.
+//! `bramble bench cpu`: sysbench's CPU test on each node (`jobs.bench_cpu`), beside the
+//! seeds' board figures.
 
 use std::time::Duration;
 
@@ -10,7 +12,7 @@ use bramble_platform::bench_service::{METHOD_PUSH, PushReply, PushRequest};
 use bramble_util::ShutdownTrigger;
 use serde::Serialize;
 
-use crate::cli::{BenchCommand, BenchNetArgs, GlobalOptions};
+use crate::cli::{BenchCommand, BenchCpuArgs, BenchNetArgs, GlobalOptions};
 use crate::output;
 
 #[derive(Serialize)]
@@ -26,7 +28,111 @@ struct NetReport {
 pub async fn run(global: &GlobalOptions, command: &BenchCommand) -> Result<()> {
     match command {
         BenchCommand::Net(args) => net(global, args).await,
+        BenchCommand::Cpu(args) => cpu(global, args).await,
     }
+}
+
+/// The seeds' figures (REFERENCE.md, from article 003): `sysbench --test=cpu
+/// --cpu-max-prime=9999`, one thread, milliseconds per event, on 32-bit Raspbian.
+const BOARDS: [(&str, f64); 5] = [
+    ("Pi 1 B", 33.05),
+    ("Pi Zero W", 22.82),
+    ("Pi 2 B", 22.49),
+    ("Pi 3 B", 13.96),
+    ("Pi 4 B", 9.26),
+];
+
+async fn cpu(global: &GlobalOptions, args: &BenchCpuArgs) -> Result<()> {
+    use bramble_compute::cpu_bench::{CpuBenchRequest, CpuBenchResult};
+    let client = crate::target::resolve(global)?;
+    let request = CpuBenchRequest {
+        max_prime: args.cpu_max_prime,
+        threads: args.threads,
+        events: args.events,
+        seconds: args.time,
+    };
+    request.validate().map_err(|error| anyhow!(error))?;
+    let nodes: Vec<String> = if args.nodes.is_empty() {
+        let (_, view): (_, Vec<bramble_cluster::NodeView>) =
+            client.call_any("cluster.nodes", &()).await?;
+        view.into_iter()
+            .filter(|node| node.state == bramble_cluster::NodeState::Alive)
+            .map(|node| node.name)
+            .collect()
+    } else {
+        args.nodes.clone()
+    };
+    // One node at a time: emulated nodes share this machine's cores.
+    let bar = output::progress_bar(nodes.len() as u64, args.output.json);
+    let mut results: Vec<CpuBenchResult> = Vec::new();
+    let mut failures = Vec::new();
+    for node in &nodes {
+        bar.set_message(node.clone());
+        let outcome = async {
+            let address = client.address_of(node).await?;
+            client
+                .call_at::<_, CpuBenchResult>(
+                    address,
+                    bramble_compute::jobs::admin::METHOD_BENCH_CPU,
+                    &request,
+                )
+                .await
+                .with_context(|| format!("bench cpu on {node}"))
+        }
+        .await;
+        match outcome {
+            Ok(result) => results.push(result),
+            Err(error) => failures.push(format!("{error:#}")),
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    if args.output.json {
+        output::print_json(&results)?;
+    } else {
+        let mut table = output::table(&[
+            "node",
+            "arch",
+            "threads",
+            "events/s",
+            "ms per event (avg / p95)",
+            "primes",
+            "beside the seeds' boards (one thread)",
+        ]);
+        for result in &results {
+            let per_thread_ms = result.latency_average_ms;
+            let boards = if result.max_prime == 9_999 || result.max_prime == 10_000 {
+                BOARDS
+                    .iter()
+                    .filter(|(name, _)| matches!(*name, "Pi 3 B" | "Pi 4 B" | "Pi Zero W"))
+                    .map(|(name, ms)| format!("{:.1}x {name}", ms / per_thread_ms.max(1e-9)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            } else {
+                "(the seeds used --cpu-max-prime 9999)".to_string()
+            };
+            table.add_row(vec![
+                result.node.clone(),
+                result.architecture.clone(),
+                result.threads.to_string(),
+                format!("{:.1}", result.events_per_second),
+                format!(
+                    "{:.3} / {:.3}",
+                    result.latency_average_ms, result.latency_p95_ms
+                ),
+                result.primes_per_event.to_string(),
+                boards,
+            ]);
+        }
+        println!("{table}");
+        println!(
+            "The boards' figures are 32-bit Raspbian's (64-bit division is a library call there); a 64-bit build on the same board is several times faster."
+        );
+    }
+    if !failures.is_empty() {
+        anyhow::bail!("{}", failures.join("; "));
+    }
+    Ok(())
 }
 
 async fn net(global: &GlobalOptions, args: &BenchNetArgs) -> Result<()> {

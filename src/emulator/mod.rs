@@ -25,7 +25,6 @@ use bramble_meta::MetaSettings;
 use bramble_meta::api::{ClusterStatus, METHOD_STATUS, StatusRequest};
 use bramble_util::files::{self, Visibility};
 use bramble_util::names::validate_name;
-use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
 use crate::cli::{DownArgs, GlobalOptions, JsonFlag, UpArgs};
@@ -201,19 +200,6 @@ impl Emulation {
     }
 }
 
-fn progress_bar(length: u64, hidden: bool) -> ProgressBar {
-    if hidden {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(length);
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    bar.enable_steady_tick(Duration::from_millis(100));
-    bar
-}
-
 /// Starts the agent of `name` and waits until it answers RPC.
 async fn start_node(
     emulation: &Emulation,
@@ -276,7 +262,7 @@ pub async fn up(global: &GlobalOptions, args: &UpArgs) -> Result<()> {
         return Ok(());
     }
     let new_count = wanted.saturating_sub(existing);
-    let bar = progress_bar((stopped.len() + new_count + 1) as u64, args.output.json);
+    let bar = crate::output::progress_bar((stopped.len() + new_count + 1) as u64, args.output.json);
 
     let mut stats_pages: Vec<EmulatedNode> = Vec::new();
     // Create the first node (a new cluster) if there is none yet.
@@ -554,7 +540,7 @@ async fn wait_for_catalog(
 /// `bramble down`.
 pub async fn down(global: &GlobalOptions, args: &DownArgs) -> Result<()> {
     let emulation = Emulation::require(global)?;
-    let bar = progress_bar(emulation.state.nodes.len() as u64, false);
+    let bar = crate::output::progress_bar(emulation.state.nodes.len() as u64, false);
     let mut stopped = 0;
     for node in &emulation.state.nodes {
         bar.set_message(format!("stopping {}", node.name));

@@ -4,6 +4,7 @@
 //! for replicated services; [`modules`] holds the WebAssembly modules both run.
 
 pub mod catalog;
+pub mod cpu_bench;
 pub mod jobs;
 pub mod limits;
 pub mod modules;

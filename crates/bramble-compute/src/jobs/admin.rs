@@ -18,6 +18,12 @@ pub const METHOD_OUTPUT: &str = "jobs.output";
 pub const METHOD_EXCHANGE: &str = "jobs.exchange";
 pub const METHOD_NODES: &str = "jobs.nodes";
 pub const METHOD_LAUNCH: &str = "jobs.launch";
+/// `bramble bench cpu` on one node (admin only): a [`crate::cpu_bench::CpuBenchRequest`].
+pub const METHOD_BENCH_CPU: &str = "jobs.bench_cpu";
+/// Where a node's measured speed is kept, so a restart keeps it.
+pub fn speed_key(node: &str) -> String {
+    format!("jobs/speed/{node}")
+}
 
 /// `jobs.submit_wasm`: a job whose tasks run `module`; the spec's `Work::Wasm` names the
 /// module by hash (the node checks it).

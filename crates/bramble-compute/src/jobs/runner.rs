@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -87,15 +87,19 @@ impl JobSettings {
     }
 }
 
-/// Measures this node's speed with a short run of the π kernel: samples per second
-/// over 10^8 (about a modern x86 core; a Pi 4 core is about 0.3).
+/// Measures this node's speed with a short run of `bench cpu` (0.3 s, one thread, the
+/// default max prime), in the unit `bench cpu` stores: events per second over 1,000.
 fn calibrate() -> f64 {
-    let never = AtomicBool::new(false);
-    let samples = 4_000_000;
-    let started = Instant::now();
-    let _ = montecarlo::count_hits(1, samples, &never);
-    let seconds = started.elapsed().as_secs_f64().max(1e-6);
-    ((samples as f64 / seconds) / 1e8 * 100.0).round() / 100.0
+    let request = crate::cpu_bench::CpuBenchRequest {
+        max_prime: crate::cpu_bench::DEFAULT_MAX_PRIME,
+        threads: 1,
+        events: 0,
+        seconds: 0.3,
+    };
+    crate::cpu_bench::run(&request, "")
+        .ok()
+        .and_then(|result| crate::cpu_bench::speed_of(&result))
+        .map_or(1.0, |speed| (speed * 1000.0).round() / 1000.0)
 }
 
 /// An attempt being run here.
@@ -118,7 +122,8 @@ pub struct Runner {
     cluster_id: String,
     data_dir: PathBuf,
     slots: u32,
-    speed: f64,
+    /// f64 bits: `bench cpu` may change it while the runner runs.
+    speed: AtomicU64,
     cpus: u32,
     identity: Identity,
     meta: Arc<Meta>,
@@ -155,7 +160,15 @@ impl Runner {
             .unwrap_or(1);
         let identity = Identity::resolve(settings.task_user.as_deref())
             .map_err(|error| format!("jobs.toml: {error}"))?;
-        let speed = match settings.speed {
+        // jobs.toml's figure, else the last `bench cpu` here, else a short measurement.
+        let measured: Option<f64> = meta
+            .read(&super::admin::speed_key(node), Consistency::Stale, false)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|value| serde_json::from_slice(&value.value).ok())
+            .filter(|speed: &f64| speed.is_finite() && *speed > 0.0 && *speed < 1e6);
+        let speed = match settings.speed.or(measured) {
             Some(speed) => speed,
             None => tokio::task::spawn_blocking(|| {
                 bramble_util::scheduling::restore_original_priority();
@@ -172,7 +185,7 @@ impl Runner {
             cluster_id: cluster_id.to_string(),
             data_dir: data_dir.to_path_buf(),
             slots: settings.slots.unwrap_or(cpus),
-            speed,
+            speed: AtomicU64::new(speed.to_bits()),
             cpus,
             identity,
             meta,
@@ -194,7 +207,12 @@ impl Runner {
     }
 
     pub fn speed(&self) -> f64 {
-        self.speed
+        f64::from_bits(self.speed.load(Ordering::Relaxed))
+    }
+
+    /// A new measure of this node's speed (`bench cpu`), used from the next exchange.
+    pub fn set_speed(&self, speed: f64) {
+        self.speed.store(speed.to_bits(), Ordering::Relaxed);
     }
 
     pub fn running_count(&self) -> usize {
@@ -364,7 +382,7 @@ impl Runner {
         let request = ExchangeRequest {
             node: self.node.clone(),
             slots: self.slots,
-            speed: self.speed,
+            speed: self.speed(),
             load1: load_average(),
             cpus: self.cpus,
             running,

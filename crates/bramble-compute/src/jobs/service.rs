@@ -54,6 +54,16 @@ impl Handler for JobsService {
                         .await?,
                 )
             }
+            "bench_cpu" => {
+                if !matches!(request.caller, Caller::Admin(_)) {
+                    return Err(RpcError::new(
+                        ErrorKind::Unauthorized,
+                        "bench cpu is for the cluster's administrator",
+                    ));
+                }
+                let bench: crate::cpu_bench::CpuBenchRequest = request.decode()?;
+                encode(&self.bench_cpu(bench).await?)
+            }
             "list" => {
                 let query: ListJobs = request.decode()?;
                 encode(&self.list(query.all).await?)
@@ -218,6 +228,41 @@ impl JobsService {
         // failed and is retried).
         crate::modules::store(&self.meta, &hash, &module).await?;
         Ok(id)
+    }
+
+    /// Runs the CPU test here, at the priority tasks run at (not the agent's raised one);
+    /// a run at the default max prime becomes this node's speed, now and after a restart.
+    async fn bench_cpu(
+        &self,
+        request: crate::cpu_bench::CpuBenchRequest,
+    ) -> Result<crate::cpu_bench::CpuBenchResult, RpcError> {
+        request.validate().map_err(RpcError::bad_request)?;
+        let node = self.node.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            // Its own thread, so the lowered priority goes with it.
+            std::thread::spawn(move || {
+                bramble_util::scheduling::restore_original_priority();
+                crate::cpu_bench::run(&request, &node)
+            })
+            .join()
+            .unwrap_or_else(|_| Err("the benchmark panicked".to_string()))
+        })
+        .await
+        .map_err(|error| RpcError::internal(error.to_string()))?
+        .map_err(RpcError::bad_request)?;
+        if let Some(speed) = crate::cpu_bench::speed_of(&result) {
+            self.runner.set_speed(speed);
+            self.meta
+                .write(
+                    Command::Put {
+                        key: super::admin::speed_key(&self.node),
+                        value: serde_json::to_vec(&speed).unwrap_or_default(),
+                    },
+                    false,
+                )
+                .await?;
+        }
+        Ok(result)
     }
 
     async fn list(&self, all: bool) -> Result<Vec<JobSummary>, RpcError> {
