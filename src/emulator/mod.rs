@@ -590,6 +590,14 @@ pub async fn down(global: &GlobalOptions, args: &DownArgs) -> Result<()> {
         if let Some(demo) = &emulation.state.demo {
             recipe::release_vip_claim(demo.site, &emulation.dir);
         }
+        // The scratch directories of the nodes' programs (replicas, tasks, launches) live
+        // in the system's temp directory. A stopping agent removes its own, a restarted
+        // one its earlier run's; a node killed and never restarted leaves them behind.
+        if let Ok(admin) = AdminCredential::load(&emulation.admin_credential_path()) {
+            for node in &emulation.state.nodes {
+                bramble_compute::process::remove_stale_scratch(&admin.cluster_id, &node.name, "");
+            }
+        }
         std::fs::remove_dir_all(&emulation.dir)
             .with_context(|| format!("removing {}", emulation.dir.display()))?;
         println!("Removed {}.", emulation.dir.display());
