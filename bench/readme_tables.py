@@ -545,6 +545,70 @@ def jobs(data):
     return "\n".join(out)
 
 
+def services(data):
+    p = data["params"]
+    c, f = data["create"], data["failover"]
+    fp = data["footprint"]
+    anchors = data["anchors_s"]
+    ratios = data["ratios"]
+
+    def secs(summary):
+        if not summary:
+            return "– | –"
+        return f"{summary['median']:.2f} s | {summary['max']:.2f} s"
+
+    def against(key):
+        r = ratios.get(key) or {}
+        parts = [f"{name} ≈ {anchors[name]:g} s: {r[name]:.0f}x faster" if anchors[name] < 60
+                 else f"{name} ≈ {anchors[name] / 60:g} min: {r[name]:.0f}x faster"
+                 for name in anchors if r.get(name)]
+        return "; ".join(parts)
+
+    mb = lambda kib: f"{kib / 1024:.1f} MB"
+    ten, none = fp["ten_services"], fp["no_services"]
+    rounds = p["rounds"]
+    def after(key):
+        value = (f.get(f"{key}_after_detection") or {}).get("median")
+        return "–" if value is None else f"{value:.2f} s"
+
+    out = [
+        f"| figure ({p['nodes']}-node emulated cluster, release agents; {rounds} round{'s' if rounds != 1 else ''}) | median | max | against the defaults of Swarm, Nomad, Kubernetes |",
+        "|---|---|---|---|",
+        f"| `service create web` (2 replicas) → every replica running | {secs(c['running'])} | |",
+        f"| → every replica healthy by its own HTTP check (the first 2 s after the start) | {secs(c['healthy'])} | |",
+        f"| → every replica up in the balancer with a passed check, and each answered a GET through the VIP | {secs(c['in_balancer'])} | |",
+        f"| SIGKILL of a node holding a replica → every other node calls it dead (failure detection) | {secs(f['dead_everywhere'])} | |",
+        f"| → the replica running on another node ({after('running_elsewhere')} after the detection) | {secs(f['running_elsewhere'])} | {against('running_elsewhere')} |",
+        f"| → healthy there by its own check (the first 2 s after the start) | {secs(f['healthy_elsewhere'])} | |",
+        f"| → answering GETs through the balancer from its new node | {secs(f['answered_elsewhere'])} | |",
+        f"| → both: serving elsewhere ({after('serving_elsewhere')} after the detection) | {secs(f['serving_elsewhere'])} | {against('serving_elsewhere')} |",
+        f"| client GETs through the VIP every {p['client_ms']} ms during the failovers: failed | {f['client_failed']} of {f['client_requests']} | | |",
+        f"| agent RSS with {p['footprint_services']} services of 2 replicas (max of {p['nodes']}; mean); without services | {mb(ten['agent_rss_kib_max'])} ({mb(ten['agent_rss_kib_mean'])}); {mb(none['agent_rss_kib_max'])} | | k3s agent alone 268 MB: {ratios['k3s_agent_268mb_over_agent_rss_max']:.0f}x less memory |",
+        f"| agent idle CPU over {ten['window_s']:.0f} s, same (max; mean); without services | {ten['agent_cpu_percent_max']:.2f} % ({ten['agent_cpu_percent_mean']:.2f} %); {none['agent_cpu_percent_max']:.2f} % of a core | | |",
+        f"| the {ten.get('replica_count', 0)} replicas themselves (`demo-web`), not counted above: RSS in all (each); CPU in all | {mb(ten.get('replicas_rss_kib_total', 0))} ({mb(ten.get('replica_rss_kib_mean', 0))}); {ten.get('replicas_cpu_percent_total', 0):.2f} % of a core | | |",
+    ]
+    out.append("")
+    victims = ", ".join(f"{v['node']} (web-{v['replica']})" for v in f["victims"])
+    note = (
+        "The service is the demo's: `/proc/self/exe demo-web`, `--max-per-node 1`, off the `lb` nodes, `--health-http /lb-check.txt` at its defaults,"
+        " behind a balancer with `--backend service:web` and `HEAD /lb-check.txt` checks (HAProxy's inter 2 s, rise 2, fall 3)."
+        " Each condition is polled through the CLI by its own thread (a few ms a poll). The failover clock starts at the agent's SIGKILL (`bramble chaos kill`, whose report gives the failure detection);"
+        f" killed: {victims}, chosen to be neither the catalog leader nor the reconciler's node where possible ({f['victim_led_catalog_or_reconciler']} of {len(f['victims'])} was)."
+        " In the emulator every node has the address 127.0.0.1, so the moved replica keeps its backend address and inherits the dead one's passive ejection"
+        " (3 refused connections take a backend out for 5 s): most of the time to answer through the balancer; on real nodes the new address is a new backend."
+        " The client's requests to the dead replica were redispatched to the other one."
+        " Swarm, Nomad and Kubernetes: their documented defaults for moving a dead node's work (../shared/design/REFERENCE.md), not measured here."
+        f" The machine was shared with other work (load average {data['machine']['load_before'].split()[0]} before, {data['machine']['load_after'].split()[0]} after). "
+        + provenance(data)
+    )
+    if data.get("source_tree_dirty"):
+        note += " _The binary was built from a working tree with uncommitted changes._"
+    elif data.get("build_skipped"):
+        note += " _Built with SKIP_BUILD=1: the binary may not match the commit._"
+    out.append(note)
+    return "\n".join(out)
+
+
 def _dig(d, keys):
     for k in keys:
         if not isinstance(d, dict) or k not in d:
@@ -556,7 +620,7 @@ def _dig(d, keys):
 def main():
     readme = ROOT / "README.md"
     text = readme.read_text()
-    for name, render in (("membership", membership), ("footprint", footprint), ("scale", scale), ("catalog", catalog), ("leases", leases), ("streams", streams), ("bulk", bulk), ("lb", lb), ("storage", storage), ("jobs", jobs)):
+    for name, render in (("membership", membership), ("footprint", footprint), ("scale", scale), ("catalog", catalog), ("leases", leases), ("streams", streams), ("bulk", bulk), ("lb", lb), ("storage", storage), ("jobs", jobs), ("services", services)):
         data = load(name)
         if data is None:
             continue
