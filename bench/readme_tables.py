@@ -545,6 +545,81 @@ def jobs(data):
     return "\n".join(out)
 
 
+def services(data):
+    p = data["params"]
+    c, f, sparse = data["create"], data["failover"], data["failover_sparse_client"]
+    fp = data["footprint"]
+    anchors = data["anchors_s"]
+    ratios = data["ratios"]
+
+    def secs(summary):
+        if not summary:
+            return "– | –"
+        return f"{summary['median']:.2f} s | {summary['max']:.2f} s"
+
+    def against(key):
+        r = ratios.get(key) or {}
+        parts = [f"{name} ≈ {anchors[name]:g} s: {r[name]:.0f}x faster" if anchors[name] < 60
+                 else f"{name} ≈ {anchors[name] / 60:g} min: {r[name]:.0f}x faster"
+                 for name in anchors if r.get(name)]
+        return "; ".join(parts)
+
+    mb = lambda kib: f"{kib / 1024:.1f} MB"
+    ten, none = fp["ten_services"], fp["no_services"]
+    rounds = p["rounds"]
+    cpu_total = ten.get("replicas_cpu_percent_total", 0)
+    # /proc counts CPU time in clock ticks (10 ms): idle replicas may show none at all.
+    replica_cpu = f"{cpu_total:.2f} % of a core" if cpu_total else f"no clock tick (10 ms) in {ten['window_s']:.0f} s"
+
+    def after(section, key):
+        value = (section.get(f"{key}_after_detection") or {}).get("median")
+        return "–" if value is None else f"{value:.2f} s"
+
+    out = [
+        f"| figure ({p['nodes']}-node emulated cluster, release agents; {rounds} round{'s' if rounds != 1 else ''}) | median | max | against the defaults of Swarm, Nomad, Kubernetes |",
+        "|---|---|---|---|",
+        f"| `service create web` (2 replicas) → every replica running | {secs(c['running'])} | |",
+        f"| → every replica healthy by its own HTTP check (the first 2 s after the start) | {secs(c['healthy'])} | |",
+        f"| → every replica up in the balancer with a passed check, and each answered a GET through the VIP | {secs(c['in_balancer'])} | |",
+        f"| SIGKILL of a node holding a replica → the first other node calls it dead (failure detection) | {secs(f['dead_first_observer'])} | |",
+        f"| → every other node calls it dead | {secs(f['dead_everywhere'])} | |",
+        f"| → the replica running on another node (at most {after(f, 'running_elsewhere')} after the detection) | {secs(f['running_elsewhere'])} | {against('running_elsewhere')} |",
+        f"| → healthy there by its own check (the first 2 s after the start) | {secs(f['healthy_elsewhere'])} | |",
+        f"| → answering GETs through the balancer from its new node, a client GET every {p['sparse_client_ms'] / 1000:g} s | {secs(sparse['answered_elsewhere'])} | |",
+        f"| → the same, a client GET every {p['client_ms']} ms (the dead replica's address ejected for 5 s, see below) | {secs(f['answered_elsewhere'])} | |",
+        f"| → serving elsewhere (healthy and answering), client every {p['sparse_client_ms'] / 1000:g} s (at most {after(sparse, 'serving_elsewhere')} after the detection) | {secs(sparse['serving_elsewhere'])} | {against('serving_elsewhere_sparse_client')} |",
+        f"| → serving elsewhere, client every {p['client_ms']} ms | {secs(f['serving_elsewhere'])} | {against('serving_elsewhere')} |",
+        f"| client GETs through the VIP during the failovers that failed | {f['client_failed'] + sparse['client_failed']} of {f['client_requests'] + sparse['client_requests']} | | |",
+        f"| agent RSS with {p['footprint_services']} services of 2 replicas (max of {p['nodes']}; mean); without services | {mb(ten['agent_rss_kib_max'])} ({mb(ten['agent_rss_kib_mean'])}); {mb(none['agent_rss_kib_max'])} | | k3s agent alone 268 MB: {ratios['k3s_agent_268mb_over_agent_rss_max']:.0f}x less memory |",
+        f"| agent idle CPU over {ten['window_s']:.0f} s, same (max; mean); without services | {ten['agent_cpu_percent_max']:.2f} % ({ten['agent_cpu_percent_mean']:.2f} %); {none['agent_cpu_percent_max']:.2f} % of a core | | |",
+        f"| the {ten.get('replica_count', 0)} replicas themselves (`demo-web`), not counted above: RSS in all (each); CPU in all | {mb(ten.get('replicas_rss_kib_total', 0))} ({mb(ten.get('replica_rss_kib_mean', 0))}); {replica_cpu} | | |",
+    ]
+    out.append("")
+    victims = ", ".join(f"{v['node']} (web-{v['replica']})" for v in f["victims"] + sparse["victims"])
+    central = f["victim_led_catalog_or_reconciler"] + sparse["victim_led_catalog_or_reconciler"]
+    note = (
+        "The service is the demo's: `/proc/self/exe demo-web`, `--max-per-node 1`, off the `lb` nodes, `--health-http /lb-check.txt` at its defaults,"
+        " behind a balancer with `--backend service:web` and `HEAD /lb-check.txt` checks (HAProxy's inter 2 s, rise 2, fall 3)."
+        " Each condition is polled through the CLI by its own thread (a few ms a poll). The failover clock starts at the agent's SIGKILL (`bramble chaos kill`, whose report gives the failure detection;"
+        " the reconciler moves the replica when its own node calls the victim dead, no earlier than the first node does);"
+        f" killed: {victims}, chosen to be neither the catalog leader nor the reconciler's node where possible ({central} of {len(f['victims']) + len(sparse['victims'])} was)."
+        f" A client every {p['client_ms']} ms sends the dead replica 3 requests in a row, and the balancer ejects its address for 5 s (passive health);"
+        " every emulated node has the address 127.0.0.1, so the moved replica has the same address and waits out the ejection, hence the 5 s more."
+        " On real nodes its new address would be a new backend, in rotation at once (`Pool::carry_over` keeps a backend's state by name and address): what the sparse client sees here."
+        f" The sparse client's first answer from the moved replica is the first GET after it ran (a {p['sparse_client_ms'] / 1000:g} s step)."
+        " Requests sent to the dead replica were redispatched to the other one."
+        " Swarm, Nomad and Kubernetes: their documented defaults for moving a dead node's work (../shared/design/REFERENCE.md), not measured here."
+        f" The machine was shared with other work (load average {data['machine']['load_before'].split()[0]} before, {data['machine']['load_after'].split()[0]} after). "
+        + provenance(data)
+    )
+    if data.get("source_tree_dirty"):
+        note += " _The binary was built from a working tree with uncommitted changes._"
+    elif data.get("build_skipped"):
+        note += " _Built with SKIP_BUILD=1: the binary may not match the commit._"
+    out.append(note)
+    return "\n".join(out)
+
+
 def _dig(d, keys):
     for k in keys:
         if not isinstance(d, dict) or k not in d:
@@ -556,7 +631,7 @@ def _dig(d, keys):
 def main():
     readme = ROOT / "README.md"
     text = readme.read_text()
-    for name, render in (("membership", membership), ("footprint", footprint), ("scale", scale), ("catalog", catalog), ("leases", leases), ("streams", streams), ("bulk", bulk), ("lb", lb), ("storage", storage), ("jobs", jobs)):
+    for name, render in (("membership", membership), ("footprint", footprint), ("scale", scale), ("catalog", catalog), ("leases", leases), ("streams", streams), ("bulk", bulk), ("lb", lb), ("storage", storage), ("jobs", jobs), ("services", services)):
         data = load(name)
         if data is None:
             continue

@@ -171,15 +171,17 @@ pub enum Command {
     )]
     Bench(BenchCommand),
     /// Run the built-in demo web server (the recipe's web1/web2): a page naming the server,
-    /// `/lb-check.txt` for health checks, and `/session` for the sticky-session drill.
+    /// `/lb-check.txt` for health checks, and `/session` for the sticky-session drill. As a
+    /// service's replica it takes its name, port and node from the environment the agent
+    /// gives it (BRAMBLE_SERVICE, BRAMBLE_REPLICA, PORT, BRAMBLE_NODE).
     #[command(
         name = "demo-web",
-        after_help = "Examples:\n  bramble demo-web --name web1 --port 8081\n  bramble demo-web --name web2 --port 8082 --bind 0.0.0.0"
+        after_help = "Examples:\n  bramble demo-web --name web1 --port 8081\n  bramble demo-web --name web2 --port 8082 --bind 0.0.0.0\n  bramble service create web --replicas 2 --port 8100 --health-http /lb-check.txt -- /proc/self/exe demo-web --bind 0.0.0.0"
     )]
     DemoWeb(DemoWebArgs),
     /// Inject faults into an emulated cluster and measure how fast it notices.
     #[command(
-        after_help = "Examples:\n  bramble chaos kill n3             SIGKILL; waits until every other node says dead\n  bramble chaos restart n3          start it again; waits until it is alive everywhere\n  bramble chaos stop n2             SIGSTOP, a hung board\n  bramble chaos cont n2 --json"
+        after_help = "Examples:\n  bramble chaos kill n3             SIGKILL; waits until every other node says dead\n  bramble chaos restart n3          start it again; waits until it is alive everywhere\n  bramble chaos stop n2             SIGSTOP, a hung board\n  bramble chaos cont n2 --json\n  bramble chaos stop web-0          a hung web server: waits until the balancer reports it down\n  bramble chaos kill web-0          waits until its supervisor runs it again"
     )]
     Chaos(ChaosArgs),
 }
@@ -585,21 +587,23 @@ pub struct DownArgs {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ChaosAction {
-    /// SIGKILL the node's agent (power cut).
+    /// SIGKILL the node's agent (power cut), or a replica's processes.
     Kill,
-    /// SIGSTOP the node's agent (a hung board).
+    /// SIGSTOP the node's agent (a hung board), or a replica's processes.
     Stop,
-    /// SIGCONT a stopped agent.
+    /// SIGCONT a stopped agent or replica.
     Cont,
-    /// Start the node's agent again from its data directory (killing it first if running).
+    /// Start the node's agent again from its data directory (killing it first if
+    /// running); a replica: SIGKILL, and its supervisor starts it again.
     Restart,
 }
 
 #[derive(Debug, Args)]
 pub struct ChaosArgs {
     pub action: ChaosAction,
-    /// The emulated node, e.g. n3, `leader` for the catalog's current leader, or one of
-    /// the demo's web servers (web1, web2).
+    /// The emulated node, e.g. n3, `leader` for the catalog's current leader, or a
+    /// service's replica as the balancer names it (`web-0`, the demo's first web server)
+    /// or as `service ps` lists it (`web.0`).
     pub node: String,
     /// Return at once instead of waiting for the cluster to notice.
     #[arg(long)]
@@ -697,14 +701,19 @@ pub struct KvBenchArgs {
 
 #[derive(Debug, Args)]
 pub struct DemoWebArgs {
-    /// The name the pages show (and the X-Served-By header).
+    /// The name the pages show (and the X-Served-By header). Default, as a service's
+    /// replica: `<BRAMBLE_SERVICE>-<BRAMBLE_REPLICA>`, the balancer's name for it (web-0).
     #[arg(long)]
-    pub name: String,
+    pub name: Option<String>,
+    /// Default, as a service's replica: PORT.
     #[arg(long)]
-    pub port: u16,
+    pub port: Option<u16>,
     /// Address to bind.
     #[arg(long, default_value = "127.0.0.1")]
     pub bind: std::net::IpAddr,
+    /// The node named on the page. Default, as a service's replica: BRAMBLE_NODE.
+    #[arg(long)]
+    pub node: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

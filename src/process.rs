@@ -1,6 +1,7 @@
 //! Agent processes: finding them from their pid files (the agent refuses to start twice on
-//! one data directory), reading their state and footprint from /proc, sending signals, and
-//! starting them detached (the emulator).
+//! one data directory), reading their state and footprint from /proc, sending signals (to
+//! agents, and to service replicas' process groups for `chaos`), and starting them
+//! detached (the emulator).
 
 use std::fs::OpenOptions;
 use std::os::unix::process::CommandExt;
@@ -151,6 +152,31 @@ pub fn detach(command: &mut Command) {
             Ok(())
         });
     }
+}
+
+/// Signals the process group `pid` leads (a service replica leads its own, so whatever it
+/// started gets the signal too, as on a board losing power), or `pid` alone when it
+/// leads none.
+pub fn send_signal_to_group_of(pid: u32, signal: libc::c_int) -> Result<()> {
+    let leads_its_group = read_proc(&format!("/proc/{pid}/stat")).is_some_and(|stat| {
+        // The fields after the name: state, parent, process group.
+        stat_fields(&stat)
+            .get(2)
+            .and_then(|group| group.parse::<u32>().ok())
+            == Some(pid)
+    });
+    if !leads_its_group {
+        return send_signal(pid, signal);
+    }
+    // SAFETY: kill has no memory-safety preconditions.
+    let result = unsafe { libc::kill(-(pid as libc::pid_t), signal) };
+    if result != 0 {
+        bail!(
+            "could not signal the process group of {pid}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
 }
 
 pub fn send_signal(pid: u32, signal: libc::c_int) -> Result<()> {

@@ -156,15 +156,15 @@ fn plain_get(address: SocketAddr) -> Result<Exchange, String> {
     )
 }
 
-/// Asserts that a normal GET through `site` answers 200 from web1 or web2; returns how
-/// long it took.
+/// Asserts that a normal GET through `site` answers 200 from web-0 or web-1 (the demo's
+/// web servers, the replicas of the service `web`); returns how long it took.
 fn assert_site_serves(site: SocketAddr) -> Duration {
     let answer =
         plain_get(site).unwrap_or_else(|error| panic!("the site does not answer: {error}"));
     let served_by = answer.header("x-served-by").unwrap_or_default();
     assert!(
-        answer.status() == Some(200) && (served_by == "web1" || served_by == "web2"),
-        "a normal GET through {site} should answer 200 from web1 or web2:\n{}",
+        answer.status() == Some(200) && (served_by == "web-0" || served_by == "web-1"),
+        "a normal GET through {site} should answer 200 from web-0 or web-1:\n{}",
         answer.text()
     );
     answer.elapsed
@@ -777,7 +777,7 @@ fn the_recipe_balancer_answers_bad_input_with_clear_errors_and_keeps_serving() {
     // Proves that the recipe's balancer (and balancers beside it on the same lb nodes)
     // answer malformed requests, huge heads, oversized bodies, slowloris clients, garbage
     // or silent backends and smuggling attempts with a clear 4xx/5xx or a prompt close,
-    // that after each the site still serves 200 from web1 or web2, and that no agent
+    // that after each the site still serves 200 from web-0 or web-1, and that no agent
     // crashed or panicked on the way.
     let cluster = TestCluster::up_with(3, &[]);
     let recipe = show(&cluster, "webfarm").expect("up creates the balancer webfarm");

@@ -311,7 +311,7 @@ pub async fn run(global: &GlobalOptions, command: &LbCommand) -> Result<()> {
                     continue;
                 };
                 let holder = vip_holder(&client, &spec.name).await;
-                let backends: Vec<serde_json::Value> = spec
+                let mut backends: Vec<serde_json::Value> = spec
                     .backends
                     .iter()
                     .map(|backend| {
@@ -323,6 +323,24 @@ pub async fn run(global: &GlobalOptions, command: &LbCommand) -> Result<()> {
                         serde_json::json!({ "name": backend.name, "addr": backend.addr, "weight": backend.weight, "admin": backend.admin, "state": status })
                     })
                     .collect();
+                // The services' replicas (`--backend service:web`), as the serving node
+                // expanded them: they are in no spec.
+                let replicas = live
+                    .get(&spec.name)
+                    .into_iter()
+                    .flat_map(|stats| stats.backends.iter())
+                    .filter(|live| {
+                        !spec
+                            .backends
+                            .iter()
+                            .any(|backend| backend.name == live.name)
+                    });
+                for live in replicas {
+                    backends.push(serde_json::json!({
+                        "name": live.name, "addr": live.addr, "weight": live.weight,
+                        "admin": "enabled", "state": live.status, "from_service": true,
+                    }));
+                }
                 rows.push(serde_json::json!({
                     "name": spec.name, "listen": spec.listen, "mode": spec.mode, "balance": spec.balance.to_string(),
                     "backends": backends, "vip_holder": holder,

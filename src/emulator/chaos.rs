@@ -1,7 +1,8 @@
-//! `bramble chaos`: the drills' faults on an emulated node or a demo web server, and how
-//! long the rest of the cluster takes to notice. The clock starts just before the signal
-//! is sent and stops when the last answering node's view shows the expected state (for a
-//! web server: when the balancer serving the VIP reports it down or up).
+//! `bramble chaos`: the drills' faults on an emulated node or a service's replica (the
+//! demo's web servers `web-0` and `web-1`), and how long the rest of the cluster takes to
+//! notice. The clock starts just before the signal is sent and stops when the last
+//! answering node's view shows the expected state (for a replica: when its supervisor
+//! has started it again, and the balancer serving it reports it down or up).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,7 +11,9 @@ use std::net::SocketAddr;
 
 use anyhow::{Context, Result, bail};
 use bramble_cluster::{NodeState, NodeView};
-use bramble_lb::pool::BalancerStats;
+use bramble_compute::services::admin::{METHOD_LOCAL, METHOD_PS, PsAnswer};
+use bramble_compute::services::spec::RestartPolicy;
+use bramble_compute::services::supervisor::ReplicaStatus;
 use bramble_meta::api::{ClusterStatus, METHOD_STATUS, METHOD_WRITE, StatusRequest, WriteRequest};
 use bramble_meta::types::{Command, CommandResult};
 use bramble_net::RpcClient;
@@ -76,13 +79,12 @@ async fn time_catalog_failover(
 pub async fn chaos(global: &GlobalOptions, args: &ChaosArgs) -> Result<()> {
     let emulation = Emulation::require(global)?;
     let client = emulation.client(global)?;
-    let is_web = emulation
-        .state
-        .demo
-        .as_ref()
-        .is_some_and(|demo| demo.webs.iter().any(|web| web.name == args.node));
-    if is_web {
-        return web_chaos(&emulation, &client, args).await;
+    // A node's name wins; otherwise `web-0` or `web.0` names a service's replica.
+    if args.node != "leader"
+        && emulation.node(&args.node).is_err()
+        && let Some((service, index)) = parse_replica(&args.node)
+    {
+        return replica_chaos(&emulation, &client, args, &service, index).await;
     }
     // The catalog leader before the fault: `leader` names it, and killing or stopping it
     // also times the catalog's failover.
@@ -274,110 +276,191 @@ pub async fn chaos(global: &GlobalOptions, args: &ChaosArgs) -> Result<()> {
     Ok(())
 }
 
+/// `(service, index)` of a replica named as the balancer names it (`web-0`) or as
+/// `service ps` lists it (`web.0`).
+fn parse_replica(text: &str) -> Option<(String, u32)> {
+    let (service, index) = text.split_once('.').or_else(|| text.rsplit_once('-'))?;
+    if service.is_empty() || index.is_empty() || !index.bytes().all(|byte| byte.is_ascii_digit()) {
+        return None;
+    }
+    Some((service.to_string(), index.parse().ok()?))
+}
+
 #[derive(Serialize)]
-struct WebChaosReport {
-    web: String,
+struct ReplicaChaosReport {
+    /// The replica as the balancer names it (`web-0`).
+    replica: String,
+    service: String,
+    index: u32,
+    node: String,
     action: &'static str,
-    pid: Option<u32>,
-    /// The status the serving balancer's stats were waited for: down or up.
-    expected_status: &'static str,
-    /// Seconds until the balancer holding the VIP reported it (None with --no-wait).
+    pid: u32,
+    /// After kill or restart: the process its supervisor started in its place.
+    new_pid: Option<u32>,
+    /// Seconds until that process ran (None with --no-wait).
+    restarted_seconds: Option<f64>,
+    /// The status a balancer's stats were waited for (down or up), when the replica is a
+    /// balancer's backend.
+    expected_status: Option<&'static str>,
+    /// Seconds until the balancer serving it reported that status.
     seconds: Option<f64>,
     /// The node whose balancer reported it.
     balancer_node: Option<String>,
 }
 
-/// The status of `backend` in the demo balancer, from the lb node that serves it.
-async fn demo_backend_status(
+/// The status of `backend` in whichever balancer has it, from the node serving that
+/// balancer (the VIP holder).
+async fn backend_status(
     emulation: &Emulation,
     client: &ClusterClient,
     backend: &str,
 ) -> Option<(String, String)> {
-    let demo = emulation.state.demo.as_ref()?;
-    for page in &demo.stats {
-        let Ok(node) = emulation.node(&page.name) else {
-            continue;
-        };
-        let Ok(list) = client
-            .call_at::<_, Vec<BalancerStats>>(node.addr, "lb.stats", &())
-            .await
-        else {
-            continue;
-        };
-        // Only the VIP holder runs the balancer and its checks; the others list no
-        // backends.
-        if let Some(status) = list
-            .iter()
-            .filter(|stats| stats.name == recipe::BALANCER)
-            .flat_map(|stats| stats.backends.iter())
-            .find(|stats| stats.name == backend)
-        {
-            return Some((node.name.clone(), status.status.clone()));
-        }
-    }
-    None
+    recipe::serving_balancers(emulation, client)
+        .await
+        .into_iter()
+        .find_map(|(node, stats)| {
+            stats
+                .backends
+                .into_iter()
+                .find(|stats| stats.name == backend)
+                .map(|stats| (node, stats.status))
+        })
 }
 
-/// The recipe's "kill web1" steps: a signal to a demo web server, then the time until the
-/// balancer serving the VIP sees it down (its checks: HAProxy's inter 2 s, fall 3) or up
-/// again (rise 2).
-async fn web_chaos(emulation: &Emulation, client: &ClusterClient, args: &ChaosArgs) -> Result<()> {
-    let name = args.node.as_str();
-    let current = recipe::web_process(emulation, name);
-    let stopped = current.is_some_and(process::process_is_stopped);
+/// The replica `index` of `service` as its node's supervisor reports it.
+async fn replica_on_node(
+    client: &ClusterClient,
+    address: SocketAddr,
+    service: &str,
+    index: u32,
+) -> Option<ReplicaStatus> {
+    client
+        .call_at::<_, Vec<ReplicaStatus>>(address, METHOD_LOCAL, &Some(service.to_string()))
+        .await
+        .ok()?
+        .into_iter()
+        .find(|replica| replica.index == index)
+}
+
+/// The recipe's "kill web1" steps, on a service's replica: a signal to its process group
+/// (the emulator runs on the same host as the replica's node), then the time until the
+/// cluster has dealt with it. Stop (a hung server) waits for the balancer serving it to
+/// report it down (its checks: HAProxy's inter 2 s, fall 3), cont for up again (rise 2).
+/// Kill and restart (the same SIGKILL; restart reads better for a stopped replica) wait
+/// for its supervisor to start a new process and the balancer to have it up — or, for a
+/// service whose restart policy is `never`, for the balancer to report it down.
+async fn replica_chaos(
+    emulation: &Emulation,
+    client: &ClusterClient,
+    args: &ChaosArgs,
+    service: &str,
+    index: u32,
+) -> Result<()> {
+    let name = format!("{service}-{index}");
+    let (_, answer): (_, PsAnswer) = client
+        .call_any(METHOD_PS, &service.to_string())
+        .await
+        .with_context(|| {
+            format!(
+                "{:?} is neither an emulated node nor a replica of a service",
+                args.node
+            )
+        })?;
+    let replica = answer
+        .replicas
+        .iter()
+        .find(|replica| replica.index == index)
+        .with_context(|| {
+            format!(
+                "replica {index} of {service} runs nowhere right now (`bramble service ps {service}`)"
+            )
+        })?;
+    let Some(pid) = replica.pid else {
+        bail!(
+            "{name} on {} has no process right now (it is {}; `bramble service ps {service}`)",
+            replica.node,
+            replica.state
+        );
+    };
+    let node = replica.node.clone();
+    let node_address = emulation.node(&node)?.addr;
+    let restarts = answer.spec.restart != RestartPolicy::Never;
+    let in_balancer = backend_status(emulation, client, &name).await.is_some();
+    let stopped = process::process_is_stopped(pid);
     let started = Instant::now();
-    let (action, expected, pid) = match args.action {
-        ChaosAction::Kill | ChaosAction::Stop => {
-            let Some(pid) = current else {
-                bail!("{name} is not running; start it with `bramble chaos restart {name}`");
-            };
-            if args.action == ChaosAction::Kill {
-                process::send_signal(pid, libc::SIGKILL)?;
-                ("kill", "down", Some(pid))
-            } else {
-                if stopped {
-                    bail!("{name} is already stopped; `bramble chaos cont {name}` continues it");
-                }
-                process::send_signal(pid, libc::SIGSTOP)?;
-                ("stop", "down", Some(pid))
+    let (action, expected) = match args.action {
+        ChaosAction::Stop => {
+            if stopped {
+                bail!("{name} is already stopped; `bramble chaos cont {name}` continues it");
             }
+            process::send_signal_to_group_of(pid, libc::SIGSTOP)?;
+            ("stop", "down")
         }
         ChaosAction::Cont => {
-            let Some(pid) = current.filter(|_| stopped) else {
-                bail!("{name} is not stopped; nothing to continue");
-            };
-            process::send_signal(pid, libc::SIGCONT)?;
-            ("cont", "up", Some(pid))
-        }
-        ChaosAction::Restart => {
-            if let Some(pid) = current {
-                process::send_signal(pid, libc::SIGKILL)?;
-                let deadline = Instant::now() + Duration::from_secs(5);
-                while recipe::web_process(emulation, name).is_some() && Instant::now() < deadline {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
+            if !stopped {
+                bail!(
+                    "{name} (pid {pid} on {node}) is not stopped; nothing to continue (a replica hung for longer than its health checks allow is replaced by its supervisor)"
+                );
             }
-            recipe::start_web_named(emulation, name)?;
-            ("restart", "up", recipe::web_process(emulation, name))
+            process::send_signal_to_group_of(pid, libc::SIGCONT)?;
+            ("cont", "up")
+        }
+        ChaosAction::Kill | ChaosAction::Restart => {
+            let action = if args.action == ChaosAction::Kill {
+                "kill"
+            } else {
+                "restart"
+            };
+            if action == "restart" && !restarts {
+                bail!(
+                    "{service}'s restart policy is never: its supervisor will not start {name} again"
+                );
+            }
+            process::send_signal_to_group_of(pid, libc::SIGKILL)?;
+            (action, if restarts { "up" } else { "down" })
         }
     };
-    let mut report = WebChaosReport {
-        web: name.to_string(),
+    let mut report = ReplicaChaosReport {
+        replica: name.clone(),
+        service: service.to_string(),
+        index,
+        node: node.clone(),
         action,
         pid,
-        expected_status: expected,
+        new_pid: None,
+        restarted_seconds: None,
+        expected_status: in_balancer.then_some(expected),
         seconds: None,
         balancer_node: None,
     };
     if !args.no_wait {
         let deadline = started + Duration::from_secs(args.timeout);
-        loop {
-            if let Some((node, status)) = demo_backend_status(emulation, client, name).await
+        let waiting_for_restart =
+            matches!(args.action, ChaosAction::Kill | ChaosAction::Restart) && restarts;
+        while waiting_for_restart && report.new_pid.is_none() {
+            if let Some(now) = replica_on_node(client, node_address, service, index).await
+                && now.state == "running"
+                && let Some(new_pid) = now.pid.filter(|new_pid| *new_pid != pid)
+            {
+                report.new_pid = Some(new_pid);
+                report.restarted_seconds = Some(started.elapsed().as_secs_f64());
+                continue;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{action} {name}: its supervisor on {node} did not start it again within {} s",
+                    args.timeout
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        while in_balancer && report.seconds.is_none() {
+            if let Some((balancer_node, status)) = backend_status(emulation, client, &name).await
                 && status == expected
             {
                 report.seconds = Some(started.elapsed().as_secs_f64());
-                report.balancer_node = Some(node);
-                break;
+                report.balancer_node = Some(balancer_node);
+                continue;
             }
             if Instant::now() > deadline {
                 bail!(
@@ -391,12 +474,35 @@ async fn web_chaos(emulation: &Emulation, client: &ClusterClient, args: &ChaosAr
     if args.output.json {
         return output::print_json(&report);
     }
-    let pid_text = pid.map(|pid| format!(" (pid {pid})")).unwrap_or_default();
-    match (report.seconds, &report.balancer_node) {
-        (Some(seconds), Some(node)) => println!(
-            "{action} {name}{pid_text}: the balancer on {node} reports it {expected} after {seconds:.2} s."
-        ),
-        _ => println!("{action} {name}{pid_text}: done."),
+    let mut line = format!("{action} {name} (pid {pid} on {node})");
+    if let (Some(seconds), Some(new_pid)) = (report.restarted_seconds, report.new_pid) {
+        line.push_str(&format!(
+            ": its supervisor started it again after {seconds:.2} s (pid {new_pid})"
+        ));
     }
+    match (report.seconds, &report.balancer_node) {
+        (Some(seconds), Some(balancer_node)) => line.push_str(&format!(
+            "; the balancer on {balancer_node} reports it {expected} after {seconds:.2} s."
+        )),
+        _ if report.new_pid.is_some() => line.push('.'),
+        _ => line.push_str(": done."),
+    }
+    println!("{line}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_replica;
+
+    #[test]
+    fn replicas_are_named_as_the_balancer_or_service_ps_names_them() {
+        assert_eq!(parse_replica("web-0"), Some(("web".to_string(), 0)));
+        assert_eq!(parse_replica("web.1"), Some(("web".to_string(), 1)));
+        assert_eq!(parse_replica("api-v2-12"), Some(("api-v2".to_string(), 12)));
+        assert_eq!(parse_replica("web"), None);
+        assert_eq!(parse_replica("web-"), None);
+        assert_eq!(parse_replica("-3"), None);
+        assert_eq!(parse_replica("web-x"), None);
+    }
 }

@@ -21,6 +21,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use bramble_cluster::join::{JoinOptions, join};
 use bramble_cluster::node_dir::InitOptions;
 use bramble_cluster::{AdminCredential, MembershipSettings, NodeDir, NodeView};
+use bramble_compute::services::admin::{self as services, PsAnswer};
 use bramble_meta::MetaSettings;
 use bramble_meta::api::{ClusterStatus, METHOD_STATUS, StatusRequest};
 use bramble_util::files::{self, Visibility};
@@ -410,8 +411,8 @@ pub async fn up(global: &GlobalOptions, args: &UpArgs) -> Result<()> {
             .await
             .context("setting up the HA website demo (use --bare to skip it)")?;
     } else if let Some(demo) = &emulation.state.demo {
-        recipe::start_stopped_webs(&emulation)?;
-        recipe::wait_for_site(demo.site).await?;
+        // The agents start the service's replicas again from their placements.
+        recipe::wait_for_site(&emulation, &client, demo).await?;
     }
 
     if args.output.json {
@@ -486,6 +487,11 @@ pub async fn up(global: &GlobalOptions, args: &UpArgs) -> Result<()> {
     println!(
         "  bramble pi --samples 1e9{dir_flag}     recipe 3: pi by Monte Carlo over the cluster"
     );
+    if emulation.state.demo.is_some() {
+        println!(
+            "  bramble chaos stop web-0{dir_flag}     hang a web server: the balancer routes around it, its node replaces it"
+        );
+    }
     println!("  bramble status{dir_flag}               processes, memory and CPU");
     println!("  bramble down{dir_flag}                 stop the cluster (bramble up resumes it)");
     Ok(())
@@ -551,10 +557,16 @@ pub async fn down(global: &GlobalOptions, args: &DownArgs) -> Result<()> {
         }
         bar.inc(1);
     }
-    let webs = recipe::stop_webs(&emulation).await?;
     bar.finish_and_clear();
-    if webs > 0 {
-        println!("Stopped {webs} demo web server(s).");
+    // Each agent stopped its service replicas on the way out (the demo's web servers
+    // among them).
+    if let Some(advice) = emulation
+        .state
+        .demo
+        .as_ref()
+        .and_then(|demo| demo.legacy_advice(&emulation.dir))
+    {
+        eprintln!("warning: {advice}");
     }
     println!(
         "Stopped {stopped} agent(s) of the emulated cluster in {}.",
@@ -563,6 +575,14 @@ pub async fn down(global: &GlobalOptions, args: &DownArgs) -> Result<()> {
     if args.purge {
         if let Some(demo) = &emulation.state.demo {
             recipe::release_vip_claim(demo.site, &emulation.dir);
+        }
+        // The scratch directories of the nodes' programs (replicas, tasks, launches) live
+        // in the system's temp directory. A stopping agent removes its own, a restarted
+        // one its earlier run's; a node killed and never restarted leaves them behind.
+        if let Ok(admin) = AdminCredential::load(&emulation.admin_credential_path()) {
+            for node in &emulation.state.nodes {
+                bramble_compute::process::remove_stale_scratch(&admin.cluster_id, &node.name, "");
+            }
         }
         std::fs::remove_dir_all(&emulation.dir)
             .with_context(|| format!("removing {}", emulation.dir.display()))?;
@@ -683,12 +703,23 @@ pub async fn status(global: &GlobalOptions, flags: &JsonFlag) -> Result<()> {
     println!("Emulated cluster in {}", emulation.dir.display());
     println!("{table}");
     if let Some(demo) = &emulation.state.demo {
-        for web in &demo.webs {
-            let state = match recipe::web_process(&emulation, &web.name) {
-                Some(pid) => format!("running, pid {pid}"),
-                None => "not running".to_string(),
-            };
-            println!("{} on {}: {state}", web.name, web.addr);
+        if let Some(service) = &demo.service
+            && membership.is_some()
+        {
+            match client
+                .call_any::<_, PsAnswer>(services::METHOD_PS, service)
+                .await
+            {
+                Ok((_, answer)) => {
+                    for line in recipe::describe_replicas(&answer) {
+                        println!("{line}");
+                    }
+                }
+                Err(error) => println!("service {service}: {error:#}"),
+            }
+        }
+        if let Some(advice) = demo.legacy_advice(&emulation.dir) {
+            println!("Note: {advice}");
         }
         for line in recipe::describe(&emulation, demo) {
             println!("{line}");

@@ -280,7 +280,8 @@ impl TestCluster {
 
 impl Drop for TestCluster {
     fn drop(&mut self) {
-        let run = self.bramble(&["down"]);
+        // --purge also removes the scratch directories a killed node left in /tmp.
+        let run = self.bramble(&["down", "--purge"]);
         if !run.success {
             eprintln!("bramble down failed: {}", run.stderr);
         }

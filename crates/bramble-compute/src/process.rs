@@ -159,9 +159,10 @@ pub fn cluster_tag(cluster_id: &str) -> String {
         .collect()
 }
 
-/// Removes this node's scratch directories of `kind` (`job`, `launch-`, `service-`) left
-/// by an earlier run of its agent: nothing of that run is alive (its programs died with
-/// it), and a directory that stayed would fill the temp directory over restarts.
+/// Removes this node's scratch directories of `kind` (`job`, `launch-`, `service-`, or
+/// `""` for every kind) left by an earlier run of its agent: nothing of that run is alive
+/// (its programs died with it), and a directory that stayed would fill the temp directory
+/// over restarts. `bramble down --purge` uses it for the nodes of a deleted cluster.
 pub fn remove_stale_scratch(cluster_id: &str, node: &str, kind: &str) {
     let prefix = scratch_directory(cluster_id, node, kind);
     let (Some(parent), Some(start)) = (

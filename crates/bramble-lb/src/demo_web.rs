@@ -4,7 +4,9 @@
 //! `JSESSIONID` cookie so sticky sessions can be watched working.
 //!
 //! Every response carries `X-Served-By: <name>`, so a client (or a test) can tell which
-//! backend answered without parsing the page.
+//! backend answered without parsing the page. Run as a service's replica (as `bramble up`
+//! does), the name is the balancer's name for the replica (`web-0`) and the page also
+//! names the node it runs on, which changes when the replica moves.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -44,14 +46,20 @@ const DEMO_LIMITS: ServerLimits = ServerLimits {
     connection_lifetime: Duration::from_secs(3600),
 };
 
-/// Serves the demo web server `name` on `listener` until `shutdown`.
-pub async fn serve_demo_web(name: String, listener: TcpListener, shutdown: Shutdown) {
+/// Serves the demo web server `name` (on `node`, when it is a replica) on `listener`
+/// until `shutdown`.
+pub async fn serve_demo_web(
+    name: String,
+    node: Option<String>,
+    listener: TcpListener,
+    shutdown: Shutdown,
+) {
     // Checked once here so every response can carry the name without a fallible step.
     let served_by =
         HeaderValue::from_str(&name).unwrap_or_else(|_| HeaderValue::from_static("invalid-name"));
     let sessions = Arc::new(Mutex::new(Sessions::default()));
     let handler = move |request: BoundedRequest, _peer: SocketAddr| {
-        let mut response = respond(&name, &sessions, &request);
+        let mut response = respond(&name, node.as_deref(), &sessions, &request);
         response.headers_mut().insert(SERVED_BY, served_by.clone());
         std::future::ready(response)
     };
@@ -88,6 +96,7 @@ impl Sessions {
 
 fn respond(
     name: &str,
+    node: Option<&str>,
     sessions: &Mutex<Sessions>,
     request: &BoundedRequest,
 ) -> Response<Full<Bytes>> {
@@ -109,16 +118,19 @@ fn respond(
         // Like the recipe's `touch lb-check.txt`: an empty file that exists.
         "/lb-check.txt" => text(StatusCode::OK, String::new()),
         "/session" => session_page(name, sessions, request),
-        _ => home_page(name, request),
+        _ => home_page(name, node, request),
     }
 }
 
-fn home_page(name: &str, request: &BoundedRequest) -> Response<Full<Bytes>> {
+fn home_page(name: &str, node: Option<&str>, request: &BoundedRequest) -> Response<Full<Bytes>> {
     let name = escape_html(name);
     let mut page = format!(
         "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{name}</title></head>\n\
          <body>\n<h1>Served by {name}</h1>\n"
     );
+    if let Some(node) = node {
+        page.push_str(&format!("<p>on node {}</p>\n", escape_html(node)));
+    }
     // The balancer adds the client's address; showing it proves the header made it through.
     let forwarded_for: Vec<&str> = request
         .headers()
@@ -231,7 +243,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let (trigger, shutdown) = ShutdownTrigger::new();
-        let server = tokio::spawn(serve_demo_web(name.to_string(), listener, shutdown));
+        let server = tokio::spawn(serve_demo_web(name.to_string(), None, listener, shutdown));
         (address, trigger, server)
     }
 
@@ -284,6 +296,28 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_replica_s_page_names_its_node_and_the_header_its_replica() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (trigger, shutdown) = ShutdownTrigger::new();
+        tokio::spawn(serve_demo_web(
+            "web-0".to_string(),
+            Some("n<4>".to_string()),
+            listener,
+            shutdown,
+        ));
+        let answer = fetch(address, "GET", "/", &[]).await;
+        assert!(answer.body.contains("<h1>Served by web-0</h1>"));
+        assert!(
+            answer.body.contains("<p>on node n&lt;4&gt;</p>"),
+            "{}",
+            answer.body
+        );
+        assert_eq!(answer.headers["x-served-by"], "web-0");
+        trigger.trigger();
     }
 
     #[tokio::test]

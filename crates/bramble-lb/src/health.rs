@@ -406,7 +406,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let (web_trigger, web_shutdown) = ShutdownTrigger::new();
-        let web = tokio::spawn(serve_demo_web("web1".into(), listener, web_shutdown));
+        let web = tokio::spawn(serve_demo_web("web1".into(), None, listener, web_shutdown));
 
         let spec = BackendSpec {
             name: "web1".into(),
@@ -450,7 +450,7 @@ mod tests {
         // The server comes back on the same port.
         let listener = TcpListener::bind(address).await.unwrap();
         let (web_trigger, web_shutdown) = ShutdownTrigger::new();
-        tokio::spawn(serve_demo_web("web1".into(), listener, web_shutdown));
+        tokio::spawn(serve_demo_web("web1".into(), None, listener, web_shutdown));
         wait_for("a passing check", || last_check().starts_with("L7OK")).await;
         assert!(!backend.is_healthy(), "one pass is not `rise` passes");
         wait_for("the backend to be marked up", || backend.is_healthy()).await;
