@@ -37,6 +37,7 @@ const SUBSYSTEMS: &[Subsystem] = &[
     bramble_store::subsystem::SUBSYSTEM,
     bramble_compute::jobs::subsystem::SUBSYSTEM,
     bramble_compute::services::subsystem::SUBSYSTEM,
+    bramble_compute::exec::SUBSYSTEM,
     bramble_lb::subsystem::SUBSYSTEM,
 ];
 /// How long the agent waits for its workers to end after the shutdown signal.

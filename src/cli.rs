@@ -170,6 +170,13 @@ pub enum Command {
         after_help = "Examples:\n  bramble bench net --from n1 --to n2 --seconds 10\n  bramble bench net --from n1 --to n2 --streams 8 --json"
     )]
     Bench(BenchCommand),
+    /// Run a command on many nodes at once and print each node's output and exit code
+    /// (Ansible's `all -m shell`); only on nodes that opted in (`--allow-exec` at init or
+    /// join, or `enabled = true` in exec.toml), as `nobody` unless the node allows root.
+    #[command(
+        after_help = "Examples:\n  bramble exec -- uname -n\n  bramble exec --nodes n1,n2 --timeout 30s -- sh -c 'df -h / | tail -1'\n  bramble exec --role lb --one-line -- uptime\n  bramble exec --json -- cat /proc/loadavg\n\nThe exit status is 0 only if every chosen node ran the command and it exited 0."
+    )]
+    Exec(ExecArgs),
     /// Run the built-in demo web server (the recipe's web1/web2): a page naming the server,
     /// `/lb-check.txt` for health checks, and `/session` for the sticky-session drill. As a
     /// service's replica it takes its name, port and node from the environment the agent
@@ -188,6 +195,10 @@ pub enum Command {
 
 #[derive(Debug, Clone, Args)]
 pub struct NodeOptions {
+    /// Let the cluster's administrator run commands here with `bramble exec` (writes
+    /// `enabled = true` to exec.toml; off by default).
+    #[arg(long)]
+    pub allow_exec: bool,
     /// This node's name (lowercase letters, digits, '-'). Default: the host name.
     #[arg(long)]
     pub name: Option<String>,
@@ -511,6 +522,41 @@ pub enum BenchCommand {
         after_help = "Examples:\n  bramble bench cpu\n  bramble bench cpu --nodes n1,n2 --threads 4 --time 5\n  bramble bench cpu --cpu-max-prime 9999 --events 10000 --time 0   # the seeds' run\n  bramble bench cpu --json"
     )]
     Cpu(BenchCpuArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    #[command(flatten)]
+    pub output: JsonFlag,
+    /// Every node (the default when neither --nodes nor --role is given).
+    #[arg(long, conflicts_with_all = ["nodes", "role"])]
+    pub all: bool,
+    /// These nodes.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "NODE,...",
+        conflicts_with = "role"
+    )]
+    pub nodes: Vec<String>,
+    /// The nodes with this role.
+    #[arg(long, value_name = "ROLE")]
+    pub role: Option<String>,
+    /// Nodes asked at once.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub parallel: u32,
+    /// Cut the command after this long on each node: 30s, 5m (at most 1h).
+    #[arg(long, default_value = "60s", value_name = "T")]
+    pub timeout: String,
+    /// One line per node: its name, the result and the first line of output.
+    #[arg(long)]
+    pub one_line: bool,
+    /// Run as this user (root only where the node allows it).
+    #[arg(long)]
+    pub user: Option<String>,
+    /// The program and its arguments.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
 }
 
 #[derive(Debug, Args)]

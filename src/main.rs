@@ -89,6 +89,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Command::DemoWeb(args) => commands::demo_web::run(args).await,
         Command::Lb(command) => commands::lb::run(global, command).await,
         Command::Bench(command) => commands::bench::run(global, command).await,
+        Command::Exec(args) => commands::exec::run(global, args).await,
         Command::Volume(command) => commands::volume::run(global, command).await,
         Command::Fs(command) => commands::fs::run(global, command).await,
         Command::Mount(args) => mount::run(global, args).await,

@@ -24,6 +24,20 @@ fn node_name(options: &NodeOptions) -> Result<String> {
     Ok(hostname.trim().to_lowercase())
 }
 
+/// `--allow-exec`: the node's opt-in to `bramble exec`.
+fn allow_exec(options: &crate::cli::NodeOptions, path: &std::path::Path) -> Result<()> {
+    if options.allow_exec {
+        bramble_compute::exec::ExecSettings {
+            enabled: true,
+            allow_root: false,
+        }
+        .save(path)
+        .map_err(|error| anyhow::anyhow!("writing exec.toml: {error}"))?;
+        println!("bramble exec is allowed on this node (as nobody; exec.toml).");
+    }
+    Ok(())
+}
+
 pub fn init(global: &GlobalOptions, args: &InitArgs) -> Result<()> {
     let path = data_dir(global);
     let (node, token, _admin) = NodeDir::init(
@@ -41,6 +55,7 @@ pub fn init(global: &GlobalOptions, args: &InitArgs) -> Result<()> {
         ..MetaSettings::default()
     }
     .save(&path)?;
+    allow_exec(&args.node, &path)?;
     println!(
         "Created cluster {} with node {} in {}.",
         node.config.cluster_id,
@@ -81,6 +96,7 @@ pub async fn join_cluster(global: &GlobalOptions, args: &JoinArgs) -> Result<()>
     )
     .await
     .with_context(|| format!("could not join through {}", args.member))?;
+    allow_exec(&args.node, &path)?;
     println!(
         "Joined cluster {} as {}; data directory {}.",
         node.config.cluster_id,

@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod catalog;
 pub mod demo_web;
+pub mod exec;
 pub mod fs;
 pub mod jobs;
 pub mod lb;
