@@ -70,6 +70,38 @@ fn wait_or_explain(
     }
 }
 
+/// A balancer `name` on `listen` whose backends are `service`'s replicas, checked with
+/// `GET /`.
+fn balance_service(cluster: &TestCluster, name: &str, listen: std::net::SocketAddr, service: &str) {
+    let listen_text = listen.to_string();
+    let backend = format!("service:{service}");
+    cluster.bramble_ok(&[
+        "lb",
+        "create",
+        name,
+        "--listen",
+        &listen_text,
+        "--backend",
+        &backend,
+        "--check",
+        "GET /",
+    ]);
+}
+
+/// Whether balancer `name` has exactly `count` backends, all up.
+fn backends_up(cluster: &TestCluster, name: &str, count: usize) -> bool {
+    let run = cluster.bramble(&["lb", "show", name, "--json"]);
+    run.success
+        && run.json()["live"]["backends"]
+            .as_array()
+            .is_some_and(|backends| {
+                backends.len() == count
+                    && backends
+                        .iter()
+                        .all(|backend| backend["status"].as_str() == Some("up"))
+            })
+}
+
 fn process_alive(pid: u64) -> bool {
     pid > 0 && std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
@@ -384,30 +416,8 @@ fn a_service_is_a_balancer_s_backends_and_a_lost_replica_costs_no_request() {
         "exec python3 -m http.server $PORT --bind 127.0.0.1",
     ]);
     let listen = std::net::SocketAddr::from(([127, 0, 2, 61], harness::free_port([127, 0, 0, 1])));
-    let listen_text = listen.to_string();
-    cluster.bramble_ok(&[
-        "lb",
-        "create",
-        "site",
-        "--listen",
-        &listen_text,
-        "--backend",
-        "service:web",
-        "--check",
-        "GET /",
-    ]);
-    let backends_up = |count: usize| {
-        let run = cluster.bramble(&["lb", "show", "site", "--json"]);
-        run.success
-            && run.json()["live"]["backends"]
-                .as_array()
-                .is_some_and(|backends| {
-                    backends.len() == count
-                        && backends
-                            .iter()
-                            .all(|backend| backend["status"].as_str() == Some("up"))
-                })
-    };
+    balance_service(&cluster, "site", listen, "web");
+    let backends_up = |count: usize| backends_up(&cluster, "site", count);
     wait_until(
         "both replicas are the balancer's backends, up",
         Duration::from_secs(60),
@@ -621,30 +631,8 @@ fn a_rolling_update_replaces_replicas_without_a_failed_request_and_a_bad_one_rol
         "exec python3 -m http.server $PORT --bind 127.0.0.1",
     ]);
     let listen = std::net::SocketAddr::from(([127, 0, 2, 62], harness::free_port([127, 0, 0, 1])));
-    let listen_text = listen.to_string();
-    cluster.bramble_ok(&[
-        "lb",
-        "create",
-        "site",
-        "--listen",
-        &listen_text,
-        "--backend",
-        "service:web",
-        "--check",
-        "GET /",
-    ]);
-    let backends_up = |count: usize| {
-        let run = cluster.bramble(&["lb", "show", "site", "--json"]);
-        run.success
-            && run.json()["live"]["backends"]
-                .as_array()
-                .is_some_and(|backends| {
-                    backends.len() == count
-                        && backends
-                            .iter()
-                            .all(|backend| backend["status"].as_str() == Some("up"))
-                })
-    };
+    balance_service(&cluster, "site", listen, "web");
+    let backends_up = |count: usize| backends_up(&cluster, "site", count);
     wait_or_explain(
         &cluster,
         "web",

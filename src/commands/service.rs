@@ -86,10 +86,13 @@ pub async fn run(global: &GlobalOptions, command: &ServiceCommand) -> Result<()>
                 "error",
             ]);
             for replica in &answer.replicas {
-                let state = match &replica.health {
+                let mut state = match &replica.health {
                     Some(health) => format!("{} ({health})", replica.state),
                     None => replica.state.clone(),
                 };
+                if answer.withheld.contains(&replica.index) && replica.state == "running" {
+                    state.push_str(", out of the balancers");
+                }
                 table.add_row(vec![
                     format!("{}.{}", replica.service, replica.index),
                     replica.generation.to_string(),

@@ -88,6 +88,9 @@ pub struct PsAnswer {
     /// The latest rolling update, if there was one.
     #[serde(default)]
     pub rollout: Option<Rollout>,
+    /// Replicas kept out of the balancers (not yet healthy, or about to be replaced).
+    #[serde(default)]
+    pub withheld: Vec<u32>,
 }
 
 /// `services.logs`: a replica's log on the node that runs it.

@@ -367,14 +367,18 @@ impl ServicesService {
     async fn ps(&self, name: &str) -> Result<PsAnswer, RpcError> {
         let (spec, _) = self.spec(name).await?;
         let (replicas, unreachable) = self.gather(Some(name)).await;
-        let placed: BTreeMap<u32, String> = scan_all(&self.meta, &assign_prefix(name))
+        let placed: BTreeMap<u32, Assignment> = scan_all(&self.meta, &assign_prefix(name))
             .await?
             .into_iter()
             .filter_map(|(key, value)| {
                 let (_, index) = parse_assign_key(&key)?;
-                let assignment: Assignment = serde_json::from_slice(&value).ok()?;
-                Some((index, assignment.node))
+                Some((index, serde_json::from_slice(&value).ok()?))
             })
+            .collect();
+        let withheld = placed
+            .iter()
+            .filter(|(_, assignment)| assignment.withheld_since_unix_ms.is_some())
+            .map(|(index, _)| *index)
             .collect();
         // Why a replica has no node: placement is a pure function, so any node can tell
         // (the reconciler may be elsewhere).
@@ -404,6 +408,7 @@ impl ServicesService {
             pending,
             unreachable,
             rollout,
+            withheld,
         })
     }
 
