@@ -545,6 +545,46 @@ def jobs(data):
     return "\n".join(out)
 
 
+def monitoring(data):
+    summary = data["summary"]
+    rows = [
+        ("Bramble agent, monitor off (`enabled = false`)", "agent_monitor_off"),
+        ("Bramble agent, monitor on, /metrics scraped every 15 s", "agent_monitor_on"),
+        (f"node_exporter ({data.get('node_exporter_version') or '?'}), scraped every 15 s", "node_exporter"),
+        (f"Netdata ({data.get('netdata_version') or '?'}), all its processes", "netdata"),
+    ]
+    out = ["| program (one 60 s window each) | RSS | CPU, % of one core |", "|---|---|---|"]
+    for label, key in rows:
+        s = summary.get(key)
+        if not s:
+            out.append(f"| {label} | not measured | |")
+            continue
+        if key.startswith("agent"):
+            rss = f"{s['rss_kib_mean']/1024:.1f} MB mean of {s['programs']} (max {s['rss_kib_max']/1024:.1f} MB)"
+            cpu = f"{s['cpu_percent_mean']:.2f} % mean (max {s['cpu_percent_max']:.2f} %)"
+        else:
+            rss = f"{s['rss_kib_mean']/1024:.1f} MB ({s['processes']} processes)" if s["processes"] > 1 else f"{s['rss_kib_mean']/1024:.1f} MB"
+            cpu = f"{s['cpu_percent_mean']:.2f} %"
+        out.append(f"| {label} | {rss} | {cpu} |")
+    on, off = summary.get("agent_monitor_on"), summary.get("agent_monitor_off")
+    note = ""
+    if on and off:
+        note = (
+            f"The monitor costs each agent {(on['rss_kib_mean'] - off['rss_kib_mean'])/1024:+.1f} MB of RSS and "
+            f"{on['cpu_percent_mean'] - off['cpu_percent_mean']:+.2f} % of a core (means over the {on['programs']} agents; "
+            "the other agents' work — gossip, Raft heartbeats — is in both). "
+        )
+    out.append("")
+    out.append(
+        note
+        + f"Goal (issue 12): the whole agent, monitoring included, under either of the others alone. The machine ({data['machine']['cpus']} cores) was shared with other work (load {data['machine']['load'][0]}). "
+        + provenance(data)
+    )
+    if data.get("source_tree_dirty"):
+        out[-1] += " _The binary was built from a working tree with uncommitted changes._"
+    return "\n".join(out)
+
+
 def _dig(d, keys):
     for k in keys:
         if not isinstance(d, dict) or k not in d:
@@ -556,7 +596,7 @@ def _dig(d, keys):
 def main():
     readme = ROOT / "README.md"
     text = readme.read_text()
-    for name, render in (("membership", membership), ("footprint", footprint), ("scale", scale), ("catalog", catalog), ("leases", leases), ("streams", streams), ("bulk", bulk), ("lb", lb), ("storage", storage), ("jobs", jobs)):
+    for name, render in (("membership", membership), ("footprint", footprint), ("scale", scale), ("catalog", catalog), ("leases", leases), ("streams", streams), ("bulk", bulk), ("lb", lb), ("storage", storage), ("jobs", jobs), ("monitoring", monitoring)):
         data = load(name)
         if data is None:
             continue

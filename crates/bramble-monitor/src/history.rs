@@ -175,8 +175,18 @@ impl History {
             Some((start, points)) if *start == step_start => points.push(point),
             _ => {
                 if let Some((start, points)) = self.gathering.take() {
-                    self.minutes.push(summarise(start, &points));
-                    added = true;
+                    let summary = summarise(start, &points);
+                    // A clock stepped backwards (NTP on a board without an RTC) would put
+                    // this step before the last one; the tier stays in order instead.
+                    let in_order = self
+                        .minutes
+                        .points
+                        .back()
+                        .is_none_or(|last| last.unix_seconds <= summary.unix_seconds);
+                    if in_order {
+                        self.minutes.push(summary);
+                        added = true;
+                    }
                 }
                 let mut points = Vec::with_capacity(64);
                 points.push(point);
@@ -310,13 +320,19 @@ impl History {
 
     /// Writes the minute tier to `data_dir` atomically.
     pub fn save(&self, data_dir: &Path) -> Result<(), MonitorError> {
-        bramble_util::files::write_atomic(
-            &data_dir.join(HISTORY_FILE),
-            &self.encode_minutes(),
-            bramble_util::files::Visibility::Private,
-        )
-        .map_err(|error| MonitorError::Save(error.to_string()))
+        save_encoded(data_dir, &self.encode_minutes())
     }
+}
+
+/// Writes an encoded minute tier ([`History::encode_minutes`]) to `data_dir` atomically;
+/// apart from `save` so the caller can encode under its lock and write outside it.
+pub fn save_encoded(data_dir: &Path, bytes: &[u8]) -> Result<(), MonitorError> {
+    bramble_util::files::write_atomic(
+        &data_dir.join(HISTORY_FILE),
+        bytes,
+        bramble_util::files::Visibility::Private,
+    )
+    .map_err(|error| MonitorError::Save(error.to_string()))
 }
 
 const MAGIC: &[u8; 4] = b"BRMH";
@@ -438,6 +454,33 @@ mod tests {
         // One throttled second keeps its minute's bit.
         assert_eq!(day[0].values[THROTTLED], 4.0);
         assert_eq!(day[1].values[THROTTLED], 0.0);
+    }
+
+    #[test]
+    fn a_clock_stepped_back_keeps_the_minute_tier_in_order() {
+        let mut history = History::new(Duration::from_secs(60));
+        let start = 1_800_000_000u64;
+        for seconds in [
+            start,
+            start + 60,
+            start + 120,
+            start - 600,
+            start - 540,
+            start + 180,
+        ] {
+            history.record(point(seconds as u32, 1.0), seconds * 1000);
+        }
+        let day = history.points(Tier::Day);
+        assert!(
+            day.windows(2)
+                .all(|pair| pair[0].unix_seconds <= pair[1].unix_seconds)
+        );
+        let mut reloaded = History::new(Duration::from_secs(60));
+        assert!(
+            reloaded
+                .decode_minutes(&history.encode_minutes(), start + 600)
+                .is_ok()
+        );
     }
 
     #[test]

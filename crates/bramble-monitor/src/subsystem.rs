@@ -177,12 +177,13 @@ impl Monitor {
     }
 
     fn save_history(&self) {
+        // Encoded under the lock (75 KB at most), written outside it.
         let encoded = self
             .history
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
-            .clone();
-        if let Err(error) = encoded.save(&self.data_dir) {
+            .encode_minutes();
+        if let Err(error) = crate::history::save_encoded(&self.data_dir, &encoded) {
             warn!(%error, "could not save the minute history");
         }
     }
