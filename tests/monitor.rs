@@ -232,6 +232,8 @@ fn metrics_pass_promtool_and_a_real_prometheus_scrapes_every_agent() {
             "bramble_agent_resident_memory_bytes ",
             "bramble_agent_cpu_seconds_total ",
             "bramble_jobs_tasks_running ",
+            "bramble_services_replicas_running ",
+            "bramble_store_copies_healed_total ",
         ] {
             assert!(
                 text.contains(family),
