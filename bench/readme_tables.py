@@ -545,13 +545,19 @@ def jobs(data):
     return "\n".join(out)
 
 
+def _version(text):
+    """`node_exporter, version 1.5.0 (branch: ...)` or `netdata v1.37.1` -> `1.5.0`, `1.37.1`."""
+    match = re.search(r"v?(\d+\.\d+(?:\.\d+)?)", text or "")
+    return match.group(1) if match else "?"
+
+
 def monitoring(data):
     summary = data["summary"]
     rows = [
         ("Bramble agent, monitor off (`enabled = false`)", "agent_monitor_off"),
         ("Bramble agent, monitor on, /metrics scraped every 15 s", "agent_monitor_on"),
-        (f"node_exporter ({data.get('node_exporter_version') or '?'}), scraped every 15 s", "node_exporter"),
-        (f"Netdata ({data.get('netdata_version') or '?'}), all its processes", "netdata"),
+        (f"node_exporter {_version(data.get('node_exporter_version'))}, scraped every 15 s", "node_exporter"),
+        (f"Netdata {_version(data.get('netdata_version'))}, all its processes", "netdata"),
     ]
     out = ["| program (one 60 s window each) | RSS | CPU, % of one core |", "|---|---|---|"]
     for label, key in rows:
@@ -574,10 +580,20 @@ def monitoring(data):
             f"{on['cpu_percent_mean'] - off['cpu_percent_mean']:+.2f} % of a core (means over the {on['programs']} agents; "
             "the other agents' work — gossip, Raft heartbeats — is in both). "
         )
+    verdicts = []
+    for key, name in (("node_exporter", "node_exporter"), ("netdata", "Netdata")):
+        other = summary.get(key)
+        if on and other:
+            met = on["rss_kib_mean"] < other["rss_kib_mean"] and on["cpu_percent_mean"] < other["cpu_percent_mean"]
+            verdicts.append(
+                f"against {name} {'**met**' if met else '**not met**'} ({on['rss_kib_mean']/1024:.1f} MB and {on['cpu_percent_mean']:.2f} % against {other['rss_kib_mean']/1024:.1f} MB and {other['cpu_percent_mean']:.2f} %)"
+            )
     out.append("")
     out.append(
         note
-        + f"Goal (issue 12): the whole agent, monitoring included, under either of the others alone. The machine ({data['machine']['cpus']} cores) was shared with other work (load {data['machine']['load'][0]}). "
+        + "Goal (issue 12): the whole agent, monitoring included, under either of the others alone: "
+        + ("; ".join(verdicts) if verdicts else "not measured")
+        + f". The machine ({data['machine']['cpus']} cores) was shared with other work (load {data['machine']['load'][0]}). "
         + provenance(data)
     )
     if data.get("source_tree_dirty"):

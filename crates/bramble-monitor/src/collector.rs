@@ -382,3 +382,27 @@ mod tests {
         assert!(buffer.is_empty());
     }
 }
+
+#[cfg(test)]
+mod cost {
+    use super::*;
+
+    /// How long one round takes here (`cargo test --release -p bramble-monitor -- --ignored
+    /// --nocapture round_cost`): a figure to watch, not an assertion.
+    #[test]
+    #[ignore]
+    fn round_cost() {
+        let mut collector = Collector::new();
+        let mut sample = Sample::default();
+        collector.collect(&mut sample);
+        let rounds = 500;
+        let started = std::time::Instant::now();
+        for _ in 0..rounds {
+            collector.collect(&mut sample);
+        }
+        eprintln!(
+            "one round of the collectors: {:?}",
+            started.elapsed() / rounds
+        );
+    }
+}
