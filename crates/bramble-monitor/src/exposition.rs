@@ -2,9 +2,10 @@
 //! names and labels wherever node_exporter has one (so Grafana's "Node Exporter Full"
 //! works unchanged), and `bramble_*` names for the rest.
 //!
-//! Hand-written rather than through the `prometheus-client` crate the issue names: that
-//! crate writes OpenMetrics only, where a counter family is declared without its `_total`
-//! suffix (`# TYPE node_cpu_seconds counter`, samples `node_cpu_seconds_total`). Prometheus
+//! Hand-written rather than through the `prometheus-client` crate the issue names (0.26,
+//! reachable on crates.io): that crate writes OpenMetrics only, where a counter family is
+//! declared without its `_total` suffix (`# TYPE my_counter counter`, then
+//! `my_counter_total 1`, its own documentation's example). Prometheus
 //! reads that, but `promtool check metrics` (2.42, Debian's) parses the 0.0.4 format and
 //! reports every such counter as a family without help text — our own metrics would fail
 //! the lint the drill requires. The format is small; the care is in escaping label values
