@@ -7,7 +7,8 @@
 use std::fs::File;
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use tracing::debug;
 
@@ -191,14 +192,15 @@ impl Collector {
         if self.read("sys/devices/platform/soc/soc:firmware/get_throttled") {
             return parse::throttled(&self.buffer);
         }
-        let vcgencmd = self.vcgencmd.as_ref()?;
-        // A mailbox call to the firmware: a few milliseconds, on the blocking thread that
-        // runs the collectors.
-        let output = Command::new(vcgencmd).arg("get_throttled").output().ok()?;
-        if !output.status.success() || output.stdout.len() > 256 {
-            return None;
+        let vcgencmd = self.vcgencmd.clone()?;
+        let word = run_vcgencmd(&vcgencmd);
+        if word.is_none() {
+            // Without access to the firmware (no /dev/vchiq in a container, say) it would
+            // fail every second: asked once, then left alone.
+            debug!(path = %vcgencmd.display(), "vcgencmd get_throttled gave nothing; not asking again");
+            self.vcgencmd = None;
         }
-        parse::throttled(&String::from_utf8_lossy(&output.stdout))
+        word
     }
 
     fn own_process(&mut self) -> Option<ProcessFigures> {
@@ -244,6 +246,43 @@ fn read_bounded_into(path: &Path, buffer: &mut String) -> bool {
             false
         }
     }
+}
+
+/// `vcgencmd get_throttled`: a mailbox call to the firmware, a few milliseconds on the
+/// collectors' blocking thread. Bounded in time (killed after a second) and in output (the
+/// answer is one short line; more is refused).
+fn run_vcgencmd(path: &Path) -> Option<u32> {
+    const MAX_OUTPUT: u64 = 256;
+    let mut child = Command::new(path)
+        .arg("get_throttled")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+        }
+    };
+    let mut output = String::new();
+    child
+        .stdout
+        .take()?
+        .take(MAX_OUTPUT + 1)
+        .read_to_string(&mut output)
+        .ok()?;
+    if !status.success() || output.len() as u64 > MAX_OUTPUT {
+        return None;
+    }
+    parse::throttled(&output)
 }
 
 /// `dir/<prefix><number>` entries, sorted by number (thermal_zone0, cpu3).
@@ -370,6 +409,33 @@ mod tests {
         assert!(sample.disks.is_empty());
         assert!(sample.interfaces.is_empty());
         assert_eq!(sample.uptime_seconds, None);
+    }
+
+    #[test]
+    fn vcgencmd_is_read_bounded_in_time_and_size() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let script = |name: &str, body: &str| {
+            use std::os::unix::fs::PermissionsExt as _;
+            let path = dir.path().join(name);
+            std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).expect("write");
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+            path
+        };
+        assert_eq!(
+            run_vcgencmd(&script("good", "echo throttled=0x50005")),
+            Some(0x50005)
+        );
+        assert_eq!(
+            run_vcgencmd(&script("failing", "echo throttled=0x1; exit 1")),
+            None
+        );
+        assert_eq!(
+            run_vcgencmd(&script("chatty", "yes throttled=0x1 | head -c 100000")),
+            None
+        );
+        let started = Instant::now();
+        assert_eq!(run_vcgencmd(&script("hung", "exec sleep 30")), None);
+        assert!(started.elapsed() < Duration::from_secs(5));
     }
 
     #[test]
