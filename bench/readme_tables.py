@@ -616,6 +616,61 @@ def services(data):
     elif data.get("build_skipped"):
         note += " _Built with SKIP_BUILD=1: the binary may not match the commit._"
     out.append(note)
+
+
+def _version(text):
+    """`node_exporter, version 1.5.0 (branch: ...)` or `netdata v1.37.1` -> `1.5.0`, `1.37.1`."""
+    match = re.search(r"v?(\d+\.\d+(?:\.\d+)?)", text or "")
+    return match.group(1) if match else "?"
+
+
+def monitoring(data):
+    summary = data["summary"]
+    rows = [
+        ("Bramble agent, monitor off (`enabled = false`)", "agent_monitor_off"),
+        ("Bramble agent, monitor on, /metrics scraped every 15 s", "agent_monitor_on"),
+        (f"node_exporter {_version(data.get('node_exporter_version'))}, scraped every 15 s", "node_exporter"),
+        (f"Netdata {_version(data.get('netdata_version'))}, all its processes", "netdata"),
+    ]
+    out = ["| program (one 60 s window each) | RSS | CPU, % of one core |", "|---|---|---|"]
+    for label, key in rows:
+        s = summary.get(key)
+        if not s:
+            out.append(f"| {label} | not measured | |")
+            continue
+        if key.startswith("agent"):
+            rss = f"{s['rss_kib_mean']/1024:.1f} MB mean of {s['programs']} (max {s['rss_kib_max']/1024:.1f} MB)"
+            cpu = f"{s['cpu_percent_mean']:.2f} % mean (max {s['cpu_percent_max']:.2f} %)"
+        else:
+            rss = f"{s['rss_kib_mean']/1024:.1f} MB ({s['processes']} processes)" if s["processes"] > 1 else f"{s['rss_kib_mean']/1024:.1f} MB"
+            cpu = f"{s['cpu_percent_mean']:.2f} %"
+        out.append(f"| {label} | {rss} | {cpu} |")
+    on, off = summary.get("agent_monitor_on"), summary.get("agent_monitor_off")
+    note = ""
+    if on and off:
+        note = (
+            f"The monitor costs each agent {(on['rss_kib_mean'] - off['rss_kib_mean'])/1024:+.1f} MB of RSS and "
+            f"{on['cpu_percent_mean'] - off['cpu_percent_mean']:+.2f} % of a core (means over the {on['programs']} agents; "
+            "the other agents' work — gossip, Raft heartbeats — is in both). "
+        )
+    verdicts = []
+    for key, name in (("node_exporter", "node_exporter"), ("netdata", "Netdata")):
+        other = summary.get(key)
+        if on and other:
+            met = on["rss_kib_mean"] < other["rss_kib_mean"] and on["cpu_percent_mean"] < other["cpu_percent_mean"]
+            verdicts.append(
+                f"against {name} {'**met**' if met else '**not met**'} ({on['rss_kib_mean']/1024:.1f} MB and {on['cpu_percent_mean']:.2f} % against {other['rss_kib_mean']/1024:.1f} MB and {other['cpu_percent_mean']:.2f} %)"
+            )
+    out.append("")
+    out.append(
+        note
+        + "Goal (issue 12): the whole agent, monitoring included, under either of the others alone: "
+        + ("; ".join(verdicts) if verdicts else "not measured")
+        + f". The machine ({data['machine']['cpus']} cores) was shared with other work (load {data['machine']['load'][0]}). "
+        + provenance(data)
+    )
+    if data.get("source_tree_dirty"):
+        out[-1] += " _The binary was built from a working tree with uncommitted changes._"
     return "\n".join(out)
 
 
@@ -630,7 +685,7 @@ def _dig(d, keys):
 def main():
     readme = ROOT / "README.md"
     text = readme.read_text()
-    for name, render in (("membership", membership), ("footprint", footprint), ("scale", scale), ("catalog", catalog), ("leases", leases), ("streams", streams), ("bulk", bulk), ("lb", lb), ("storage", storage), ("jobs", jobs), ("services", services)):
+    for name, render in (("membership", membership), ("footprint", footprint), ("scale", scale), ("catalog", catalog), ("leases", leases), ("streams", streams), ("bulk", bulk), ("lb", lb), ("storage", storage), ("jobs", jobs), ("services", services), ("monitoring", monitoring)):
         data = load(name)
         if data is None:
             continue

@@ -22,7 +22,7 @@ use bramble_net::{
 };
 use bramble_platform::bench_service::{self, BenchService};
 use bramble_platform::service::AgentService;
-use bramble_platform::{Context, Subsystem, Subsystems};
+use bramble_platform::{Context, Subsystem, SubsystemFigures, Subsystems};
 use bramble_util::files::{self, Visibility};
 use bramble_util::{ShutdownTrigger, Workers};
 use tokio::net::TcpListener;
@@ -34,6 +34,8 @@ use crate::process;
 
 /// Every subsystem of the agent, in start order (stopped in reverse).
 const SUBSYSTEMS: &[Subsystem] = &[
+    // First, so its collectors run (and its history keeps) while the others start and stop.
+    bramble_monitor::subsystem::SUBSYSTEM,
     bramble_store::subsystem::SUBSYSTEM,
     bramble_compute::jobs::subsystem::SUBSYSTEM,
     bramble_compute::services::subsystem::SUBSYSTEM,
@@ -77,12 +79,14 @@ pub async fn run(data_dir: &Path) -> Result<()> {
         mux: MuxClient::new(node.credential.client_config()?, shutdown.clone()),
         shutdown: shutdown.clone(),
         workers: workers.clone(),
+        figures: SubsystemFigures::default(),
     };
     let subsystems = Arc::new(
         Subsystems::start(&context, SUBSYSTEMS)
             .await
             .map_err(|error| anyhow!(error))?,
     );
+    context.figures.attach(&subsystems);
     files::write_atomic(
         &pid_file,
         std::process::id().to_string().as_bytes(),

@@ -68,6 +68,12 @@ pub enum Command {
         after_help = "Examples:\n  bramble workers\n  bramble workers --node n2\n  bramble workers --json\n\nA worker that failed or panicked shows its error count and last error; most are restarted\nwith back-off (1 s, doubling up to 60 s)."
     )]
     Workers(WorkersArgs),
+    /// A node's live figures (CPU, load, memory, disks, network, temperature, throttling)
+    /// and its history: the last hour at 1 s, the last day at 1 min.
+    #[command(
+        after_help = "Examples:\n  bramble metrics n1\n  bramble metrics n1 --json\n  bramble metrics n2 --history 1h\n  bramble metrics n2 --history 24h --json\n\nEvery agent also serves its figures in the Prometheus text format (node_exporter's names)\non http://<node address>:9101/metrics; `bramble status` prints where in an emulated cluster.\n<data-dir>/monitor.toml sets the address (metrics_listen) or switches monitoring off\n(enabled = false)."
+    )]
+    Metrics(MetricsArgs),
     /// Start an emulated cluster on this PC (processes on loopback, no privileges needed).
     #[command(
         after_help = "Examples:\n  bramble up                       5 nodes in ./.bramble, with the HA website demo\n  bramble up --nodes 20 --dir /tmp/c1 --bare\n\nRunning it again on a running cluster says so; on a stopped one, starts it again."
@@ -595,6 +601,29 @@ pub struct BenchNetArgs {
     /// Streams at once.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=8))]
     pub streams: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct MetricsArgs {
+    /// The node to ask.
+    pub node: String,
+    /// Print the history instead of the live sample: 1h (a point a second) or 24h (a point
+    /// a minute).
+    #[arg(long, value_enum, value_name = "SPAN")]
+    pub history: Option<HistorySpan>,
+    #[command(flatten)]
+    pub output: JsonFlag,
+}
+
+/// How much history `bramble metrics --history` shows.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum HistorySpan {
+    /// The last hour, a point a second.
+    #[value(name = "1h")]
+    Hour,
+    /// The last day, a point a minute.
+    #[value(name = "24h")]
+    Day,
 }
 
 #[derive(Debug, Args)]

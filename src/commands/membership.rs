@@ -156,11 +156,23 @@ pub async fn nodes(global: &GlobalOptions, args: &NodesArgs) -> Result<()> {
         "LOAD",
         "MEMORY",
         "AGENT RSS",
+        "TEMP",
+        "THROTTLING",
         "VERSION",
         "HEARTBEAT",
     ]);
     for node in &view {
         let load = node.load.as_ref();
+        // Load and memory travel with gossip; temperature and throttling come from the
+        // node's own live sample (`monitor.sample`), asked only of nodes that are up.
+        let (temperature, throttling) = if matches!(
+            node.state,
+            bramble_cluster::NodeState::Alive | bramble_cluster::NodeState::Suspect
+        ) {
+            crate::commands::metrics::temperature_and_throttling(&client, node.addr).await
+        } else {
+            ("-".to_string(), "-".to_string())
+        };
         table.add_row(vec![
             node.name.clone(),
             node.state.as_str().to_string(),
@@ -176,6 +188,8 @@ pub async fn nodes(global: &GlobalOptions, args: &NodesArgs) -> Result<()> {
                 .unwrap_or_else(|| "-".into()),
             load.map(|load| output::kib(load.agent_rss_kib))
                 .unwrap_or_else(|| "-".into()),
+            temperature,
+            throttling,
             node.version.clone(),
             node.heartbeat_age_ms
                 .map(|age| format!("{:.1} s ago", age as f64 / 1000.0))

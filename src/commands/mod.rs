@@ -9,6 +9,7 @@ pub mod fs;
 pub mod jobs;
 pub mod lb;
 pub mod membership;
+pub mod metrics;
 pub mod mpi;
 pub mod s3;
 pub mod service;

@@ -24,6 +24,7 @@ use bramble_cluster::{AdminCredential, MembershipSettings, NodeDir, NodeView};
 use bramble_compute::services::admin::{self as services, PsAnswer};
 use bramble_meta::MetaSettings;
 use bramble_meta::api::{ClusterStatus, METHOD_STATUS, StatusRequest};
+use bramble_monitor::subsystem::MonitorSettings;
 use bramble_util::files::{self, Visibility};
 use bramble_util::names::validate_name;
 use serde::{Deserialize, Serialize};
@@ -208,6 +209,7 @@ async fn start_node(
     node: &EmulatedNode,
 ) -> Result<()> {
     let data_dir = emulation.node_dir(&node.name);
+    ensure_metrics_address(&data_dir)?;
     process::spawn_agent(&data_dir)?;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -226,6 +228,34 @@ async fn start_node(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Gives an emulated node its own `/metrics` port in its `monitor.toml` if it has none:
+/// every emulated node shares 127.0.0.1, so the default port (9101) would fit only one.
+/// The port is taken below the ephemeral range, as the RPC ports are.
+fn ensure_metrics_address(data_dir: &Path) -> Result<SocketAddr> {
+    let mut settings = MonitorSettings::load(data_dir)?;
+    if let Some(address) = settings.metrics_listen {
+        return Ok(address);
+    }
+    let address = ports::free_loopback_addresses(1)?
+        .first()
+        .copied()
+        .ok_or_else(|| anyhow!("no free port for /metrics"))?;
+    settings.metrics_listen = Some(address);
+    settings.save(data_dir)?;
+    Ok(address)
+}
+
+/// Where a node serves `/metrics`, if monitoring is on there.
+pub fn metrics_url(data_dir: &Path) -> Option<String> {
+    let settings = MonitorSettings::load(data_dir).ok()?;
+    if !settings.enabled {
+        return None;
+    }
+    settings
+        .metrics_listen
+        .map(|address| format!("http://{address}/metrics"))
 }
 
 /// `bramble up`.
@@ -426,6 +456,7 @@ pub async fn up(global: &GlobalOptions, args: &UpArgs) -> Result<()> {
                     "addr": node.addr,
                     "pid": emulation.process(&node.name).map(|process| process.pid),
                     "data_dir": emulation.node_dir(&node.name),
+                    "metrics": metrics_url(&emulation.node_dir(&node.name)),
                 })
             })
             .collect();
@@ -446,7 +477,7 @@ pub async fn up(global: &GlobalOptions, args: &UpArgs) -> Result<()> {
         emulation.dir.display(),
         formed.as_secs_f64()
     );
-    let mut table = output::table(&["NODE", "PID", "ADDRESS", "DATA DIR"]);
+    let mut table = output::table(&["NODE", "PID", "ADDRESS", "METRICS", "DATA DIR"]);
     for node in &emulation.state.nodes {
         table.add_row(vec![
             node.name.clone(),
@@ -455,6 +486,7 @@ pub async fn up(global: &GlobalOptions, args: &UpArgs) -> Result<()> {
                 .map(|process| process.pid.to_string())
                 .unwrap_or_else(|| "-".into()),
             node.addr.to_string(),
+            metrics_url(&emulation.node_dir(&node.name)).unwrap_or_else(|| "-".into()),
             emulation.node_dir(&node.name).display().to_string(),
         ]);
     }
@@ -492,6 +524,7 @@ pub async fn up(global: &GlobalOptions, args: &UpArgs) -> Result<()> {
             "  bramble chaos stop web-0{dir_flag}     hang a web server: the balancer routes around it, its node replaces it"
         );
     }
+    println!("  bramble metrics n1{dir_flag}           a node's live figures (--history 1h|24h)");
     println!("  bramble status{dir_flag}               processes, memory and CPU");
     println!("  bramble down{dir_flag}                 stop the cluster (bramble up resumes it)");
     Ok(())
@@ -604,6 +637,8 @@ struct StatusRow {
     catalog_role: Option<String>,
     rss_kib: Option<u64>,
     cpu_percent_average: Option<f64>,
+    /// Where it serves `/metrics`.
+    metrics: Option<String>,
     data_dir: PathBuf,
 }
 
@@ -661,6 +696,7 @@ pub async fn status(global: &GlobalOptions, flags: &JsonFlag) -> Result<()> {
                 catalog_role: catalog_role(&node.name),
                 rss_kib: process.as_ref().map(|process| process.rss_kib),
                 cpu_percent_average: process.as_ref().map(|process| process.cpu_percent_average),
+                metrics: metrics_url(&emulation.node_dir(&node.name)),
                 data_dir: emulation.node_dir(&node.name),
             }
         })
@@ -681,6 +717,7 @@ pub async fn status(global: &GlobalOptions, flags: &JsonFlag) -> Result<()> {
         "CATALOG",
         "RSS",
         "CPU (avg)",
+        "METRICS",
         "DATA DIR",
     ]);
     for row in &rows {
@@ -697,6 +734,7 @@ pub async fn status(global: &GlobalOptions, flags: &JsonFlag) -> Result<()> {
             row.cpu_percent_average
                 .map(|cpu| format!("{cpu:.2} %"))
                 .unwrap_or_else(|| "-".into()),
+            row.metrics.clone().unwrap_or_else(|| "-".into()),
             row.data_dir.display().to_string(),
         ]);
     }

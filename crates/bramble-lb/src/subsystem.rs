@@ -538,6 +538,14 @@ impl Running for RunningBalancers {
         serde_json::json!({ "balancers": balancers })
     }
 
+    fn prometheus(&self) -> Option<String> {
+        let balancers = self.balancers.stats();
+        if balancers.is_empty() {
+            return None;
+        }
+        Some(crate::stats::prometheus_text(balancers))
+    }
+
     async fn stop(&self) {
         self.balancers.stop().await;
     }

@@ -7,7 +7,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use bramble_cluster::{Membership, NodeDir};
@@ -33,6 +33,46 @@ pub struct Context {
     pub shutdown: Shutdown,
     /// Where to register background tasks.
     pub workers: Workers,
+    /// The running subsystems' own figures, for the one that reports on the others (the
+    /// monitor's `/metrics`).
+    pub figures: SubsystemFigures,
+}
+
+/// The other subsystems as a reporting subsystem sees them. The agent attaches the started
+/// subsystems once all have started; held weakly, since each of them holds a `Context`.
+#[derive(Clone, Default)]
+pub struct SubsystemFigures {
+    subsystems: Arc<OnceLock<Weak<Subsystems>>>,
+}
+
+impl SubsystemFigures {
+    /// Called by the agent once, after [`Subsystems::start`].
+    pub fn attach(&self, subsystems: &Arc<Subsystems>) {
+        let _ = self.subsystems.set(Arc::downgrade(subsystems));
+    }
+
+    /// Every running subsystem's figures in the Prometheus text format, one after another
+    /// (each subsystem's family names are its own, so they never interleave).
+    pub fn prometheus(&self) -> String {
+        let Some(subsystems) = self.subsystems.get().and_then(Weak::upgrade) else {
+            return String::new();
+        };
+        let running: Vec<Arc<dyn Running>> = subsystems
+            .started()
+            .iter()
+            .map(|started| started.running.clone())
+            .collect();
+        let mut text = String::new();
+        for subsystem in running {
+            if let Some(figures) = subsystem.prometheus() {
+                text.push_str(&figures);
+                if !text.ends_with('\n') {
+                    text.push('\n');
+                }
+            }
+        }
+        text
+    }
 }
 
 impl Context {
@@ -57,6 +97,12 @@ pub trait Running: Send + Sync {
     }
     /// Its state for `bramble status` and the API.
     fn status(&self) -> serde_json::Value;
+    /// Its own figures in the Prometheus text format 0.0.4 (whole families, names starting
+    /// `bramble_<subsystem>_`), for the monitor's `/metrics`; cheap, as it runs on every
+    /// scrape. Most subsystems have none.
+    fn prometheus(&self) -> Option<String> {
+        None
+    }
     /// Stops it: hand over what it holds, end its workers. Called once.
     async fn stop(&self);
 }

@@ -71,6 +71,52 @@ impl Running for RunningStore {
         })
     }
 
+    fn prometheus(&self) -> Option<String> {
+        use std::fmt::Write as _;
+        let counters = &self.storage.counters;
+        let families = [
+            (
+                "bramble_store_corrupt_blocks_found_total",
+                "Block copies found corrupt (checksum mismatch) on this node since it started.",
+                &counters.corrupt_blocks_found,
+            ),
+            (
+                "bramble_store_blocks_repaired_total",
+                "Corrupt or missing block copies rewritten from a good one since it started.",
+                &counters.blocks_repaired,
+            ),
+            (
+                "bramble_store_copies_missed_total",
+                "Block copies an absent brick missed (recorded as hints) since it started.",
+                &counters.copies_missed,
+            ),
+            (
+                "bramble_store_copies_healed_total",
+                "Missed block copies delivered by the heal worker since it started.",
+                &counters.copies_healed,
+            ),
+            (
+                "bramble_store_blocks_scrubbed_total",
+                "Blocks re-read and checked by the scrub worker since it started.",
+                &counters.blocks_scrubbed,
+            ),
+            (
+                "bramble_store_orphans_removed_total",
+                "Orphaned blocks deleted since it started.",
+                &counters.orphans_removed,
+            ),
+        ];
+        let mut text = String::with_capacity(1024);
+        for (name, help, counter) in families {
+            let _ = writeln!(
+                text,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                counter.load(Ordering::Relaxed)
+            );
+        }
+        Some(text)
+    }
+
     async fn stop(&self) {
         // Transfers in flight end with their connections when the agent stops; a write
         // that was cut off commits nothing, so there is nothing to hand over.

@@ -141,6 +141,17 @@ impl Running for RunningJobs {
         })
     }
 
+    fn prometheus(&self) -> Option<String> {
+        let running = "bramble_jobs_tasks_running";
+        let slots = "bramble_jobs_task_slots";
+        Some(format!(
+            "# HELP {running} Job tasks running on this node.\n# TYPE {running} gauge\n{running} {}\n\
+             # HELP {slots} Job tasks this node may run at once.\n# TYPE {slots} gauge\n{slots} {}\n",
+            self.runner.running_count(),
+            self.runner.slots()
+        ))
+    }
+
     async fn stop(&self) {
         // The scheduler checkpoints and releases its lease while the catalog still
         // runs, so another node takes over at once; running tasks are stopped and run

@@ -107,6 +107,14 @@ impl Running for RunningServices {
         })
     }
 
+    fn prometheus(&self) -> Option<String> {
+        let name = "bramble_services_replicas_running";
+        Some(format!(
+            "# HELP {name} Service replicas running on this node.\n# TYPE {name} gauge\n{name} {}\n",
+            self.supervisor.running_count()
+        ))
+    }
+
     async fn stop(&self) {
         // Replicas are stopped (SIGTERM, then SIGKILL after their grace) and the lease
         // released while the catalog still runs; the reconciler on another node moves

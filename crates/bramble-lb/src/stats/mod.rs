@@ -200,6 +200,34 @@ impl StatsState {
     }
 }
 
+/// The balancers' figures in the Prometheus text format, for the monitor's `/metrics` on
+/// every `lb` node. Totals only, as on the stats page's `/metrics`: Prometheus works out
+/// rates itself, so no rate history is kept for it.
+pub fn prometheus_text(balancers: Vec<BalancerStats>) -> String {
+    let views: Vec<BalancerView> = balancers
+        .into_iter()
+        .map(|balancer| BalancerView {
+            name: balancer.name,
+            listen: balancer.listen,
+            mode: balancer.mode,
+            balance: balancer.balance,
+            vip_holder: balancer.vip_holder,
+            frontend_sessions: balancer.frontend_sessions,
+            frontend_errors: balancer.frontend_errors,
+            frontend_rate_per_second: 0.0,
+            backends: balancer
+                .backends
+                .into_iter()
+                .map(|stats| BackendView {
+                    stats,
+                    rate_per_second: 0.0,
+                })
+                .collect(),
+        })
+        .collect();
+    render_metrics(&views)
+}
+
 fn response_with(status: StatusCode, content_type: &'static str, body: String) -> SimpleResponse {
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;

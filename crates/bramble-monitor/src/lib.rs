@@ -1,0 +1,32 @@
+//! Monitoring in every agent (issue 12, first part): what Telegraf, node_exporter and
+//! Netdata's collectors do, without another daemon or a database.
+//!
+//! - [`collector`] reads /proc and /sys into a [`sample::Sample`] each second (CPU by mode,
+//!   load, memory, filesystems, disk I/O, network, uptime, temperatures, CPU frequency, the
+//!   Pi's throttling flags, the agent's own cost), with [`parse`] doing the text.
+//! - [`history`] keeps the last hour at 1 s and the last day at 1 min in fixed rings of
+//!   summary points, the minute tier persisted in the node's data directory.
+//! - [`exposition`] renders a sample in the Prometheus text format with node_exporter's
+//!   names; [`subsystem`] serves it on `/metrics` over the shared hardened HTTP server and
+//!   appends the other subsystems' own figures.
+//! - [`service`] is `monitor.*` RPC: the live sample and the history, for `bramble nodes`
+//!   and `bramble metrics`.
+
+pub mod collector;
+pub mod exposition;
+pub mod history;
+pub mod parse;
+pub mod sample;
+pub mod service;
+pub mod subsystem;
+
+/// What can go wrong in the monitor.
+#[derive(Debug, thiserror::Error)]
+pub enum MonitorError {
+    #[error("the history file is corrupt: {0}")]
+    CorruptHistory(String),
+    #[error("saving the history: {0}")]
+    Save(String),
+    #[error("{path}: {message}")]
+    Settings { path: String, message: String },
+}
