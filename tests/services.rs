@@ -671,6 +671,12 @@ fn a_rolling_update_replaces_replicas_without_a_failed_request_and_a_bad_one_rol
         Some("completed"),
         "{view}"
     );
+    let listing = cluster.bramble_ok(&["service", "ls", "--json"]).json();
+    assert_eq!(listing[0]["version"].as_u64(), Some(2), "{listing}");
+    assert!(
+        listing[0]["update"].is_null(),
+        "a finished update is not news: {listing}"
+    );
     let replicas = view["replicas"].as_array().cloned().unwrap_or_default();
     assert!(
         replicas.len() == 2

@@ -50,11 +50,12 @@ pub async fn run(global: &GlobalOptions, command: &ServiceCommand) -> Result<()>
                 return Ok(());
             }
             let mut table = output::table(&[
-                "service", "replicas", "port", "restart", "limits", "command",
+                "service", "version", "replicas", "port", "restart", "limits", "command",
             ]);
             for service in &services {
                 table.add_row(vec![
                     service.name.clone(),
+                    service.version.to_string(),
                     format!("{}/{}", service.running, service.replicas),
                     service
                         .port
@@ -66,6 +67,11 @@ pub async fn run(global: &GlobalOptions, command: &ServiceCommand) -> Result<()>
                 ]);
             }
             println!("{table}");
+            for service in &services {
+                if let Some(update) = &service.update {
+                    println!("{}: {update}", service.name);
+                }
+            }
             Ok(())
         }
         ServiceCommand::Ps(args) => {

@@ -66,6 +66,12 @@ pub struct ScaleRequest {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ServiceSummary {
     pub name: String,
+    /// The current version (generation).
+    #[serde(default)]
+    pub version: u64,
+    /// A rolling update still running or paused.
+    #[serde(default)]
+    pub update: Option<String>,
     pub replicas: u32,
     pub running: u32,
     pub command: String,

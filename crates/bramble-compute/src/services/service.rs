@@ -434,9 +434,24 @@ impl ServicesService {
             .filter_map(|(_, value)| serde_json::from_slice(&value).ok())
             .collect();
         let (replicas, _) = self.gather(None).await;
+        let rollouts: BTreeMap<String, Rollout> = scan_all(&self.meta, ROLLOUT_PREFIX)
+            .await?
+            .into_iter()
+            .filter_map(|(key, value)| {
+                let name = key.strip_prefix(ROLLOUT_PREFIX)?.to_string();
+                Some((name, serde_json::from_slice(&value).ok()?))
+            })
+            .collect();
         Ok(specs
             .into_iter()
             .map(|spec| ServiceSummary {
+                version: spec.generation,
+                // A finished rollout is history (`ps` shows it); one running or paused
+                // is news.
+                update: rollouts
+                    .get(&spec.name)
+                    .filter(|rollout| rollout.state != RolloutState::Completed)
+                    .map(Rollout::describe),
                 running: replicas
                     .iter()
                     .filter(|replica| replica.service == spec.name && replica.state == "running")
