@@ -271,41 +271,14 @@ pub fn parse_mountinfo(text: &str) -> Vec<CgroupMount> {
         };
         if filesystem == "cgroup" || filesystem == "cgroup2" {
             mounts.push(CgroupMount {
-                point: PathBuf::from(unescape_mount_field(point)),
-                root: unescape_mount_field(root),
+                point: PathBuf::from(bramble_util::mounts::unescape_field(point)),
+                root: bramble_util::mounts::unescape_field(root),
                 filesystem: filesystem.to_string(),
                 super_options: super_options.to_string(),
             });
         }
     }
     mounts
-}
-
-/// mountinfo writes space, tab, newline and backslash as `\040`, `\011`, `\012`, `\134`.
-fn unescape_mount_field(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut index = 0;
-    while index < bytes.len() {
-        if bytes[index] == b'\\'
-            && index + 3 < bytes.len()
-            && bytes[index + 1..index + 4]
-                .iter()
-                .all(|digit| (b'0'..=b'7').contains(digit))
-        {
-            let value = bytes[index + 1..index + 4]
-                .iter()
-                .fold(0u32, |value, digit| value * 8 + u32::from(digit - b'0'));
-            if let Ok(byte) = u8::try_from(value) {
-                out.push(byte);
-                index += 4;
-                continue;
-            }
-        }
-        out.push(bytes[index]);
-        index += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// One line of `/proc/<pid>/cgroup`: `hierarchy-id:controllers:path` (v2's line is
@@ -1036,7 +1009,7 @@ mod tests {
         let mounts = parse_mountinfo(text);
         assert_eq!(mounts.len(), 1);
         assert_eq!(mounts[0].point, PathBuf::from("/mnt/my cgroups"));
-        assert_eq!(unescape_mount_field("a\\134b\\"), "a\\b\\");
+        assert_eq!(bramble_util::mounts::unescape_field("a\\134b\\"), "a\\b\\");
         assert!(parse_mountinfo("garbage line\n\n").is_empty());
     }
 

@@ -327,32 +327,6 @@ fn is_ignored_mountpoint(mountpoint: &str) -> bool {
         || strictly_under("/var/lib/containers/storage")
 }
 
-/// The kernel writes space, tab, newline and backslash in mount fields as `\040`-style
-/// octal escapes.
-fn unescape_mount_field(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut decoded = Vec::with_capacity(bytes.len());
-    let mut index = 0;
-    while index < bytes.len() {
-        if bytes[index] == b'\\'
-            && index + 3 < bytes.len()
-            && bytes[index + 1..index + 4]
-                .iter()
-                .all(|byte| (b'0'..=b'7').contains(byte))
-        {
-            let value = (bytes[index + 1] - b'0') as u32 * 64
-                + (bytes[index + 2] - b'0') as u32 * 8
-                + (bytes[index + 3] - b'0') as u32;
-            decoded.push(value as u8);
-            index += 4;
-        } else {
-            decoded.push(bytes[index]);
-            index += 1;
-        }
-    }
-    String::from_utf8_lossy(&decoded).into_owned()
-}
-
 /// The real filesystems of /proc/self/mounts, the last mount of each mount point only (the
 /// one a path resolves to).
 pub fn mounts(text: &str) -> Vec<Mount> {
@@ -367,13 +341,13 @@ pub fn mounts(text: &str) -> Vec<Mount> {
         if PSEUDO_FILESYSTEMS.contains(&fstype) {
             continue;
         }
-        let mountpoint = unescape_mount_field(fields[1]);
+        let mountpoint = bramble_util::mounts::unescape_field(fields[1]);
         if is_ignored_mountpoint(&mountpoint) {
             continue;
         }
         found.retain(|mount| mount.mountpoint != mountpoint);
         found.push(Mount {
-            device: unescape_mount_field(fields[0]),
+            device: bramble_util::mounts::unescape_field(fields[0]),
             mountpoint,
             fstype: fstype.to_string(),
             read_only: fields[3].split(',').any(|option| option == "ro"),

@@ -2,6 +2,7 @@
 //!
 //! - [`files`]: crash-safe writes (temp file, fsync, rename), private (0600) files for
 //!   secrets, and size-bounded reads so a corrupt or hostile file cannot exhaust memory.
+//! - [`mounts`]: decoding the kernel's mount tables.
 //! - [`memory`]: keeping the resident size low after bursts of allocation.
 //! - [`scheduling`]: the control plane's threads first when the CPU is saturated.
 //! - [`secrets`]: the constant-time comparison for secrets and digests.
@@ -14,6 +15,7 @@
 
 pub mod files;
 pub mod memory;
+pub mod mounts;
 pub mod names;
 pub mod runtime_threads;
 pub mod scheduling;
