@@ -123,6 +123,17 @@ pub enum Command {
         after_help = "Examples:\n  bramble s3 key create backup        prints the access key and secret (shown once)\n  bramble s3 key ls\n  bramble s3 key rm backup\n\nThen, for example:\n  AWS_ACCESS_KEY_ID=BK... AWS_SECRET_ACCESS_KEY=... aws --endpoint-url http://127.0.0.1:3900 s3 cp kernel.img s3://vol0/"
     )]
     S3(S3Command),
+    /// API tokens for the HTTP API (`Authorization: Bearer ...`); the token is shown once.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  bramble token create ci --expires 30d\n  bramble token ls\n  bramble token rm ci\n\nThen: curl --cacert ca.pem -H \"Authorization: Bearer brt_ci_...\" https://<node>:9443/api/v1/nodes\n(bramble api --write-ca ca.pem writes the cluster CA; bramble api lists the URLs)."
+    )]
+    Token(TokenCommand),
+    /// Where every node serves the HTTP API (/api/v1, HTTPS) and how to call it.
+    #[command(
+        after_help = "Examples:\n  bramble api\n  bramble api --write-ca ca.pem\n  bramble api --json\n\nEvery request needs an admin certificate or a token (bramble token create). The\nendpoints and curl examples are in docs/API.md; GET /api/v1 lists them too.\n<data-dir>/api.toml sets the address (listen) or switches the API off (enabled = false)."
+    )]
+    Api(ApiArgs),
     /// Mount a volume as a directory (FUSE; `mount -t glusterfs` for Bramble volumes).
     #[command(
         after_help = "Examples:\n  bramble mount vol0 /mnt/vol0             returns once mounted; umount /mnt/vol0 ends it\n  bramble mount vol0 /mnt/vol0 --foreground\n\nInside, cp, ls -l, sha1sum, mkdir, mv and rm work as on a local disk. Files are written\nwhole (new or truncated files, as cp, dd, tar and rsync write them); writing into the\nmiddle of an existing file is not supported yet (EOPNOTSUPP)."
@@ -377,6 +388,39 @@ pub struct VolumeReplaceBrickArgs {
 #[derive(Debug, Args)]
 pub struct VolumeNameArgs {
     pub name: String,
+    #[command(flatten)]
+    pub output: JsonFlag,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Make a token for the HTTP API; it is printed once and never again.
+    #[command(
+        after_help = "Examples:\n  bramble token create ci\n  bramble token create dashboard-phone --expires 90d\n  bramble token create ci --json"
+    )]
+    Create {
+        /// A name for people (lowercase letters, digits, '-'); part of the token.
+        name: String,
+        /// Lifetime, such as 3600s, 12h or 30d (default: until removed).
+        #[arg(long, value_parser = crate::units::parse_lifetime_seconds)]
+        expires: Option<u64>,
+        #[command(flatten)]
+        output: JsonFlag,
+    },
+    /// List tokens (names, creators, creation and expiry; never secrets).
+    #[command(after_help = "Example:\n  bramble token ls --json")]
+    Ls(JsonFlag),
+    /// Revoke a token by name; requests that carry it fail at once.
+    #[command(after_help = "Example:\n  bramble token rm ci")]
+    Rm { name: String },
+}
+
+#[derive(Debug, Args)]
+pub struct ApiArgs {
+    /// Write the cluster CA's certificate here, for `curl --cacert` (a browser can
+    /// import it too).
+    #[arg(long, value_name = "PATH")]
+    pub write_ca: Option<PathBuf>,
     #[command(flatten)]
     pub output: JsonFlag,
 }

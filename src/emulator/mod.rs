@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
+use bramble_api::settings::ApiSettings;
 use bramble_cluster::join::{JoinOptions, join};
 use bramble_cluster::node_dir::InitOptions;
 use bramble_cluster::{AdminCredential, MembershipSettings, NodeDir, NodeView};
@@ -210,6 +211,7 @@ async fn start_node(
 ) -> Result<()> {
     let data_dir = emulation.node_dir(&node.name);
     ensure_metrics_address(&data_dir)?;
+    ensure_api_address(&data_dir)?;
     process::spawn_agent(&data_dir)?;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -245,6 +247,32 @@ fn ensure_metrics_address(data_dir: &Path) -> Result<SocketAddr> {
     settings.metrics_listen = Some(address);
     settings.save(data_dir)?;
     Ok(address)
+}
+
+/// The same for the HTTP API's port (`api.toml`; 9443 by default).
+fn ensure_api_address(data_dir: &Path) -> Result<SocketAddr> {
+    let mut settings = ApiSettings::load(data_dir)?;
+    if let Some(address) = settings.listen {
+        return Ok(address);
+    }
+    let address = ports::free_loopback_addresses(1)?
+        .first()
+        .copied()
+        .ok_or_else(|| anyhow!("no free port for the HTTP API"))?;
+    settings.listen = Some(address);
+    settings.save(data_dir)?;
+    Ok(address)
+}
+
+/// Where a node serves the HTTP API, if it is on there.
+pub fn api_url(data_dir: &Path) -> Option<String> {
+    let settings = ApiSettings::load(data_dir).ok()?;
+    if !settings.enabled {
+        return None;
+    }
+    settings
+        .listen
+        .map(|address| format!("https://{address}/api/v1"))
 }
 
 /// Where a node serves `/metrics`, if monitoring is on there.
@@ -457,6 +485,7 @@ pub async fn up(global: &GlobalOptions, args: &UpArgs) -> Result<()> {
                     "pid": emulation.process(&node.name).map(|process| process.pid),
                     "data_dir": emulation.node_dir(&node.name),
                     "metrics": metrics_url(&emulation.node_dir(&node.name)),
+                    "api": api_url(&emulation.node_dir(&node.name)),
                 })
             })
             .collect();
@@ -510,6 +539,14 @@ pub async fn up(global: &GlobalOptions, args: &UpArgs) -> Result<()> {
         "Admin credential: {} (mode 0600)",
         emulation.admin_credential_path().display()
     );
+    if let Some(first) = emulation.state.nodes.first()
+        && let Some(url) = api_url(&emulation.node_dir(&first.name))
+    {
+        println!(
+            "HTTP API on every node ({url} on {}): `bramble token create me`, then `bramble api` shows how to call it.",
+            first.name
+        );
+    }
     println!("Try:");
     println!("  bramble nodes{dir_flag}                the member table (any node answers)");
     println!(
@@ -639,6 +676,8 @@ struct StatusRow {
     cpu_percent_average: Option<f64>,
     /// Where it serves `/metrics`.
     metrics: Option<String>,
+    /// Where it serves the HTTP API.
+    api: Option<String>,
     data_dir: PathBuf,
 }
 
@@ -697,6 +736,7 @@ pub async fn status(global: &GlobalOptions, flags: &JsonFlag) -> Result<()> {
                 rss_kib: process.as_ref().map(|process| process.rss_kib),
                 cpu_percent_average: process.as_ref().map(|process| process.cpu_percent_average),
                 metrics: metrics_url(&emulation.node_dir(&node.name)),
+                api: api_url(&emulation.node_dir(&node.name)),
                 data_dir: emulation.node_dir(&node.name),
             }
         })
