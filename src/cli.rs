@@ -134,6 +134,11 @@ pub enum Command {
         after_help = "Examples:\n  bramble api\n  bramble api --write-ca ca.pem\n  bramble api --json\n\nEvery request needs an admin certificate or a token (bramble token create). The\nendpoints and curl examples are in docs/API.md; GET /api/v1 lists them too.\n<data-dir>/api.toml sets the address (listen) or switches the API off (enabled = false)."
     )]
     Api(ApiArgs),
+    /// The web dashboard every node serves: where, how to log in; set its password.
+    #[command(
+        after_help = "Examples:\n  bramble dashboard                           the URLs and how to log in\n  bramble dashboard --set-password            generates a password, prints it once\n  bramble dashboard --set-password --password-file pw.txt\n\nThere is no default password: `bramble up` generates one into <dir>/dashboard-password\n(mode 0600). Browsers warn about the certificate until the cluster CA is imported\n(bramble api --write-ca ca.pem). Changing the password ends every session."
+    )]
+    Dashboard(DashboardArgs),
     /// Mount a volume as a directory (FUSE; `mount -t glusterfs` for Bramble volumes).
     #[command(
         after_help = "Examples:\n  bramble mount vol0 /mnt/vol0             returns once mounted; umount /mnt/vol0 ends it\n  bramble mount vol0 /mnt/vol0 --foreground\n\nInside, cp, ls -l, sha1sum, mkdir, mv and rm work as on a local disk. Files are written\nwhole (new or truncated files, as cp, dd, tar and rsync write them); writing into the\nmiddle of an existing file is not supported yet (EOPNOTSUPP)."
@@ -413,6 +418,20 @@ pub enum TokenCommand {
     /// Revoke a token by name; requests that carry it fail at once.
     #[command(after_help = "Example:\n  bramble token rm ci")]
     Rm { name: String },
+}
+
+#[derive(Debug, Args)]
+pub struct DashboardArgs {
+    /// Set a new dashboard password: generated (and printed once) unless --password-file
+    /// gives one.
+    #[arg(long)]
+    pub set_password: bool,
+    /// With --set-password: read the password from this file's first line (at least 12
+    /// characters).
+    #[arg(long, value_name = "PATH", requires = "set_password")]
+    pub password_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub output: JsonFlag,
 }
 
 #[derive(Debug, Args)]

@@ -97,6 +97,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Command::S3(command) => commands::s3::run(global, command).await,
         Command::Token(command) => commands::api::token(global, command).await,
         Command::Api(args) => commands::api::show(global, args).await,
+        Command::Dashboard(args) => commands::api::dashboard(global, args).await,
         Command::Run(args) => commands::jobs::run(global, args).await,
         Command::Pi(args) => commands::jobs::pi(global, args).await,
         Command::Jobs(args) => commands::jobs::list(global, args).await,

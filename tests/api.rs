@@ -352,3 +352,233 @@ fn the_api_answers_for_the_cluster_with_tokens_and_certificates_and_refuses_the_
     assert_eq!(code, 401, "{body}");
     assert!(body.contains("expired"), "{body}");
 }
+
+/// curl with a cookie jar and extra headers; the status, the headers and the body.
+fn curl_session(ca: &Path, jar: &Path, extra: &[&str], url: &str) -> (u16, String, String) {
+    let output = Command::new("curl")
+        .args(["--silent", "--show-error", "--max-time", "20", "--cacert"])
+        .arg(ca)
+        .arg("--cookie")
+        .arg(jar)
+        .arg("--cookie-jar")
+        .arg(jar)
+        .args(["--dump-header", "-", "--write-out", "\n%{http_code}"])
+        .args(extra)
+        .arg(url)
+        .output()
+        .expect("running curl");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (rest, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    let (head, body) = rest.split_once("\r\n\r\n").unwrap_or((rest, ""));
+    let code = code
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("no status: {text}"));
+    (code, head.to_lowercase(), body.to_string())
+}
+
+#[test]
+fn the_dashboard_logs_in_with_its_password_only_and_guards_its_sessions() {
+    let cluster = TestCluster::up(2);
+    let ca = cluster.path().join("ca.pem");
+    let listing = cluster.bramble_ok(&["dashboard", "--json"]).json();
+    let page = listing["nodes"][0]["url"]
+        .as_str()
+        .expect("a page URL")
+        .to_string();
+    let password_file = listing["password_file"]
+        .as_str()
+        .expect("up generated a password");
+    let password = std::fs::read_to_string(password_file).expect("the password file");
+    let mode = std::fs::metadata(password_file).expect("metadata");
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
+        0o600
+    );
+    cluster.bramble_ok(&["api", "--write-ca", ca.to_str().expect("utf-8")]);
+    let jar = cluster.path().join("cookies.txt");
+    let session_url = format!("{page}api/v1/session");
+    let login = |password: &str| {
+        let body = serde_json::json!({ "password": password }).to_string();
+        curl_session(
+            &ca,
+            &jar,
+            &[
+                "-X",
+                "POST",
+                "-H",
+                "Content-Type: application/json",
+                "--data",
+                &body,
+            ],
+            &session_url,
+        )
+    };
+
+    // The page itself is public and locked down by its policy; the data is not.
+    let (code, head, body) = curl_session(&ca, &jar, &[], &page);
+    assert_eq!(code, 200);
+    assert!(body.contains("/assets/dashboard.js"), "{body}");
+    assert!(
+        head.contains("content-security-policy: default-src 'none'; script-src 'self'"),
+        "{head}"
+    );
+    let (code, _, _) = curl_session(&ca, &jar, &[], &format!("{page}api/v1/nodes"));
+    assert_eq!(code, 401);
+
+    // A wrong password is refused, and so is a right one after too many wrong ones.
+    let (code, _, body) = login("not the password at all");
+    assert_eq!(code, 401, "{body}");
+    for _ in 0..4 {
+        login("still not the password");
+    }
+    let (code, head, body) = login(password.trim());
+    assert_eq!(code, 429, "{body}");
+    assert!(head.contains("retry-after:"), "{head}");
+
+    // A fresh cluster's node has its own brakes; there the right password opens a session.
+    let other_page = listing["nodes"][1]["url"]
+        .as_str()
+        .expect("a page URL")
+        .to_string();
+    let other_session = format!("{other_page}api/v1/session");
+    let body = serde_json::json!({ "password": password.trim() }).to_string();
+    let (code, head, body) = curl_session(
+        &ca,
+        &jar,
+        &[
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "--data",
+            &body,
+        ],
+        &other_session,
+    );
+    assert_eq!(code, 200, "{body}");
+    for flag in ["httponly", "secure", "samesite=strict"] {
+        assert!(head.contains(flag), "set-cookie lacks {flag}: {head}");
+    }
+    let csrf = json(&body)["csrf"]
+        .as_str()
+        .expect("a CSRF token")
+        .to_string();
+    let (code, _, body) = curl_session(&ca, &jar, &[], &format!("{other_page}api/v1/nodes"));
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(json(&body).as_array().map(Vec::len), Some(2));
+
+    // The live stream: an event a second with every node and its last second.
+    let output = Command::new("curl")
+        .args(["--silent", "--no-buffer", "--max-time", "3", "--cacert"])
+        .arg(&ca)
+        .arg("--cookie")
+        .arg(&jar)
+        .arg(format!("{other_page}api/v1/events"))
+        .output()
+        .expect("curl");
+    let stream = String::from_utf8_lossy(&output.stdout);
+    let events: Vec<Value> = stream
+        .lines()
+        .filter_map(|line| line.strip_prefix("data: "))
+        .map(json)
+        .collect();
+    assert!(events.len() >= 2, "{stream}");
+    let last = events.last().expect("an event");
+    assert_eq!(last["nodes"].as_array().map(Vec::len), Some(2), "{last}");
+    assert!(last["nodes"][0]["point"].is_array(), "{last}");
+
+    // Actions need the session's CSRF token and this origin.
+    cluster.bramble_ok(&["service", "create", "idle", "--", "sleep", "600"]);
+    let scale = [
+        "-X",
+        "POST",
+        "-H",
+        "Content-Type: application/json",
+        "--data",
+        "{\"replicas\": 2}",
+    ];
+    let scale_url = format!("{other_page}api/v1/services/idle/scale");
+    let (code, _, body) = curl_session(&ca, &jar, &scale, &scale_url);
+    assert_eq!(code, 403, "{body}");
+    let csrf_header = format!("X-CSRF-Token: {csrf}");
+    let mut with_token = scale.to_vec();
+    with_token.extend(["-H", &csrf_header]);
+    let mut from_elsewhere = with_token.clone();
+    from_elsewhere.extend(["-H", "Origin: https://attacker.example"]);
+    let (code, _, body) = curl_session(&ca, &jar, &from_elsewhere, &scale_url);
+    assert_eq!(code, 403, "{body}");
+    let (code, _, body) = curl_session(&ca, &jar, &with_token, &scale_url);
+    assert_eq!(code, 200, "{body}");
+
+    // A new password ends every session; logging out ends one.
+    cluster.bramble_ok(&["dashboard", "--set-password"]);
+    let (code, _, _) = curl_session(&ca, &jar, &[], &format!("{other_page}api/v1/nodes"));
+    assert_eq!(code, 401, "the old session ended with the old password");
+    let (code, _, _) = curl_session(
+        &ca,
+        &jar,
+        &[
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "--data",
+            &body_of(password.trim()),
+        ],
+        &other_session,
+    );
+    assert_eq!(code, 401, "the old password no longer opens one");
+    let new_password = cluster.path().join("new-password");
+    std::fs::write(&new_password, "a brand new dashboard password\n").expect("write");
+    cluster.bramble_ok(&[
+        "dashboard",
+        "--set-password",
+        "--password-file",
+        new_password.to_str().expect("utf-8"),
+    ]);
+    let (code, _, body) = curl_session(
+        &ca,
+        &jar,
+        &[
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "--data",
+            &body_of("a brand new dashboard password"),
+        ],
+        &other_session,
+    );
+    assert_eq!(code, 200, "{body}");
+    let csrf = json(&body)["csrf"]
+        .as_str()
+        .expect("a CSRF token")
+        .to_string();
+    let (code, _, _) = curl_session(
+        &ca,
+        &jar,
+        &["-X", "DELETE", "-H", &format!("X-CSRF-Token: {csrf}")],
+        &other_session,
+    );
+    assert_eq!(code, 200);
+    let (code, _, _) = curl_session(&ca, &jar, &[], &format!("{other_page}api/v1/nodes"));
+    assert_eq!(code, 401, "logged out");
+    let short_file = cluster.path().join("short-password");
+    std::fs::write(&short_file, "short\n").expect("write");
+    let short = cluster.bramble(&[
+        "dashboard",
+        "--set-password",
+        "--password-file",
+        short_file.to_str().expect("utf-8"),
+    ]);
+    assert!(
+        !short.success && short.stderr.contains("at least 12 characters"),
+        "{}",
+        short.stderr
+    );
+}
+
+fn body_of(password: &str) -> String {
+    serde_json::json!({ "password": password }).to_string()
+}

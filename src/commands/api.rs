@@ -1,15 +1,20 @@
-//! `bramble token ...` (API tokens, bramble-api's `api.token_*` calls) and `bramble api`
-//! (where each node serves `/api/v1`, and the cluster CA for clients to verify it).
+//! `bramble token ...` (API tokens, bramble-api's `api.token_*` calls), `bramble api`
+//! (where each node serves `/api/v1`, and the cluster CA for clients to verify it) and
+//! `bramble dashboard` (the page on the same servers; its password).
 
 use anyhow::{Context, Result, anyhow};
-use bramble_api::service::{METHOD_TOKEN_CREATE, METHOD_TOKEN_LIST, METHOD_TOKEN_REMOVE};
+use bramble_api::dashboard::password::{SetPassword, validate_new_password};
+use bramble_api::service::{
+    METHOD_DASHBOARD_PASSWORD_SET, METHOD_TOKEN_CREATE, METHOD_TOKEN_LIST, METHOD_TOKEN_REMOVE,
+};
 use bramble_api::tokens::{CreateToken, CreatedToken, TokenInfo};
 use bramble_cluster::{NodeState, NodeView};
 use bramble_platform::service::METHOD_SUBSYSTEMS;
 use bramble_util::files::{self, Visibility};
 use serde::Serialize;
 
-use crate::cli::{ApiArgs, GlobalOptions, TokenCommand};
+use crate::cli::{ApiArgs, DashboardArgs, GlobalOptions, TokenCommand};
+use crate::client::ClusterClient;
 use crate::output;
 
 pub async fn token(global: &GlobalOptions, command: &TokenCommand) -> Result<()> {
@@ -95,6 +100,116 @@ pub async fn show(global: &GlobalOptions, args: &ApiArgs) -> Result<()> {
             println!("wrote the cluster CA's certificate to {}", path.display());
         }
     }
+    let rows = api_urls(&client).await?;
+    if args.output.json {
+        return output::print_json(&rows);
+    }
+    print_urls(&rows, "API");
+    let example = rows
+        .iter()
+        .find_map(|row| row.url.clone())
+        .ok_or_else(|| anyhow!("no node serves the HTTP API (see <data-dir>/api.toml)"))?;
+    println!("Every request needs a token (bramble token create <name>) or an admin certificate:");
+    println!("  curl --cacert ca.pem -H \"Authorization: Bearer $TOKEN\" {example}/nodes");
+    if args.write_ca.is_none() {
+        println!(
+            "(bramble api --write-ca ca.pem writes the cluster CA that verifies these servers)"
+        );
+    }
+    Ok(())
+}
+
+/// The page's address from the API's.
+fn page_url(api_url: &str) -> String {
+    api_url.trim_end_matches("api/v1").to_string()
+}
+
+pub async fn dashboard(global: &GlobalOptions, args: &DashboardArgs) -> Result<()> {
+    let client = crate::target::resolve(global)?;
+    if args.set_password {
+        let (password, generated) = match &args.password_file {
+            Some(path) => {
+                let text = files::read_small_text(path)
+                    .with_context(|| format!("reading the password from {}", path.display()))?;
+                (text.lines().next().unwrap_or_default().to_string(), false)
+            }
+            None => (bramble_api::dashboard::password::generate()?, true),
+        };
+        set_dashboard_password(&client, &password).await?;
+        if args.output.json {
+            return output::print_json(&serde_json::json!({
+                "password": generated.then_some(&password),
+            }));
+        }
+        if generated {
+            println!("dashboard password (shown once; every open session has ended): {password}");
+        } else {
+            println!("dashboard password set; every open session has ended");
+        }
+        return Ok(());
+    }
+    let rows: Vec<NodeApi> = api_urls(&client)
+        .await?
+        .into_iter()
+        .map(|row| NodeApi {
+            url: row.url.as_deref().map(page_url),
+            ..row
+        })
+        .collect();
+    let emulated_password = crate::emulator::Emulation::find(global)
+        .ok()
+        .flatten()
+        .map(|emulation| emulation.dashboard_password_path())
+        .filter(|path| path.exists());
+    if args.output.json {
+        return output::print_json(&serde_json::json!({
+            "nodes": rows,
+            "password_file": emulated_password,
+        }));
+    }
+    print_urls(&rows, "DASHBOARD");
+    match emulated_password {
+        Some(path) => println!(
+            "Log in with the password in {} (mode 0600).",
+            path.display()
+        ),
+        None => println!(
+            "Log in with the dashboard password (bramble dashboard --set-password sets a new one)."
+        ),
+    }
+    println!(
+        "Browsers warn about the certificate until they trust the cluster CA (bramble api --write-ca ca.pem, then import it)."
+    );
+    Ok(())
+}
+
+/// Hashes `password` here (the password itself never travels) and stores it as the
+/// dashboard's; `bramble up` and `bramble dashboard --set-password`.
+pub async fn set_dashboard_password(client: &ClusterClient, password: &str) -> Result<()> {
+    validate_new_password(password)?;
+    let phc = bramble_util::password::hash_password(password)?;
+    let (_, ()): (_, ()) = client
+        .call_any(METHOD_DASHBOARD_PASSWORD_SET, &SetPassword { phc })
+        .await?;
+    Ok(())
+}
+
+fn print_urls(rows: &[NodeApi], heading: &str) {
+    let mut table = output::table(&["node", heading]);
+    for row in rows {
+        table.add_row(vec![
+            row.node.clone(),
+            row.url
+                .clone()
+                .or_else(|| row.problem.clone())
+                .unwrap_or_default(),
+        ]);
+    }
+    println!("{table}");
+}
+
+/// Every node's API address, from each live node's subsystem statuses.
+async fn api_urls(client: &ClusterClient) -> Result<Vec<NodeApi>> {
     let (_, nodes): (_, Vec<NodeView>) = client.call_any("cluster.nodes", &()).await?;
     let mut rows = Vec::new();
     for node in nodes {
@@ -126,32 +241,7 @@ pub async fn show(global: &GlobalOptions, args: &ApiArgs) -> Result<()> {
             },
         });
     }
-    if args.output.json {
-        return output::print_json(&rows);
-    }
-    let mut table = output::table(&["node", "API"]);
-    for row in &rows {
-        table.add_row(vec![
-            row.node.clone(),
-            row.url
-                .clone()
-                .or_else(|| row.problem.clone())
-                .unwrap_or_default(),
-        ]);
-    }
-    println!("{table}");
-    let example = rows
-        .iter()
-        .find_map(|row| row.url.clone())
-        .ok_or_else(|| anyhow!("no node serves the HTTP API (see <data-dir>/api.toml)"))?;
-    println!("Every request needs a token (bramble token create <name>) or an admin certificate:");
-    println!("  curl --cacert ca.pem -H \"Authorization: Bearer $TOKEN\" {example}/nodes");
-    if args.write_ca.is_none() {
-        println!(
-            "(bramble api --write-ca ca.pem writes the cluster CA that verifies these servers)"
-        );
-    }
-    Ok(())
+    Ok(rows)
 }
 
 /// The API's URL from a node's subsystem statuses (`agent.subsystems`).

@@ -149,6 +149,11 @@ impl Emulation {
         Ok(())
     }
 
+    /// The dashboard password `up` generated (mode 0600).
+    pub fn dashboard_password_path(&self) -> PathBuf {
+        self.dir.join("dashboard-password")
+    }
+
     pub fn admin_credential_path(&self) -> PathBuf {
         self.dir.join(AdminCredential::FILE_NAME)
     }
@@ -456,6 +461,17 @@ pub async fn up(global: &GlobalOptions, args: &UpArgs) -> Result<()> {
     )
     .await
     .context("the catalog did not form")?;
+    // The dashboard's password: generated for a new cluster (there is no default one).
+    let dashboard_password = emulation.dashboard_password_path();
+    if existing == 0 || !dashboard_password.exists() {
+        let password = bramble_api::dashboard::password::generate()?;
+        crate::commands::api::set_dashboard_password(&client, &password).await?;
+        files::write_atomic(
+            &dashboard_password,
+            password.as_bytes(),
+            Visibility::Private,
+        )?;
+    }
     // The HA website: set up on a new cluster, restarted with an existing one.
     if existing == 0 && !args.bare {
         let lb_nodes: Vec<String> = emulation
@@ -497,6 +513,7 @@ pub async fn up(global: &GlobalOptions, args: &UpArgs) -> Result<()> {
             "catalog_voters": catalog.members.iter().filter(|member| member.voter).count(),
             "demo": emulation.state.demo,
             "admin_credential": emulation.admin_credential_path(),
+            "dashboard_password": emulation.dashboard_password_path(),
         }))?;
         return Ok(());
     }
@@ -542,6 +559,12 @@ pub async fn up(global: &GlobalOptions, args: &UpArgs) -> Result<()> {
     if let Some(first) = emulation.state.nodes.first()
         && let Some(url) = api_url(&emulation.node_dir(&first.name))
     {
+        let page = url.trim_end_matches("api/v1");
+        println!(
+            "Dashboard on every node ({page} on {}): password in {} (mode 0600); `bramble dashboard` lists the URLs.",
+            first.name,
+            emulation.dashboard_password_path().display()
+        );
         println!(
             "HTTP API on every node ({url} on {}): `bramble token create me`, then `bramble api` shows how to call it.",
             first.name

@@ -1,9 +1,9 @@
 //! Who is asking, on every request, and the credential the API acts with for them.
 //!
-//! Two ways in, as Proxmox and Nomad offer: the TLS client certificate of an admin
+//! Three ways in, as Proxmox and Nomad offer: the TLS client certificate of an admin
 //! credential (the TLS layer has verified it against the cluster CA before any request
-//! is read), or `Authorization: Bearer <token>` checked against the token's record in
-//! this node's replica of the catalog. Node certificates are refused: they are every
+//! is read), `Authorization: Bearer <token>` checked against the token's record in this
+//! node's replica of the catalog, or the dashboard's session cookie. Node certificates are refused: they are every
 //! agent's, and nothing in the API is for agents.
 //!
 //! The API then calls the subsystems over RPC *as the caller*: it mints (in memory,
@@ -25,15 +25,18 @@ use bramble_net::{Caller, Credential, RpcClient};
 use hyper::header;
 
 use crate::ApiError;
+use crate::dashboard::sessions::{self, SessionView, Sessions};
 use crate::tokens::{self, TokenRecord};
 
 /// An authenticated caller of the API.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Principal {
     /// An admin credential's certificate, by its name.
     Admin(String),
     /// An API token, by its name.
     Token(String),
+    /// A dashboard session (logged in with the dashboard password).
+    Dashboard(SessionView),
 }
 
 impl Principal {
@@ -42,6 +45,7 @@ impl Principal {
         match self {
             Principal::Admin(name) => name.clone(),
             Principal::Token(name) => format!("token:{name}"),
+            Principal::Dashboard(_) => "dashboard".to_string(),
         }
     }
 
@@ -54,11 +58,21 @@ impl Principal {
 /// Checks the credential of each request.
 pub struct Authenticator {
     meta: Arc<Meta>,
+    sessions: Arc<Sessions>,
 }
 
 impl Authenticator {
-    pub fn new(meta: Arc<Meta>) -> Authenticator {
-        Authenticator { meta }
+    pub fn new(meta: Arc<Meta>, sessions: Arc<Sessions>) -> Authenticator {
+        Authenticator { meta, sessions }
+    }
+
+    /// The dashboard session a cookie names, if it still stands (the password it was
+    /// opened under is still the current one).
+    pub async fn session(&self, id: &str) -> Result<Option<SessionView>, ApiError> {
+        let Some((_, version)) = crate::dashboard::password::current(&self.meta).await? else {
+            return Ok(None);
+        };
+        Ok(self.sessions.find(id, version))
     }
 
     pub async fn authenticate(&self, request: &BoundedRequest) -> Result<Principal, ApiError> {
@@ -76,6 +90,19 @@ impl Authenticator {
             };
         }
         let Some(value) = request.headers().get(header::AUTHORIZATION) else {
+            if let Some(id) = request
+                .headers()
+                .get(header::COOKIE)
+                .and_then(|cookie| cookie.to_str().ok())
+                .and_then(sessions::cookie_value)
+            {
+                return match self.session(id).await? {
+                    Some(view) => Ok(Principal::Dashboard(view)),
+                    None => Err(ApiError::Unauthenticated(
+                        "the dashboard session has ended; log in again".into(),
+                    )),
+                };
+            }
             return Err(ApiError::Unauthenticated(
                 "every request needs a credential: an admin certificate, or Authorization: Bearer <token> (bramble token create)".into(),
             ));

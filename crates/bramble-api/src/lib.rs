@@ -10,6 +10,8 @@
 //! - [`routes`]: the endpoints: each is the same RPC the CLI's `--json` output comes from,
 //!   so the API and the CLI answer alike by construction.
 //! - [`service`]: `api.*` RPC, the token commands behind `bramble token`.
+//! - [`dashboard`]: the web page on `/` (login, node grid, charts, balancers, panels) and
+//!   its sessions and live events.
 //! - [`subsystem`]: the `api` subsystem: the server certificate, the HTTPS listener.
 //!
 //! The server is the shared hardened one (`bramble-http`), not axum: every HTTP surface
@@ -17,6 +19,7 @@
 //! route table is one `match` on the path's segments (see `docs/ARCHITECTURE.md`).
 
 pub mod auth;
+pub mod dashboard;
 pub mod routes;
 pub mod service;
 pub mod settings;
@@ -29,6 +32,9 @@ pub enum ApiError {
     /// No credential, or one that is not valid: 401.
     #[error("{0}")]
     Unauthenticated(String),
+    /// Too many failed logins lately: 429, with when to try again.
+    #[error("too many failed logins; try again in {retry_after_seconds} s")]
+    TooManyAttempts { retry_after_seconds: u64 },
     /// A valid credential that may not do this: 403.
     #[error("{0}")]
     Forbidden(String),
@@ -64,6 +70,7 @@ impl ApiError {
         match self {
             ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::TooManyAttempts { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Invalid(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
@@ -78,7 +85,9 @@ impl ApiError {
     pub fn into_rpc(self) -> bramble_net::RpcError {
         use bramble_net::ErrorKind;
         let kind = match &self {
-            ApiError::Unauthenticated(_) | ApiError::Forbidden(_) => ErrorKind::Unauthorized,
+            ApiError::Unauthenticated(_)
+            | ApiError::Forbidden(_)
+            | ApiError::TooManyAttempts { .. } => ErrorKind::Unauthorized,
             ApiError::Invalid(_) => ErrorKind::BadRequest,
             ApiError::NotFound(_) | ApiError::MethodNotAllowed(_) => ErrorKind::NotFound,
             ApiError::Conflict(_) => ErrorKind::AlreadyExists,

@@ -21,8 +21,9 @@ use bramble_monitor::service::{HistoryResponse, METHOD_HISTORY, METHOD_SAMPLE, S
 use bramble_net::RpcClient;
 use bramble_platform::service::{METHOD_WORKERS, WorkersResponse};
 use bramble_store::admin as store;
+use bramble_util::Shutdown;
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{Either, Full};
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Response, StatusCode};
 use serde::Serialize;
@@ -33,11 +34,26 @@ use tracing::{info, warn};
 
 use crate::ApiError;
 use crate::auth::{Authenticator, Deputies, Principal};
+use crate::dashboard::Dashboard;
+use crate::dashboard::events::EventBody;
+use crate::dashboard::sessions;
 
 /// Every endpoint: method, path, what it answers, and the CLI command with the same JSON.
 pub const ENDPOINTS: &[(&str, &str, &str, &str)] = &[
     ("GET", "/api/v1", "this list", ""),
     ("GET", "/api/v1/whoami", "who the API takes you for", ""),
+    (
+        "GET",
+        "/api/v1/events",
+        "Server-Sent Events, one a second: every node with its last second's figures",
+        "",
+    ),
+    (
+        "POST",
+        "/api/v1/session",
+        "body {\"password\": \"...\"}: a dashboard session cookie and its CSRF token (GET: the token again; DELETE: log out)",
+        "",
+    ),
     (
         "GET",
         "/api/v1/cluster",
@@ -137,20 +153,39 @@ pub struct Api {
     pub own_address: SocketAddr,
     pub membership: Arc<Membership>,
     pub meta: Arc<Meta>,
-    pub authenticator: Authenticator,
+    pub authenticator: Arc<Authenticator>,
     pub deputies: Deputies,
+    pub dashboard: Dashboard,
+    /// Ends the event streams when the agent stops.
+    pub shutdown: Shutdown,
 }
+
+/// What the API answers with: a whole body, or an event stream.
+pub type ApiBody = Either<Full<Bytes>, EventBody>;
+pub type ApiResponse = Response<ApiBody>;
 
 /// Longest path looked at; every endpoint's is far shorter.
 const MAX_PATH_SEGMENTS: usize = 8;
+const SESSION_PATH: &str = "/api/v1/session";
+const EVENTS_PATH: &str = "/api/v1/events";
 
 impl Api {
-    /// Answers one request: authenticate, route, encode.
+    /// Answers one request: the page's files and the login need no credential; the rest
+    /// is authenticated, then routed.
     pub async fn respond(
         self: Arc<Self>,
         request: BoundedRequest,
         peer: SocketAddr,
-    ) -> SimpleResponse {
+    ) -> ApiResponse {
+        let path = request.uri().path();
+        if request.method() == Method::GET
+            && let Some(asset) = crate::dashboard::asset(path)
+        {
+            return static_response(asset).map(Either::Left);
+        }
+        if path == SESSION_PATH && request.method() == Method::POST {
+            return self.log_in(&request, peer).await.map(Either::Left);
+        }
         let principal = match self.authenticator.authenticate(&request).await {
             Ok(principal) => principal,
             Err(error) => {
@@ -158,13 +193,129 @@ impl Api {
                     // No token in the log; the peer, to find who keeps trying.
                     info!(%peer, "API request refused: {error}");
                 }
-                return error_response(&error);
+                return error_response(&error).map(Either::Left);
             }
         };
+        if let Err(error) = check_action(&principal, &request) {
+            return error_response(&error).map(Either::Left);
+        }
+        if path == EVENTS_PATH {
+            return match self.events(&principal, &request) {
+                Ok(response) => response,
+                Err(error) => error_response(&error).map(Either::Left),
+            };
+        }
+        if path == SESSION_PATH && request.method() == Method::DELETE {
+            let mut response = match &principal {
+                Principal::Dashboard(view) => {
+                    self.dashboard.sessions.close(&view.key);
+                    json_response(StatusCode::OK, &json!({ "logged_out": true }))
+                }
+                _ => error_response(&ApiError::Invalid(
+                    "only a dashboard session logs out".into(),
+                )),
+            };
+            set_cookie(&mut response, &sessions::expired_cookie());
+            return response.map(Either::Left);
+        }
         match self.route(&principal, &request).await {
             Ok(body) => json_response(StatusCode::OK, &body),
             Err(error) => error_response(&error),
         }
+        .map(Either::Left)
+    }
+
+    /// `POST /api/v1/session` with `{"password": "..."}`: a session cookie and the CSRF
+    /// token the page sends with its actions.
+    async fn log_in(&self, request: &BoundedRequest, peer: SocketAddr) -> SimpleResponse {
+        if let Err(error) = check_origin(request) {
+            return error_response(&error);
+        }
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Login {
+            password: String,
+        }
+        let login: Login = match json_body(request) {
+            Ok(login) => login,
+            Err(error) => return error_response(&error),
+        };
+        match self
+            .dashboard
+            .log_in(&self.meta, peer.ip(), &login.password)
+            .await
+        {
+            Ok(session) => {
+                info!(%peer, "dashboard login");
+                let mut response = json_response(
+                    StatusCode::OK,
+                    &json!({ "csrf": session.csrf, "node": self.node_name }),
+                );
+                set_cookie(&mut response, &sessions::session_cookie(&session.id));
+                response
+            }
+            Err(error) => {
+                info!(%peer, "dashboard login refused: {error}");
+                error_response(&error)
+            }
+        }
+    }
+
+    /// `GET /api/v1/events`: the live stream.
+    fn events(
+        &self,
+        principal: &Principal,
+        request: &BoundedRequest,
+    ) -> Result<ApiResponse, ApiError> {
+        only(request.method(), Method::GET, EVENTS_PATH)?;
+        let permit = self
+            .dashboard
+            .streams
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| {
+                ApiError::Unavailable(format!(
+                    "this node serves {} event streams already; close a dashboard or use another node",
+                    crate::dashboard::events::MAX_STREAMS
+                ))
+            })?;
+        let still_allowed: crate::dashboard::events::StillAllowed = match principal {
+            Principal::Dashboard(_) => {
+                let cookie = request
+                    .headers()
+                    .get(header::COOKIE)
+                    .and_then(|cookie| cookie.to_str().ok())
+                    .and_then(sessions::cookie_value)
+                    .unwrap_or_default()
+                    .to_string();
+                let authenticator = self.authenticator.clone();
+                Box::new(move || {
+                    let authenticator = authenticator.clone();
+                    let cookie = cookie.clone();
+                    Box::pin(
+                        async move { matches!(authenticator.session(&cookie).await, Ok(Some(_))) },
+                    )
+                })
+            }
+            // A token or certificate was checked at the start; the stream ends with the
+            // connection's lifetime (10 minutes), after which the client asks again.
+            _ => Box::new(|| Box::pin(async { true })),
+        };
+        let body = crate::dashboard::events::open(
+            permit,
+            self.membership.clone(),
+            self.deputies.client_for(principal)?,
+            still_allowed,
+            self.shutdown.clone(),
+        );
+        let mut response = Response::new(Either::Right(body));
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        Ok(response)
     }
 
     async fn route(
@@ -200,6 +351,16 @@ impl Api {
                     "principal": principal.describe(),
                     "node": self.node_name,
                 }))
+            }
+            ["session"] => {
+                only(method, Method::GET, path)?;
+                let Principal::Dashboard(view) = principal else {
+                    return Err(ApiError::NotFound(
+                        "no dashboard session: this request came with a token or certificate"
+                            .into(),
+                    ));
+                };
+                Ok(json!({ "csrf": view.csrf, "node": self.node_name }))
             }
             ["cluster"] => {
                 only(method, Method::GET, path)?;
@@ -557,6 +718,84 @@ impl<'a> Query<'a> {
     }
 }
 
+/// Refuses an action (anything but GET) that a browser could have been tricked into
+/// sending: from another origin, or, for a dashboard session, without its CSRF token.
+fn check_action(principal: &Principal, request: &BoundedRequest) -> Result<(), ApiError> {
+    if request.method() == Method::GET || request.method() == Method::HEAD {
+        return Ok(());
+    }
+    check_origin(request)?;
+    if let Principal::Dashboard(view) = principal {
+        let sent = request
+            .headers()
+            .get("x-csrf-token")
+            .map(|value| value.as_bytes())
+            .unwrap_or_default();
+        if !bramble_util::secrets::constant_time_eq(sent, view.csrf.as_bytes()) {
+            return Err(ApiError::Forbidden(
+                "a dashboard action needs the session's X-CSRF-Token".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A browser names the page a request comes from in `Origin`; it must be this server.
+/// (curl and scripts send none.)
+fn check_origin(request: &BoundedRequest) -> Result<(), ApiError> {
+    let Some(origin) = request.headers().get(header::ORIGIN) else {
+        return Ok(());
+    };
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|host| host.to_str().ok())
+        .unwrap_or_default();
+    let same = origin
+        .to_str()
+        .ok()
+        .and_then(|origin| origin.strip_prefix("https://"))
+        .is_some_and(|authority| !host.is_empty() && authority.eq_ignore_ascii_case(host));
+    if same {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(
+            "a request from another origin may not act on the cluster".into(),
+        ))
+    }
+}
+
+fn set_cookie(response: &mut SimpleResponse, cookie: &str) {
+    if let Ok(value) = HeaderValue::from_str(cookie) {
+        response.headers_mut().insert(header::SET_COOKIE, value);
+    }
+}
+
+fn static_response(asset: crate::dashboard::Asset) -> SimpleResponse {
+    let mut response = Response::new(Full::new(Bytes::from_static(asset.body)));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(asset.content_type),
+    );
+    // Revalidated each time, so an upgraded agent's page is never mixed with an old one.
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(crate::dashboard::CONTENT_SECURITY_POLICY),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    response
+}
+
 fn json_response(status: StatusCode, body: &Value) -> SimpleResponse {
     let mut text = serde_json::to_vec(body).unwrap_or_default();
     text.push(b'\n');
@@ -578,6 +817,13 @@ fn json_response(status: StatusCode, body: &Value) -> SimpleResponse {
 
 fn error_response(error: &ApiError) -> SimpleResponse {
     let mut response = json_response(error.status(), &json!({ "error": error.to_string() }));
+    if let ApiError::TooManyAttempts {
+        retry_after_seconds,
+    } = error
+        && let Ok(value) = HeaderValue::from_str(&retry_after_seconds.to_string())
+    {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
     if error.status() == StatusCode::UNAUTHORIZED {
         response.headers_mut().insert(
             header::WWW_AUTHENTICATE,

@@ -1,4 +1,5 @@
-//! `api.*` RPC, answered by every agent: the token commands behind `bramble token`.
+//! `api.*` RPC, answered by every agent: the token commands behind `bramble token`, and
+//! the dashboard password behind `bramble dashboard --set-password`.
 //! Creating and revoking tokens is for administrators (an admin certificate); the secret
 //! is drawn here, on the agent, and leaves it once, in the answer.
 
@@ -12,6 +13,7 @@ use bramble_net::{Caller, ErrorKind, Handler, RpcError};
 use tracing::info;
 
 use crate::ApiError;
+use crate::dashboard::password::{PASSWORD_KEY, PasswordRecord, SetPassword};
 use crate::tokens::{
     self, CreateToken, CreatedToken, KEY_PREFIX, MAX_TOKENS, TokenInfo, TokenRecord,
 };
@@ -19,6 +21,7 @@ use crate::tokens::{
 pub const METHOD_TOKEN_CREATE: &str = "api.token_create";
 pub const METHOD_TOKEN_LIST: &str = "api.token_list";
 pub const METHOD_TOKEN_REMOVE: &str = "api.token_remove";
+pub const METHOD_DASHBOARD_PASSWORD_SET: &str = "api.dashboard_password_set";
 
 pub struct ApiService {
     meta: Arc<Meta>,
@@ -89,6 +92,40 @@ impl ApiService {
         })
     }
 
+    /// Stores a new dashboard password (hashed by the client); every open session ends,
+    /// since each remembers the version of the password it was opened under.
+    async fn set_dashboard_password(&self, set: SetPassword, admin: &str) -> Result<(), ApiError> {
+        let phc = bramble_util::password::check_phc(&set.phc)
+            .map_err(|error| ApiError::Invalid(format!("the dashboard password hash: {error}")))?;
+        let record = PasswordRecord {
+            phc,
+            set_by: format!("admin/{admin}"),
+            set_unix_ms: bramble_util::time::unix_millis(),
+        };
+        let value = serde_json::to_vec(&record).map_err(|error| {
+            ApiError::Internal(format!("encoding the password record: {error}"))
+        })?;
+        match self
+            .meta
+            .write(
+                Command::Put {
+                    key: PASSWORD_KEY.to_string(),
+                    value,
+                },
+                false,
+            )
+            .await?
+        {
+            CommandResult::Written { .. } => {
+                info!(by = %record.set_by, "dashboard password set");
+                Ok(())
+            }
+            other => Err(ApiError::Internal(format!(
+                "the catalog answered {other:?} to the password's change"
+            ))),
+        }
+    }
+
     async fn remove(&self, name: &str, admin: &str) -> Result<(), ApiError> {
         tokens::validate_token_name(name)?;
         let command = Command::Delete {
@@ -149,6 +186,14 @@ impl Handler for ApiService {
                 let admin = require_admin(request.caller, "revoking an API token")?;
                 let name: String = request.decode()?;
                 self.remove(&name, admin)
+                    .await
+                    .map_err(ApiError::into_rpc)?;
+                encode(&())
+            }
+            "dashboard_password_set" => {
+                let admin = require_admin(request.caller, "setting the dashboard password")?;
+                let set: SetPassword = request.decode()?;
+                self.set_dashboard_password(set, admin)
                     .await
                     .map_err(ApiError::into_rpc)?;
                 encode(&())

@@ -1,5 +1,6 @@
-//! The `api` subsystem, on every node: `api.*` RPC (tokens) always, and unless `api.toml`
-//! switches it off, `/api/v1` over HTTPS through the shared hardened server.
+//! The `api` subsystem, on every node: `api.*` RPC (tokens, the dashboard password)
+//! always, and unless `api.toml` switches it off, `/api/v1` and the dashboard over HTTPS
+//! through the shared hardened server.
 //!
 //! The server's certificate is issued at each start by the cluster CA (every member
 //! holds it) for the node's addresses, kept in memory only, so `curl --cacert ca.pem`
@@ -23,6 +24,7 @@ use tracing::{info, warn};
 
 use crate::ApiError;
 use crate::auth::{Authenticator, Deputies};
+use crate::dashboard::Dashboard;
 use crate::routes::Api;
 use crate::service::ApiService;
 use crate::settings::{ApiSettings, SETTINGS_FILE};
@@ -82,13 +84,19 @@ fn start_subsystem(context: Context) -> StartFuture {
             }
         };
         let bound = listener.local_addr().unwrap_or(address);
+        let dashboard = Dashboard::default();
         let api = Arc::new(Api {
             node_name: context.node_name().to_string(),
             own_address: advertise,
             membership: context.membership.clone(),
             meta: context.meta.clone(),
-            authenticator: Authenticator::new(context.meta.clone()),
+            authenticator: Arc::new(Authenticator::new(
+                context.meta.clone(),
+                dashboard.sessions.clone(),
+            )),
             deputies: Deputies::new(context.node.clone()),
+            dashboard,
+            shutdown: stop_signal.clone(),
         });
         // The listener cannot be rebound by a restart: one run only.
         let listener = Arc::new(Mutex::new(Some(listener)));

@@ -13,6 +13,7 @@
 //! encrypted on a connection hyper has already given up).
 
 use std::convert::Infallible;
+use std::error::Error as StdError;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,7 +21,7 @@ use std::time::Duration;
 
 use bramble_util::Shutdown;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::server::conn::http1;
@@ -71,6 +72,23 @@ pub type BoundedRequest = Request<Bytes>;
 /// What handlers answer.
 pub type SimpleResponse = Response<Full<Bytes>>;
 
+/// What a handler's answer may carry: a whole body ([`SimpleResponse`]) or one written as
+/// it goes (Server-Sent Events).
+pub trait AnswerBody:
+    hyper::body::Body<Data = Bytes, Error: Into<Box<dyn StdError + Send + Sync>>> + Send + 'static
+{
+}
+
+impl<Body> AnswerBody for Body where
+    Body: hyper::body::Body<Data = Bytes, Error: Into<Box<dyn StdError + Send + Sync>>>
+        + Send
+        + 'static
+{
+}
+
+/// The body the server sends: its own refusals, or the handler's answer.
+type ServedBody<Answer> = Either<Full<Bytes>, Answer>;
+
 /// The certificate chain a TLS client presented (leaf first), verified by the server's
 /// TLS configuration before any request is read; absent when the client sent none.
 #[derive(Debug, Clone)]
@@ -79,7 +97,7 @@ pub struct PeerCertificates(pub Arc<Vec<CertificateDer<'static>>>);
 /// Serves HTTP/1.1 (with keep-alive) on `listener` until `shutdown`, answering every
 /// request with `handler` (given the request and the client's address). `what` names
 /// the server in logs.
-pub async fn serve_http1<Handler, Answer>(
+pub async fn serve_http1<Handler, Answer, Body>(
     what: &'static str,
     listener: TcpListener,
     limits: ServerLimits,
@@ -87,14 +105,15 @@ pub async fn serve_http1<Handler, Answer>(
     shutdown: Shutdown,
 ) where
     Handler: Fn(BoundedRequest, SocketAddr) -> Answer + Clone + Send + Sync + 'static,
-    Answer: Future<Output = SimpleResponse> + Send + 'static,
+    Answer: Future<Output = Response<Body>> + Send + 'static,
+    Body: AnswerBody,
 {
     serve(what, listener, limits, None, handler, shutdown).await
 }
 
 /// [`serve_http1`] over TLS with `tls` (which decides whether client certificates are
 /// asked for and against what they are verified).
-pub async fn serve_https1<Handler, Answer>(
+pub async fn serve_https1<Handler, Answer, Body>(
     what: &'static str,
     listener: TcpListener,
     limits: ServerLimits,
@@ -103,13 +122,14 @@ pub async fn serve_https1<Handler, Answer>(
     shutdown: Shutdown,
 ) where
     Handler: Fn(BoundedRequest, SocketAddr) -> Answer + Clone + Send + Sync + 'static,
-    Answer: Future<Output = SimpleResponse> + Send + 'static,
+    Answer: Future<Output = Response<Body>> + Send + 'static,
+    Body: AnswerBody,
 {
     let acceptor = TlsAcceptor::from(tls);
     serve(what, listener, limits, Some(acceptor), handler, shutdown).await
 }
 
-async fn serve<Handler, Answer>(
+async fn serve<Handler, Answer, Body>(
     what: &'static str,
     listener: TcpListener,
     limits: ServerLimits,
@@ -118,7 +138,8 @@ async fn serve<Handler, Answer>(
     mut shutdown: Shutdown,
 ) where
     Handler: Fn(BoundedRequest, SocketAddr) -> Answer + Clone + Send + Sync + 'static,
-    Answer: Future<Output = SimpleResponse> + Send + 'static,
+    Answer: Future<Output = Response<Body>> + Send + 'static,
+    Body: AnswerBody,
 {
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let mut connections = JoinSet::new();
@@ -174,7 +195,7 @@ async fn serve<Handler, Answer>(
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn serve_connection<Handler, Answer>(
+async fn serve_connection<Handler, Answer, Body>(
     what: &'static str,
     stream: TcpStream,
     peer: SocketAddr,
@@ -185,7 +206,8 @@ async fn serve_connection<Handler, Answer>(
     permit: OwnedSemaphorePermit,
 ) where
     Handler: Fn(BoundedRequest, SocketAddr) -> Answer + Send + Sync + 'static,
-    Answer: Future<Output = SimpleResponse> + Send + 'static,
+    Answer: Future<Output = Response<Body>> + Send + 'static,
+    Body: AnswerBody,
 {
     let activity = Arc::new(Activity::new());
     let timeouts = ClientTimeouts {
@@ -253,7 +275,7 @@ async fn serve_connection<Handler, Answer>(
 
 /// Serves one connection's requests over `io` (the client's socket, or TLS over it).
 #[allow(clippy::too_many_arguments)]
-async fn serve_io<Io, Handler, Answer>(
+async fn serve_io<Io, Handler, Answer, Body>(
     what: &'static str,
     io: Io,
     peer: SocketAddr,
@@ -266,7 +288,8 @@ async fn serve_io<Io, Handler, Answer>(
 where
     Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     Handler: Fn(BoundedRequest, SocketAddr) -> Answer + Send + Sync + 'static,
-    Answer: Future<Output = SimpleResponse> + Send + 'static,
+    Answer: Future<Output = Response<Body>> + Send + 'static,
+    Body: AnswerBody,
 {
     let service = service_fn(move |request: Request<Incoming>| {
         let in_flight = InFlight::new(activity.clone());
@@ -278,9 +301,9 @@ where
                     if let Some(certificates) = certificates {
                         request.extensions_mut().insert(certificates);
                     }
-                    handler(request, peer).await
+                    handler(request, peer).await.map(Either::Right)
                 }
-                Err(refusal) => refusal,
+                Err(refusal) => refusal.map(Either::Left),
             };
             drop(in_flight);
             Ok::<_, Infallible>(response)
@@ -305,14 +328,15 @@ where
     }
 }
 
-async fn finish_gracefully<Io, Connection>(
+async fn finish_gracefully<Io, Connection, Body>(
     mut connection: std::pin::Pin<&mut http1::Connection<TokioIo<Io>, Connection>>,
     what: &'static str,
     peer: SocketAddr,
 ) -> Result<(), hyper::Error>
 where
     Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    Connection: hyper::service::HttpService<Incoming, ResBody = Full<Bytes>>,
+    Connection: hyper::service::HttpService<Incoming, ResBody = ServedBody<Body>>,
+    Body: AnswerBody,
 {
     connection.as_mut().graceful_shutdown();
     match tokio::time::timeout(SHUTDOWN_GRACE, connection).await {
