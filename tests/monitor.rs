@@ -7,10 +7,17 @@
 //! - a real Prometheus, started here with a config scraping every agent each second,
 //!   answers a query for `node_cpu_seconds_total` with a result per node;
 //! - a restarted agent still has its minute history, through the debug-build knob
-//!   `BRAMBLE_TEST_MONITOR_STEP_MS` that makes a "minute" half a second.
+//!   `BRAMBLE_TEST_MONITOR_STEP_MS` that makes a "minute" half a second;
+//! - every node pushes its 1-second samples into a real InfluxDB 1.x (Debian's
+//!   `influxdb`, started here), read back with InfluxQL; a password in a file others can
+//!   read keeps the push off;
+//! - alerts: a backend down and a node down (the webhook's own sender, killed) are listed
+//!   by `bramble alerts` and POSTed to a webhook receiver here exactly once when they fire
+//!   and once when they resolve.
 //!
 //! Without promtool or prometheus installed (`apt-get install prometheus`; CI installs
-//! it) the drills that need them say so and skip that part.
+//! it) the drills that need them say so and skip that part; influxd is installed by the
+//! drill if missing, which skips only if that fails.
 
 mod harness;
 
@@ -873,7 +880,7 @@ fn node_down_listed(cluster: &TestCluster, node: &str) -> bool {
 }
 
 #[test]
-fn a_node_down_is_listed_and_sent_to_the_webhook_once_then_resolved_once() {
+fn alerts_are_listed_and_sent_to_the_webhook_once_as_they_fire_and_resolve() {
     let receiver = WebhookReceiver::start();
     let cluster = TestCluster::up(3);
     // Every node has the webhook, so all three contend for sending: exactly one may.
@@ -902,6 +909,59 @@ fn a_node_down_is_listed_and_sent_to_the_webhook_once_then_resolved_once() {
         "a node is down before the drill: {quiet}"
     );
 
+    // A balancer whose only backend has nothing behind it: its health check fails, and
+    // the node serving it reports the backend down; removing the balancer resolves it.
+    let listen = format!(
+        "127.0.2.{}:{}",
+        30 + std::process::id() % 200,
+        free_port([127, 0, 0, 1])
+    );
+    let backend = format!("web1=127.0.0.1:{}", free_port([127, 0, 0, 1]));
+    cluster.bramble_ok(&[
+        "lb",
+        "create",
+        "guarded",
+        "--listen",
+        &listen,
+        "--backend",
+        &backend,
+        "--check",
+        "tcp",
+    ]);
+    let backend_down = |cluster: &TestCluster| {
+        let run = cluster.bramble(&["alerts", "--json"]);
+        run.success
+            && run.json()["alerts"].as_array().is_some_and(|alerts| {
+                alerts.iter().any(|alert| {
+                    alert["kind"] == "backend_down" && alert["subject"] == "guarded/web1"
+                })
+            })
+    };
+    wait_until("bramble alerts lists the backend down", LONG, || {
+        backend_down(&cluster)
+    });
+    let backend_messages = |status: &str| {
+        receiver
+            .all()
+            .iter()
+            .filter(|body| {
+                body["status"] == status
+                    && body["kind"] == "backend_down"
+                    && body["subject"] == "guarded/web1"
+            })
+            .count()
+    };
+    wait_until("the webhook hears the backend is down", LONG, || {
+        backend_messages("firing") >= 1
+    });
+    cluster.bramble_ok(&["lb", "rm", "guarded"]);
+    wait_until(
+        "the backend's alert resolves with its balancer",
+        LONG,
+        || !backend_down(&cluster) && backend_messages("resolved") >= 1,
+    );
+    assert_eq!(backend_messages("firing"), 1, "{:#?}", receiver.all());
+
     // Kill the sender itself: another node must take the lease over and send.
     let down = sender.clone();
     let survivor = cluster.others(&down)[0].to_string();
@@ -928,7 +988,11 @@ fn a_node_down_is_listed_and_sent_to_the_webhook_once_then_resolved_once() {
     let firing = receiver
         .all()
         .into_iter()
-        .find(|body| body["status"] == "firing" && body["node"] == down.as_str())
+        .find(|body| {
+            body["status"] == "firing"
+                && body["kind"] == "node_down"
+                && body["node"] == down.as_str()
+        })
         .expect("the firing message");
     assert_ne!(firing["sender"], down.as_str(), "{firing}");
     assert!(
