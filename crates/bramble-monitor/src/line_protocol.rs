@@ -533,3 +533,35 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod cost {
+    use super::*;
+
+    /// How many bytes a second of this machine's samples makes, and how long encoding it
+    /// takes (`cargo test --release -p bramble-monitor -- --ignored --nocapture
+    /// encode_cost`): figures for the backlog's bounds, not an assertion.
+    #[test]
+    #[ignore]
+    fn encode_cost() {
+        let mut collector = crate::collector::Collector::new();
+        let mut previous = Sample::default();
+        collector.collect(&mut previous);
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        let mut current = Sample::default();
+        collector.collect(&mut current);
+        let mut out = String::new();
+        let lines = encode_sample(Some(&previous), &current, "n1", &mut out);
+        let rounds = 1000;
+        let started = std::time::Instant::now();
+        for _ in 0..rounds {
+            out.clear();
+            encode_sample(Some(&previous), &current, "n1", &mut out);
+        }
+        eprintln!(
+            "one sample: {lines} lines, {} bytes, encoded in {:?}",
+            out.len(),
+            started.elapsed() / rounds
+        );
+    }
+}
