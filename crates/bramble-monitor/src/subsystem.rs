@@ -15,10 +15,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bramble_cluster::{Membership, NodeState};
-use bramble_net::RpcClient;
-
 use bramble_http::server::{BoundedRequest, MIN_HEAD_BYTES, SimpleResponse};
 use bramble_http::{ServerLimits, serve_http1};
+use bramble_net::RpcClient;
 use bramble_platform::subsystem::StartFuture;
 use bramble_platform::{Context, Running, Subsystem, SubsystemFigures};
 use bramble_util::{Restart, Shutdown, ShutdownTrigger, WorkerState};
