@@ -74,6 +74,12 @@ pub enum Command {
         after_help = "Examples:\n  bramble metrics n1\n  bramble metrics n1 --json\n  bramble metrics n2 --history 1h\n  bramble metrics n2 --history 24h --json\n\nEvery agent also serves its figures in the Prometheus text format (node_exporter's names)\non http://<node address>:9101/metrics; `bramble status` prints where in an emulated cluster.\n<data-dir>/monitor.toml sets the address (metrics_listen) or switches monitoring off\n(enabled = false)."
     )]
     Metrics(MetricsArgs),
+    /// Active alerts of the whole cluster: nodes down, balancer backends down, boards
+    /// throttled or over 80 °C, filesystems over 90 % full.
+    #[command(
+        after_help = "Examples:\n  bramble alerts\n  bramble alerts --json\n\nAny node answers for the cluster: it asks every live member and says which did not\nanswer. With alert_webhook = \"http://...\" in <data-dir>/monitor.toml, one node also POSTs\neach alert as JSON when it fires and when it resolves."
+    )]
+    Alerts(JsonFlag),
     /// Start an emulated cluster on this PC (processes on loopback, no privileges needed).
     #[command(
         after_help = "Examples:\n  bramble up                       5 nodes in ./.bramble, with the HA website demo\n  bramble up --nodes 20 --dir /tmp/c1 --bare\n\nRunning it again on a running cluster says so; on a stopped one, starts it again."

@@ -1,6 +1,7 @@
 //! The commands that create, join, leave and inspect a cluster, and the catalog commands
 //! (the emulator's commands live in `crate::emulator`).
 
+pub mod alerts;
 pub mod api;
 pub mod bench;
 pub mod catalog;
