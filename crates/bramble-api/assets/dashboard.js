@@ -13,6 +13,7 @@ const state = {
   charts: [],
   chartData: null,
   pollTimer: null,
+  alertTimer: null,
 };
 
 // The series drawn per node, by their names in the monitor's SERIES.
@@ -71,6 +72,7 @@ async function api(method, path, body) {
 
 function showLogin(message) {
   stopLive();
+  stopPolling();
   state.csrf = null;
   $("app").hidden = true;
   $("login").hidden = false;
@@ -122,6 +124,22 @@ function startApp() {
   $("app").hidden = false;
   startLive();
   showTab(state.tab);
+  refreshAlerts();
+  if (!state.alertTimer) state.alertTimer = setInterval(refreshAlerts, 3000);
+}
+
+// Alerts the agents evaluate (bramble alerts): down nodes and backends in red, the rest
+// (throttling, heat, full disks) in amber.
+const RED_ALERTS = ["node_down", "backend_down"];
+
+async function refreshAlerts() {
+  if ($("app").hidden) return;
+  let answer;
+  try { answer = await api("GET", "/alerts"); } catch (_) { return; }
+  const items = (answer.alerts || []).map((alert) =>
+    el("li", { class: RED_ALERTS.includes(alert.kind) ? "" : "warn", "data-alert": alert.kind },
+      `${alert.kind.replace(/_/g, " ")} · ${alert.node}${alert.subject ? " " + alert.subject : ""}: ${alert.message}`));
+  $("alerts").replaceChildren(...items);
 }
 
 function startLive() {
@@ -151,8 +169,13 @@ function stopLive() {
   if (state.events) state.events.close();
   state.events = null;
   $("live").classList.remove("on");
+}
+
+function stopPolling() {
   if (state.pollTimer) clearInterval(state.pollTimer);
   state.pollTimer = null;
+  if (state.alertTimer) clearInterval(state.alertTimer);
+  state.alertTimer = null;
 }
 
 function value(node, name) {
@@ -238,10 +261,11 @@ async function openCharts(name) {
       return history.points.map((point) => scaled(point.values[index], chart.scale));
     }),
   ]);
-  const width = Math.max(280, Math.min(area.clientWidth || 600, 640) - 16);
   CHARTS.forEach((chart, position) => {
-    const holder = el("div", {});
+    const holder = el("div", { class: "chart" });
     area.append(holder);
+    // As wide as its cell of the chart grid, which follows the screen.
+    const width = Math.max(200, Math.floor(holder.getBoundingClientRect().width) - 8);
     const options = {
       title: chart.title,
       width,
@@ -274,6 +298,15 @@ function appendChartPoint() {
     if (data[0].length > HOUR) data.forEach((column) => column.shift());
     state.charts[position].setData(data);
   });
+}
+
+// Charts follow the screen: a turned phone, a resized window.
+function resizeCharts() {
+  for (const chart of state.charts) {
+    const holder = chart.root.parentElement;
+    if (!holder) continue;
+    chart.setSize({ width: Math.max(200, Math.floor(holder.getBoundingClientRect().width) - 8), height: 160 });
+  }
 }
 
 function closeCharts() {
@@ -338,6 +371,10 @@ async function renderBalancers() {
     for (const balancer of node.balancers) {
       blocks.push(el("p", { class: "caption" },
         `${balancer.name} on ${node.node} · ${balancer.listen} · ${balancer.mode}, ${balancer.balance} · VIP: ${balancer.vip_holder || "–"} · sessions ${balancer.frontend_sessions} · errors ${balancer.frontend_errors}`));
+      if (!balancer.backends.length) {
+        blocks.push(el("p", { class: "hint" }, `standing by: ${node.node} does not hold the VIP, so it serves nothing and checks no server`));
+        continue;
+      }
       blocks.push(table(["server", "status", "weight", "active", "total", "errors", "last check", ""],
         balancer.backends.map((backend) => el("tr", { "data-backend": backend.name },
           el("td", {}, backend.name),
@@ -405,6 +442,7 @@ document.addEventListener("DOMContentLoaded", async () => {
   $("login-form").addEventListener("submit", logIn);
   $("logout").addEventListener("click", logOut);
   $("close-charts").addEventListener("click", closeCharts);
+  new ResizeObserver(resizeCharts).observe($("chart-area"));
   for (const button of document.querySelectorAll("#tabs button")) {
     button.addEventListener("click", () => showTab(button.dataset.tab));
   }

@@ -17,7 +17,10 @@ use bramble_meta::Meta;
 use bramble_meta::api::Consistency;
 use bramble_meta::types::{Command, CommandResult};
 use bramble_monitor::history::Tier;
-use bramble_monitor::service::{HistoryResponse, METHOD_HISTORY, METHOD_SAMPLE, SampleResponse};
+use bramble_monitor::service::{
+    AlertScope, AlertsResponse, HistoryResponse, METHOD_ALERTS, METHOD_HISTORY, METHOD_SAMPLE,
+    SampleResponse,
+};
 use bramble_net::RpcClient;
 use bramble_platform::service::{METHOD_WORKERS, WorkersResponse};
 use bramble_store::admin as store;
@@ -83,6 +86,12 @@ pub const ENDPOINTS: &[(&str, &str, &str, &str)] = &[
         "/api/v1/nodes/{node}/workers",
         "the node's background workers",
         "bramble workers --node {node} --json",
+    ),
+    (
+        "GET",
+        "/api/v1/alerts",
+        "active alerts across the cluster (node or backend down, throttled, hot, disk full) and the nodes that did not answer",
+        "bramble alerts --json",
     ),
     (
         "GET",
@@ -399,6 +408,17 @@ impl Api {
                 let (node, workers): WorkersResponse =
                     call(&client, address, METHOD_WORKERS, &()).await?;
                 Ok(json!({ "node": node, "workers": workers }))
+            }
+            ["alerts"] => {
+                only(method, Method::GET, path)?;
+                let alerts: AlertsResponse = call(
+                    &client,
+                    self.own_address,
+                    METHOD_ALERTS,
+                    &AlertScope::Cluster,
+                )
+                .await?;
+                Ok(to_json(&alerts))
             }
             ["balancers"] => {
                 only(method, Method::GET, path)?;
