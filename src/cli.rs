@@ -74,6 +74,13 @@ pub enum Command {
         after_help = "Examples:\n  bramble metrics n1\n  bramble metrics n1 --json\n  bramble metrics n2 --history 1h\n  bramble metrics n2 --history 24h --json\n\nEvery agent also serves its figures in the Prometheus text format (node_exporter's names)\non http://<node address>:9101/metrics; `bramble status` prints where in an emulated cluster.\n<data-dir>/monitor.toml sets the address (metrics_listen) or switches monitoring off\n(enabled = false)."
     )]
     Metrics(MetricsArgs),
+    /// The dashboard's picture in the terminal, refreshing each second: every node's health,
+    /// CPU, load, memory, network and disk rates, temperature, throttling and agent memory,
+    /// the selected node's CPU since `top` started, and the cluster's alerts.
+    #[command(
+        after_help = "Examples:\n  bramble top\n  bramble top --interval 2s\n  bramble top --once               one plain table, for scripts (no terminal needed)\n  bramble top --json               one snapshot as JSON: the dashboard's live event, with alerts\n\nKeys: up/down select a node (its CPU is drawn under the table); q or Esc quits.\nColours as on the dashboard: red for dead, left or not answering; amber for suspect,\nthrottled now, at or over 80 °C, or / at or over 90 % full; green otherwise.\nWith stdout not a terminal and neither flag, it prints one table as --once does."
+    )]
+    Top(TopArgs),
     /// Active alerts of the whole cluster: nodes down, balancer backends down, boards
     /// throttled or over 80 °C, filesystems over 90 % full.
     #[command(
@@ -597,6 +604,24 @@ pub enum BenchCommand {
         after_help = "Examples:\n  bramble bench cpu\n  bramble bench cpu --nodes n1,n2 --threads 4 --time 5\n  bramble bench cpu --cpu-max-prime 9999 --events 10000 --time 0   # the seeds' run\n  bramble bench cpu --json"
     )]
     Cpu(BenchCpuArgs),
+    /// Sequential write and read on each node's data disk, one node after another: `dd
+    /// bs=1M conv=fdatasync`, then a cold read of the same file.
+    #[command(
+        after_help = "Examples:\n  bramble bench disk\n  bramble bench disk --nodes n1 --size 1G\n  bramble bench disk --json\n\nThe file goes in the node's data directory and is removed afterwards; a test that would leave\nless than 256 MiB (or a twentieth of the disk) free is refused."
+    )]
+    Disk(BenchDiskArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchDiskArgs {
+    #[command(flatten)]
+    pub output: JsonFlag,
+    /// Nodes to measure (default: every node).
+    #[arg(long, value_delimiter = ',', value_name = "NODE,...")]
+    pub nodes: Vec<String>,
+    /// How much to write and read back: 64M, 256M, 1G (whole MiB, at most 4G).
+    #[arg(long, default_value = "256M", value_parser = crate::units::parse_size)]
+    pub size: u64,
 }
 
 #[derive(Debug, Args)]
@@ -682,6 +707,28 @@ pub struct MetricsArgs {
     pub history: Option<HistorySpan>,
     #[command(flatten)]
     pub output: JsonFlag,
+}
+
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// How often to refresh: 1s to 60s (agents take a sample a second).
+    #[arg(long, default_value = "1s", value_name = "DURATION", value_parser = parse_top_interval)]
+    pub interval: std::time::Duration,
+    /// Print one plain table and exit (for scripts; needs no terminal).
+    #[arg(long, conflicts_with = "json")]
+    pub once: bool,
+    /// Print one snapshot as JSON and exit.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `--interval` of `bramble top`: `1s`, `2500ms`, `1m`; between one second and a minute.
+fn parse_top_interval(text: &str) -> anyhow::Result<std::time::Duration> {
+    let millis = crate::units::parse_milliseconds(text)?;
+    if !(1000..=60_000).contains(&millis) {
+        anyhow::bail!("{text:?}: the interval must be between 1s and 60s");
+    }
+    Ok(std::time::Duration::from_millis(millis))
 }
 
 /// How much history `bramble metrics --history` shows.

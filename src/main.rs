@@ -81,6 +81,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Command::Nodes(args) => commands::membership::nodes(global, args).await,
         Command::Workers(args) => commands::workers::run(global, args).await,
         Command::Metrics(args) => commands::metrics::run(global, args).await,
+        Command::Top(args) => commands::top::run(global, args).await,
         Command::Alerts(args) => commands::alerts::run(global, args).await,
         Command::Up(args) => emulator::up(global, args).await,
         Command::Down(args) => emulator::down(global, args).await,

@@ -15,5 +15,6 @@ pub mod metrics;
 pub mod mpi;
 pub mod s3;
 pub mod service;
+pub mod top;
 pub mod volume;
 pub mod workers;

@@ -12,6 +12,8 @@
 //! - [`service`] is `monitor.*` RPC: the live sample and the history, for `bramble nodes`
 //!   and `bramble metrics`, and the alerts, for `bramble alerts` ([`gather`] asks every
 //!   member for the cluster's).
+//! - [`live`] takes the cluster's picture a second at a time (every node from gossip with
+//!   its last second's point), for the dashboard's event stream and `bramble top`.
 //! - [`alerts`] evaluates a node's alert conditions each second with hysteresis;
 //!   [`webhook`] POSTs them as they fire and resolve, from one node under a lease.
 //! - [`influx`] pushes samples to InfluxDB 1.x in the line protocol with Telegraf's names
@@ -26,6 +28,7 @@ pub mod history;
 pub mod http_post;
 pub mod influx;
 pub mod line_protocol;
+pub mod live;
 pub mod parse;
 pub mod sample;
 pub mod service;
