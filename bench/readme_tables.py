@@ -616,6 +616,7 @@ def services(data):
     elif data.get("build_skipped"):
         note += " _Built with SKIP_BUILD=1: the binary may not match the commit._"
     out.append(note)
+    return "\n".join(out)
 
 
 def _version(text):
@@ -628,11 +629,12 @@ def monitoring(data):
     summary = data["summary"]
     rows = [
         ("Bramble agent, monitor off (`enabled = false`)", "agent_monitor_off"),
-        ("Bramble agent, monitor on, /metrics scraped every 15 s", "agent_monitor_on"),
-        (f"node_exporter {_version(data.get('node_exporter_version'))}, scraped every 15 s", "node_exporter"),
+        (f"Bramble agent, monitor on, /metrics scraped every {data.get('scrape_every_seconds', 15)} s", "agent_monitor_on"),
+        (f"node_exporter {_version(data.get('node_exporter_version'))}, scraped every {data.get('scrape_every_seconds', 15)} s", "node_exporter"),
         (f"Netdata {_version(data.get('netdata_version'))}, all its processes", "netdata"),
     ]
-    out = ["| program (one 60 s window each) | RSS | CPU, % of one core |", "|---|---|---|"]
+    window = data.get("window_seconds", 60)
+    out = [f"| program (one {window} s window each) | RSS | CPU, % of one core |", "|---|---|---|"]
     for label, key in rows:
         s = summary.get(key)
         if not s:
@@ -666,11 +668,109 @@ def monitoring(data):
         note
         + "Goal (issue 12): the whole agent, monitoring included, under either of the others alone: "
         + ("; ".join(verdicts) if verdicts else "not measured")
-        + f". The machine ({data['machine']['cpus']} cores) was shared with other work (load {data['machine']['load'][0]}). "
+        + f". The machine ({data['machine']['cpus']} cores) was shared with other work ({_load_range(data)}). "
         + provenance(data)
     )
     if data.get("source_tree_dirty"):
         out[-1] += " _The binary was built from a working tree with uncommitted changes._"
+    elif data.get("build_skipped"):
+        out[-1] += " _Built with SKIP_BUILD=1: the binary may not match the commit._"
+    dashboard = _monitoring_dashboard(data)
+    if dashboard:
+        out += ["", dashboard]
+    return "\n".join(out)
+
+
+def _load_range(data):
+    during = [float(x["load"][0]) for x in data["machine"].get("load_during") or []]
+    if during:
+        return f"load average {min(during):.2f}–{max(during):.2f} during the run"
+    return f"load {data['machine']['load'][0]}"
+
+
+def _signed(x):
+    return f"{x + 0.0:+.2f}".replace("-0.00", "+0.00")
+
+
+def _kb(n):
+    return f"{n / 1000:,.1f} kB"
+
+
+def _monitoring_dashboard(data):
+    dash = data.get("dashboard")
+    if not dash:
+        return None
+    page, login, live = dash["first_load"], dash.get("login"), dash["open_dashboard"]
+    nd = (data.get("netdata_dashboard") or {}).get("first_load")
+    ratios = data.get("ratios_dashboard_bramble_over_netdata") or {}
+    nd_name = f"Netdata {_version(data.get('netdata_version'))}, its own dashboard (plain HTTP)"
+    out = [
+        f"| dashboard figure (served by {dash['serving_node']}; curl, HTTPS with `--cacert` the cluster CA) | Bramble | {nd_name} | Bramble / Netdata |",
+        "|---|---|---|---|",
+    ]
+    encodings = sorted({f["content_encoding"] or "uncompressed" for f in page["files"]})
+    nd_bytes = nd_time = ""
+    if nd:
+        nd_enc = sorted({f["content_encoding"] or "uncompressed" for f in nd["files"]})
+        nd_bytes = f"{_kb(nd['bytes_total'])} in {len(nd['files'])} files ({', '.join(nd_enc)}); the page then loads more by script"
+        nd_time = f"{nd['time_ms_total_median']:.1f} ms ({nd['time_ms_total_without_handshake_median']:.1f} ms after the TCP connect)"
+    bytes_ratio = f"{ratios['first_load_bytes_bramble_over_netdata']:.2f}x" if "first_load_bytes_bramble_over_netdata" in ratios else ""
+    out.append(
+        f"| first load: bytes (`/` and the files it names) | {_kb(page['bytes_total'])} in {len(page['files'])} files ({', '.join(encodings)}) | {nd_bytes or 'not measured'} |"
+        f" {bytes_ratio} |"
+    )
+    time_ratio = ""
+    if nd:
+        time_ratio = (
+            f"{ratios['first_load_time_bramble_over_netdata']:.2f}x; after the connection's setup"
+            f" {page['time_ms_total_without_handshake_median'] / nd['time_ms_total_without_handshake_median']:.2f}x"
+        )
+    out.append(
+        f"| first load: time, one new connection, requests in sequence (median of {page['rounds']}) | {page['time_ms_total_median']:.1f} ms"
+        f" ({page['handshake_ms_median']:.1f} ms of it the TCP connect and TLS 1.3 handshake; the first round {page['time_ms_total_all'][0]:.1f} ms)"
+        f" | {nd_time or 'not measured'} | {time_ratio} |"
+    )
+    if login:
+        rss = dash.get("serving_rss_kib") or {}
+        grew = (
+            f"; the agent's RSS {rss['before_logins'] / 1024:.1f} MB before the {login['rounds']} logins, {rss['after_logins'] / 1024:.1f} MB just after,"
+            f" {live['serving_rss_kib_closed'] / 1024:.1f} MB {live['window_seconds']} s later"
+            if rss
+            else ""
+        )
+        out.append(
+            f"| login: `POST /api/v1/session`, one argon2id check, new connection (median of {login['rounds']}) | {login['time_ms_median']:.0f} ms"
+            f" (server {login['server_ms_median']:.0f} ms){grew} | none: no password | |"
+        )
+    stream = live.get("event_stream") or {}
+    out.append(
+        f"| one open dashboard: the serving agent's CPU, {live['window_seconds']} s without, then {live['window_seconds']} s with"
+        f" | {live['serving_cpu_percent_closed']:.2f} % → {live['serving_cpu_percent_open']:.2f} % of a core: **{_signed(live['serving_cpu_percent_difference'])} %** | not measured | |"
+    )
+    if live.get("other_agents_cpu_percent_difference") is not None:
+        out.append(
+            f"| the same, each other agent (answers the serving agent's sample requests), mean"
+            f" | {live['other_agents_cpu_percent_mean_closed']:.2f} % → {live['other_agents_cpu_percent_mean_open']:.2f} %: {_signed(live['other_agents_cpu_percent_difference'])} % | | |"
+        )
+    if stream:
+        out.append(
+            f"| the event stream ({data['nodes']} nodes) | {stream['bytes_per_second']:,.0f} B/s ({stream['events_per_second']:.2f} events/s,"
+            f" {stream['bytes'] / max(stream['events'], 1):,.0f} B each) | | |"
+        )
+    files = ", ".join(f"`{f['path']}` {_kb(f['bytes'])}" for f in page["files"])
+    out.append("")
+    reconnects = stream.get("connections_opened_in_window") or 0
+    out.append(
+        f"Files: {files}. The open dashboard is emulated with curl as the page keeps it: {live['emulation'].removeprefix('curl: ')}"
+        f" ({stream.get('alerts_polls', '?')} alert polls in the window); curl's own CPU (the browser's) is not counted."
+        + (
+            f" The agent closed the event stream mid-answer 60 s after it opened, so the stream connected again"
+            f" {'once' if reconnects == 1 else f'{reconnects} times'} in the window, leaving a 3 s gap in the live view each time (a browser's EventSource does the same)."
+            if reconnects
+            else ""
+        )
+        + (" Netdata's page: its index and the scripts and style sheets it names, as curl fetches them with `--compressed`; its charts' data and lazily loaded chunks are not counted, so its figures are a floor." if nd else "")
+    )
     return "\n".join(out)
 
 

@@ -75,19 +75,51 @@ pub type SimpleResponse = Response<Full<Bytes>>;
 /// What a handler's answer may carry: a whole body ([`SimpleResponse`]) or one written as
 /// it goes (Server-Sent Events).
 pub trait AnswerBody:
-    hyper::body::Body<Data = Bytes, Error: Into<Box<dyn StdError + Send + Sync>>> + Send + 'static
+    hyper::body::Body<Data = Bytes, Error: Into<Box<dyn StdError + Send + Sync>>>
+    + Send
+    + Unpin
+    + 'static
 {
 }
 
 impl<Body> AnswerBody for Body where
     Body: hyper::body::Body<Data = Bytes, Error: Into<Box<dyn StdError + Send + Sync>>>
         + Send
+        + Unpin
         + 'static
 {
 }
 
 /// The body the server sends: its own refusals, or the handler's answer.
-type ServedBody<Answer> = Either<Full<Bytes>, Answer>;
+type ServedBody<Answer> = Either<Full<Bytes>, Answering<Answer>>;
+
+/// A handler's answer on its way out: the connection counts as busy (no idle timeout)
+/// until the last of it is sent, which for an event stream is long after the handler
+/// returned.
+struct Answering<Answer> {
+    body: Answer,
+    _in_flight: InFlight,
+}
+
+impl<Answer: AnswerBody> hyper::body::Body for Answering<Answer> {
+    type Data = Bytes;
+    type Error = Answer::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(context)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
 
 /// The certificate chain a TLS client presented (leaf first), verified by the server's
 /// TLS configuration before any request is read; absent when the client sent none.
@@ -301,11 +333,15 @@ where
                     if let Some(certificates) = certificates {
                         request.extensions_mut().insert(certificates);
                     }
-                    handler(request, peer).await.map(Either::Right)
+                    handler(request, peer).await.map(|body| {
+                        Either::Right(Answering {
+                            body,
+                            _in_flight: in_flight,
+                        })
+                    })
                 }
                 Err(refusal) => refusal.map(Either::Left),
             };
-            drop(in_flight);
             Ok::<_, Infallible>(response)
         }
     });
@@ -519,6 +555,60 @@ mod tests {
             .await
             .expect("the server stops in time")
             .expect("the server task ends cleanly");
+    }
+
+    /// A body written slowly, a chunk every `every`: what an event stream is.
+    struct Ticks {
+        remaining: u32,
+        every: Duration,
+        sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+    }
+
+    impl hyper::body::Body for Ticks {
+        type Data = Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            context: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+            if self.remaining == 0 {
+                return std::task::Poll::Ready(None);
+            }
+            if self.sleep.as_mut().poll(context).is_pending() {
+                return std::task::Poll::Pending;
+            }
+            self.remaining -= 1;
+            let next = tokio::time::Instant::now() + self.every;
+            self.sleep.as_mut().reset(next);
+            std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(Bytes::from_static(
+                b"tick\n",
+            )))))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_slowly_written_answer_outlives_the_idle_timeout() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let (trigger, shutdown) = ShutdownTrigger::new();
+        // Six ticks 300 ms apart: 1.8 s, twice the idle timeout, with the client silent.
+        let handler = |_request: BoundedRequest, _peer: SocketAddr| async move {
+            Response::new(Ticks {
+                remaining: 6,
+                every: Duration::from_millis(300),
+                sleep: Box::pin(tokio::time::sleep(Duration::from_millis(300))),
+            })
+        };
+        tokio::spawn(serve_http1("test", listener, LIMITS, handler, shutdown));
+        let (answer, elapsed) = exchange(
+            address,
+            b"GET /events HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n",
+        )
+        .await;
+        assert_eq!(answer.matches("tick").count(), 6, "{answer}");
+        assert!(elapsed >= Duration::from_millis(1700), "{elapsed:?}");
+        trigger.trigger();
     }
 
     #[tokio::test]
