@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod catalog;
 pub mod demo_web;
+pub mod drain;
 pub mod exec;
 pub mod fs;
 pub mod jobs;
@@ -11,6 +12,7 @@ pub mod lb;
 pub mod membership;
 pub mod metrics;
 pub mod mpi;
+pub mod rolling;
 pub mod s3;
 pub mod service;
 pub mod volume;
