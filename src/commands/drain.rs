@@ -89,9 +89,9 @@ pub struct DrainReport {
     pub vips_now_on: BTreeMap<String, Option<String>>,
     /// Replica → the node it runs on now.
     pub replicas_now_on: BTreeMap<String, Option<String>>,
-    /// Job tasks it was running (they finish there; none new go to it). None: the jobs
-    /// scheduler did not answer.
-    pub job_tasks_running: Option<u32>,
+    /// Job slots its running tasks took (they finish there; none new go to it). None:
+    /// the jobs scheduler did not answer.
+    pub job_slots_in_use: Option<u32>,
     /// Storage bricks on it, which a drain does not move (`vol0: n1:/path`).
     pub bricks: Vec<String>,
     /// Seconds until it held nothing (None: not waited for).
@@ -230,8 +230,8 @@ async fn bricks_on(client: &ClusterClient, node: &str) -> Result<Vec<String>> {
     Ok(bricks)
 }
 
-/// Job tasks `node` runs now, as the jobs scheduler counts them.
-async fn job_tasks_on(client: &ClusterClient, node: &str) -> Option<u32> {
+/// Job slots `node`'s running tasks take now, as the jobs scheduler counts them.
+async fn job_slots_on(client: &ClusterClient, node: &str) -> Option<u32> {
     let (_, workers): (_, Vec<bramble_compute::jobs::admin::WorkerSummary>) = client
         .call_any(bramble_compute::jobs::admin::METHOD_NODES, &false)
         .await
@@ -354,6 +354,13 @@ async fn replicas_now_on(
 /// How a drain reports its progress: (moved so far, held at the start, what is left).
 pub type Progress<'a> = &'a mut (dyn FnMut(usize, usize, &Holdings) + Send);
 
+/// A drain whose flag is set, to wait for.
+pub struct Started {
+    report: DrainReport,
+    node: NodeView,
+    balancers: Vec<BalancerSpec>,
+}
+
 /// Drains `name`: refuses if that would strand a VIP, sets the flag, and unless `wait` is
 /// `None` waits up to it until the node holds no VIP and no replica. The flag stays set
 /// when the wait fails (what moved stays moved; `undrain` returns the node).
@@ -364,6 +371,21 @@ pub async fn drain_node(
     wait: Option<Duration>,
     progress: Progress<'_>,
 ) -> Result<DrainReport> {
+    let started = begin_drain(client, name, reason).await?;
+    match wait {
+        Some(wait) => wait_drained(client, started, wait, progress).await,
+        None => Ok(started.report),
+    }
+}
+
+/// The first half of [`drain_node`]: the checks and the flag. Callers that drain several
+/// nodes at once (`rolling --serial`) take these one at a time, so two drains never both
+/// pass the check that some other lb node will take the VIPs.
+pub async fn begin_drain(
+    client: &ClusterClient,
+    name: &str,
+    reason: Option<String>,
+) -> Result<Started> {
     if let Some(reason) = &reason {
         bramble_platform::drain::validate_reason(reason)?;
     }
@@ -385,11 +407,11 @@ pub async fn drain_node(
     } else {
         Holdings::default()
     };
-    let job_tasks_running = job_tasks_on(client, name).await;
+    let job_slots_in_use = job_slots_on(client, name).await;
     // Storage may not run (a cluster without volumes answers with none).
     let bricks = bricks_on(client, name).await.unwrap_or_default();
     let answer = set_drained(client, name, true, reason).await?;
-    let mut report = DrainReport {
+    let report = DrainReport {
         node: name.to_string(),
         state: node.state.as_str().to_string(),
         record: answer.record,
@@ -397,14 +419,32 @@ pub async fn drain_node(
         held: held.clone(),
         vips_now_on: BTreeMap::new(),
         replicas_now_on: BTreeMap::new(),
-        job_tasks_running,
+        job_slots_in_use,
         bricks,
         seconds: None,
     };
-    let Some(wait) = wait else {
-        return Ok(report);
-    };
-    if !reachable {
+    Ok(Started {
+        report,
+        node,
+        balancers,
+    })
+}
+
+/// The second half of [`drain_node`]: waits up to `wait` until the node holds nothing.
+pub async fn wait_drained(
+    client: &ClusterClient,
+    started: Started,
+    wait: Duration,
+    progress: Progress<'_>,
+) -> Result<DrainReport> {
+    let Started {
+        mut report,
+        node,
+        balancers,
+    } = started;
+    let name = node.name.as_str();
+    let held = report.held.clone();
+    if !matches!(node.state, NodeState::Alive | NodeState::Suspect) {
         // A dead node's replicas moved when it died, and its VIP leases ran out.
         report.seconds = Some(0.0);
         return Ok(report);
@@ -521,11 +561,11 @@ fn print_report(report: &DrainReport, detached: bool) {
             println!("{table}");
         }
     }
-    match report.job_tasks_running {
+    match report.job_slots_in_use {
         Some(0) => {}
-        Some(tasks) => {
-            println!("It runs {tasks} job task(s): they finish there; no new ones go to it.")
-        }
+        Some(slots) => println!(
+            "Job tasks use {slots} of its slot(s): they finish there; no new ones go to it."
+        ),
         None => println!(
             "The jobs scheduler did not answer: tasks running on {node} finish there; no new ones go to it."
         ),

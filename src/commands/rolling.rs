@@ -24,7 +24,7 @@ use bramble_compute::services::spec::RolloutState;
 use bramble_meta::api::{ClusterStatus, METHOD_STATUS, StatusRequest};
 use serde::Serialize;
 
-use super::drain::{Holdings, drain_node, drained_nodes, set_drained};
+use super::drain::{Holdings, begin_drain, drained_nodes, set_drained, wait_drained};
 use crate::cli::{GlobalOptions, RebootArgs, RollingArgs, RollingOptions};
 use crate::client::ClusterClient;
 use crate::emulator::Emulation;
@@ -505,17 +505,33 @@ async fn run_command(
     }
 }
 
-/// Drains `node`, runs the chore there, waits until it is back and undrains it. The
-/// health gate comes after the node's batch.
-async fn one_node(
+/// What every node of a batch shares.
+#[derive(Clone)]
+struct Batch {
     client: Arc<ClusterClient>,
-    node: NodeView,
-    others: Vec<NodeView>,
     chore: Chore,
-    was_drained: bool,
     step_timeout: Duration,
     bar: indicatif::ProgressBar,
+    /// Drains begin one at a time (see [`begin_drain`]).
+    drain_turn: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// Drains `node`, runs the chore there, waits until it is back (as `others` see it) and
+/// undrains it, unless it `was_drained` before the chore. The health gate comes after the
+/// node's batch.
+async fn one_node(
+    batch: Batch,
+    node: NodeView,
+    others: Vec<NodeView>,
+    was_drained: bool,
 ) -> NodeReport {
+    let Batch {
+        client,
+        chore,
+        step_timeout,
+        bar,
+        drain_turn,
+    } = batch;
     let mut report = NodeReport::new(&node.name);
     report.started_unix_ms = Some(bramble_util::time::unix_millis());
     let name = node.name.clone();
@@ -528,15 +544,16 @@ async fn one_node(
     };
     let reason = format!("bramble rolling: {}", chore.describe());
     let reason: String = reason.chars().take(100).collect();
-    match drain_node(
-        &client,
-        &name,
-        Some(reason),
-        Some(step_timeout),
-        &mut progress,
-    )
-    .await
-    {
+    // One drain at a time begins (its checks and flag); the waits overlap.
+    let begun = {
+        let _turn = drain_turn.lock().await;
+        begin_drain(&client, &name, Some(reason)).await
+    };
+    let drained = match begun {
+        Ok(begun) => wait_drained(&client, begun, step_timeout, &mut progress).await,
+        Err(error) => Err(error),
+    };
+    match drained {
         Ok(drained) => report.moved = Some(drained.held),
         Err(error) => {
             report.left_drained = drained_nodes(&client)
@@ -637,6 +654,13 @@ async fn run(global: &GlobalOptions, options: &RollingOptions, chore: Chore) -> 
             continue;
         }
         let mut tasks = Vec::new();
+        let shared = Batch {
+            client: client.clone(),
+            chore: chore.clone(),
+            step_timeout,
+            bar: bar.clone(),
+            drain_turn: Arc::new(tokio::sync::Mutex::new(())),
+        };
         for node in batch {
             // Members outside the batch vouch for the batch's nodes coming back.
             let others: Vec<NodeView> = view
@@ -648,13 +672,10 @@ async fn run(global: &GlobalOptions, options: &RollingOptions, chore: Chore) -> 
                 .cloned()
                 .collect();
             tasks.push(tokio::spawn(one_node(
-                client.clone(),
+                shared.clone(),
                 node.clone(),
                 others,
-                chore.clone(),
                 drained_before.contains_key(&node.name),
-                step_timeout,
-                bar.clone(),
             )));
         }
         let mut batch_reports = Vec::new();
