@@ -36,6 +36,16 @@ fn lease_holder(cluster: &TestCluster, balancer: &str) -> Option<String> {
     record["holder"].as_str().map(str::to_string)
 }
 
+/// Whether `node` is a catalog voter, per `bramble cluster status`.
+fn is_voter(cluster: &TestCluster, node: &str) -> Option<bool> {
+    let status = cluster.bramble_ok(&["cluster", "status", "--json"]).json();
+    status["members"]
+        .as_array()?
+        .iter()
+        .find(|member| member["name"] == node)?["voter"]
+        .as_bool()
+}
+
 /// A node's row in `bramble nodes --json`.
 fn node_row(cluster: &TestCluster, name: &str) -> Value {
     let nodes = cluster.bramble_ok(&["nodes", "--json"]).json();
@@ -43,6 +53,16 @@ fn node_row(cluster: &TestCluster, name: &str) -> Value {
         .as_array()
         .and_then(|rows| rows.iter().find(|row| row["name"] == name).cloned())
         .unwrap_or_else(|| panic!("{name} is not in bramble nodes: {nodes}"))
+}
+
+/// Waits until `bramble nodes` (which reads the answering agent's replica, a heartbeat
+/// behind the leader at most) shows `name` not drained.
+fn wait_undrained(cluster: &TestCluster, name: &str) {
+    wait_until(
+        &format!("{name} shows as not drained"),
+        Duration::from_secs(10),
+        || node_row(cluster, name)["drained"].is_null(),
+    );
 }
 
 fn ps(cluster: &TestCluster, name: &str) -> Value {
@@ -168,7 +188,7 @@ fn draining_the_vip_holder_hands_the_vip_over_at_once_and_a_rolling_reboot_keeps
     assert!(node_row(&cluster, backup)["drained"].is_null());
     // Undrained, it stands for the VIP again: with preemption it takes it back.
     cluster.bramble_ok(&["undrain", &holder]);
-    assert!(node_row(&cluster, &holder)["drained"].is_null());
+    wait_undrained(&cluster, &holder);
     wait_until(
         "the preferred node holds the VIP again",
         Duration::from_secs(10),
@@ -206,10 +226,7 @@ fn draining_the_vip_holder_hands_the_vip_over_at_once_and_a_rolling_reboot_keeps
             "{name} was not restarted ({now} after {})",
             before[index]
         );
-        assert!(
-            node_row(&cluster, name)["drained"].is_null(),
-            "{name} left drained"
-        );
+        wait_undrained(&cluster, name);
     }
     // No request reached a replica that was going away (no 5xx, no reset: replicas move
     // healthy first). Connections are refused while the VIP changes holder — its holder
@@ -296,6 +313,7 @@ fn draining_a_node_moves_its_replicas_healthy_first_and_undrain_makes_it_eligibl
         .find(|(_, node)| Some(node) != vip.as_ref())
         .cloned()
         .expect("a replica away from the VIP holder");
+    let voter_before = is_voter(&cluster, &victim);
     let done = Arc::new(AtomicBool::new(false));
     let fewest = Arc::new(AtomicUsize::new(usize::MAX));
     let sampler = {
@@ -371,10 +389,12 @@ fn draining_a_node_moves_its_replicas_healthy_first_and_undrain_makes_it_eligibl
         "{view}"
     );
     assert_eq!(healthy(&view).len(), 2, "{view}");
-    assert_eq!(
-        node_row(&cluster, &victim)["drained"]["reason"].as_str(),
-        Some("drill")
-    );
+    // Drained, it stays a gossip member and keeps its place in the catalog.
+    let row = node_row(&cluster, &victim);
+    assert_eq!(row["drained"]["reason"].as_str(), Some("drill"), "{row}");
+    assert_eq!(row["state"].as_str(), Some("alive"), "{row}");
+    assert!(voter_before.is_some());
+    assert_eq!(is_voter(&cluster, &victim), voter_before);
     // A drained node gets no new replica...
     cluster.bramble_ok(&["service", "scale", "web", "3"]);
     wait_until(
@@ -419,7 +439,7 @@ fn draining_a_node_moves_its_replicas_healthy_first_and_undrain_makes_it_eligibl
     // Undrained, it is eligible again: a fourth replica can only go there; the moved
     // replica stays where it went.
     cluster.bramble_ok(&["undrain", &victim]);
-    assert!(node_row(&cluster, &victim)["drained"].is_null());
+    wait_undrained(&cluster, &victim);
     cluster.bramble_ok(&["service", "scale", "web", "4"]);
     wait_until(
         "a replica runs on the undrained node",
@@ -509,10 +529,7 @@ fn rolling_goes_node_by_node_in_order_and_stops_at_a_failing_node() {
         .sum();
     assert!(moved >= 2, "the drains moved the replicas: {report}");
     for name in cluster.all() {
-        assert!(
-            node_row(&cluster, name)["drained"].is_null(),
-            "{name} left drained"
-        );
+        wait_undrained(&cluster, name);
     }
 
     // A command failing on n2 stops the chore there: n3 is not started, n2 stays drained,

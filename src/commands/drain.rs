@@ -140,6 +140,24 @@ pub async fn drained_nodes(client: &ClusterClient) -> Result<BTreeMap<String, Dr
         .collect())
 }
 
+/// Every drained node's record as the agent at `address` has it in its own replica (no
+/// quorum round: `bramble nodes` must answer while the catalog elects a leader).
+pub async fn drained_nodes_here(
+    client: &ClusterClient,
+    address: std::net::SocketAddr,
+) -> Result<BTreeMap<String, DrainRecord>> {
+    let request = ListRequest {
+        prefix: bramble_platform::drain::PREFIX.to_string(),
+        limit: 10_000,
+        consistency: Consistency::Stale,
+        forwarded: false,
+    };
+    let entries: ListResponse = client.call_at(address, METHOD_LIST, &request).await?;
+    Ok(bramble_platform::drain::records(
+        entries.into_iter().map(|(key, value)| (key, value.value)),
+    ))
+}
+
 /// Drains or undrains a node (`drain.set`).
 pub async fn set_drained(
     client: &ClusterClient,

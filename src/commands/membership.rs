@@ -145,8 +145,11 @@ pub async fn nodes(global: &GlobalOptions, args: &NodesArgs) -> Result<()> {
         }
         None => client.call_any("cluster.nodes", &()).await?,
     };
-    // Drained nodes (`bramble drain`): None when no agent could say.
-    let drained = crate::commands::drain::drained_nodes(&client).await.ok();
+    // Drained nodes (`bramble drain`) as the answering agent's replica has them: None when
+    // it could not say.
+    let drained = crate::commands::drain::drained_nodes_here(&client, source)
+        .await
+        .ok();
     if args.output.json {
         #[derive(serde::Serialize)]
         struct Row<'a> {
