@@ -5,7 +5,8 @@
 //! until it is back in gossip and its catalog replica has caught up (the command may
 //! reboot the board or restart the agent), it is undrained, and the next batch starts only
 //! once the cluster is as healthy as before the chore began: every service with as many
-//! ready replicas, none still moving or withheld, every VIP held, a catalog leader. That
+//! ready replicas, none still moving or withheld, every VIP held, a catalog leader, and no
+//! volume owing a brick the copies it missed while its node was away. That
 //! gate is what Ansible's `serial` lacks. The first failure beyond `--max-fail` stops the
 //! chore; a node whose step failed stays drained, so nothing new lands on it until
 //! someone looks. In an emulated cluster a reboot is a restart of the node's agent (there
@@ -22,6 +23,8 @@ use bramble_compute::exec::{ExecOutcome, ExecRequest, MAX_TIMEOUT_MS, METHOD_RUN
 use bramble_compute::services::admin::{METHOD_PS, PsAnswer};
 use bramble_compute::services::spec::RolloutState;
 use bramble_meta::api::{ClusterStatus, METHOD_STATUS, StatusRequest};
+use bramble_store::admin::{HealInfo, METHOD_HEAL_INFO, METHOD_VOLUME_LIST, VolumeName};
+use bramble_store::volume::{VolumeSpec, VolumeState};
 use serde::Serialize;
 
 use super::drain::{Holdings, begin_drain, drained_nodes, set_drained, wait_drained};
@@ -260,7 +263,8 @@ async fn preflight(client: &ClusterClient, chosen: &[NodeView], chore: &Chore) -
 }
 
 /// What "as healthy as before" compares against: each service's ready replicas when the
-/// chore began.
+/// chore began. (VIPs, the catalog and volumes are compared with perfection: held, led,
+/// nothing owed.)
 type Baseline = BTreeMap<String, usize>;
 
 /// Why the cluster is not healthy now (nothing: healthy), and each service's ready
@@ -335,6 +339,33 @@ async fn health(
             ));
         }
         ready_now.insert(name.clone(), ready.len());
+    }
+    // Storage: a node that was down is owed the copies it missed; the next node may hold
+    // their other copy, so it waits until they are delivered.
+    let (_, volumes): (_, Vec<VolumeSpec>) = client.call_any(METHOD_VOLUME_LIST, &()).await?;
+    for volume in volumes
+        .iter()
+        .filter(|volume| volume.state == VolumeState::Started)
+    {
+        let request = VolumeName {
+            name: volume.name.clone(),
+        };
+        let (_, info): (_, HealInfo) = client.call_any(METHOD_HEAL_INFO, &request).await?;
+        let owed: u64 = info.pending.iter().map(|pending| pending.copies).sum();
+        if owed > 0 {
+            problems.push(format!(
+                "volume {}: {owed} block cop{} still to heal",
+                volume.name,
+                if owed == 1 { "y" } else { "ies" }
+            ));
+        }
+        if !info.unanswered.is_empty() {
+            problems.push(format!(
+                "volume {}: {} did not say what they owe",
+                volume.name,
+                info.unanswered.join(", ")
+            ));
+        }
     }
     Ok((problems, ready_now))
 }
