@@ -533,14 +533,14 @@ fn rolling_goes_node_by_node_in_order_and_stops_at_a_failing_node() {
     }
 
     // A command failing on n2 stops the chore there: n3 is not started, n2 stays drained,
-    // and the exit status says so.
+    // and the exit status says so. (Its newline must not upset the drain's one-line reason.)
     let failing = cluster.bramble(&[
         "rolling",
         "--json",
         "--",
         "sh",
         "-c",
-        "test \"$BRAMBLE_NODE\" != n2 || exit 7",
+        "test \"$BRAMBLE_NODE\" != n2 ||\nexit 7",
     ]);
     assert!(!failing.success, "{failing:?}");
     assert!(failing.stderr.contains("failed"), "{failing:?}");

@@ -573,8 +573,18 @@ async fn one_node(
             bar.set_message(format!("{name}: draining ({})", left.describe()));
         }
     };
-    let reason = format!("bramble rolling: {}", chore.describe());
-    let reason: String = reason.chars().take(100).collect();
+    // The drain's reason is one line: a command's newlines and tabs become spaces.
+    let reason: String = format!("bramble rolling: {}", chore.describe())
+        .chars()
+        .map(|character| {
+            if character.is_control() {
+                ' '
+            } else {
+                character
+            }
+        })
+        .take(100)
+        .collect();
     // One drain at a time begins (its checks and flag); the waits overlap.
     let begun = {
         let _turn = drain_turn.lock().await;
@@ -635,7 +645,8 @@ async fn one_node(
     report
 }
 
-/// `node`'s gossip generation as another member sees it (0 if nobody says).
+/// `node`'s gossip generation as another member sees it (as the chore's first view had
+/// it, if no other member answers).
 async fn current_generation(client: &ClusterClient, node: &NodeView, others: &[NodeView]) -> u64 {
     for other in others {
         if let Ok(view) = client
