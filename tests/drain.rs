@@ -8,7 +8,8 @@
 //! has fewer healthy replicas and the balancer's clients see no error; the drained node
 //! ends with none and gets no new replica or job task; undrain makes it eligible again);
 //! `rolling -- true` node by node in order, refused up front where exec is off, and a
-//! failing command stopping the chore at its node, which stays drained.
+//! failing command stopping the chore at its node, which stays drained; a replica whose
+//! new copy never gets healthy keeps its old copy serving, and undrain calls the move off.
 
 mod harness;
 
@@ -599,6 +600,70 @@ fn rolling_goes_node_by_node_in_order_and_stops_at_a_failing_node() {
         .collect();
     assert_eq!(results, vec!["ok", "failed", "ok"]);
     cluster.bramble_ok(&["undrain", "n2"]);
+    // A replica whose new copy never gets healthy is not lost: the drain times out and
+    // says why, the old copy keeps serving, and undrain calls the move off. (Its check
+    // passes only on its own port; a moved copy gets another one, as every emulated node
+    // shares 127.0.0.1.)
+    let picky_port = harness::free_port_run(2);
+    let picky_port_text = picky_port.to_string();
+    let check = format!("test \"$PORT\" = {picky_port}");
+    cluster.bramble_ok(&[
+        "service",
+        "create",
+        "picky",
+        "--port",
+        &picky_port_text,
+        "--health-cmd",
+        &check,
+        "--health-interval",
+        "300ms",
+        "--health-start-period",
+        "300ms",
+        "--stop-grace",
+        "1s",
+        "--",
+        "sleep",
+        "600",
+    ]);
+    let mut home = String::new();
+    wait_until(
+        "picky is healthy",
+        Duration::from_secs(60),
+        || match healthy(&ps(&cluster, "picky")).first() {
+            Some((_, node)) => {
+                home = node.clone();
+                true
+            }
+            None => false,
+        },
+    );
+    let stuck = cluster.bramble(&["drain", &home, "--timeout", "5s"]);
+    assert!(
+        !stuck.success && stuck.stderr.contains("picky.0: its new copy on"),
+        "{stuck:?}"
+    );
+    let view = ps(&cluster, "picky");
+    assert!(
+        healthy(&view)
+            .iter()
+            .any(|(index, node)| *index == 0 && *node == home),
+        "the old copy still serves: {view}"
+    );
+    assert_eq!(
+        view["handovers"].as_array().map(Vec::len),
+        Some(1),
+        "{view}"
+    );
+    cluster.bramble_ok(&["undrain", &home]);
+    wait_until("the move is called off", Duration::from_secs(30), || {
+        let view = ps(&cluster, "picky");
+        view["handovers"].as_array().is_some_and(Vec::is_empty)
+            && view["withheld"].as_array().is_some_and(Vec::is_empty)
+            && view["replicas"]
+                .as_array()
+                .is_some_and(|replicas| replicas.len() == 1 && replicas[0]["node"] == home.as_str())
+    });
+    assert_eq!(healthy(&ps(&cluster, "picky")).len(), 1);
     // Bad input is refused with the problem named.
     let bad = cluster.bramble(&["rolling", "--nodes", "n1,n1", "--", "true"]);
     assert!(!bad.success && bad.stderr.contains("twice"), "{bad:?}");

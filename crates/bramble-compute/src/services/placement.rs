@@ -8,7 +8,9 @@
 //! A replica leaving a drained node moves as a hand-over ([`Assignment::handover`]): its
 //! old copy keeps running, and serving, until the new one is ready (the rolling-update step
 //! in `super::rollout` ends the hand-over), where Swarm's drain stops the old task first.
-//! A dead node's replica can only move after the fact.
+//! A dead node's replica can only move after the fact. A hand-over whose old node is
+//! undrained before the new copy is ready is called off: the replica stays where it was.
+//! A replica that has moved is never moved back.
 //!
 //! Ports: replica i listens on the service's port + i, unless that port is already held
 //! on its node's address — several nodes share one address in the emulator, and a
@@ -189,6 +191,34 @@ pub fn reconcile(
                         .is_some_and(|handover| !runs(&handover.from_node))
                     {
                         kept.handover = None;
+                    }
+                    // One whose old node was undrained before the new copy got ready is
+                    // called off: the old copy, still serving, stays where it is (a
+                    // replica that has moved is never moved back, one still moving may).
+                    if let Some(handover) = &kept.handover
+                        && kept.withheld_since_unix_ms.is_some()
+                        && let Some(home) = node_of(&handover.from_node)
+                        && (home.alive || home.suspect)
+                        && !home.drained
+                        && allowed(home)
+                    {
+                        for counts in [&mut per_node, &mut load] {
+                            if let Some(count) = counts.get_mut(&kept.node) {
+                                *count = count.saturating_sub(1);
+                            }
+                            *counts.entry(home.name.clone()).or_insert(0) += 1;
+                        }
+                        if let Some(new_port) = kept.port {
+                            ports.release(address_of(&kept.node), new_port);
+                        }
+                        kept = Assignment {
+                            node: home.name.clone(),
+                            port: handover.from_port,
+                            generation: handover.from_generation,
+                            withheld_since_unix_ms: None,
+                            updated_unix_ms: now,
+                            handover: None,
+                        };
                     }
                     if kept != *assignment {
                         changes.place.insert(key, kept);
@@ -392,6 +422,34 @@ mod tests {
         );
         assert_eq!(moved.place.len(), 1, "replica 1 stays on n2: {moved:?}");
         apply(&mut current, &moved);
+        // The reconciler withholds a placement new to its node until its copy is ready.
+        if let Some(moving) = current.get_mut(&("web".to_string(), 0)) {
+            moving.withheld_since_unix_ms = Some(7);
+        }
+        // Undrained before the new copy is ready: the hand-over is called off, the
+        // replica stays on n1 (its old copy, port and version), in the balancers.
+        let mut undrained = nodes.clone();
+        undrained[0].drained = false;
+        let called_off = reconcile(&specs, &current, &undrained, 8);
+        let back = &called_off.place[&("web".to_string(), 0)];
+        assert_eq!((back.node.as_str(), back.port), ("n1", Some(8000)));
+        assert_eq!(
+            (back.handover.as_ref(), back.withheld_since_unix_ms),
+            (None, None)
+        );
+        // Once the new copy is ready (out of withholding), the move stands.
+        let mut ready = current.clone();
+        if let Some(moving) = ready.get_mut(&("web".to_string(), 0)) {
+            moving.withheld_since_unix_ms = None;
+        }
+        let stands = reconcile(&specs, &ready, &undrained, 8);
+        assert!(
+            stands
+                .place
+                .get(&("web".to_string(), 0))
+                .is_none_or(|kept| kept.node == "n3"),
+            "{stands:?}"
+        );
         // Nothing more while the hand-over runs, and n1 gets nothing new.
         specs.insert("web".to_string(), spec("web", 3, 0));
         let grown = reconcile(&specs, &current, &nodes, 8);
