@@ -43,6 +43,8 @@ const SUBSYSTEMS: &[Subsystem] = &[
     bramble_compute::services::subsystem::SUBSYSTEM,
     bramble_compute::exec::SUBSYSTEM,
     bramble_lb::subsystem::SUBSYSTEM,
+    // Last, so it stops first: no API request meets a subsystem that has stopped.
+    bramble_api::subsystem::SUBSYSTEM,
 ];
 /// How long the agent waits for its workers to end after the shutdown signal.
 const WORKERS_DEADLINE: Duration = Duration::from_secs(5);

@@ -74,6 +74,19 @@ pub enum Command {
         after_help = "Examples:\n  bramble metrics n1\n  bramble metrics n1 --json\n  bramble metrics n2 --history 1h\n  bramble metrics n2 --history 24h --json\n\nEvery agent also serves its figures in the Prometheus text format (node_exporter's names)\non http://<node address>:9101/metrics; `bramble status` prints where in an emulated cluster.\n<data-dir>/monitor.toml sets the address (metrics_listen) or switches monitoring off\n(enabled = false)."
     )]
     Metrics(MetricsArgs),
+    /// The dashboard's picture in the terminal, refreshing each second: every node's health,
+    /// CPU, load, memory, network and disk rates, temperature, throttling and agent memory,
+    /// the selected node's CPU since `top` started, and the cluster's alerts.
+    #[command(
+        after_help = "Examples:\n  bramble top\n  bramble top --interval 2s\n  bramble top --once               one plain table, for scripts (no terminal needed)\n  bramble top --json               one snapshot as JSON: the dashboard's live event, with alerts\n\nKeys: up/down select a node (its CPU is drawn under the table); q or Esc quits.\nColours as on the dashboard: red for dead, left or not answering; amber for suspect,\nthrottled now, at or over 80 °C, or / at or over 90 % full; green otherwise.\nWith stdout not a terminal and neither flag, it prints one table as --once does."
+    )]
+    Top(TopArgs),
+    /// Active alerts of the whole cluster: nodes down, balancer backends down, boards
+    /// throttled or over 80 °C, filesystems over 90 % full.
+    #[command(
+        after_help = "Examples:\n  bramble alerts\n  bramble alerts --json\n\nAny node answers for the cluster: it asks every live member and says which did not\nanswer. With alert_webhook = \"http://...\" in <data-dir>/monitor.toml, one node also POSTs\neach alert as JSON when it fires and when it resolves."
+    )]
+    Alerts(JsonFlag),
     /// Start an emulated cluster on this PC (processes on loopback, no privileges needed).
     #[command(
         after_help = "Examples:\n  bramble up                       5 nodes in ./.bramble, with the HA website demo\n  bramble up --nodes 20 --dir /tmp/c1 --bare\n\nRunning it again on a running cluster says so; on a stopped one, starts it again."
@@ -123,6 +136,22 @@ pub enum Command {
         after_help = "Examples:\n  bramble s3 key create backup        prints the access key and secret (shown once)\n  bramble s3 key ls\n  bramble s3 key rm backup\n\nThen, for example:\n  AWS_ACCESS_KEY_ID=BK... AWS_SECRET_ACCESS_KEY=... aws --endpoint-url http://127.0.0.1:3900 s3 cp kernel.img s3://vol0/"
     )]
     S3(S3Command),
+    /// API tokens for the HTTP API (`Authorization: Bearer ...`); the token is shown once.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  bramble token create ci --expires 30d\n  bramble token ls\n  bramble token rm ci\n\nThen: curl --cacert ca.pem -H \"Authorization: Bearer brt_ci_...\" https://<node>:9443/api/v1/nodes\n(bramble api --write-ca ca.pem writes the cluster CA; bramble api lists the URLs)."
+    )]
+    Token(TokenCommand),
+    /// Where every node serves the HTTP API (/api/v1, HTTPS) and how to call it.
+    #[command(
+        after_help = "Examples:\n  bramble api\n  bramble api --write-ca ca.pem\n  bramble api --json\n\nEvery request needs an admin certificate or a token (bramble token create). The\nendpoints and curl examples are in docs/API.md; GET /api/v1 lists them too.\n<data-dir>/api.toml sets the address (listen) or switches the API off (enabled = false)."
+    )]
+    Api(ApiArgs),
+    /// The web dashboard every node serves: where, how to log in; set its password.
+    #[command(
+        after_help = "Examples:\n  bramble dashboard                           the URLs and how to log in\n  bramble dashboard --set-password            generates a password, prints it once\n  bramble dashboard --set-password --password-file pw.txt\n\nThere is no default password: `bramble up` generates one into <dir>/dashboard-password\n(mode 0600). Browsers warn about the certificate until the cluster CA is imported\n(bramble api --write-ca ca.pem). Changing the password ends every session."
+    )]
+    Dashboard(DashboardArgs),
     /// Mount a volume as a directory (FUSE; `mount -t glusterfs` for Bramble volumes).
     #[command(
         after_help = "Examples:\n  bramble mount vol0 /mnt/vol0             returns once mounted; umount /mnt/vol0 ends it\n  bramble mount vol0 /mnt/vol0 --foreground\n\nInside, cp, ls -l, sha1sum, mkdir, mv and rm work as on a local disk. Files are written\nwhole (new or truncated files, as cp, dd, tar and rsync write them); writing into the\nmiddle of an existing file is not supported yet (EOPNOTSUPP)."
@@ -407,6 +436,53 @@ pub struct VolumeNameArgs {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Make a token for the HTTP API; it is printed once and never again.
+    #[command(
+        after_help = "Examples:\n  bramble token create ci\n  bramble token create dashboard-phone --expires 90d\n  bramble token create ci --json"
+    )]
+    Create {
+        /// A name for people (lowercase letters, digits, '-'); part of the token.
+        name: String,
+        /// Lifetime, such as 3600s, 12h or 30d (default: until removed).
+        #[arg(long, value_parser = crate::units::parse_lifetime_seconds)]
+        expires: Option<u64>,
+        #[command(flatten)]
+        output: JsonFlag,
+    },
+    /// List tokens (names, creators, creation and expiry; never secrets).
+    #[command(after_help = "Example:\n  bramble token ls --json")]
+    Ls(JsonFlag),
+    /// Revoke a token by name; requests that carry it fail at once.
+    #[command(after_help = "Example:\n  bramble token rm ci")]
+    Rm { name: String },
+}
+
+#[derive(Debug, Args)]
+pub struct DashboardArgs {
+    /// Set a new dashboard password: generated (and printed once) unless --password-file
+    /// gives one.
+    #[arg(long)]
+    pub set_password: bool,
+    /// With --set-password: read the password from this file's first line (at least 12
+    /// characters).
+    #[arg(long, value_name = "PATH", requires = "set_password")]
+    pub password_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub output: JsonFlag,
+}
+
+#[derive(Debug, Args)]
+pub struct ApiArgs {
+    /// Write the cluster CA's certificate here, for `curl --cacert` (a browser can
+    /// import it too).
+    #[arg(long, value_name = "PATH")]
+    pub write_ca: Option<PathBuf>,
+    #[command(flatten)]
+    pub output: JsonFlag,
+}
+
+#[derive(Debug, Subcommand)]
 pub enum S3Command {
     /// S3 access keys.
     #[command(subcommand)]
@@ -553,6 +629,24 @@ pub enum BenchCommand {
         after_help = "Examples:\n  bramble bench cpu\n  bramble bench cpu --nodes n1,n2 --threads 4 --time 5\n  bramble bench cpu --cpu-max-prime 9999 --events 10000 --time 0   # the seeds' run\n  bramble bench cpu --json"
     )]
     Cpu(BenchCpuArgs),
+    /// Sequential write and read on each node's data disk, one node after another: `dd
+    /// bs=1M conv=fdatasync`, then a cold read of the same file.
+    #[command(
+        after_help = "Examples:\n  bramble bench disk\n  bramble bench disk --nodes n1 --size 1G\n  bramble bench disk --json\n\nThe file goes in the node's data directory and is removed afterwards; a test that would leave\nless than 256 MiB (or a twentieth of the disk) free is refused."
+    )]
+    Disk(BenchDiskArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchDiskArgs {
+    #[command(flatten)]
+    pub output: JsonFlag,
+    /// Nodes to measure (default: every node).
+    #[arg(long, value_delimiter = ',', value_name = "NODE,...")]
+    pub nodes: Vec<String>,
+    /// How much to write and read back: 64M, 256M, 1G (whole MiB, at most 4G).
+    #[arg(long, default_value = "256M", value_parser = crate::units::parse_size)]
+    pub size: u64,
 }
 
 #[derive(Debug, Args)]
@@ -638,6 +732,28 @@ pub struct MetricsArgs {
     pub history: Option<HistorySpan>,
     #[command(flatten)]
     pub output: JsonFlag,
+}
+
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// How often to refresh: 1s to 60s (agents take a sample a second).
+    #[arg(long, default_value = "1s", value_name = "DURATION", value_parser = parse_top_interval)]
+    pub interval: std::time::Duration,
+    /// Print one plain table and exit (for scripts; needs no terminal).
+    #[arg(long, conflicts_with = "json")]
+    pub once: bool,
+    /// Print one snapshot as JSON and exit.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `--interval` of `bramble top`: `1s`, `2500ms`, `1m`; between one second and a minute.
+fn parse_top_interval(text: &str) -> anyhow::Result<std::time::Duration> {
+    let millis = crate::units::parse_milliseconds(text)?;
+    if !(1000..=60_000).contains(&millis) {
+        anyhow::bail!("{text:?}: the interval must be between 1s and 60s");
+    }
+    Ok(std::time::Duration::from_millis(millis))
 }
 
 /// How much history `bramble metrics --history` shows.

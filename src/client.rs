@@ -38,6 +38,8 @@ pub struct ClusterClient {
     known_names: BTreeMap<String, SocketAddr>,
     /// Where the credential came from, for error messages.
     pub source: String,
+    /// The cluster CA's certificate (PEM), for clients of the HTTP API.
+    ca_pem: String,
 }
 
 impl ClusterClient {
@@ -52,6 +54,7 @@ impl ClusterClient {
         let tls = admin
             .tls()
             .with_context(|| format!("loading the {source}"))?;
+        let ca_pem = admin.ca_pem.clone();
         let mut agents: Vec<SocketAddr> = global.addr.into_iter().collect();
         agents.extend(known_names.values().copied());
         agents.extend(admin.agents.iter().copied());
@@ -63,6 +66,7 @@ impl ClusterClient {
             agents,
             known_names,
             source: source.to_string(),
+            ca_pem,
         })
     }
 
@@ -98,6 +102,7 @@ impl ClusterClient {
             agents,
             known_names: BTreeMap::new(),
             source: format!("data directory {}", path.display()),
+            ca_pem: node.ca.certificate_pem.clone(),
         })
     }
 
@@ -109,6 +114,11 @@ impl ClusterClient {
     }
 
     /// The agents this client tries, in order.
+    /// The cluster CA's certificate in PEM.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
     pub fn agents(&self) -> &[SocketAddr] {
         &self.agents
     }

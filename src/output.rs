@@ -44,3 +44,27 @@ pub fn progress_bar(length: u64, hidden: bool) -> indicatif::ProgressBar {
     bar.enable_steady_tick(std::time::Duration::from_millis(100));
     bar
 }
+
+/// How long ago a wall-clock moment was: "12s ago", "5m ago", "3h ago", "2d ago".
+pub fn age(unix_ms: u64) -> String {
+    let seconds = bramble_util::time::unix_millis().saturating_sub(unix_ms) / 1000;
+    format!("{} ago", span(seconds))
+}
+
+/// How far off a wall-clock moment is: "in 29d", or "passed" once it has.
+pub fn time_until(unix_ms: u64) -> String {
+    let now = bramble_util::time::unix_millis();
+    if unix_ms <= now {
+        return "passed".to_string();
+    }
+    format!("in {}", span((unix_ms - now) / 1000))
+}
+
+fn span(seconds: u64) -> String {
+    match seconds {
+        0..=59 => format!("{seconds}s"),
+        60..=3599 => format!("{}m", seconds / 60),
+        3600..=172_799 => format!("{}h", seconds / 3600),
+        _ => format!("{}d", seconds / 86_400),
+    }
+}

@@ -94,6 +94,15 @@ pub fn parse_milliseconds(text: &str) -> Result<u64> {
     )
 }
 
+/// `3600s`, `90m`, `12h`, `30d` or a bare number of seconds: how long a token lives.
+pub fn parse_lifetime_seconds(text: &str) -> Result<u64> {
+    parse_with_units(
+        text,
+        &[("", 1), ("s", 1), ("m", 60), ("h", 3600), ("d", 86_400)],
+        "a lifetime such as 3600s, 12h or 30d",
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,6 +121,9 @@ mod tests {
         assert!(parse_milliseconds("5d").is_err());
         assert!(parse_milliseconds("s").is_err());
         assert_eq!(parse_milliseconds("500").unwrap(), 500);
+        assert_eq!(parse_lifetime_seconds("30d").unwrap(), 30 * 86_400);
+        assert_eq!(parse_lifetime_seconds("12h").unwrap(), 12 * 3600);
+        assert!(parse_lifetime_seconds("2w").is_err());
         assert!(parse_milliseconds("99999999999999999999s").is_err());
     }
 

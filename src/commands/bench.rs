@@ -2,7 +2,8 @@
 //! transport. The CLI asks the sending agent to `bench.push` to the receiving agent's
 //! `bench.sink` (bramble-platform's bench service) and prints what the sink confirmed.
 //! `bramble bench cpu`: sysbench's CPU test on each node (`jobs.bench_cpu`), beside the
-//! seeds' board figures.
+//! seeds' board figures. `bramble bench disk`: `dd conv=fdatasync` and a cold read on each
+//! node's data disk (`jobs.bench_disk`).
 
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use bramble_platform::bench_service::{METHOD_PUSH, PushReply, PushRequest};
 use bramble_util::ShutdownTrigger;
 use serde::Serialize;
 
-use crate::cli::{BenchCommand, BenchCpuArgs, BenchNetArgs, GlobalOptions};
+use crate::cli::{BenchCommand, BenchCpuArgs, BenchDiskArgs, BenchNetArgs, GlobalOptions};
 use crate::output;
 
 #[derive(Serialize)]
@@ -29,6 +30,7 @@ pub async fn run(global: &GlobalOptions, command: &BenchCommand) -> Result<()> {
     match command {
         BenchCommand::Net(args) => net(global, args).await,
         BenchCommand::Cpu(args) => cpu(global, args).await,
+        BenchCommand::Disk(args) => disk(global, args).await,
     }
 }
 
@@ -128,6 +130,92 @@ async fn cpu(global: &GlobalOptions, args: &BenchCpuArgs) -> Result<()> {
         println!(
             "The boards' figures are 32-bit Raspbian's (64-bit division is a library call there); a 64-bit build on the same board is several times faster."
         );
+    }
+    if !failures.is_empty() {
+        anyhow::bail!("{}", failures.join("; "));
+    }
+    Ok(())
+}
+
+/// How long one node's disk test may take: 4 GiB on an SD card at 20 MB/s, both ways.
+const DISK_TEST_DEADLINE: Duration = Duration::from_secs(600);
+
+async fn disk(global: &GlobalOptions, args: &BenchDiskArgs) -> Result<()> {
+    use bramble_compute::disk_bench::{DiskBenchRequest, DiskBenchResult};
+    let client = crate::target::resolve(global)?;
+    let request = DiskBenchRequest {
+        size_bytes: args.size,
+    };
+    request.validate().map_err(|error| anyhow!(error))?;
+    let nodes: Vec<String> = if args.nodes.is_empty() {
+        let (_, view): (_, Vec<bramble_cluster::NodeView>) =
+            client.call_any("cluster.nodes", &()).await?;
+        view.into_iter()
+            .filter(|node| node.state == bramble_cluster::NodeState::Alive)
+            .map(|node| node.name)
+            .collect()
+    } else {
+        args.nodes.clone()
+    };
+    // The test takes longer than the CLI's usual deadline.
+    let patient = client
+        .rpc()
+        .clone()
+        .with_timeouts(Duration::from_secs(2), DISK_TEST_DEADLINE);
+    // One node at a time: emulated nodes share this machine's disk.
+    let bar = output::progress_bar(nodes.len() as u64, args.output.json);
+    let mut results: Vec<DiskBenchResult> = Vec::new();
+    let mut failures = Vec::new();
+    for node in &nodes {
+        bar.set_message(node.clone());
+        let outcome = async {
+            let address = client.address_of(node).await?;
+            patient
+                .call::<_, DiskBenchResult>(
+                    address,
+                    bramble_compute::jobs::admin::METHOD_BENCH_DISK,
+                    &request,
+                )
+                .await
+                .map_err(crate::client::explain)
+                .with_context(|| format!("bench disk on {node}"))
+        }
+        .await;
+        match outcome {
+            Ok(result) => results.push(result),
+            Err(error) => failures.push(format!("{error:#}")),
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    if args.output.json {
+        output::print_json(&results)?;
+    } else {
+        let megabytes = |rate: f64| format!("{:.1} MB/s", rate / 1e6);
+        let mut table = output::table(&[
+            "node",
+            "size",
+            "write (with fdatasync)",
+            "of which the sync",
+            "read (cold)",
+            "directory",
+        ]);
+        for result in &results {
+            table.add_row(vec![
+                result.node.clone(),
+                format!("{} MiB", result.size_bytes >> 20),
+                megabytes(result.write_bytes_per_second),
+                format!("{:.2} s", result.sync_seconds),
+                if result.read_was_cold {
+                    megabytes(result.read_bytes_per_second)
+                } else {
+                    format!("{} (cached)", megabytes(result.read_bytes_per_second))
+                },
+                result.directory.clone(),
+            ]);
+        }
+        println!("{table}");
+        println!("MB is 10^6 bytes, as dd prints.");
     }
     if !failures.is_empty() {
         anyhow::bail!("{}", failures.join("; "));

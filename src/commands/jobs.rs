@@ -485,15 +485,6 @@ async fn local_run(samples: u64, partitions: u32, seed: u64) -> Result<LocalRun>
     .context("the local run")
 }
 
-fn age(unix_ms: u64) -> String {
-    let seconds = bramble_util::time::unix_millis().saturating_sub(unix_ms) / 1000;
-    match seconds {
-        0..=59 => format!("{seconds}s ago"),
-        60..=3599 => format!("{}m ago", seconds / 60),
-        _ => format!("{}h ago", seconds / 3600),
-    }
-}
-
 pub async fn list(global: &GlobalOptions, args: &JobsArgs) -> Result<()> {
     let client = crate::target::resolve(global)?;
     let (_, jobs): (_, Vec<JobSummary>) = client
@@ -521,7 +512,7 @@ pub async fn list(global: &GlobalOptions, args: &JobsArgs) -> Result<()> {
             format!("{}/{}", job.done, job.tasks),
             job.policy.clone(),
             job.work.chars().take(60).collect(),
-            age(job.submitted_unix_ms),
+            output::age(job.submitted_unix_ms),
         ]);
     }
     println!("{table}");

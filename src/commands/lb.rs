@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use anyhow::{Result, anyhow, bail};
 use bramble_cluster::{NodeState, NodeView};
 use bramble_lb::config::{
-    AdminState, BackendSpec, BalancerSpec, CheckSpec, Limits, Sticky, Timeouts, VipSpec,
+    BackendChange, BackendSpec, BalancerSpec, CheckSpec, Limits, Sticky, Timeouts, VipSpec,
 };
 use bramble_lb::keys::{BALANCERS_PREFIX, balancer_key, vip_lease_key};
 use bramble_lb::pool::BalancerStats;
@@ -21,9 +21,6 @@ use bramble_meta::types::{Command, CommandResult, VersionedValue};
 use crate::cli::{GlobalOptions, LbBackendCommand, LbCommand, LbOptions};
 use crate::client::ClusterClient;
 use crate::output;
-
-/// A runtime change to one backend's spec.
-type BackendChange = Box<dyn Fn(&mut BackendSpec)>;
 
 async fn read_spec(client: &ClusterClient, name: &str) -> Result<(BalancerSpec, u64)> {
     let request = ReadRequest {
@@ -254,44 +251,24 @@ pub async fn run(global: &GlobalOptions, command: &LbCommand) -> Result<()> {
             Ok(())
         }
         LbCommand::Backend(backend_command) => {
-            let (balancer, backend, change): (&String, &String, BackendChange) =
-                match backend_command {
-                    LbBackendCommand::Drain { balancer, backend } => (
-                        balancer,
-                        backend,
-                        Box::new(|spec| spec.admin = AdminState::Drain),
-                    ),
-                    LbBackendCommand::Enable { balancer, backend } => (
-                        balancer,
-                        backend,
-                        Box::new(|spec| spec.admin = AdminState::Enabled),
-                    ),
-                    LbBackendCommand::Disable { balancer, backend } => (
-                        balancer,
-                        backend,
-                        Box::new(|spec| spec.admin = AdminState::Disabled),
-                    ),
-                    LbBackendCommand::Weight {
-                        balancer,
-                        backend,
-                        weight,
-                    } => {
-                        let weight = *weight;
-                        (
-                            balancer,
-                            backend,
-                            Box::new(move |spec| spec.weight = weight),
-                        )
-                    }
-                };
+            let (balancer, backend, change) = match backend_command {
+                LbBackendCommand::Drain { balancer, backend } => {
+                    (balancer, backend, BackendChange::Drain)
+                }
+                LbBackendCommand::Enable { balancer, backend } => {
+                    (balancer, backend, BackendChange::Enable)
+                }
+                LbBackendCommand::Disable { balancer, backend } => {
+                    (balancer, backend, BackendChange::Disable)
+                }
+                LbBackendCommand::Weight {
+                    balancer,
+                    backend,
+                    weight,
+                } => (balancer, backend, BackendChange::Weight(*weight)),
+            };
             let (mut spec, version) = read_spec(&client, balancer).await?;
-            let target = spec
-                .backends
-                .iter_mut()
-                .find(|candidate| candidate.name == *backend)
-                .ok_or_else(|| anyhow!("balancer {balancer} has no backend {backend:?}"))?;
-            change(target);
-            spec.validate()?;
+            spec.change_backend(backend, change)?;
             write_spec(&client, &spec, version).await?;
             println!("{balancer}/{backend} updated");
             Ok(())

@@ -230,6 +230,7 @@ pub async fn nodes(global: &GlobalOptions, args: &NodesArgs) -> Result<()> {
         "{alive} of {} nodes alive (as seen by {source})",
         view.len()
     );
+    crate::commands::alerts::print_under_nodes(&client).await;
     if view.is_empty() {
         return Err(anyhow!("the agent returned an empty node table"));
     }

@@ -1,6 +1,8 @@
 //! The commands that create, join, leave and inspect a cluster, and the catalog commands
 //! (the emulator's commands live in `crate::emulator`).
 
+pub mod alerts;
+pub mod api;
 pub mod bench;
 pub mod catalog;
 pub mod demo_web;
@@ -15,5 +17,6 @@ pub mod mpi;
 pub mod rolling;
 pub mod s3;
 pub mod service;
+pub mod top;
 pub mod volume;
 pub mod workers;

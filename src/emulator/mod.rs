@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
+use bramble_api::settings::ApiSettings;
 use bramble_cluster::join::{JoinOptions, join};
 use bramble_cluster::node_dir::InitOptions;
 use bramble_cluster::{AdminCredential, MembershipSettings, NodeDir, NodeView};
@@ -148,6 +149,11 @@ impl Emulation {
         Ok(())
     }
 
+    /// The dashboard password `up` generated (mode 0600).
+    pub fn dashboard_password_path(&self) -> PathBuf {
+        self.dir.join("dashboard-password")
+    }
+
     pub fn admin_credential_path(&self) -> PathBuf {
         self.dir.join(AdminCredential::FILE_NAME)
     }
@@ -210,6 +216,7 @@ async fn start_node(
 ) -> Result<()> {
     let data_dir = emulation.node_dir(&node.name);
     ensure_metrics_address(&data_dir)?;
+    ensure_api_address(&data_dir)?;
     process::spawn_agent(&data_dir)?;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -245,6 +252,32 @@ fn ensure_metrics_address(data_dir: &Path) -> Result<SocketAddr> {
     settings.metrics_listen = Some(address);
     settings.save(data_dir)?;
     Ok(address)
+}
+
+/// The same for the HTTP API's port (`api.toml`; 9443 by default).
+fn ensure_api_address(data_dir: &Path) -> Result<SocketAddr> {
+    let mut settings = ApiSettings::load(data_dir)?;
+    if let Some(address) = settings.listen {
+        return Ok(address);
+    }
+    let address = ports::free_loopback_addresses(1)?
+        .first()
+        .copied()
+        .ok_or_else(|| anyhow!("no free port for the HTTP API"))?;
+    settings.listen = Some(address);
+    settings.save(data_dir)?;
+    Ok(address)
+}
+
+/// Where a node serves the HTTP API, if it is on there.
+pub fn api_url(data_dir: &Path) -> Option<String> {
+    let settings = ApiSettings::load(data_dir).ok()?;
+    if !settings.enabled {
+        return None;
+    }
+    settings
+        .listen
+        .map(|address| format!("https://{address}/api/v1"))
 }
 
 /// Where a node serves `/metrics`, if monitoring is on there.
@@ -428,6 +461,17 @@ pub async fn up(global: &GlobalOptions, args: &UpArgs) -> Result<()> {
     )
     .await
     .context("the catalog did not form")?;
+    // The dashboard's password: generated for a new cluster (there is no default one).
+    let dashboard_password = emulation.dashboard_password_path();
+    if existing == 0 || !dashboard_password.exists() {
+        let password = bramble_api::dashboard::password::generate()?;
+        crate::commands::api::set_dashboard_password(&client, &password).await?;
+        files::write_atomic(
+            &dashboard_password,
+            password.as_bytes(),
+            Visibility::Private,
+        )?;
+    }
     // The HA website: set up on a new cluster, restarted with an existing one.
     if existing == 0 && !args.bare {
         let lb_nodes: Vec<String> = emulation
@@ -457,6 +501,7 @@ pub async fn up(global: &GlobalOptions, args: &UpArgs) -> Result<()> {
                     "pid": emulation.process(&node.name).map(|process| process.pid),
                     "data_dir": emulation.node_dir(&node.name),
                     "metrics": metrics_url(&emulation.node_dir(&node.name)),
+                    "api": api_url(&emulation.node_dir(&node.name)),
                 })
             })
             .collect();
@@ -468,6 +513,7 @@ pub async fn up(global: &GlobalOptions, args: &UpArgs) -> Result<()> {
             "catalog_voters": catalog.members.iter().filter(|member| member.voter).count(),
             "demo": emulation.state.demo,
             "admin_credential": emulation.admin_credential_path(),
+            "dashboard_password": emulation.dashboard_password_path(),
         }))?;
         return Ok(());
     }
@@ -510,6 +556,20 @@ pub async fn up(global: &GlobalOptions, args: &UpArgs) -> Result<()> {
         "Admin credential: {} (mode 0600)",
         emulation.admin_credential_path().display()
     );
+    if let Some(first) = emulation.state.nodes.first()
+        && let Some(url) = api_url(&emulation.node_dir(&first.name))
+    {
+        let page = url.trim_end_matches("api/v1");
+        println!(
+            "Dashboard on every node ({page} on {}): password in {} (mode 0600); `bramble dashboard` lists the URLs.",
+            first.name,
+            emulation.dashboard_password_path().display()
+        );
+        println!(
+            "HTTP API on every node ({url} on {}): `bramble token create me`, then `bramble api` shows how to call it.",
+            first.name
+        );
+    }
     println!("Try:");
     println!("  bramble nodes{dir_flag}                the member table (any node answers)");
     println!(
@@ -639,6 +699,8 @@ struct StatusRow {
     cpu_percent_average: Option<f64>,
     /// Where it serves `/metrics`.
     metrics: Option<String>,
+    /// Where it serves the HTTP API.
+    api: Option<String>,
     data_dir: PathBuf,
 }
 
@@ -697,6 +759,7 @@ pub async fn status(global: &GlobalOptions, flags: &JsonFlag) -> Result<()> {
                 rss_kib: process.as_ref().map(|process| process.rss_kib),
                 cpu_percent_average: process.as_ref().map(|process| process.cpu_percent_average),
                 metrics: metrics_url(&emulation.node_dir(&node.name)),
+                api: api_url(&emulation.node_dir(&node.name)),
                 data_dir: emulation.node_dir(&node.name),
             }
         })

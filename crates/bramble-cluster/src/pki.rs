@@ -133,6 +133,42 @@ impl CertificateAuthority {
         })
     }
 
+    /// Issues a certificate and a new key for a node's HTTPS server (the API and the
+    /// dashboard), valid for the addresses browsers and `curl` will dial, so that a client
+    /// holding the cluster CA verifies it without `--insecure`. Server use only: it
+    /// cannot pass for a node or an admin as a client.
+    pub fn issue_web_server(
+        &self,
+        node_name: &str,
+        addresses: &[std::net::IpAddr],
+    ) -> Result<IssuedCertificate> {
+        let key = KeyPair::generate()?;
+        let ca_key = KeyPair::from_pem(&self.key_pem)?;
+        let issuer = Issuer::from_ca_cert_pem(&self.certificate_pem, ca_key)?;
+        let mut params = CertificateParams::default();
+        let mut name = DistinguishedName::new();
+        name.push(DnType::CommonName, format!("web/{node_name}"));
+        params.distinguished_name = name;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let mut names = vec![
+            rcgen::SanType::DnsName(format!("{node_name}.node.bramble").try_into()?),
+            rcgen::SanType::DnsName("localhost".try_into()?),
+        ];
+        let mut seen = Vec::new();
+        for address in addresses {
+            if !address.is_unspecified() && !seen.contains(address) {
+                seen.push(*address);
+                names.push(rcgen::SanType::IpAddress(*address));
+            }
+        }
+        params.subject_alt_names = names;
+        Ok(IssuedCertificate {
+            certificate_pem: params.signed_by(&key, &issuer)?.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
     /// Issues a node certificate for a key the joining node generated itself.
     pub fn issue_for_public_key(
         &self,

@@ -5,6 +5,7 @@
 
 pub mod catalog;
 pub mod cpu_bench;
+pub mod disk_bench;
 pub mod exec;
 pub mod jobs;
 pub mod limits;

@@ -18,4 +18,4 @@ pub mod server;
 
 pub use budget::{MemoryBudget, Reservation};
 pub use connection::{Activity, ClientIo, InFlight};
-pub use server::{ServerLimits, serve_http1};
+pub use server::{PeerCertificates, ServerLimits, serve_http1, serve_https1};

@@ -5,8 +5,15 @@
 //! connections served at once (further clients wait in the listen backlog), the time a
 //! request head may take (408 and closed), the time a connection may sit idle (closed),
 //! and the lifetime of a kept-alive connection (closed gracefully after its request).
+//!
+//! The same loop serves HTTPS ([`serve_https1`]) for the API and the dashboard: the TLS
+//! handshake must finish within the header-read timeout, and the client's certificate
+//! chain, if it sent one, reaches handlers as a [`PeerCertificates`] request extension.
+//! Over TLS a half-sent head is closed without the 408 (the answer would have to be
+//! encrypted on a connection hyper has already given up).
 
 use std::convert::Infallible;
+use std::error::Error as StdError;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,16 +21,19 @@ use std::time::Duration;
 
 use bramble_util::Shutdown;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use rustls_pki_types::CertificateDer;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
 use tracing::{debug, warn};
 
 use crate::connection::{Activity, ClientIo, ClientTimeouts, InFlight, is_timeout};
@@ -62,18 +72,74 @@ pub type BoundedRequest = Request<Bytes>;
 /// What handlers answer.
 pub type SimpleResponse = Response<Full<Bytes>>;
 
+/// What a handler's answer may carry: a whole body ([`SimpleResponse`]) or one written as
+/// it goes (Server-Sent Events).
+pub trait AnswerBody:
+    hyper::body::Body<Data = Bytes, Error: Into<Box<dyn StdError + Send + Sync>>> + Send + 'static
+{
+}
+
+impl<Body> AnswerBody for Body where
+    Body: hyper::body::Body<Data = Bytes, Error: Into<Box<dyn StdError + Send + Sync>>>
+        + Send
+        + 'static
+{
+}
+
+/// The body the server sends: its own refusals, or the handler's answer.
+type ServedBody<Answer> = Either<Full<Bytes>, Answer>;
+
+/// The certificate chain a TLS client presented (leaf first), verified by the server's
+/// TLS configuration before any request is read; absent when the client sent none.
+#[derive(Debug, Clone)]
+pub struct PeerCertificates(pub Arc<Vec<CertificateDer<'static>>>);
+
 /// Serves HTTP/1.1 (with keep-alive) on `listener` until `shutdown`, answering every
 /// request with `handler` (given the request and the client's address). `what` names
 /// the server in logs.
-pub async fn serve_http1<Handler, Answer>(
+pub async fn serve_http1<Handler, Answer, Body>(
     what: &'static str,
     listener: TcpListener,
     limits: ServerLimits,
     handler: Handler,
+    shutdown: Shutdown,
+) where
+    Handler: Fn(BoundedRequest, SocketAddr) -> Answer + Clone + Send + Sync + 'static,
+    Answer: Future<Output = Response<Body>> + Send + 'static,
+    Body: AnswerBody,
+{
+    serve(what, listener, limits, None, handler, shutdown).await
+}
+
+/// [`serve_http1`] over TLS with `tls` (which decides whether client certificates are
+/// asked for and against what they are verified).
+pub async fn serve_https1<Handler, Answer, Body>(
+    what: &'static str,
+    listener: TcpListener,
+    limits: ServerLimits,
+    tls: Arc<rustls::ServerConfig>,
+    handler: Handler,
+    shutdown: Shutdown,
+) where
+    Handler: Fn(BoundedRequest, SocketAddr) -> Answer + Clone + Send + Sync + 'static,
+    Answer: Future<Output = Response<Body>> + Send + 'static,
+    Body: AnswerBody,
+{
+    let acceptor = TlsAcceptor::from(tls);
+    serve(what, listener, limits, Some(acceptor), handler, shutdown).await
+}
+
+async fn serve<Handler, Answer, Body>(
+    what: &'static str,
+    listener: TcpListener,
+    limits: ServerLimits,
+    tls: Option<TlsAcceptor>,
+    handler: Handler,
     mut shutdown: Shutdown,
 ) where
     Handler: Fn(BoundedRequest, SocketAddr) -> Answer + Clone + Send + Sync + 'static,
-    Answer: Future<Output = SimpleResponse> + Send + 'static,
+    Answer: Future<Output = Response<Body>> + Send + 'static,
+    Body: AnswerBody,
 {
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let mut connections = JoinSet::new();
@@ -98,6 +164,7 @@ pub async fn serve_http1<Handler, Answer>(
                     stream,
                     peer,
                     limits,
+                    tls.clone(),
                     handler.clone(),
                     shutdown.clone(),
                     permit,
@@ -127,32 +194,116 @@ pub async fn serve_http1<Handler, Answer>(
     }
 }
 
-async fn serve_connection<Handler, Answer>(
+#[allow(clippy::too_many_arguments)]
+async fn serve_connection<Handler, Answer, Body>(
     what: &'static str,
     stream: TcpStream,
     peer: SocketAddr,
     limits: ServerLimits,
+    tls: Option<TlsAcceptor>,
     handler: Handler,
-    mut shutdown: Shutdown,
+    shutdown: Shutdown,
     permit: OwnedSemaphorePermit,
 ) where
     Handler: Fn(BoundedRequest, SocketAddr) -> Answer + Send + Sync + 'static,
-    Answer: Future<Output = SimpleResponse> + Send + 'static,
+    Answer: Future<Output = Response<Body>> + Send + 'static,
+    Body: AnswerBody,
 {
     let activity = Arc::new(Activity::new());
     let timeouts = ClientTimeouts {
         idle: limits.idle_timeout,
         header_read: limits.header_read_timeout,
     };
-    let (io, socket_return) = ClientIo::new(stream, activity.clone(), timeouts).returning_socket();
+    let io = ClientIo::new(stream, activity.clone(), timeouts);
     let handler = Arc::new(handler);
+    match tls {
+        None => {
+            let (io, socket_return) = io.returning_socket();
+            let result = serve_io(what, io, peer, limits, activity, handler, None, shutdown).await;
+            if let Err(error) = result {
+                if socket_return
+                    .answer_timeout_if_owed(is_timeout(&error))
+                    .await
+                {
+                    debug!(server = what, %peer, "answered 408: {error}");
+                } else {
+                    debug!(server = what, %peer, "connection ended: {error}");
+                }
+            }
+        }
+        Some(acceptor) => {
+            // The handshake counts as the start of the first request head.
+            let handshake =
+                tokio::time::timeout(limits.header_read_timeout, acceptor.accept(io)).await;
+            let stream = match handshake {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(error)) => {
+                    debug!(server = what, %peer, "TLS handshake failed: {error}");
+                    return;
+                }
+                Err(_elapsed) => {
+                    debug!(server = what, %peer, "TLS handshake did not finish in time");
+                    return;
+                }
+            };
+            let certificates = stream.get_ref().1.peer_certificates().map(|chain| {
+                PeerCertificates(Arc::new(
+                    chain
+                        .iter()
+                        .map(|certificate| certificate.clone().into_owned())
+                        .collect(),
+                ))
+            });
+            let result = serve_io(
+                what,
+                stream,
+                peer,
+                limits,
+                activity,
+                handler,
+                certificates,
+                shutdown,
+            )
+            .await;
+            if let Err(error) = result {
+                debug!(server = what, %peer, "connection ended: {error}");
+            }
+        }
+    }
+    drop(permit);
+}
+
+/// Serves one connection's requests over `io` (the client's socket, or TLS over it).
+#[allow(clippy::too_many_arguments)]
+async fn serve_io<Io, Handler, Answer, Body>(
+    what: &'static str,
+    io: Io,
+    peer: SocketAddr,
+    limits: ServerLimits,
+    activity: Arc<Activity>,
+    handler: Arc<Handler>,
+    certificates: Option<PeerCertificates>,
+    mut shutdown: Shutdown,
+) -> Result<(), hyper::Error>
+where
+    Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    Handler: Fn(BoundedRequest, SocketAddr) -> Answer + Send + Sync + 'static,
+    Answer: Future<Output = Response<Body>> + Send + 'static,
+    Body: AnswerBody,
+{
     let service = service_fn(move |request: Request<Incoming>| {
         let in_flight = InFlight::new(activity.clone());
         let handler = handler.clone();
+        let certificates = certificates.clone();
         async move {
             let response = match read_body(request, &limits).await {
-                Ok(request) => handler(request, peer).await,
-                Err(refusal) => refusal,
+                Ok(mut request) => {
+                    if let Some(certificates) = certificates {
+                        request.extensions_mut().insert(certificates);
+                    }
+                    handler(request, peer).await.map(Either::Right)
+                }
+                Err(refusal) => refusal.map(Either::Left),
             };
             drop(in_flight);
             Ok::<_, Infallible>(response)
@@ -167,36 +318,25 @@ async fn serve_connection<Handler, Answer>(
         .max_buf_size(limits.max_head_bytes.max(MIN_HEAD_BYTES))
         .max_headers(limits.max_headers)
         .keep_alive(true);
-    let result = {
-        let connection = builder.serve_connection(TokioIo::new(io), service);
-        tokio::pin!(connection);
-        let lifetime = tokio::time::sleep(limits.connection_lifetime);
-        tokio::select! {
-            result = connection.as_mut() => result,
-            _ = shutdown.wait() => finish_gracefully(connection.as_mut(), what, peer).await,
-            _ = lifetime => finish_gracefully(connection.as_mut(), what, peer).await,
-        }
-    };
-    if let Err(error) = result {
-        if socket_return
-            .answer_timeout_if_owed(is_timeout(&error))
-            .await
-        {
-            debug!(server = what, %peer, "answered 408: {error}");
-        } else {
-            debug!(server = what, %peer, "connection ended: {error}");
-        }
+    let connection = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    let lifetime = tokio::time::sleep(limits.connection_lifetime);
+    tokio::select! {
+        result = connection.as_mut() => result,
+        _ = shutdown.wait() => finish_gracefully(connection.as_mut(), what, peer).await,
+        _ = lifetime => finish_gracefully(connection.as_mut(), what, peer).await,
     }
-    drop(permit);
 }
 
-async fn finish_gracefully<Connection>(
-    mut connection: std::pin::Pin<&mut http1::Connection<TokioIo<ClientIo>, Connection>>,
+async fn finish_gracefully<Io, Connection, Body>(
+    mut connection: std::pin::Pin<&mut http1::Connection<TokioIo<Io>, Connection>>,
     what: &'static str,
     peer: SocketAddr,
 ) -> Result<(), hyper::Error>
 where
-    Connection: hyper::service::HttpService<Incoming, ResBody = Full<Bytes>>,
+    Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    Connection: hyper::service::HttpService<Incoming, ResBody = ServedBody<Body>>,
+    Body: AnswerBody,
 {
     connection.as_mut().graceful_shutdown();
     match tokio::time::timeout(SHUTDOWN_GRACE, connection).await {

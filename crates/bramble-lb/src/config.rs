@@ -355,7 +355,51 @@ pub struct BalancerSpec {
     pub vip: VipSpec,
 }
 
+/// A runtime change to one backend (`bramble lb backend ...`, and the API's actions):
+/// HAProxy's `set server ... state drain|ready|maint` and `set weight`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendChange {
+    Drain,
+    Enable,
+    Disable,
+    Weight(u32),
+}
+
 impl BalancerSpec {
+    /// Applies `change` to the backend named `backend`, and checks the result.
+    pub fn change_backend(
+        &mut self,
+        backend: &str,
+        change: BackendChange,
+    ) -> Result<(), SpecError> {
+        let name = self.name.clone();
+        let target = self
+            .backends
+            .iter_mut()
+            .find(|candidate| candidate.name == backend)
+            .ok_or_else(|| {
+                invalid(
+                    "backend",
+                    if self.services.is_empty() {
+                        format!("balancer {name} has no backend {backend:?}")
+                    } else {
+                        format!(
+                            "balancer {name} has no backend {backend:?} (replicas of its services ({}) come and go with their placements and cannot be changed one by one)",
+                            self.services.join(", ")
+                        )
+                    },
+                )
+            })?;
+        match change {
+            BackendChange::Drain => target.admin = AdminState::Drain,
+            BackendChange::Enable => target.admin = AdminState::Enabled,
+            BackendChange::Disable => target.admin = AdminState::Disabled,
+            BackendChange::Weight(weight) => target.weight = weight,
+        }
+        self.validate()
+    }
+
     /// Names unnamed backends (`s1`, `s2`, ...) and checks every bound.
     pub fn normalize_and_validate(&mut self) -> Result<(), SpecError> {
         for (index, backend) in self.backends.iter_mut().enumerate() {

@@ -589,6 +589,30 @@ impl Running for RunningBalancers {
         Some(crate::stats::prometheus_text(balancers))
     }
 
+    /// A backend that fails its health checks, on the node serving its balancer (the VIP
+    /// holder: the others run no checks). The checks' own rise and fall counts already
+    /// keep one bad answer from reporting a backend down.
+    fn alarms(&self) -> Vec<bramble_platform::Alarm> {
+        let mut alarms = Vec::new();
+        for balancer in self.balancers.stats() {
+            for backend in balancer
+                .backends
+                .iter()
+                .filter(|backend| backend.status == "down")
+            {
+                alarms.push(bramble_platform::Alarm {
+                    kind: "backend_down",
+                    subject: format!("{}/{}", balancer.name, backend.name),
+                    message: format!(
+                        "backend {} ({}) of balancer {} is down: {}",
+                        backend.name, backend.addr, balancer.name, backend.last_check
+                    ),
+                });
+            }
+        }
+        alarms
+    }
+
     async fn stop(&self) {
         self.balancers.stop().await;
     }

@@ -1,26 +1,23 @@
 //! The `monitor` subsystem, on every node: the `monitor-collect` worker samples once a
-//! second and feeds the history; the `monitor-metrics` worker serves `/metrics` in plain
-//! HTTP (as node_exporter does) through the shared hardened server, bounded in head size,
-//! connections and time.
-//!
-//! Settings live in `<data-dir>/monitor.toml`, as the balancer's in `lb.toml`:
-//!
-//! ```toml
-//! enabled = true                    # false: no collectors, no history, no /metrics
-//! metrics_listen = "192.0.2.7:9101" # default: the node's advertised address, port 9101
-//! ```
+//! second, feeds the history, queues the sample for the InfluxDB push and evaluates the
+//! node's alerts; the `monitor-metrics` worker serves `/metrics` in plain HTTP (as
+//! node_exporter does) through the shared hardened server, bounded in head size,
+//! connections and time; `monitor-influx` pushes to InfluxDB and `monitor-alert-webhook`
+//! takes part in sending alerts, when `monitor.toml` ([`crate::settings`]) asks for them.
 //!
 //! `/metrics` has no authentication, like node_exporter's: it tells what any process on
 //! the node can read from /proc. Set `metrics_listen` to a loopback address to keep it
 //! on the node.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use bramble_cluster::{Membership, NodeState};
 use bramble_http::server::{BoundedRequest, MIN_HEAD_BYTES, SimpleResponse};
 use bramble_http::{ServerLimits, serve_http1};
+use bramble_net::RpcClient;
 use bramble_platform::subsystem::StartFuture;
 use bramble_platform::{Context, Running, Subsystem, SubsystemFigures};
 use bramble_util::{Restart, Shutdown, ShutdownTrigger, WorkerState};
@@ -28,22 +25,20 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Response, StatusCode};
-use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::MonitorError;
+use crate::alerts::{Alert, AlertBook, Change, MemberState};
 use crate::collector::Collector;
 use crate::exposition::{CONTENT_TYPE, Exposition, render_sample};
 use crate::history::{History, Point, Tier};
+use crate::influx::InfluxPush;
 use crate::sample::Sample;
 use crate::service::MonitorService;
+pub use crate::settings::{DEFAULT_METRICS_PORT, MonitorSettings, SETTINGS_FILE};
+use crate::webhook::Webhook;
 
-/// node_exporter has 9100; the next port is Bramble's, so both can run side by side.
-pub const DEFAULT_METRICS_PORT: u16 = 9101;
-/// The settings file in the node's data directory.
-pub const SETTINGS_FILE: &str = "monitor.toml";
 /// How often the collectors run.
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 /// How often the minute tier is written out (and once more at stop); see [`crate::history`].
@@ -51,63 +46,9 @@ const SAVE_EVERY_STEPS: u32 = 10;
 /// Test knob, honoured by debug builds only: the minute tier's step in milliseconds, so a
 /// drill can gather "minutes" of history in seconds.
 pub const TEST_STEP_VARIABLE: &str = "BRAMBLE_TEST_MONITOR_STEP_MS";
-
-/// `<data-dir>/monitor.toml`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MonitorSettings {
-    /// Whether the monitor runs at all.
-    #[serde(default = "enabled_by_default")]
-    pub enabled: bool,
-    /// Where `/metrics` listens; None: the node's advertised address, port 9101.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub metrics_listen: Option<SocketAddr>,
-}
-
-fn enabled_by_default() -> bool {
-    true
-}
-
-impl Default for MonitorSettings {
-    fn default() -> Self {
-        MonitorSettings {
-            enabled: true,
-            metrics_listen: None,
-        }
-    }
-}
-
-impl MonitorSettings {
-    pub fn path(data_dir: &Path) -> PathBuf {
-        data_dir.join(SETTINGS_FILE)
-    }
-
-    pub fn load(data_dir: &Path) -> Result<Self, MonitorError> {
-        let path = Self::path(data_dir);
-        if !path.exists() {
-            return Ok(Self::default());
-        }
-        bramble_util::files::read_toml(&path).map_err(|error| MonitorError::Settings {
-            path: path.display().to_string(),
-            message: error.to_string(),
-        })
-    }
-
-    pub fn save(&self, data_dir: &Path) -> Result<(), MonitorError> {
-        let path = Self::path(data_dir);
-        bramble_util::files::write_toml(&path, self, bramble_util::files::Visibility::Public)
-            .map_err(|error| MonitorError::Settings {
-                path: path.display().to_string(),
-                message: error.to_string(),
-            })
-    }
-
-    /// Where `/metrics` listens on a node advertised at `advertise`.
-    pub fn metrics_address(&self, advertise: SocketAddr) -> SocketAddr {
-        self.metrics_listen
-            .unwrap_or_else(|| SocketAddr::new(advertise.ip(), DEFAULT_METRICS_PORT))
-    }
-}
+/// A node that just started does not yet know who is alive: the members it has not heard
+/// from would look down. The node-down condition waits this long after start.
+const NODE_DOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// The minute tier's step: a minute, or the test knob's value in a debug build.
 fn minute_step() -> Duration {
@@ -126,7 +67,7 @@ fn minute_step() -> Duration {
     Duration::from_secs(60)
 }
 
-/// The monitor's shared state: the latest sample and the history.
+/// The monitor's shared state: the latest sample, the history, the alerts.
 pub struct Monitor {
     node: String,
     data_dir: PathBuf,
@@ -134,11 +75,94 @@ pub struct Monitor {
     history: Mutex<History>,
     figures: SubsystemFigures,
     metrics_address: Mutex<Option<SocketAddr>>,
+    membership: Arc<Membership>,
+    /// This node's client, for asking the others for their alerts.
+    rpc: RpcClient,
+    alerts: Mutex<AlertBook>,
+    started: Instant,
+    influx: Option<Arc<InfluxPush>>,
+    /// Why the configured push does not run (a password in a file others can read).
+    influx_refused: Option<String>,
+    webhook: Option<Arc<Webhook>>,
 }
 
 impl Monitor {
     pub fn node(&self) -> &str {
         &self.node
+    }
+
+    pub fn membership(&self) -> &Membership {
+        &self.membership
+    }
+
+    pub fn rpc(&self) -> &RpcClient {
+        &self.rpc
+    }
+
+    /// The alerts this node evaluates, active now.
+    pub fn local_alerts(&self) -> Vec<Alert> {
+        self.lock_alerts().active()
+    }
+
+    fn lock_alerts(&self) -> std::sync::MutexGuard<'_, AlertBook> {
+        self.alerts
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// One round of this node's alert conditions: its sample, its subsystems' alarms and
+    /// the members it sees down; logs what fired and resolved.
+    async fn evaluate_alerts(&self) {
+        let mut observations = Vec::new();
+        if self.started.elapsed() >= NODE_DOWN_GRACE {
+            let members: Vec<MemberState> = self
+                .membership
+                .nodes()
+                .await
+                .into_iter()
+                .map(|node| MemberState {
+                    dead: node.state == NodeState::Dead,
+                    address: node.addr.to_string(),
+                    heartbeat_age_ms: node.heartbeat_age_ms,
+                    name: node.name,
+                })
+                .collect();
+            crate::alerts::observe_members(&self.node, &members, &mut observations);
+        }
+        crate::alerts::observe_alarms(&self.node, &self.figures.alarms(), &mut observations);
+        let changes = {
+            let latest = self
+                .latest
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner());
+            let mut book = self.lock_alerts();
+            if let Some(sample) = latest.as_ref() {
+                crate::alerts::observe_sample(
+                    &self.node,
+                    sample,
+                    |key| book.is_active(key),
+                    &mut observations,
+                );
+            }
+            book.update(bramble_util::time::unix_millis(), observations)
+        };
+        for change in changes {
+            match change {
+                Change::Fired(alert) => warn!(
+                    kind = %alert.kind,
+                    node = %alert.node,
+                    subject = %alert.subject,
+                    message = %alert.message,
+                    "alert fired"
+                ),
+                Change::Resolved(alert) => info!(
+                    kind = %alert.kind,
+                    node = %alert.node,
+                    subject = %alert.subject,
+                    "alert resolved"
+                ),
+            }
+        }
     }
 
     pub fn latest(&self) -> Option<Sample> {
@@ -172,8 +196,42 @@ impl Monitor {
         {
             render_sample(sample, &mut out);
         }
+        self.render_own_figures(&mut out);
         out.append(&self.figures.prometheus());
         out.into_text()
+    }
+
+    /// The monitor's own families: active alerts by kind, and the push's counters.
+    fn render_own_figures(&self, out: &mut Exposition) {
+        out.family(
+            "bramble_monitor_alerts",
+            "gauge",
+            "Active alerts this node evaluates, by kind (node_down counts the members it sees down).",
+        );
+        for (kind, count) in self.lock_alerts().counts_by_kind() {
+            out.sample("bramble_monitor_alerts", &[("kind", &kind)], count as f64);
+        }
+        if let Some(push) = &self.influx {
+            let figures = push.figures();
+            out.single(
+                "bramble_monitor_influx_pushed_samples_total",
+                "counter",
+                "Samples pushed to InfluxDB.",
+                figures.pushed_samples as f64,
+            );
+            out.single(
+                "bramble_monitor_influx_dropped_samples_total",
+                "counter",
+                "Samples dropped from a full backlog or refused by InfluxDB as malformed.",
+                (figures.dropped_samples + figures.rejected_samples) as f64,
+            );
+            out.single(
+                "bramble_monitor_influx_waiting_samples",
+                "gauge",
+                "Samples waiting in the backlog for the next push.",
+                figures.waiting_samples as f64,
+            );
+        }
     }
 
     fn save_history(&self) {
@@ -231,6 +289,9 @@ impl Monitor {
                 let Some(current) = latest.as_ref() else {
                     continue;
                 };
+                if let Some(push) = &self.influx {
+                    push.enqueue(previous.as_ref(), current);
+                }
                 (
                     Point::between(previous.as_ref(), current),
                     current.taken_unix_millis,
@@ -240,6 +301,7 @@ impl Monitor {
             if let Some(previous) = previous {
                 spare = previous;
             }
+            self.evaluate_alerts().await;
             let step_ended = self
                 .history
                 .lock()
@@ -319,7 +381,8 @@ struct RunningMonitor {
     /// None when `monitor.toml` switches the monitor off.
     monitor: Option<Arc<Monitor>>,
     stop: ShutdownTrigger,
-    finished: Mutex<Option<watch::Receiver<bool>>>,
+    /// Workers that must end before the agent moves on (the collector, the webhook).
+    finished: Mutex<Vec<watch::Receiver<bool>>>,
 }
 
 fn start_subsystem(context: Context) -> StartFuture {
@@ -332,9 +395,15 @@ fn start_subsystem(context: Context) -> StartFuture {
             return Ok(Arc::new(RunningMonitor {
                 monitor: None,
                 stop,
-                finished: Mutex::new(None),
+                finished: Mutex::new(Vec::new()),
             }) as Arc<dyn Running>);
         }
+        let (influx, influx_refused) = influx_push(&settings, &data_dir, context.node_name());
+        // Checked when the settings loaded; an error here cannot happen.
+        let webhook = settings
+            .webhook()
+            .map_err(|error| format!("{SETTINGS_FILE}: {error}"))?
+            .map(|target| Arc::new(Webhook::new(target)));
         let mut history = History::new(minute_step());
         history.load(&data_dir);
         let monitor = Arc::new(Monitor {
@@ -344,8 +413,17 @@ fn start_subsystem(context: Context) -> StartFuture {
             history: Mutex::new(history),
             figures: context.figures.clone(),
             metrics_address: Mutex::new(None),
+            membership: context.membership.clone(),
+            rpc: context.rpc.clone(),
+            alerts: Mutex::new(AlertBook::new(context.node_name())),
+            started: Instant::now(),
+            influx: influx.clone(),
+            influx_refused,
+            webhook: webhook.clone(),
         });
+        let mut workers_finished = Vec::new();
         let (finished_sender, finished) = watch::channel(false);
+        workers_finished.push(finished);
         let finished_sender = Arc::new(finished_sender);
         let collecting = monitor.clone();
         let collect_stop = stop_signal.clone();
@@ -364,6 +442,44 @@ fn start_subsystem(context: Context) -> StartFuture {
                 }
             },
         );
+
+        if let Some(push) = influx {
+            info!(to = %push.describe(), every_secs = push.interval().as_secs_f64(), "pushing samples to InfluxDB");
+            context.workers.spawn_until(
+                "monitor-influx",
+                Restart::OnFailure,
+                stop_signal.clone(),
+                move |worker| {
+                    let push = push.clone();
+                    async move {
+                        push.run(&worker).await;
+                        Ok(())
+                    }
+                },
+            );
+        }
+        if let Some(webhook) = webhook {
+            info!(webhook = %webhook.describe(), "alerts go to a webhook (from the node holding the lease {})", crate::webhook::LEASE);
+            let (sender, finished) = watch::channel(false);
+            workers_finished.push(finished);
+            let sender = Arc::new(sender);
+            let monitor = monitor.clone();
+            let meta = context.meta.clone();
+            context.workers.spawn_until(
+                "monitor-alert-webhook",
+                Restart::OnFailure,
+                stop_signal.clone(),
+                move |worker| {
+                    let (webhook, monitor, meta) = (webhook.clone(), monitor.clone(), meta.clone());
+                    let finished = sender.clone();
+                    async move {
+                        webhook.run(monitor, meta, worker).await;
+                        finished.send_replace(true);
+                        Ok(())
+                    }
+                },
+            );
+        }
 
         let address = settings.metrics_address(context.node.config.advertise);
         match TcpListener::bind(address).await {
@@ -412,9 +528,40 @@ fn start_subsystem(context: Context) -> StartFuture {
         Ok(Arc::new(RunningMonitor {
             monitor: Some(monitor),
             stop,
-            finished: Mutex::new(Some(finished)),
+            finished: Mutex::new(workers_finished),
         }) as Arc<dyn Running>)
     })
+}
+
+/// The InfluxDB push `monitor.toml` asks for, or why it does not start.
+fn influx_push(
+    settings: &MonitorSettings,
+    data_dir: &std::path::Path,
+    node: &str,
+) -> (Option<Arc<InfluxPush>>, Option<String>) {
+    let influx = match settings.influx() {
+        Ok(Some(influx)) => influx,
+        Ok(None) => return (None, None),
+        Err(error) => return (None, Some(error)),
+    };
+    if influx.credentials.is_some() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let path = MonitorSettings::path(data_dir);
+        let checked = std::fs::metadata(&path)
+            .map_err(|error| format!("{}: {error}", path.display()))
+            .and_then(|metadata| settings.check_password_protection(metadata.permissions().mode()));
+        if let Err(reason) = checked {
+            warn!("{reason}");
+            return (None, Some(reason));
+        }
+    }
+    match InfluxPush::new(influx, node) {
+        Ok(push) => (Some(Arc::new(push)), None),
+        Err(reason) => {
+            warn!("the InfluxDB push does not start: {reason}");
+            (None, Some(reason))
+        }
+    }
 }
 
 #[async_trait::async_trait]
@@ -434,22 +581,38 @@ impl Running for RunningMonitor {
             .metrics_address
             .lock()
             .unwrap_or_else(|poison| poison.into_inner());
+        let influx = match (&monitor.influx, &monitor.influx_refused) {
+            (Some(push), _) => serde_json::json!({
+                "to": push.describe(),
+                "interval_secs": push.interval().as_secs_f64(),
+                "figures": push.figures(),
+            }),
+            (None, Some(reason)) => serde_json::json!({ "refused": reason }),
+            (None, None) => serde_json::Value::Null,
+        };
+        let webhook = monitor.webhook.as_ref().map(
+            |webhook| serde_json::json!({ "to": webhook.describe(), "figures": webhook.figures() }),
+        );
         serde_json::json!({
             "enabled": true,
             "metrics": address.map(|address| format!("http://{address}/metrics")),
+            "alerts": monitor.local_alerts().len(),
+            "influx": influx,
+            "alert_webhook": webhook,
         })
     }
 
     async fn stop(&self) {
         self.stop.trigger();
-        let finished = self
-            .finished
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .take();
-        // The collect worker saves the minute tier as it ends; the agent's deadline bounds
-        // the wait.
-        if let Some(mut finished) = finished {
+        let finished = std::mem::take(
+            &mut *self
+                .finished
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner()),
+        );
+        // The collect worker saves the minute tier as it ends, the webhook worker releases
+        // its lease; the agent's deadline bounds the wait.
+        for mut finished in finished {
             let _ = finished.wait_for(|done| *done).await;
         }
     }

@@ -16,4 +16,4 @@ pub mod lease_holder;
 pub mod service;
 pub mod subsystem;
 
-pub use subsystem::{Context, Running, Subsystem, SubsystemFigures, Subsystems};
+pub use subsystem::{Alarm, Context, Running, Subsystem, SubsystemFigures, Subsystems};

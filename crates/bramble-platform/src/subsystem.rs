@@ -73,6 +73,36 @@ impl SubsystemFigures {
         }
         text
     }
+
+    /// Every running subsystem's alarms, one list (each subsystem's subjects are its own).
+    pub fn alarms(&self) -> Vec<Alarm> {
+        let Some(subsystems) = self.subsystems.get().and_then(Weak::upgrade) else {
+            return Vec::new();
+        };
+        let running: Vec<Arc<dyn Running>> = subsystems
+            .started()
+            .iter()
+            .map(|started| started.running.clone())
+            .collect();
+        running
+            .iter()
+            .flat_map(|subsystem| subsystem.alarms())
+            .collect()
+    }
+}
+
+/// Something a subsystem finds wrong right now, for the monitor's alerts: a balancer's
+/// backend failing its health checks. The subsystem reports the condition for as long as
+/// it lasts; the monitor decides when it becomes an alert, when it resolves, and who is
+/// told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Alarm {
+    /// The kind of trouble, in snake_case (`backend_down`): alerts are grouped by it.
+    pub kind: &'static str,
+    /// What it is about, unique within the kind on this node (`webfarm/web1`).
+    pub subject: String,
+    /// One line for people.
+    pub message: String,
 }
 
 impl Context {
@@ -102,6 +132,11 @@ pub trait Running: Send + Sync {
     /// scrape. Most subsystems have none.
     fn prometheus(&self) -> Option<String> {
         None
+    }
+    /// What is wrong in it right now, for the monitor's alerts (asked once a second, so
+    /// cheap). Most subsystems have nothing to report.
+    fn alarms(&self) -> Vec<Alarm> {
+        Vec::new()
     }
     /// Stops it: hand over what it holds, end its workers. Called once.
     async fn stop(&self);

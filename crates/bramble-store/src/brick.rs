@@ -323,35 +323,12 @@ impl BrickStore {
                 usage.bytes += metadata.len().saturating_sub(HEADER_BYTES as u64);
             }
         }
-        let (free, total) = file_system_space(&self.root).map_err(BrickError::io(&self.root))?;
+        let (free, total) = bramble_util::files::file_system_space(&self.root)
+            .map_err(BrickError::io(&self.root))?;
         usage.free_bytes = free;
         usage.total_bytes = total;
         Ok(usage)
     }
-}
-
-/// Free (for unprivileged users) and total bytes of the file system holding `path`.
-fn file_system_space(path: &Path) -> io::Result<(u64, u64)> {
-    use std::os::unix::ffi::OsStrExt;
-    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::other("the path contains a NUL byte"))?;
-    let mut stats = std::mem::MaybeUninit::<libc::statvfs>::uninit();
-    // SAFETY: c_path is a valid NUL-terminated string and stats points to writable memory
-    // of the right type; statvfs initialises it when it returns 0.
-    let result = unsafe { libc::statvfs(c_path.as_ptr(), stats.as_mut_ptr()) };
-    if result != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: statvfs returned 0, so it filled the structure.
-    let stats = unsafe { stats.assume_init() };
-    // The fields are 32 bits wide on armv7 and 64 on x86_64 and aarch64.
-    #[allow(clippy::unnecessary_cast)]
-    let fragment = stats.f_frsize as u64;
-    #[allow(clippy::unnecessary_cast)]
-    Ok((
-        stats.f_bavail as u64 * fragment,
-        stats.f_blocks as u64 * fragment,
-    ))
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use crate::file::BlockId;
@@ -161,6 +161,14 @@ impl Hints {
         transaction.commit().map_err(|e| self.error(e))
     }
 
+    /// Every copy still waiting for its brick on this node: the heal queue's length. The
+    /// table's own count, so it costs no scan (it runs on every `/metrics` scrape).
+    pub fn pending(&self) -> Result<u64, HintError> {
+        let transaction = self.database.begin_read().map_err(|e| self.error(e))?;
+        let table = transaction.open_table(HINTS).map_err(|e| self.error(e))?;
+        table.len().map_err(|e| self.error(e))
+    }
+
     /// Pending copies per (volume, brick) for volume `volume` (all volumes if `None`).
     pub fn counts(
         &self,
@@ -211,6 +219,7 @@ mod tests {
         let hints = Hints::open(&path).unwrap();
         assert_eq!(hints.nodes().unwrap(), ["n2", "n20", "n3"]);
         assert_eq!(hints.for_node("n2", 10).unwrap().len(), 2);
+        assert!(hints.pending().unwrap() >= 2, "the queue counts them");
         assert_eq!(hints.for_node("n2", 1).unwrap().len(), 1);
         hints.remove(&[hint("n2", 0)]).unwrap();
         assert_eq!(hints.for_node("n2", 10).unwrap(), [hint("n2", 1)]);

@@ -114,6 +114,14 @@ impl Running for RunningStore {
                 counter.load(Ordering::Relaxed)
             );
         }
+        // The heal queue: absent on a scrape that cannot read it, never a made-up zero.
+        if let Ok(pending) = self.storage.hints.pending() {
+            let name = "bramble_store_heal_pending";
+            let _ = writeln!(
+                text,
+                "# HELP {name} Block copies this node holds for absent bricks (hints), waiting to be healed.\n# TYPE {name} gauge\n{name} {pending}"
+            );
+        }
         Some(text)
     }
 

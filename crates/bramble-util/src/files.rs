@@ -158,6 +158,30 @@ pub fn create_private_dir(path: &Path) -> Result<(), FileError> {
     fs::set_permissions(path, fs::Permissions::from_mode(0o700)).map_err(io_error(path))
 }
 
+/// Free (for unprivileged users) and total bytes of the file system holding `path`.
+pub fn file_system_space(path: &Path) -> std::io::Result<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::other("the path contains a NUL byte"))?;
+    let mut stats = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: c_path is a valid NUL-terminated string and stats points to writable memory
+    // of the right type; statvfs initialises it when it returns 0.
+    let result = unsafe { libc::statvfs(c_path.as_ptr(), stats.as_mut_ptr()) };
+    if result != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: statvfs returned 0, so it filled the structure.
+    let stats = unsafe { stats.assume_init() };
+    // The fields are 32 bits wide on armv7 and 64 on x86_64 and aarch64.
+    #[allow(clippy::unnecessary_cast)]
+    let fragment = stats.f_frsize as u64;
+    #[allow(clippy::unnecessary_cast)]
+    Ok((
+        stats.f_bavail as u64 * fragment,
+        stats.f_blocks as u64 * fragment,
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,6 +9,7 @@
 //! - [`runtime_threads`]: single-threaded runtimes on threads of their own, at normal
 //!   priority, for data-plane work.
 //! - [`names`]: validation of names that users and peers send us (node names, roles).
+//! - [`password`]: argon2id hashes of passwords people type, and their checks.
 //! - [`shutdown`]: the one signal every background task takes so the agent ends cleanly.
 //! - [`time`]: wall-clock helpers.
 //! - [`workers`]: named background workers with their state, errors and restarts.
@@ -17,6 +18,7 @@ pub mod files;
 pub mod memory;
 pub mod mounts;
 pub mod names;
+pub mod password;
 pub mod runtime_threads;
 pub mod scheduling;
 pub mod secrets;

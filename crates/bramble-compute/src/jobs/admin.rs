@@ -20,6 +20,7 @@ pub const METHOD_NODES: &str = "jobs.nodes";
 pub const METHOD_LAUNCH: &str = "jobs.launch";
 /// `bramble bench cpu` on one node (admin only): a [`crate::cpu_bench::CpuBenchRequest`].
 pub const METHOD_BENCH_CPU: &str = "jobs.bench_cpu";
+pub const METHOD_BENCH_DISK: &str = "jobs.bench_disk";
 /// Where a node's measured speed is kept, so a restart keeps it.
 pub fn speed_key(node: &str) -> String {
     format!("jobs/speed/{node}")

@@ -22,6 +22,8 @@ const RECENT_FINISHED: usize = 20;
 
 pub struct JobsService {
     pub(crate) node: String,
+    /// Where `bench disk` writes: the node's data directory.
+    pub(crate) data_dir: std::path::PathBuf,
     pub(crate) meta: Arc<bramble_meta::Meta>,
     pub(crate) membership: Arc<bramble_cluster::Membership>,
     pub(crate) rpc: RpcClient,
@@ -63,6 +65,16 @@ impl Handler for JobsService {
                 }
                 let bench: crate::cpu_bench::CpuBenchRequest = request.decode()?;
                 encode(&self.bench_cpu(bench).await?)
+            }
+            "bench_disk" => {
+                if !matches!(request.caller, Caller::Admin(_)) {
+                    return Err(RpcError::new(
+                        ErrorKind::Unauthorized,
+                        "bench disk is for the cluster's administrator",
+                    ));
+                }
+                let bench: crate::disk_bench::DiskBenchRequest = request.decode()?;
+                request_bench_disk(&self.node, &self.data_dir, bench).await
             }
             "list" => {
                 let query: ListJobs = request.decode()?;
@@ -437,4 +449,27 @@ impl JobsService {
             "no jobs scheduler is reachable at the moment",
         ))
     }
+}
+
+/// `jobs.bench_disk`: the disk test on a blocking thread, at the agent's original priority
+/// (as `bench cpu`), answered encoded.
+async fn request_bench_disk(
+    node: &str,
+    data_dir: &std::path::Path,
+    request: crate::disk_bench::DiskBenchRequest,
+) -> Result<Vec<u8>, RpcError> {
+    request.validate().map_err(RpcError::bad_request)?;
+    let (node, data_dir) = (node.to_string(), data_dir.to_path_buf());
+    let result = tokio::task::spawn_blocking(move || {
+        std::thread::spawn(move || {
+            bramble_util::scheduling::restore_original_priority();
+            crate::disk_bench::run(&request, &node, &data_dir)
+        })
+        .join()
+        .unwrap_or_else(|_| Err("the benchmark panicked".to_string()))
+    })
+    .await
+    .map_err(|error| RpcError::internal(error.to_string()))?
+    .map_err(RpcError::bad_request)?;
+    encode(&result)
 }

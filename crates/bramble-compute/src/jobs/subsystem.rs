@@ -100,6 +100,7 @@ fn start(context: Context) -> StartFuture {
         }
         let service = Arc::new(JobsService {
             node: context.node_name().to_string(),
+            data_dir: context.node.path.clone(),
             meta: context.meta.clone(),
             membership: context.membership.clone(),
             rpc: context.rpc.clone(),

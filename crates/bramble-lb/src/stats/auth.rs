@@ -1,11 +1,8 @@
 //! Who may see the stats page: HTTP Basic authentication, like the recipe's `stats auth`,
 //! against a password stored as an argon2id hash (PHC string format, random salt).
 //!
-//! Argon2 is slow on purpose (tens of milliseconds here, several hundred on a Pi Zero), so:
-//! - the cost is the smallest OWASP recommends: 19 MiB, 2 passes, 1 lane
-//!   ([`ARGON2_MEMORY_KIB`], [`ARGON2_PASSES`], [`ARGON2_LANES`]); stored hashes with
-//!   costs over [`MAX_MEMORY_KIB`] or [`MAX_PASSES`] are refused, so a mistyped setting
-//!   cannot make every login take seconds;
+//! Hashing and its cost bounds are `bramble_util::password`'s (the dashboard's password
+//! uses the same); argon2 is slow on purpose, so:
 //! - one verification runs at a time, on a blocking thread, so a flood of guesses costs
 //!   at most one core and one hash's memory, and never stalls the agent's runtime;
 //! - a credential that verified is remembered (as a SHA-256 of the header, never the
@@ -20,36 +17,20 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::{Algorithm, Argon2, Params, Version};
 use base64::Engine as _;
 use base64::engine::general_purpose::{GeneralPurpose, PAD_INDIFFERENT};
+use bramble_util::password::{self, PasswordError};
 use bramble_util::secrets::constant_time_eq;
 use hyper::header::HeaderValue;
-use ring::rand::SecureRandom;
 use tokio::sync::Semaphore;
 use tracing::warn;
 
-/// Argon2id memory cost of new hashes, in KiB (OWASP's 19 MiB).
-pub const ARGON2_MEMORY_KIB: u32 = 19 * 1024;
-/// Argon2id passes over that memory.
-pub const ARGON2_PASSES: u32 = 2;
-/// Argon2id lanes; one, as a Pi Zero has one core.
-pub const ARGON2_LANES: u32 = 1;
-/// The largest costs accepted in a stored hash.
-pub const MAX_MEMORY_KIB: u32 = 256 * 1024;
-pub const MAX_PASSES: u32 = 16;
-const MAX_LANES: u32 = 8;
-/// Random salt bytes of a new hash.
-const SALT_BYTES: usize = 16;
 /// A verified credential is trusted without argon2 for this long.
 pub const VERIFIED_FOR: Duration = Duration::from_secs(60);
 /// Verified credentials remembered at once (a few browsers and a scraper).
 const MAX_VERIFIED: usize = 16;
 /// The longest `Authorization` header considered; anything longer is refused unread.
 const MAX_AUTHORIZATION_BYTES: usize = 1024;
-/// The longest PHC string accepted from a settings file.
-const MAX_PHC_BYTES: usize = 512;
 
 /// Standard base64 with or without padding, as browsers and curl send it.
 const BASIC_BASE64: GeneralPurpose =
@@ -57,22 +38,10 @@ const BASIC_BASE64: GeneralPurpose =
 
 #[derive(Debug, thiserror::Error)]
 pub enum StatsPasswordError {
-    #[error(
-        "the stats password hash is not an argon2id PHC string ($argon2id$v=19$m=..,t=..,p=..$salt$hash): {detail}"
-    )]
-    NotArgon2id { detail: String },
-    #[error(
-        "the stats password hash costs too much to verify (m={memory_kib} KiB, t={passes}, p={lanes}; at most m={MAX_MEMORY_KIB}, t={MAX_PASSES}, p={MAX_LANES})"
-    )]
-    TooCostly {
-        memory_kib: u32,
-        passes: u32,
-        lanes: u32,
-    },
+    #[error("the stats password hash: {0}")]
+    Hash(#[from] PasswordError),
     #[error("stats_password_sha256 must be 64 hexadecimal digits")]
     BadLegacyDigest,
-    #[error("hashing the stats password failed: {detail}")]
-    Hashing { detail: String },
 }
 
 /// The stats password as stored in a node's settings.
@@ -85,49 +54,14 @@ pub enum StoredPassword {
 }
 
 impl StoredPassword {
-    /// Hashes a new password with argon2id, a fresh random salt and this module's costs.
+    /// Hashes a new password with argon2id, a fresh random salt and the shared costs.
     pub fn hash(password: &str) -> Result<StoredPassword, StatsPasswordError> {
-        let hashing = |detail: String| StatsPasswordError::Hashing { detail };
-        let mut salt = [0u8; SALT_BYTES];
-        ring::rand::SystemRandom::new()
-            .fill(&mut salt)
-            .map_err(|_| hashing("no system randomness for the salt".into()))?;
-        let salt = SaltString::encode_b64(&salt).map_err(|error| hashing(error.to_string()))?;
-        let params = Params::new(ARGON2_MEMORY_KIB, ARGON2_PASSES, ARGON2_LANES, None)
-            .map_err(|error| hashing(error.to_string()))?;
-        let phc = Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
-            .hash_password(password.as_bytes(), &salt)
-            .map_err(|error| hashing(error.to_string()))?
-            .to_string();
-        Ok(StoredPassword::Argon2id(phc))
+        Ok(StoredPassword::Argon2id(password::hash_password(password)?))
     }
 
     /// An argon2id PHC string from a settings file, validated and bounded in cost.
     pub fn from_phc(phc: &str) -> Result<StoredPassword, StatsPasswordError> {
-        let phc = phc.trim();
-        let not_argon2id = |detail: String| StatsPasswordError::NotArgon2id { detail };
-        if phc.len() > MAX_PHC_BYTES {
-            return Err(not_argon2id(format!("longer than {MAX_PHC_BYTES} bytes")));
-        }
-        let parsed = PasswordHash::new(phc).map_err(|error| not_argon2id(error.to_string()))?;
-        if parsed.algorithm != argon2::ARGON2ID_IDENT {
-            return Err(not_argon2id(format!("algorithm {}", parsed.algorithm)));
-        }
-        if parsed.hash.is_none() || parsed.salt.is_none() {
-            return Err(not_argon2id("no salt or no hash".into()));
-        }
-        let params = Params::try_from(&parsed).map_err(|error| not_argon2id(error.to_string()))?;
-        if params.m_cost() > MAX_MEMORY_KIB
-            || params.t_cost() > MAX_PASSES
-            || params.p_cost() > MAX_LANES
-        {
-            return Err(StatsPasswordError::TooCostly {
-                memory_kib: params.m_cost(),
-                passes: params.t_cost(),
-                lanes: params.p_cost(),
-            });
-        }
-        Ok(StoredPassword::Argon2id(phc.to_string()))
+        Ok(StoredPassword::Argon2id(password::check_phc(phc)?))
     }
 
     /// The digest of earlier versions' `stats_password_sha256`, as 64 hex digits.
@@ -150,8 +84,7 @@ impl StoredPassword {
     /// Whether `password` is this one. Slow for argon2id: call off the async runtime.
     fn verify(&self, password: &[u8]) -> bool {
         match self {
-            StoredPassword::Argon2id(phc) => PasswordHash::new(phc)
-                .is_ok_and(|parsed| Argon2::default().verify_password(password, &parsed).is_ok()),
+            StoredPassword::Argon2id(phc) => password::verify_password(phc, password),
             StoredPassword::LegacySha256(digest) => constant_time_eq(&sha256(password), digest),
         }
     }
@@ -408,7 +341,7 @@ mod tests {
             assert!(
                 matches!(
                     StoredPassword::from_phc(bad),
-                    Err(StatsPasswordError::NotArgon2id { .. })
+                    Err(StatsPasswordError::Hash(PasswordError::NotArgon2id { .. }))
                 ),
                 "{bad}"
             );
@@ -416,9 +349,9 @@ mod tests {
         let costly = "$argon2id$v=19$m=4194304,t=2,p=1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g";
         assert!(matches!(
             StoredPassword::from_phc(costly),
-            Err(StatsPasswordError::TooCostly { .. })
+            Err(StatsPasswordError::Hash(PasswordError::TooCostly { .. }))
         ));
-        let long = format!("$argon2id${}", "a".repeat(MAX_PHC_BYTES));
+        let long = format!("$argon2id${}", "a".repeat(password::MAX_PHC_BYTES));
         assert!(StoredPassword::from_phc(&long).is_err());
         for bad in ["abc", &"zz".repeat(32), &"ab".repeat(31)] {
             assert!(
