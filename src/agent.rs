@@ -36,6 +36,8 @@ use crate::process;
 const SUBSYSTEMS: &[Subsystem] = &[
     // First, so its collectors run (and its history keeps) while the others start and stop.
     bramble_monitor::subsystem::SUBSYSTEM,
+    // Drained nodes (`drain.*`): read by the balancer, services and jobs below.
+    bramble_platform::drain::SUBSYSTEM,
     bramble_store::subsystem::SUBSYSTEM,
     bramble_compute::jobs::subsystem::SUBSYSTEM,
     bramble_compute::services::subsystem::SUBSYSTEM,

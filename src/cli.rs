@@ -226,6 +226,31 @@ pub enum Command {
         after_help = "Examples:\n  bramble chaos kill n3             SIGKILL; waits until every other node says dead\n  bramble chaos restart n3          start it again; waits until it is alive everywhere\n  bramble chaos stop n2             SIGSTOP, a hung board\n  bramble chaos cont n2 --json\n  bramble chaos stop web-0          a hung web server: waits until the balancer reports it down\n  bramble chaos kill web-0          waits until its supervisor runs it again"
     )]
     Chaos(ChaosArgs),
+    /// Drain a node before working on it: its balancers' VIPs go to another node at once,
+    /// its service replicas move (each new copy healthy before the old one stops), it gets
+    /// no new job tasks; waits until it holds no VIP and no replica.
+    #[command(
+        after_help = "Examples:\n  bramble drain n3\n  bramble drain n3 --reason 'new SD card' --timeout 2m\n  bramble drain n3 --detach          set the flag and return\n  bramble drain n3 --json\n\nThe node stays a gossip member and a catalog voter. Job tasks already running on it\nfinish there. Storage bricks are not moved (while the node is down, writes to its bricks\nare kept as hints and healed when it returns). `bramble nodes` shows drained nodes;\n`bramble undrain n3` makes it eligible again."
+    )]
+    Drain(DrainArgs),
+    /// Make a drained node eligible again for new replicas, job tasks and its VIPs.
+    #[command(
+        after_help = "Examples:\n  bramble undrain n3\n  bramble undrain n3 --json\n\nReplicas that moved away stay where they are (none is moved back by force); new\nplacements may use the node. With preemption, a VIP that prefers the node moves back."
+    )]
+    Undrain(UndrainArgs),
+    /// Run a command on nodes one (or --serial N) at a time: drain the node, run the
+    /// command there through `bramble exec`, wait until it is back in gossip and the
+    /// catalog, undrain it, and go on once the services are healthy again.
+    #[command(
+        after_help = "Examples:\n  bramble rolling --user root -- sh -c 'apt-get update && apt-get -y upgrade'\n  bramble rolling --nodes n1,n2,n3 -- true\n  bramble rolling --role lb --serial 1 --timeout 5m -- ./maintenance.sh\n  bramble rolling --serial 2 --max-fail 1 --json -- uname -r\n\nEvery chosen node must allow exec (`--allow-exec` at init or join, or `enabled = true`\nin its exec.toml). The first failure beyond --max-fail stops the chore; a node whose\nstep failed stays drained. The exit status is 0 only if every node completed."
+    )]
+    Rolling(RollingArgs),
+    /// Reboot the nodes one (or --serial N) at a time, each drained first and healthy
+    /// again before the next (in an emulated cluster: a restart of the node's agent).
+    #[command(
+        after_help = "Examples:\n  bramble reboot --rolling\n  bramble reboot --rolling --nodes n4,n5 --timeout 15m\n  bramble reboot --rolling --role lb --json\n\nOn real boards the reboot is `systemctl reboot` as root through bramble exec: each node\nmust allow exec as root (`enabled = true` and `allow_root = true` in its exec.toml)."
+    )]
+    Reboot(RebootArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -1425,4 +1450,81 @@ pub struct ServiceLogsArgs {
     /// Keep printing what the replica writes (following it if it moves) until Ctrl-C.
     #[arg(long, short = 'f')]
     pub follow: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DrainArgs {
+    /// The node to drain.
+    pub node: String,
+    /// Why, kept with the flag and shown by `bramble nodes` (one line, at most 200 bytes).
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Longest wait until the node holds no VIP and no replica: 30s, 5m, 1h (at most 24h).
+    #[arg(long, default_value = "5m", value_name = "T")]
+    pub timeout: String,
+    /// Set the flag and return at once, without waiting.
+    #[arg(long, short = 'd')]
+    pub detach: bool,
+    #[command(flatten)]
+    pub output: JsonFlag,
+}
+
+#[derive(Debug, Args)]
+pub struct UndrainArgs {
+    /// The node to make eligible again.
+    pub node: String,
+    #[command(flatten)]
+    pub output: JsonFlag,
+}
+
+/// Which nodes a rolling chore goes over, how many at a time, and when it stops.
+#[derive(Debug, Args)]
+pub struct RollingOptions {
+    /// Nodes worked on at a time.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub serial: u32,
+    /// Failed nodes tolerated before the chore stops (0: stop at the first).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1000))]
+    pub max_fail: u32,
+    /// These nodes, in this order.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "NODE,...",
+        conflicts_with_all = ["role", "all"]
+    )]
+    pub nodes: Vec<String>,
+    /// The nodes with this role, by name.
+    #[arg(long, value_name = "ROLE", conflicts_with = "all")]
+    pub role: Option<String>,
+    /// Every node, by name (the default).
+    #[arg(long)]
+    pub all: bool,
+    /// Longest each step of one node may take — the drain, the command, coming back,
+    /// healthy again: 30s, 10m, 1h (at most 24h; the command itself at most 1h).
+    #[arg(long, default_value = "10m", value_name = "T")]
+    pub timeout: String,
+    #[command(flatten)]
+    pub output: JsonFlag,
+}
+
+#[derive(Debug, Args)]
+pub struct RollingArgs {
+    #[command(flatten)]
+    pub options: RollingOptions,
+    /// Run the command as this user (root only where the node allows it).
+    #[arg(long)]
+    pub user: Option<String>,
+    /// The program and its arguments (a shell line: sh -c '...').
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RebootArgs {
+    /// One batch of nodes at a time (the only way Bramble reboots).
+    #[arg(long)]
+    pub rolling: bool,
+    #[command(flatten)]
+    pub options: RollingOptions,
 }

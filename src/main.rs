@@ -109,6 +109,10 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Command::Mpirun(args) => commands::mpi::mpirun(global, args).await,
         Command::MpiLaunch(args) => commands::mpi::launch(global, args).await,
         Command::WasmTask(_) => Err(anyhow::anyhow!("wasm-task runs before the runtime")),
+        Command::Drain(args) => commands::drain::drain(global, args).await,
+        Command::Undrain(args) => commands::drain::undrain(global, args).await,
+        Command::Rolling(args) => commands::rolling::rolling(global, args).await,
+        Command::Reboot(args) => commands::rolling::reboot(global, args).await,
     }
 }
 

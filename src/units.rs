@@ -79,12 +79,18 @@ pub fn parse_cpus(text: &str) -> Result<u32> {
         .ok_or_else(|| anyhow!("{text:?} is too many CPUs"))
 }
 
-/// `500ms`, `5s`, `2m` or a bare number of milliseconds.
+/// `500ms`, `5s`, `2m`, `1h` or a bare number of milliseconds.
 pub fn parse_milliseconds(text: &str) -> Result<u64> {
     parse_with_units(
         text,
-        &[("", 1), ("ms", 1), ("s", 1000), ("m", 60_000)],
-        "a duration such as 500ms, 5s or 2m",
+        &[
+            ("", 1),
+            ("ms", 1),
+            ("s", 1000),
+            ("m", 60_000),
+            ("h", 3_600_000),
+        ],
+        "a duration such as 500ms, 5s, 2m or 1h",
     )
 }
 
@@ -111,7 +117,8 @@ mod tests {
         assert_eq!(parse_milliseconds("2m").unwrap(), 120_000);
         assert_eq!(parse_milliseconds("5s").unwrap(), 5000);
         assert_eq!(parse_milliseconds("500ms").unwrap(), 500);
-        assert!(parse_milliseconds("5h").is_err());
+        assert_eq!(parse_milliseconds("2h").unwrap(), 7_200_000);
+        assert!(parse_milliseconds("5d").is_err());
         assert!(parse_milliseconds("s").is_err());
         assert_eq!(parse_milliseconds("500").unwrap(), 500);
         assert_eq!(parse_lifetime_seconds("30d").unwrap(), 30 * 86_400);

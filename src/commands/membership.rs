@@ -145,12 +145,31 @@ pub async fn nodes(global: &GlobalOptions, args: &NodesArgs) -> Result<()> {
         }
         None => client.call_any("cluster.nodes", &()).await?,
     };
+    // Drained nodes (`bramble drain`) as the answering agent's replica has them: None when
+    // it could not say.
+    let drained = crate::commands::drain::drained_nodes_here(&client, source)
+        .await
+        .ok();
     if args.output.json {
-        return output::print_json(&view);
+        #[derive(serde::Serialize)]
+        struct Row<'a> {
+            #[serde(flatten)]
+            node: &'a NodeView,
+            drained: Option<&'a bramble_platform::drain::DrainRecord>,
+        }
+        let rows: Vec<Row> = view
+            .iter()
+            .map(|node| Row {
+                node,
+                drained: drained.as_ref().and_then(|drained| drained.get(&node.name)),
+            })
+            .collect();
+        return output::print_json(&rows);
     }
     let mut table = output::table(&[
         "NAME",
         "STATE",
+        "DRAINED",
         "ADDRESS",
         "ROLES",
         "LOAD",
@@ -173,9 +192,15 @@ pub async fn nodes(global: &GlobalOptions, args: &NodesArgs) -> Result<()> {
         } else {
             ("-".to_string(), "-".to_string())
         };
+        let drained_text = match drained.as_ref().map(|drained| drained.get(&node.name)) {
+            None => "?".to_string(),
+            Some(None) => "-".to_string(),
+            Some(Some(record)) => drained_since(record),
+        };
         table.add_row(vec![
             node.name.clone(),
             node.state.as_str().to_string(),
+            drained_text,
             node.addr.to_string(),
             if node.roles.is_empty() {
                 "-".into()
@@ -210,4 +235,20 @@ pub async fn nodes(global: &GlobalOptions, args: &NodesArgs) -> Result<()> {
         return Err(anyhow!("the agent returned an empty node table"));
     }
     Ok(())
+}
+
+/// "drained 3 min ago: new SD card", for the DRAINED column.
+fn drained_since(record: &bramble_platform::drain::DrainRecord) -> String {
+    let seconds = bramble_util::time::unix_millis().saturating_sub(record.since_unix_ms) / 1000;
+    let age = match seconds {
+        0..60 => format!("{seconds} s"),
+        60..3600 => format!("{} min", seconds / 60),
+        _ => format!("{} h", seconds / 3600),
+    };
+    let reason: String = record.reason.chars().take(40).collect();
+    if reason.is_empty() {
+        format!("drained {age} ago")
+    } else {
+        format!("drained {age} ago: {reason}")
+    }
 }

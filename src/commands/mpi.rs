@@ -97,10 +97,18 @@ pub async fn mpirun(global: &GlobalOptions, args: &MpirunArgs) -> Result<()> {
         );
     }
     let (_, nodes): (_, Vec<NodeView>) = client.call_any("cluster.nodes", &()).await?;
+    // Drained nodes (`bramble drain`) take no new work, ranks included, unless named.
+    let drained = crate::commands::drain::drained_nodes(&client).await?;
     let mut chosen: Vec<&NodeView> = nodes
         .iter()
         .filter(|node| node.state == NodeState::Alive)
-        .filter(|node| args.nodes.is_empty() || args.nodes.contains(&node.name))
+        .filter(|node| {
+            if args.nodes.is_empty() {
+                !drained.contains_key(&node.name)
+            } else {
+                args.nodes.contains(&node.name)
+            }
+        })
         .collect();
     chosen.sort_by(|a, b| a.name.cmp(&b.name));
     for wanted in &args.nodes {

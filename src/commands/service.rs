@@ -149,6 +149,12 @@ pub async fn run(global: &GlobalOptions, command: &ServiceCommand) -> Result<()>
             for (warning, names) in warnings {
                 println!("warning ({}): {warning}", names.join(", "));
             }
+            for handover in &answer.handovers {
+                println!(
+                    "{}.{} is moving off {} (drained) to {}: its old copy serves until the new one is ready",
+                    answer.spec.name, handover.index, handover.from_node, handover.to_node
+                );
+            }
             if !answer.unreachable.is_empty() {
                 println!("did not answer: {}", answer.unreachable.join(", "));
             }

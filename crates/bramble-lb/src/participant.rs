@@ -14,7 +14,9 @@
 //! out, so a late step never stretches the lease.
 //!
 //! [`VipParticipant::finish`] lets go and releases the lease, so a backup takes over at
-//! once when this node stops.
+//! once when this node stops. A drained node steps as an unhealthy one: it never takes a
+//! free lease, and hands one it holds to the preferred other candidate (after letting go),
+//! so the backup serves within a lease round trip instead of after the lease.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -69,6 +71,8 @@ pub struct VipParticipant {
     passed_over: Option<(String, Instant)>,
     interface_vip: Option<InterfaceVip>,
     link_was_ready: bool,
+    /// Whether the last step found this node drained (for logging the change once).
+    was_drained: bool,
 }
 
 fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -99,6 +103,7 @@ impl VipParticipant {
             passed_over: None,
             interface_vip: None,
             link_was_ready: true,
+            was_drained: false,
         }
     }
 
@@ -133,18 +138,29 @@ impl VipParticipant {
         &self.lease
     }
 
-    /// One round: see the module's list.
+    /// One round: see the module's list. `drained`: this node is drained (`bramble
+    /// drain`), so it stands back as an unhealthy node would.
     pub async fn step(
         &mut self,
         spec: &BalancerSpec,
         candidates: Vec<Candidate>,
+        drained: bool,
         agent_shutdown: &Shutdown,
     ) -> StepReport {
         self.follow_interface(spec).await;
         let link_ready = self.check_link();
         let known = self.known_lease();
         let candidates = self.without_passed_over(candidates);
+        if drained != self.was_drained {
+            self.was_drained = drained;
+            if drained {
+                info!(balancer = %self.balancer, "this node is drained: it hands over the VIP and stands back");
+            } else {
+                info!(balancer = %self.balancer, "this node is no longer drained: it stands for the VIP again");
+            }
+        }
         let healthy = link_ready
+            && !drained
             && self
                 .bind_failing_since
                 .is_none_or(|since| since.elapsed() < BIND_FAILURE_LIMIT);

@@ -9,8 +9,13 @@
 //! expires. In the loopback mode (the emulator) the holder just binds the 127.x address;
 //! with `vip.interface` it first adds the address to that interface
 //! ([`crate::vip_interface`]) and deletes it after closing the listener when it lets go.
+//!
+//! A drained node (`bramble drain`, [`bramble_platform::drain`]) is no candidate for any
+//! VIP: its participants stop contending and, where it holds a VIP, hand it to the
+//! preferred other node at once (the path an unhealthy holder takes), unless no other
+//! live `lb` node could take it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -109,6 +114,9 @@ pub struct LoadBalancers {
     participations: Mutex<BTreeMap<String, Participation>>,
     /// Set by [`LoadBalancers::stop`]: no new participation starts after it.
     stopping: std::sync::atomic::AtomicBool,
+    /// The drained nodes as this node's catalog replica has them; the VIP workers wake
+    /// when it changes.
+    drained: watch::Sender<BTreeSet<String>>,
 }
 
 impl LoadBalancers {
@@ -123,7 +131,9 @@ impl LoadBalancers {
             shutdown: context.shutdown.clone(),
             participations: Mutex::new(BTreeMap::new()),
             stopping: std::sync::atomic::AtomicBool::new(false),
+            drained: watch::channel(BTreeSet::new()).0,
         });
+        subsystem.refresh_drained();
         let settings = LbSettings::load(&context.node.path)?;
         if let (Some(listen), Some(credentials)) = (settings.stats_listen, settings.credentials()) {
             match tokio::net::TcpListener::bind(listen).await {
@@ -233,13 +243,31 @@ impl LoadBalancers {
             .collect()
     }
 
+    /// Reads the drained nodes from this node's replica; the VIP workers hear of a change.
+    fn refresh_drained(&self) {
+        match bramble_platform::drain::drained_here(self.meta.reader()) {
+            Ok(records) => {
+                let now: BTreeSet<String> = records.into_keys().collect();
+                self.drained.send_if_modified(|drained| {
+                    let changed = *drained != now;
+                    *drained = now;
+                    changed
+                });
+            }
+            Err(error) => warn!(%error, "could not read the drained nodes"),
+        }
+    }
+
     /// Applies the catalog's balancer specs now and after every change — of the specs,
-    /// of the placements of services that are backends, and of the members' addresses.
+    /// of the placements of services that are backends, of the drained nodes, and of the
+    /// members' addresses.
     async fn follow_catalog(self: Arc<Self>, mut shutdown: Shutdown) {
         let mut changes = self.meta.watch(BALANCERS_PREFIX);
         let mut placements = self.meta.watch(ASSIGN_PREFIX);
+        let mut drains = self.meta.watch(bramble_platform::drain::PREFIX);
         let mut addresses = BTreeMap::new();
         loop {
+            self.refresh_drained();
             let now: BTreeMap<String, IpAddr> = self
                 .membership
                 .nodes()
@@ -258,6 +286,10 @@ impl LoadBalancers {
                     None => break,
                 },
                 change = placements.next() => match change {
+                    Some(Change::Key { .. } | Change::Reset) => {}
+                    None => break,
+                },
+                change = drains.next() => match change {
                     Some(Change::Key { .. } | Change::Reset) => {}
                     None => break,
                 },
@@ -288,12 +320,15 @@ impl LoadBalancers {
                 let Ok(assignment) = serde_json::from_slice::<Assignment>(&value.value) else {
                     continue;
                 };
-                // Not yet healthy, or about to be replaced by a rolling update.
-                if assignment.withheld_since_unix_ms.is_some() {
-                    continue;
-                }
-                let (Some(ip), Some(port)) = (addresses.get(&assignment.node), assignment.port)
-                else {
+                // Not yet healthy, or about to be replaced by a rolling update: left out,
+                // unless it is moving off a drained node, whose copy serves meanwhile.
+                let (node, port) = match (&assignment.withheld_since_unix_ms, &assignment.handover)
+                {
+                    (None, _) => (&assignment.node, assignment.port),
+                    (Some(_), Some(handover)) => (&handover.from_node, handover.from_port),
+                    (Some(_), None) => continue,
+                };
+                let (Some(ip), Some(port)) = (addresses.get(node), port) else {
                     continue;
                 };
                 let name = format!("{service}-{index}");
@@ -411,14 +446,18 @@ impl LoadBalancers {
         }
     }
 
-    /// The candidates for a balancer's VIP: live `lb` nodes, with their priorities.
+    /// The candidates for a balancer's VIP: live `lb` nodes that are not drained, with
+    /// their priorities.
     async fn candidates(&self, spec: &BalancerSpec) -> Vec<Candidate> {
+        let drained = self.drained.borrow().clone();
         self.membership
             .nodes()
             .await
             .into_iter()
             .filter(|node| {
-                node.state == NodeState::Alive && node.roles.iter().any(|role| role == LB_ROLE)
+                node.state == NodeState::Alive
+                    && node.roles.iter().any(|role| role == LB_ROLE)
+                    && !drained.contains(&node.name)
             })
             .map(|node| Candidate {
                 priority: spec
@@ -449,6 +488,7 @@ impl LoadBalancers {
             VipParticipant::new(&name, &self.node, self.meta.clone(), running, holder);
         let mut lease_changes = self.meta.watch(&lease_key(participant.lease()));
         let mut watching_lease = true;
+        let mut drained = self.drained.subscribe();
         let mut ticker = tokio::time::interval(RENEW_EVERY);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -457,6 +497,8 @@ impl LoadBalancers {
                 _ = stop.wait() => break,
                 _ = ticker.tick() => {}
                 _ = spec.changed() => {}
+                // A drain hands the VIP over now, not at the next tick.
+                _ = drained.changed() => {}
                 change = lease_changes.next(), if watching_lease => {
                     // A lease that became free is taken at once, not at the next tick.
                     watching_lease = change.is_some();
@@ -466,9 +508,10 @@ impl LoadBalancers {
             participant.enforce_deadline().await;
             let current_spec = spec.borrow().clone();
             let candidates = self.candidates(&current_spec).await;
+            let drained_here = drained.borrow_and_update().contains(&self.node);
             participant.enforce_deadline().await;
             let report = participant
-                .step(&current_spec, candidates, &agent_shutdown)
+                .step(&current_spec, candidates, drained_here, &agent_shutdown)
                 .await;
             worker.set_state(if report.serving {
                 WorkerState::Busy

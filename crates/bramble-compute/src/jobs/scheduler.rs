@@ -27,6 +27,9 @@
 //!   of a job's tasks are done, a task running longer than 1.5 times the median gets a
 //!   copy on another node (Spark's defaults); the first result wins, the other copy is
 //!   stopped.
+//! - **Drained nodes** (`bramble drain`) get no new tasks, and their share of a static
+//!   plan goes to the shared queue; the tasks they already run finish there (a drain does
+//!   not stop work in progress; a reboot afterwards would lose it to the recovery above).
 //! - **Taking over.** A new scheduler loads every unfinished job from the catalog, adopts
 //!   the attempts workers report as running, and holds back new assignments until every
 //!   live worker has reported or [`ADOPTION_WAIT`] has passed, so running tasks are not
@@ -205,6 +208,8 @@ struct Reign {
     /// The unfinished jobs are loaded: until then a report could name a job this
     /// scheduler does not know yet, so exchanges wait.
     loaded: bool,
+    /// Drained nodes, as this node's catalog replica had them at the last exchange.
+    drained: BTreeSet<String>,
 }
 
 impl Reign {
@@ -459,6 +464,7 @@ impl Scheduler {
             workers: BTreeMap::new(),
             unreported: alive,
             loaded: false,
+            drained: BTreeSet::new(),
         });
         info!(epoch, "this node is the jobs scheduler");
         self.load_unfinished().await;
@@ -747,6 +753,16 @@ impl Scheduler {
     /// [`LONG_POLL`] for some when the worker has free slots and there is none).
     pub async fn exchange(&self, request: ExchangeRequest) -> Result<ExchangeAnswer, RpcError> {
         let deadline = Instant::now() + LONG_POLL;
+        // From this node's replica: a drain reaches the scheduler within a heartbeat, and
+        // an exchange costs no quorum round.
+        let drained: Option<BTreeSet<String>> =
+            match bramble_platform::drain::drained_here(self.meta.reader()) {
+                Ok(records) => Some(records.into_keys().collect()),
+                Err(error) => {
+                    warn!(%error, "could not read the drained nodes; keeping the last known");
+                    None
+                }
+            };
         {
             let mut guard = self.reign();
             let reign = guard.as_mut().ok_or_else(not_scheduler)?;
@@ -755,6 +771,9 @@ impl Scheduler {
                     ErrorKind::Unavailable,
                     "the jobs scheduler is still loading the jobs; ask again",
                 ));
+            }
+            if let Some(drained) = drained {
+                reign.drained = drained;
             }
             apply_report(reign, &request);
             let ended = reign
@@ -1249,11 +1268,23 @@ fn apply_result(reign: &mut Reign, node: &str, result: &TaskResult) {
     acknowledge(reign);
 }
 
-/// Picks the tasks `node` starts now, within its free slots.
+/// Picks the tasks `node` starts now, within its free slots (none for a drained node).
 fn assign(reign: &mut Reign, node: &str) -> Vec<Assignment> {
+    if reign.drained.contains(node) {
+        // Its share of a static plan goes to whoever frees a slot first.
+        for run in reign.jobs.values_mut() {
+            if let Some(plan) = &mut run.plan
+                && let Some(queue) = plan.remove(node)
+            {
+                run.pending.extend(queue);
+            }
+        }
+        return Vec::new();
+    }
     let alive_workers: Vec<NodeCapacity> = reign
         .workers
         .iter()
+        .filter(|(name, _)| !reign.drained.contains(*name))
         .map(|(name, worker)| NodeCapacity {
             name: name.clone(),
             slots: worker.slots,
@@ -1541,6 +1572,7 @@ mod tests {
             workers: BTreeMap::new(),
             unreported: BTreeSet::new(),
             loaded: true,
+            drained: BTreeSet::new(),
         }
     }
 
@@ -1655,6 +1687,33 @@ mod tests {
             "{reason}"
         );
         assert_eq!(run.record.failure_count, 2);
+    }
+
+    #[test]
+    fn a_drained_node_gets_no_task_and_its_planned_share_goes_elsewhere() {
+        let mut run = running_job(4, Policy::RoundRobin, 0);
+        run.loaded_at = Instant::now() - Duration::from_secs(1);
+        let mut reign = reign_with(run);
+        apply_report(&mut reign, &report("n1", 1, vec![], vec![]));
+        apply_report(&mut reign, &report("n2", 1, vec![], vec![]));
+        let first = assign(&mut reign, "n1");
+        assert_eq!(first.len(), 1, "planned over n1 and n2");
+        reign.drained.insert("n1".to_string());
+        let finished = vec![success(first[0].key, "1")];
+        apply_report(&mut reign, &report("n1", 1, vec![], finished));
+        assert!(assign(&mut reign, "n1").is_empty(), "n1 is drained");
+        // n2 takes its own share and n1's, one slot at a time.
+        let mut on_n2 = Vec::new();
+        for _ in 0..3 {
+            let given = assign(&mut reign, "n2");
+            assert_eq!(given.len(), 1);
+            let results = given.iter().map(|task| success(task.key, "1")).collect();
+            apply_report(&mut reign, &report("n2", 1, vec![], results));
+            on_n2.extend(given.into_iter().map(|task| task.key.index));
+        }
+        on_n2.sort_unstable();
+        assert_eq!(on_n2, vec![1, 2, 3]);
+        assert_eq!(reign.jobs[&1].record.state, JobState::Succeeded);
     }
 
     #[test]

@@ -97,6 +97,18 @@ pub struct PsAnswer {
     /// Replicas kept out of the balancers (not yet healthy, or about to be replaced).
     #[serde(default)]
     pub withheld: Vec<u32>,
+    /// Replicas moving off a drained node, whose old copy still runs there.
+    #[serde(default)]
+    pub handovers: Vec<HandoverView>,
+}
+
+/// A replica moving off a drained node (`bramble drain`), as `ps` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandoverView {
+    pub index: u32,
+    pub from_node: String,
+    pub to_node: String,
+    pub since_unix_ms: u64,
 }
 
 /// `services.logs`: a replica's log on the node that runs it.

@@ -5,7 +5,9 @@
 //! moved on cannot place anything. Nodes' supervisors then start and stop what is placed on
 //! them. While a service has placements behind its current version, each pass also takes
 //! the rolling update a step further (`super::rollout`), for which it asks the nodes how
-//! the service's replicas are doing.
+//! the service's replicas are doing. A drained node (`bramble drain`) is a node placement
+//! moves replicas off, by hand-over: the rollout step ends each hand-over once the new copy
+//! has served for a moment, and only then does the drained node stop its copy.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -34,8 +36,8 @@ const PERIODIC_PASS: Duration = Duration::from_secs(5);
 /// A pass this often while a rolling update is under way.
 const ROLLOUT_PASS: Duration = Duration::from_millis(250);
 
-/// What placement decides from: every spec, every placement, every member (read from the
-/// leader, so a decision never rests on a lagging replica).
+/// What placement decides from: every spec, every placement, every member with its
+/// drained flag (read from the leader, so a decision never rests on a lagging replica).
 pub type PlacementInputs = (
     BTreeMap<String, ServiceSpec>,
     BTreeMap<(String, u32), Assignment>,
@@ -61,6 +63,7 @@ pub async fn placement_inputs(
             current.insert(key, assignment);
         }
     }
+    let drained = bramble_platform::drain::drained(meta).await?;
     let nodes: Vec<Candidate> = membership
         .nodes()
         .await
@@ -68,6 +71,8 @@ pub async fn placement_inputs(
         .map(|node| Candidate {
             alive: node.state == NodeState::Alive,
             suspect: node.state == NodeState::Suspect,
+            drained: drained.contains_key(&node.name),
+            address: Some(node.addr.ip()),
             name: node.name,
             roles: node.roles,
         })
@@ -112,6 +117,7 @@ impl Reconciler {
         let mut shutdown = worker.shutdown();
         let mut lease = HeldLease::new(self.meta.clone(), RECONCILER_LEASE, &self.node, LEASE_TTL);
         let mut watch = self.meta.watch(SPEC_PREFIX);
+        let mut drains = self.meta.watch(bramble_platform::drain::PREFIX);
         let mut next_step = Instant::now();
         let mut next_pass = Instant::now();
         let mut seen_members: Vec<(String, NodeState)> = Vec::new();
@@ -167,6 +173,12 @@ impl Reconciler {
                     }
                     dirty = true;
                 }
+                change = drains.next() => {
+                    if change.is_none() {
+                        return Ok(());
+                    }
+                    dirty = true;
+                }
                 _ = tokio::time::sleep(MEMBERSHIP_POLL.min(next_pass.saturating_duration_since(Instant::now()))) => {}
             }
         }
@@ -178,7 +190,8 @@ impl Reconciler {
         let (specs, mut current, nodes) = placement_inputs(&self.meta, &self.membership)
             .await
             .map_err(|error| format!("reading the services and placements: {error}"))?;
-        let changes = reconcile(&specs, &current, &nodes);
+        let now = bramble_util::time::unix_millis();
+        let changes = reconcile(&specs, &current, &nodes, now);
         let mut operations = Vec::new();
         for key in &changes.remove {
             if !changes.place.contains_key(key) {
@@ -188,7 +201,6 @@ impl Reconciler {
                 current.remove(key);
             }
         }
-        let now = bramble_util::time::unix_millis();
         for ((service, index), assignment) in &changes.place {
             let previous_node = current
                 .get(&(service.clone(), *index))
@@ -197,8 +209,14 @@ impl Reconciler {
             if previous_node.as_ref() != Some(&assignment.node) {
                 // New on its node: out of the balancers until it runs and is healthy.
                 assignment.withheld_since_unix_ms = Some(now);
-                if previous_node.is_some() {
-                    info!(service, index, node = %assignment.node, "moving a replica");
+                match (&previous_node, &assignment.handover) {
+                    (Some(_), Some(handover)) => {
+                        info!(service, index, from = %handover.from_node, node = %assignment.node, "handing a replica over (its old copy serves until the new one is ready)")
+                    }
+                    (Some(_), None) => {
+                        info!(service, index, node = %assignment.node, "moving a replica")
+                    }
+                    (None, _) => {}
                 }
             }
             operations.push(Operation::Put {
@@ -242,7 +260,8 @@ impl Reconciler {
             let behind = assignments.iter().any(|(index, assignment)| {
                 *index < spec.replicas
                     && (assignment.generation != spec.generation
-                        || assignment.withheld_since_unix_ms.is_some())
+                        || assignment.withheld_since_unix_ms.is_some()
+                        || assignment.handover.is_some())
             });
             let open = record.is_some_and(|record| record.state == RolloutState::Running);
             if !behind && !open {

@@ -16,6 +16,10 @@
 //! period (healthy, with a health check), then `delay`. A replica of the new version that
 //! restarts, fails to start or fails its checks fails the update: pause it, carry on, or
 //! roll back to the previous version, as the policy says.
+//!
+//! A replica moving off a drained node (a hand-over, see `super::placement`) takes the same
+//! path into the balancers; once it has served for [`DRAIN_MS`] (requests sent to the old
+//! copy have ended), the hand-over ends here and the drained node stops the old copy.
 
 use std::collections::BTreeMap;
 
@@ -143,6 +147,25 @@ pub fn decide(
             );
         } else {
             // Watch it until it is.
+            decision.active = true;
+        }
+    }
+    // Hand-overs end once the new copy has served for DRAIN_MS: the balancers switched to
+    // it and requests sent to the old copy have finished, so the drained node may stop it.
+    for (index, original) in assignments
+        .iter()
+        .filter(|(index, assignment)| wanted(index) && assignment.handover.is_some())
+    {
+        let assignment = decision.assignments.get(index).unwrap_or(original);
+        if assignment.withheld_since_unix_ms.is_none()
+            && now.saturating_sub(assignment.updated_unix_ms) >= DRAIN_MS
+        {
+            let finished = Assignment {
+                handover: None,
+                ..assignment.clone()
+            };
+            decision.assignments.insert(*index, finished);
+        } else {
             decision.active = true;
         }
     }
@@ -368,6 +391,7 @@ mod tests {
             generation,
             withheld_since_unix_ms: None,
             updated_unix_ms: 0,
+            handover: None,
         }
     }
 
@@ -539,6 +563,39 @@ mod tests {
         assert_eq!(carried_record.failures_let_pass, vec![0]);
         assert_eq!(carried_record.state, RolloutState::Running);
         assert!(carried_on.assignments[&1].withheld_since_unix_ms.is_some());
+    }
+
+    #[test]
+    fn a_hand_over_ends_once_the_new_copy_has_served_for_the_drain_time() {
+        let spec = ServiceSpec::example("web", 1);
+        let mut moving = placed("n3", 1);
+        moving.withheld_since_unix_ms = Some(1_000);
+        moving.handover = Some(Handover {
+            from_node: "n1".into(),
+            from_port: Some(8000),
+            from_generation: 1,
+            since_unix_ms: 1_000,
+        });
+        let mut assignments = BTreeMap::from([(0, moving)]);
+        // The new copy is starting: the old one keeps serving; passes continue.
+        let waiting = decide(&spec, None, &assignments, &[], 1_200);
+        assert!(waiting.active && waiting.assignments.is_empty());
+        // Running: it joins the balancers, the old copy still runs.
+        let running = vec![replica(0, "n3", 1, "running", 1_300)];
+        let joined = decide(&spec, None, &assignments, &running, 1_400);
+        assert_eq!(joined.assignments[&0].withheld_since_unix_ms, None);
+        assert!(joined.assignments[&0].handover.is_some() && joined.active);
+        apply(&mut assignments, &joined);
+        let soon = decide(&spec, None, &assignments, &running, 1_400 + DRAIN_MS - 1);
+        assert!(soon.assignments.is_empty() && soon.active);
+        // Served for the drain time: the hand-over ends (the drained node stops its copy).
+        let ended = decide(&spec, None, &assignments, &running, 1_400 + DRAIN_MS);
+        assert_eq!(ended.assignments[&0].handover, None);
+        apply(&mut assignments, &ended);
+        assert_eq!(
+            decide(&spec, None, &assignments, &running, 10_000),
+            Decision::default()
+        );
     }
 
     #[test]

@@ -380,6 +380,18 @@ impl ServicesService {
             .filter(|(_, assignment)| assignment.withheld_since_unix_ms.is_some())
             .map(|(index, _)| *index)
             .collect();
+        let handovers = placed
+            .iter()
+            .filter_map(|(index, assignment)| {
+                let handover = assignment.handover.as_ref()?;
+                Some(HandoverView {
+                    index: *index,
+                    from_node: handover.from_node.clone(),
+                    to_node: assignment.node.clone(),
+                    since_unix_ms: handover.since_unix_ms,
+                })
+            })
+            .collect();
         // Why a replica has no node: placement is a pure function, so any node can tell
         // (the reconciler may be elsewhere).
         let reasons: BTreeMap<u32, String> = if placed.len() < spec.replicas as usize {
@@ -409,6 +421,7 @@ impl ServicesService {
             unreachable,
             rollout,
             withheld,
+            handovers,
         })
     }
 
@@ -419,12 +432,14 @@ impl ServicesService {
     ) -> Result<BTreeMap<u32, String>, RpcError> {
         let (mut specs, current, nodes) = placement_inputs(&self.meta, &self.membership).await?;
         specs.insert(spec.name.clone(), spec.clone());
-        Ok(reconcile(&specs, &current, &nodes)
-            .unplaced
-            .into_iter()
-            .filter(|(service, _, _)| *service == spec.name)
-            .map(|(_, index, reason)| (index, reason))
-            .collect())
+        Ok(
+            reconcile(&specs, &current, &nodes, bramble_util::time::unix_millis())
+                .unplaced
+                .into_iter()
+                .filter(|(service, _, _)| *service == spec.name)
+                .map(|(_, index, reason)| (index, reason))
+                .collect(),
+        )
     }
 
     async fn list(&self) -> Result<Vec<ServiceSummary>, RpcError> {

@@ -409,6 +409,21 @@ pub struct Assignment {
     /// the balancers.
     #[serde(default)]
     pub updated_unix_ms: u64,
+    /// The replica is moving here off a drained node, whose copy keeps running (and
+    /// serving, while this one is withheld) until this one is ready and has served for a
+    /// moment: make-before-break, where a dead node's replica can only be break-then-make.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handover: Option<Handover>,
+}
+
+/// Where a replica moving off a drained node still runs (see [`Assignment::handover`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Handover {
+    pub from_node: String,
+    pub from_port: Option<u16>,
+    /// The version the old copy runs.
+    pub from_generation: u64,
+    pub since_unix_ms: u64,
 }
 
 /// What a rolling update does when a replica of the new version fails (Swarm's

@@ -4,6 +4,8 @@
 //! unprivileged user unless `root` was asked for), restarts it by the service's policy with
 //! back-off, keeps its output in a rotated log, and stops it — SIGTERM to the group, SIGKILL
 //! after the grace period — when the placement goes away (scaled down, removed, moved).
+//! A replica moving off this node because it is drained keeps running here, on the
+//! version and port it had, until the placement's hand-over ends (the new copy is ready).
 //!
 //! Back-off: 100 ms after the first failure, doubling to at most 30 s, back to 100 ms once a
 //! run lasted a minute. Swarm waits 5 s before every restart and systemd 100 ms (with a
@@ -210,9 +212,23 @@ impl Supervisor {
             let Ok(assignment) = serde_json::from_slice::<Assignment>(&value) else {
                 continue;
             };
-            if assignment.node != self.node {
-                continue;
-            }
+            // Placed here, or moving away by hand-over and still run here meanwhile, as it
+            // was (its version and port).
+            let assignment = if assignment.node == self.node {
+                assignment
+            } else {
+                match assignment.handover {
+                    Some(handover) if handover.from_node == self.node => Assignment {
+                        node: self.node.clone(),
+                        port: handover.from_port,
+                        generation: handover.from_generation,
+                        withheld_since_unix_ms: None,
+                        updated_unix_ms: 0,
+                        handover: None,
+                    },
+                    _ => continue,
+                }
+            };
             if let Some(spec) = specs.get(&service)
                 && index < spec.replicas
             {
