@@ -115,10 +115,18 @@ print(" ".join(map(str, seen)))
 PY
 }
 
-# tree_figures PID -> "ticks rss_kib processes": utime+stime of every process of the tree
-# plus the root's cutime+cstime (children it reaped), and their summed VmRSS.
+# proc_anon_kib PID -> RssAnon: the private memory only, without the program's own code
+# pages mapped from its file (page cache, shared and reclaimable), which dominate the RSS
+# of both a big Rust binary and a Go one.
+proc_anon_kib() {
+    awk '/^RssAnon:/ { print $2; found = 1 } END { if (!found) print 0 }' "/proc/$1/status" 2>/dev/null || echo 0
+}
+
+# tree_figures PID -> "ticks rss_kib:anon_kib processes": utime+stime of every process of
+# the tree plus the root's cutime+cstime (children it reaped), and their summed VmRSS and
+# RssAnon.
 tree_figures() {
-    local total_ticks=0 total_rss=0 count=0 pid stat rest
+    local total_ticks=0 total_rss=0 total_anon=0 count=0 pid stat rest
     for pid in $(tree_pids "$1"); do
         stat="$(cat "/proc/$pid/stat" 2>/dev/null)" || continue
         rest="${stat##*) }"
@@ -129,9 +137,10 @@ tree_figures() {
             total_ticks=$((total_ticks + fields[13] + fields[14]))
         fi
         total_rss=$((total_rss + $(proc_rss_kib "$pid")))
+        total_anon=$((total_anon + $(proc_anon_kib "$pid")))
         count=$((count + 1))
     done
-    echo "$total_ticks $total_rss $count"
+    echo "$total_ticks $total_rss:$total_anon $count"
 }
 
 # set_monitor DIR on|off: writes `enabled` into every node's monitor.toml (the emulator
@@ -538,12 +547,14 @@ samples, scratch, out_path, clk_tck, window, scrape, nodes, ne_version, nd_versi
 clk_tck = int(clk_tck)
 rows = []
 for line in open(samples):
-    label, name, pid, t0, k0, t1, k1, rss, processes, scrapes = line.split()
+    label, name, pid, t0, k0, t1, k1, memory, processes, scrapes = line.split()
+    rss, _, anon = memory.partition(":")
     elapsed = float(t1) - float(t0)
     rows.append({
         "window": label, "program": name, "pid": int(pid), "elapsed_s": elapsed,
         "cpu_percent_one_core": (int(k1) - int(k0)) / clk_tck / elapsed * 100,
-        "rss_kib": int(rss), "processes": int(processes), "scrape_rounds": int(scrapes),
+        "rss_kib": int(rss), "anon_kib": int(anon or 0), "processes": int(processes),
+        "scrape_rounds": int(scrapes),
     })
 
 def summary(window, prefix):
@@ -554,6 +565,7 @@ def summary(window, prefix):
         "programs": len(chosen),
         "rss_kib_mean": sum(r["rss_kib"] for r in chosen) / len(chosen),
         "rss_kib_max": max(r["rss_kib"] for r in chosen),
+        "anon_kib_mean": sum(r["anon_kib"] for r in chosen) / len(chosen),
         "cpu_percent_mean": sum(r["cpu_percent_one_core"] for r in chosen) / len(chosen),
         "cpu_percent_max": max(r["cpu_percent_one_core"] for r in chosen),
         "processes": max(r["processes"] for r in chosen),

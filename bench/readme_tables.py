@@ -634,11 +634,11 @@ def monitoring(data):
         (f"Netdata {_version(data.get('netdata_version'))}, all its processes", "netdata"),
     ]
     window = data.get("window_seconds", 60)
-    out = [f"| program (one {window} s window each) | RSS | CPU, % of one core |", "|---|---|---|"]
+    out = [f"| program (one {window} s window each) | RSS | of which private (RssAnon) | CPU, % of one core |", "|---|---|---|---|"]
     for label, key in rows:
         s = summary.get(key)
         if not s:
-            out.append(f"| {label} | not measured | |")
+            out.append(f"| {label} | not measured | | |")
             continue
         if key.startswith("agent"):
             rss = f"{s['rss_kib_mean']/1024:.1f} MB mean of {s['programs']} (max {s['rss_kib_max']/1024:.1f} MB)"
@@ -646,7 +646,8 @@ def monitoring(data):
         else:
             rss = f"{s['rss_kib_mean']/1024:.1f} MB ({s['processes']} processes)" if s["processes"] > 1 else f"{s['rss_kib_mean']/1024:.1f} MB"
             cpu = f"{s['cpu_percent_mean']:.2f} %"
-        out.append(f"| {label} | {rss} | {cpu} |")
+        anon = f"{s['anon_kib_mean']/1024:.1f} MB" if "anon_kib_mean" in s else "not measured"
+        out.append(f"| {label} | {rss} | {anon} | {cpu} |")
     on, off = summary.get("agent_monitor_on"), summary.get("agent_monitor_off")
     note = ""
     if on and off:
@@ -663,6 +664,12 @@ def monitoring(data):
             verdicts.append(
                 f"against {name} {'**met**' if met else '**not met**'} ({on['rss_kib_mean']/1024:.1f} MB and {on['cpu_percent_mean']:.2f} % against {other['rss_kib_mean']/1024:.1f} MB and {other['cpu_percent_mean']:.2f} %)"
             )
+    private = [(name, summary[key]["anon_kib_mean"]) for key, name in (("agent_monitor_on", "the agent"), ("node_exporter", "node_exporter"), ("netdata", "Netdata")) if summary.get(key) and "anon_kib_mean" in summary[key]]
+    if len(private) == 3:
+        note += (
+            "Most of every program's RSS here is its own code, mapped from its executable (page cache: shared, reclaimable); "
+            "in private memory (RssAnon) " + ", ".join(f"{name} {kib/1024:.1f} MB" for name, kib in private) + ". "
+        )
     out.append("")
     out.append(
         note
