@@ -84,7 +84,8 @@ pub async fn print_under_nodes(client: &ClusterClient) {
     print_unanswered(&answer);
 }
 
-fn line(alert: &Alert, now_ms: u64) -> String {
+/// One alert as a line for people (`bramble alerts`, `bramble nodes`, `bramble top`).
+pub(crate) fn line(alert: &Alert, now_ms: u64) -> String {
     format!(
         "{} {}{}: {} (since {})",
         alert.kind,

@@ -14,6 +14,7 @@ use bramble_util::ShutdownTrigger;
 use serde::Serialize;
 
 use crate::cli::{BenchCommand, BenchCpuArgs, BenchDiskArgs, BenchNetArgs, GlobalOptions};
+use crate::client::ClusterClient;
 use crate::output;
 
 #[derive(Serialize)]
@@ -54,41 +55,16 @@ async fn cpu(global: &GlobalOptions, args: &BenchCpuArgs) -> Result<()> {
         seconds: args.time,
     };
     request.validate().map_err(|error| anyhow!(error))?;
-    let nodes: Vec<String> = if args.nodes.is_empty() {
-        let (_, view): (_, Vec<bramble_cluster::NodeView>) =
-            client.call_any("cluster.nodes", &()).await?;
-        view.into_iter()
-            .filter(|node| node.state == bramble_cluster::NodeState::Alive)
-            .map(|node| node.name)
-            .collect()
-    } else {
-        args.nodes.clone()
-    };
-    // One node at a time: emulated nodes share this machine's cores.
-    let bar = output::progress_bar(nodes.len() as u64, args.output.json);
-    let mut results: Vec<CpuBenchResult> = Vec::new();
-    let mut failures = Vec::new();
-    for node in &nodes {
-        bar.set_message(node.clone());
-        let outcome = async {
-            let address = client.address_of(node).await?;
-            client
-                .call_at::<_, CpuBenchResult>(
-                    address,
-                    bramble_compute::jobs::admin::METHOD_BENCH_CPU,
-                    &request,
-                )
-                .await
-                .with_context(|| format!("bench cpu on {node}"))
-        }
-        .await;
-        match outcome {
-            Ok(result) => results.push(result),
-            Err(error) => failures.push(format!("{error:#}")),
-        }
-        bar.inc(1);
-    }
-    bar.finish_and_clear();
+    let (results, failures) = on_each_node::<_, CpuBenchResult>(
+        &client,
+        client.rpc(),
+        &args.nodes,
+        args.output.json,
+        "bench cpu",
+        bramble_compute::jobs::admin::METHOD_BENCH_CPU,
+        &request,
+    )
+    .await?;
     if args.output.json {
         output::print_json(&results)?;
     } else {
@@ -137,6 +113,51 @@ async fn cpu(global: &GlobalOptions, args: &BenchCpuArgs) -> Result<()> {
     Ok(())
 }
 
+/// Runs `method` on each chosen node (every live node if none is named), one after
+/// another — emulated nodes share this machine's cores and disk — with a progress bar;
+/// the answers, and a message for each node that failed.
+async fn on_each_node<Request: Serialize, Answer: serde::de::DeserializeOwned>(
+    client: &ClusterClient,
+    rpc: &bramble_net::RpcClient,
+    chosen: &[String],
+    json: bool,
+    what: &str,
+    method: &str,
+    request: &Request,
+) -> Result<(Vec<Answer>, Vec<String>)> {
+    let nodes: Vec<String> = if chosen.is_empty() {
+        let (_, view): (_, Vec<bramble_cluster::NodeView>) =
+            client.call_any("cluster.nodes", &()).await?;
+        view.into_iter()
+            .filter(|node| node.state == bramble_cluster::NodeState::Alive)
+            .map(|node| node.name)
+            .collect()
+    } else {
+        chosen.to_vec()
+    };
+    let bar = output::progress_bar(nodes.len() as u64, json);
+    let mut answers = Vec::new();
+    let mut failures = Vec::new();
+    for node in &nodes {
+        bar.set_message(node.clone());
+        let outcome = async {
+            let address = client.address_of(node).await?;
+            rpc.call::<_, Answer>(address, method, request)
+                .await
+                .map_err(crate::client::explain)
+                .with_context(|| format!("{what} on {node}"))
+        }
+        .await;
+        match outcome {
+            Ok(answer) => answers.push(answer),
+            Err(error) => failures.push(format!("{error:#}")),
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok((answers, failures))
+}
+
 /// How long one node's disk test may take: 4 GiB on an SD card at 20 MB/s, both ways.
 const DISK_TEST_DEADLINE: Duration = Duration::from_secs(600);
 
@@ -147,47 +168,21 @@ async fn disk(global: &GlobalOptions, args: &BenchDiskArgs) -> Result<()> {
         size_bytes: args.size,
     };
     request.validate().map_err(|error| anyhow!(error))?;
-    let nodes: Vec<String> = if args.nodes.is_empty() {
-        let (_, view): (_, Vec<bramble_cluster::NodeView>) =
-            client.call_any("cluster.nodes", &()).await?;
-        view.into_iter()
-            .filter(|node| node.state == bramble_cluster::NodeState::Alive)
-            .map(|node| node.name)
-            .collect()
-    } else {
-        args.nodes.clone()
-    };
     // The test takes longer than the CLI's usual deadline.
     let patient = client
         .rpc()
         .clone()
         .with_timeouts(Duration::from_secs(2), DISK_TEST_DEADLINE);
-    // One node at a time: emulated nodes share this machine's disk.
-    let bar = output::progress_bar(nodes.len() as u64, args.output.json);
-    let mut results: Vec<DiskBenchResult> = Vec::new();
-    let mut failures = Vec::new();
-    for node in &nodes {
-        bar.set_message(node.clone());
-        let outcome = async {
-            let address = client.address_of(node).await?;
-            patient
-                .call::<_, DiskBenchResult>(
-                    address,
-                    bramble_compute::jobs::admin::METHOD_BENCH_DISK,
-                    &request,
-                )
-                .await
-                .map_err(crate::client::explain)
-                .with_context(|| format!("bench disk on {node}"))
-        }
-        .await;
-        match outcome {
-            Ok(result) => results.push(result),
-            Err(error) => failures.push(format!("{error:#}")),
-        }
-        bar.inc(1);
-    }
-    bar.finish_and_clear();
+    let (results, failures) = on_each_node::<_, DiskBenchResult>(
+        &client,
+        &patient,
+        &args.nodes,
+        args.output.json,
+        "bench disk",
+        bramble_compute::jobs::admin::METHOD_BENCH_DISK,
+        &request,
+    )
+    .await?;
     if args.output.json {
         output::print_json(&results)?;
     } else {

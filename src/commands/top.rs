@@ -18,7 +18,6 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow};
 use bramble_cluster::{NodeState, NodeView};
-use bramble_monitor::alerts::Alert;
 use bramble_monitor::live::{Health, Live, LiveNode, LiveSnapshot};
 use bramble_monitor::sample::{THROTTLE_CONDITIONS, throttle_flags};
 use bramble_monitor::service::{AlertScope, AlertsResponse, METHOD_ALERTS};
@@ -243,7 +242,10 @@ async fn print_once(client: &Arc<ClusterClient>, args: &TopArgs) -> Result<()> {
         Ok(alerts) => {
             println!("Alerts ({}):", alerts.alerts.len());
             for alert in &alerts.alerts {
-                println!("  {}", alert_line(alert));
+                println!(
+                    "  {}",
+                    crate::commands::alerts::line(alert, bramble_util::time::unix_millis())
+                );
             }
         }
         Err(error) => println!("Alerts: unavailable ({error:#})"),
@@ -430,21 +432,6 @@ fn summary(snapshot: &LiveSnapshot) -> String {
         .filter(|node| node.health() != Health::Down)
         .count();
     format!("{up} of {} nodes up", snapshot.nodes.len())
-}
-
-fn alert_line(alert: &Alert) -> String {
-    format!(
-        "{} {}{}: {} (since {})",
-        alert.kind,
-        alert.node,
-        if alert.subject.is_empty() {
-            String::new()
-        } else {
-            format!(" {}", alert.subject)
-        },
-        alert.message,
-        output::age(alert.since_unix_ms)
-    )
 }
 
 /// `HH:MM:SS` in UTC.
@@ -858,7 +845,10 @@ fn draw_alerts(frame: &mut Frame, area: Rect, screen: &Screen) {
                 } else {
                     Color::Yellow
                 };
-                lines.push(Line::styled(alert_line(alert), Style::default().fg(colour)));
+                lines.push(Line::styled(
+                    crate::commands::alerts::line(alert, bramble_util::time::unix_millis()),
+                    Style::default().fg(colour),
+                ));
             }
             for missing in &answer.unanswered {
                 lines.push(Line::styled(
