@@ -22,6 +22,7 @@ use bramble_net::{
 };
 use bramble_platform::bench_service::{self, BenchService};
 use bramble_platform::service::AgentService;
+use bramble_platform::upgrade::{self, Launch, RestartRequest, UpgradeService};
 use bramble_platform::{Context, Subsystem, SubsystemFigures, Subsystems};
 use bramble_util::files::{self, Visibility};
 use bramble_util::{ShutdownTrigger, Workers};
@@ -48,6 +49,51 @@ const SUBSYSTEMS: &[Subsystem] = &[
 ];
 /// How long the agent waits for its workers to end after the shutdown signal.
 const WORKERS_DEADLINE: Duration = Duration::from_secs(5);
+/// This process's executable: the magic link still opens the file the process runs after
+/// a package upgrade or a rebuild replaced or deleted it under its name.
+const OWN_EXECUTABLE: &str = "/proc/self/exe";
+
+/// At the start of `bramble agent`, before anything else runs: if `bramble upgrade`
+/// installed another build on this node, becomes it (same pid, same arguments; see
+/// `bramble_platform::upgrade`). Returns only to run on as this build.
+pub fn launch_installed_build(data_dir: &Path) {
+    match upgrade::launch_target(data_dir, Path::new(OWN_EXECUTABLE)) {
+        Launch::Continue => {}
+        Launch::Abandoned { hash, launches } => warn!(
+            build = %&hash[..16.min(hash.len())],
+            launches,
+            "abandoned the installed build: it never reported healthy; running the packaged build"
+        ),
+        Launch::Become(path) => {
+            info!(path = %path.display(), "starting the installed build");
+            let error = become_build(&path);
+            warn!(%error, path = %path.display(), "could not start the installed build; running this one");
+        }
+    }
+}
+
+/// Replaces this process with `path`, keeping the arguments; returns only on failure.
+fn become_build(path: &Path) -> std::io::Error {
+    use std::os::unix::process::CommandExt as _;
+    let mut arguments = std::env::args_os();
+    let _program = arguments.next();
+    std::process::Command::new(path).args(arguments).exec()
+}
+
+/// Hashes this process's executable and announces the hash in gossip, so `bramble nodes`
+/// and `bramble upgrade` can tell which build each node runs. In the background: on a Pi
+/// Zero the file takes a second to read.
+fn announce_build(membership: Arc<bramble_cluster::Membership>) {
+    tokio::spawn(async move {
+        let hash =
+            tokio::task::spawn_blocking(|| upgrade::hash_file(Path::new(OWN_EXECUTABLE))).await;
+        match hash {
+            Ok(Ok(hash)) => membership.announce_build(&hash[..16]).await,
+            Ok(Err(error)) => warn!(%error, "could not hash this agent's executable"),
+            Err(error) => warn!(%error, "hashing this agent's executable failed"),
+        }
+    });
+}
 
 pub async fn run(data_dir: &Path) -> Result<()> {
     let data_dir = if data_dir.is_absolute() {
@@ -98,6 +144,7 @@ pub async fn run(data_dir: &Path) -> Result<()> {
     )?;
 
     let leave_requested = Arc::new(Notify::new());
+    let restart = Arc::new(RestartRequest::default());
     let mut router = Router::new();
     router.register(
         "cluster",
@@ -124,6 +171,14 @@ pub async fn run(data_dir: &Path) -> Result<()> {
         bench_service::SERVICE,
         Arc::new(BenchService::new(context.mux.clone(), membership.clone())),
     );
+    streams.register(
+        upgrade::SERVICE,
+        Arc::new(UpgradeService::new(
+            &data_dir,
+            Path::new(OWN_EXECUTABLE).to_path_buf(),
+            restart.clone(),
+        )),
+    );
     subsystems.register_stream_services(&mut streams);
     streams.serve_unary_from(router.clone());
     let server = tokio::spawn(serve_with_streams(
@@ -140,16 +195,25 @@ pub async fn run(data_dir: &Path) -> Result<()> {
         cluster = %node.config.cluster_id,
         address = %node.config.advertise,
         version = bramble_cluster::VERSION,
+        protocol = bramble_cluster::protocol::PROTOCOL,
         "agent running"
     );
+    // Every layer started: an installed build has proven itself.
+    upgrade::confirm(&data_dir, Path::new(OWN_EXECUTABLE));
+    announce_build(membership.clone());
 
     let mut terminate =
         signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut restart_into = None;
     let reason = tokio::select! {
         _ = terminate.recv() => "SIGTERM",
         _ = interrupt.recv() => "SIGINT",
         _ = leave_requested.notified() => "a graceful leave",
+        target = restart.requested() => {
+            restart_into = Some(target);
+            "an upgrade"
+        }
     };
     info!("stopping after {reason}");
     // Give the leave's RPC reply a moment to reach the caller before connections close.
@@ -162,6 +226,16 @@ pub async fn run(data_dir: &Path) -> Result<()> {
         warn!("some workers were still running at exit");
     }
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    if let Some(target) = restart_into {
+        // The pid file stays: the same process goes on as the new build.
+        info!(path = %target.display(), "agent stopped; restarting as the installed build");
+        let error = become_build(&target);
+        let _ = std::fs::remove_file(&pid_file);
+        return Err(anyhow!(
+            "could not start the installed build {}: {error}",
+            target.display()
+        ));
+    }
     let _ = std::fs::remove_file(&pid_file);
     info!("agent stopped");
     Ok(())

@@ -251,6 +251,17 @@ pub enum Command {
         after_help = "Examples:\n  bramble reboot --rolling\n  bramble reboot --rolling --nodes n4,n5 --timeout 15m\n  bramble reboot --rolling --role lb --json\n\nOn real boards the reboot is `systemctl reboot` as root through bramble exec: each node\nmust allow exec as root (`enabled = true` and `allow_root = true` in its exec.toml)."
     )]
     Reboot(RebootArgs),
+    /// Move every node onto a new build of bramble, one (or --serial N) at a time: the
+    /// executable is copied to each node over the cluster's own streams and checked by
+    /// hash, then each agent is drained, restarted as the new build, and healthy again
+    /// before the next.
+    #[command(
+        after_help = "Examples:\n  bramble upgrade --binary ./target/release/bramble\n  bramble upgrade --binary bramble-aarch64 --binary bramble-armv7 --serial 2\n  bramble upgrade --binary ./bramble --nodes n1,n2 --json\n\nA node keeps the new build in <data>/upgrade/ and runs it from then on, also after a\nreboot; a build that never starts healthy three times running is abandoned for the\npackaged one. A build whose wire protocol the running nodes do not speak is refused\nbefore any agent stops (`bramble version` shows a build's protocol)."
+    )]
+    Upgrade(UpgradeArgs),
+    /// This build's version, wire protocol and architecture.
+    #[command(after_help = "Examples:\n  bramble version\n  bramble version --json")]
+    Version(JsonFlag),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -1478,7 +1489,7 @@ pub struct UndrainArgs {
 }
 
 /// Which nodes a rolling chore goes over, how many at a time, and when it stops.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct RollingOptions {
     /// Nodes worked on at a time.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
@@ -1518,6 +1529,16 @@ pub struct RollingArgs {
     /// The program and its arguments (a shell line: sh -c '...').
     #[arg(last = true, required = true, value_name = "COMMAND")]
     pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct UpgradeArgs {
+    /// The new executable; give one per architecture for a cluster of mixed boards (each
+    /// node gets the one built for it).
+    #[arg(long = "binary", value_name = "PATH", required = true)]
+    pub binaries: Vec<std::path::PathBuf>,
+    #[command(flatten)]
+    pub options: RollingOptions,
 }
 
 #[derive(Debug, Args)]

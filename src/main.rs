@@ -113,6 +113,8 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Command::Undrain(args) => commands::drain::undrain(global, args).await,
         Command::Rolling(args) => commands::rolling::rolling(global, args).await,
         Command::Reboot(args) => commands::rolling::reboot(global, args).await,
+        Command::Upgrade(args) => commands::upgrade::upgrade(global, args).await,
+        Command::Version(args) => commands::upgrade::version(args),
     }
 }
 
@@ -141,6 +143,7 @@ fn main() -> ExitCode {
     }
     let control_plane = matches!(cli.command, Command::Agent);
     if control_plane {
+        agent::launch_installed_build(&client::data_dir(&cli.global));
         bramble_util::scheduling::raise_control_plane_priority();
     }
     let result =

@@ -18,5 +18,6 @@ pub mod rolling;
 pub mod s3;
 pub mod service;
 pub mod top;
+pub mod upgrade;
 pub mod volume;
 pub mod workers;

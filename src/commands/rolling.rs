@@ -43,13 +43,16 @@ const STEPS: u64 = 4;
 
 /// What is done to each node.
 #[derive(Debug, Clone)]
-enum Chore {
+pub(super) enum Chore {
     /// A command through `exec.run`.
     Command(ExecRequest),
     /// Emulated nodes: stop the agent (SIGTERM) and start it again from its data directory.
     RestartAgent(BTreeMap<String, PathBuf>),
     /// Real nodes: `systemctl reboot` as root through `exec.run`.
     Reboot(ExecRequest),
+    /// `bramble upgrade`: the node's agent restarts as the build it has staged, by node
+    /// name its BLAKE3 hash (`super::upgrade`).
+    Upgrade(BTreeMap<String, String>),
 }
 
 impl Chore {
@@ -58,6 +61,7 @@ impl Chore {
             Chore::Command(request) => request.command.join(" "),
             Chore::RestartAgent(_) => "reboot (a restart of the emulated node's agent)".into(),
             Chore::Reboot(_) => "reboot".into(),
+            Chore::Upgrade(_) => "upgrade".into(),
         }
     }
 
@@ -156,7 +160,7 @@ pub async fn reboot(global: &GlobalOptions, args: &RebootArgs) -> Result<()> {
 }
 
 /// The nodes the options choose, in the order they are worked on.
-fn choose(options: &RollingOptions, view: &[NodeView]) -> Result<Vec<NodeView>> {
+pub(super) fn choose(options: &RollingOptions, view: &[NodeView]) -> Result<Vec<NodeView>> {
     if !options.nodes.is_empty() {
         let mut seen = BTreeSet::new();
         let mut chosen = Vec::new();
@@ -224,6 +228,8 @@ async fn preflight(client: &ClusterClient, chosen: &[NodeView], chore: &Chore) -
             }
             return Ok(());
         }
+        // Staged before the rolling part starts (`super::upgrade`), by admin calls.
+        Chore::Upgrade(_) => return Ok(()),
     };
     let mut refusing = Vec::new();
     for node in chosen {
@@ -480,6 +486,13 @@ async fn run_command(
 ) -> Result<bool> {
     let request = match chore {
         Chore::Command(request) | Chore::Reboot(request) => request,
+        Chore::Upgrade(builds) => {
+            let hash = builds
+                .get(&node.name)
+                .ok_or_else(|| anyhow!("no build was staged for {}", node.name))?;
+            super::upgrade::install(client, node, hash).await?;
+            return Ok(false);
+        }
         Chore::RestartAgent(directories) => {
             let directory = directories
                 .get(&node.name)
@@ -632,6 +645,14 @@ async fn one_node(
         };
         return report.fail("back", error);
     }
+    if let Chore::Upgrade(builds) = &chore
+        && let Some(hash) = builds.get(&name)
+        && let Err(error) =
+            super::upgrade::wait_for_build(&client, &node, hash, step_timeout).await
+    {
+        report.left_drained = true;
+        return report.fail("back", format!("{error:#}"));
+    }
     report.back_seconds = Some(step.elapsed().as_secs_f64());
     bar.inc(1);
     if was_drained {
@@ -662,7 +683,11 @@ async fn current_generation(client: &ClusterClient, node: &NodeView, others: &[N
     node.generation
 }
 
-async fn run(global: &GlobalOptions, options: &RollingOptions, chore: Chore) -> Result<()> {
+pub(super) async fn run(
+    global: &GlobalOptions,
+    options: &RollingOptions,
+    chore: Chore,
+) -> Result<()> {
     let step_timeout = super::drain::parse_timeout(&options.timeout)?;
     let client = Arc::new(crate::target::resolve(global)?);
     let (_, view): (_, Vec<NodeView>) = client.call_any("cluster.nodes", &()).await?;

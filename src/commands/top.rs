@@ -896,6 +896,10 @@ mod tests {
                 state,
                 roles: vec![],
                 version: "0.1.0".into(),
+                protocol: 1,
+                oldest_compatible_protocol: 1,
+                architecture: "x86_64".into(),
+                build: String::new(),
                 generation: 1,
                 load: Some(LoadSummary {
                     load1: 0.25,

@@ -10,6 +10,7 @@
 //! - [`membership`]: the node table everyone can ask for (`bramble nodes`).
 //! - [`service`]: the `cluster.*` RPC methods an agent serves.
 //! - [`settings`]: the gossip and failure-detection settings.
+//! - [`protocol`]: the wire protocol numbers that say which builds can share a cluster.
 
 pub mod gossip;
 pub mod join;
@@ -17,6 +18,7 @@ pub mod load;
 pub mod membership;
 pub mod node_dir;
 pub mod pki;
+pub mod protocol;
 pub mod service;
 pub mod settings;
 pub mod token;

@@ -30,6 +30,7 @@ use tracing::{info, warn};
 
 use crate::gossip::{GossipCounters, SealedUdpTransport};
 use crate::load::LoadSummary;
+use crate::protocol::Speaks;
 use crate::node_dir::{KnownPeers, NodeDir};
 use crate::settings::MembershipSettings;
 use crate::{ClusterError, Result};
@@ -39,6 +40,11 @@ const KEY_ROLES: &str = "roles";
 const KEY_VERSION: &str = "version";
 const KEY_STATE: &str = "state";
 const KEY_LOAD: &str = "load";
+/// `<protocol>/<oldest compatible protocol>` (see [`crate::protocol`]).
+const KEY_PROTOCOL: &str = "protocol";
+const KEY_ARCHITECTURE: &str = "arch";
+/// The first 16 hex digits of the BLAKE3 hash of the agent's executable, once computed.
+const KEY_BUILD: &str = "build";
 
 /// How often the load summary is refreshed in gossip.
 const LOAD_INTERVAL: Duration = Duration::from_secs(5);
@@ -77,6 +83,18 @@ pub struct NodeView {
     pub state: NodeState,
     pub roles: Vec<String>,
     pub version: String,
+    /// The wire protocol it speaks, and the oldest it still speaks (0: a build from before
+    /// protocol numbers).
+    #[serde(default)]
+    pub protocol: u32,
+    #[serde(default)]
+    pub oldest_compatible_protocol: u32,
+    /// Its build's architecture (`x86_64`, `aarch64`, `arm`).
+    #[serde(default)]
+    pub architecture: String,
+    /// The first 16 hex digits of its executable's BLAKE3 hash (empty until known).
+    #[serde(default)]
+    pub build: String,
     /// Distinguishes restarts of the same node; grows with each start.
     pub generation: u64,
     pub load: Option<LoadSummary>,
@@ -95,6 +113,16 @@ pub struct Membership {
     leaving: AtomicBool,
     pub counters: Arc<GossipCounters>,
     peers_file: PathBuf,
+}
+
+/// Reads `<protocol>/<oldest compatible>`; a malformed value is not trusted.
+fn parse_protocol(text: &str) -> Option<Speaks> {
+    let (protocol, oldest) = text.split_once('/')?;
+    let speaks = Speaks {
+        protocol: protocol.parse().ok()?,
+        oldest_compatible: oldest.parse().ok()?,
+    };
+    (speaks.oldest_compatible <= speaks.protocol).then_some(speaks)
 }
 
 /// Returns a generation that is larger than the last one this data directory used, even if
@@ -148,6 +176,18 @@ impl Membership {
             (KEY_RPC.to_string(), config.advertise.to_string()),
             (KEY_ROLES.to_string(), config.roles.join(",")),
             (KEY_VERSION.to_string(), crate::VERSION.to_string()),
+            (
+                KEY_PROTOCOL.to_string(),
+                format!(
+                    "{}/{}",
+                    crate::protocol::PROTOCOL,
+                    crate::protocol::OLDEST_COMPATIBLE_PROTOCOL
+                ),
+            ),
+            (
+                KEY_ARCHITECTURE.to_string(),
+                std::env::consts::ARCH.to_string(),
+            ),
             (KEY_STATE.to_string(), "alive".to_string()),
             (
                 KEY_LOAD.to_string(),
@@ -209,6 +249,16 @@ impl Membership {
 
     pub fn self_name(&self) -> &str {
         &self.self_id.node_id
+    }
+
+    /// Announces this agent's build hash (computed after start: hashing the executable takes
+    /// a moment on a small board).
+    pub async fn announce_build(&self, build: &str) {
+        self.chitchat
+            .lock()
+            .await
+            .self_node_state()
+            .set(KEY_BUILD, build.to_string());
     }
 
     /// Samples heartbeats each round so `suspect` can be told from `alive`.
@@ -329,6 +379,10 @@ impl Membership {
                 .get(KEY_RPC)
                 .and_then(|text| text.parse().ok())
                 .unwrap_or(id.gossip_advertise_addr);
+            let speaks = node_state
+                .get(KEY_PROTOCOL)
+                .and_then(parse_protocol)
+                .unwrap_or_else(Speaks::unannounced);
             let view = NodeView {
                 name: id.node_id.to_string(),
                 addr,
@@ -341,6 +395,13 @@ impl Membership {
                     .map(str::to_string)
                     .collect(),
                 version: node_state.get(KEY_VERSION).unwrap_or("unknown").to_string(),
+                protocol: speaks.protocol,
+                oldest_compatible_protocol: speaks.oldest_compatible,
+                architecture: node_state
+                    .get(KEY_ARCHITECTURE)
+                    .unwrap_or_default()
+                    .to_string(),
+                build: node_state.get(KEY_BUILD).unwrap_or_default().to_string(),
                 generation: id.generation_id,
                 load: node_state
                     .get(KEY_LOAD)

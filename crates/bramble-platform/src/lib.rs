@@ -9,11 +9,14 @@
 //!   their `drain.*` RPC and the readers the balancer, services and jobs use.
 //! - [`bench_service`]: the `bench.*` bulk streams every agent serves over the mux
 //!   (`bench.sink`, `bench.source`, `bench.push`), for measuring the network between nodes.
+//! - [`upgrade`]: `upgrade.*`, how an agent receives a new build of itself and restarts
+//!   into it (`bramble upgrade`), and the launcher that runs the installed build.
 
 pub mod bench_service;
 pub mod drain;
 pub mod lease_holder;
 pub mod service;
 pub mod subsystem;
+pub mod upgrade;
 
 pub use subsystem::{Alarm, Context, Running, Subsystem, SubsystemFigures, Subsystems};
