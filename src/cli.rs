@@ -498,21 +498,42 @@ pub enum S3Command {
     /// S3 access keys.
     #[command(subcommand)]
     Key(S3KeyCommand),
+    /// Abort multipart uploads started longer ago than --older-than, freeing their parts
+    /// (every node's reaper does this by itself after `s3_stale_upload_hours`, 24 h).
+    #[command(
+        after_help = "Examples:\n  bramble s3 cleanup-uploads --older-than 1d\n  bramble s3 cleanup-uploads --older-than 2h --bucket photos --json"
+    )]
+    CleanupUploads {
+        /// 30s, 10m, 2h, 1d (0s: every upload in progress).
+        #[arg(long, value_name = "T")]
+        older_than: String,
+        /// Only these buckets; repeat or separate with commas.
+        #[arg(long = "bucket", value_name = "BUCKET", value_delimiter = ',')]
+        buckets: Vec<String>,
+        #[command(flatten)]
+        output: JsonFlag,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum S3KeyCommand {
     /// Make a key; its secret is printed once and never again.
     #[command(
-        after_help = "Examples:\n  bramble s3 key create backup\n  bramble s3 key create backup --json"
+        after_help = "Examples:\n  bramble s3 key create backup\n  bramble s3 key create photos-app --bucket photos\n  bramble s3 key create reader --bucket vol0,photos --read-only --json\n\nWithout --bucket the key reaches every bucket, including ones made later."
     )]
     Create {
         /// A name for people (lowercase letters, digits, '-').
         name: String,
+        /// Only these buckets (volumes); repeat or separate with commas.
+        #[arg(long = "bucket", value_name = "BUCKET", value_delimiter = ',')]
+        buckets: Vec<String>,
+        /// Only reading: Get, Head and List requests.
+        #[arg(long)]
+        read_only: bool,
         #[command(flatten)]
         output: JsonFlag,
     },
-    /// List keys (names, access key ids, creation times; never secrets).
+    /// List keys (names, access key ids, scopes, creation times; never secrets).
     #[command(after_help = "Example:\n  bramble s3 key ls --json")]
     Ls(JsonFlag),
     /// Remove a key by name or access key id; requests signed with it fail at once.

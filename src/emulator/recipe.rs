@@ -125,6 +125,7 @@ pub fn prepare_store_node(node_dir: &Path) -> Result<SocketAddr> {
         &path,
         &bramble_store::s3::StoreSettings {
             s3_listen: Some(listen),
+            ..Default::default()
         },
         Visibility::Public,
     )?;

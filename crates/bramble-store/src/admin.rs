@@ -36,6 +36,20 @@ pub const METHOD_SCRUB_HERE: &str = "store.scrub_here";
 pub const METHOD_S3_KEY_CREATE: &str = "store.s3_key_create";
 pub const METHOD_S3_KEY_LIST: &str = "store.s3_key_list";
 pub const METHOD_S3_KEY_REMOVE: &str = "store.s3_key_remove";
+/// A key with a scope (`S3KeyRequest` → `ScopedS3Key`).
+pub const METHOD_S3_KEY_MAKE: &str = "store.s3_key_make";
+/// Every key with its scope (→ `Vec<S3KeyDescription>`).
+pub const METHOD_S3_KEYS: &str = "store.s3_keys";
+/// Aborts multipart uploads older than a limit (`CleanupUploads` → aborted count, `u64`).
+pub const METHOD_S3_CLEANUP_UPLOADS: &str = "store.s3_cleanup_uploads";
+
+/// `store.s3_cleanup_uploads`'s request: uploads started more than this long ago, in these
+/// volumes (none named: every volume).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CleanupUploads {
+    pub older_than_seconds: u64,
+    pub volumes: Vec<String>,
+}
 pub const METHOD_VOLUME_CHANGE_BRICKS: &str = "store.volume_change_bricks";
 pub const METHOD_VOLUME_REPLACE_BRICK: &str = "store.volume_replace_brick";
 pub const METHOD_FS_STAT: &str = "store.fs_stat";

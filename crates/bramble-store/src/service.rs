@@ -109,6 +109,27 @@ impl Handler for StoreService {
                 encode(&storage.create_s3_key(&name).await?)
             }
             "s3_key_list" => encode(&storage.list_s3_keys().await?),
+            "s3_key_make" => {
+                let key: crate::s3::keys::S3KeyRequest = request.decode()?;
+                encode(&storage.make_s3_key(&key).await?)
+            }
+            "s3_keys" => encode(&storage.describe_s3_keys().await?),
+            "s3_cleanup_uploads" => {
+                let cleanup: crate::admin::CleanupUploads = request.decode()?;
+                if cleanup.volumes.len() > 1024 {
+                    return Err(RpcError::bad_request("name at most 1024 volumes"));
+                }
+                let front = crate::s3::objects::BrambleS3 {
+                    storage: storage.clone(),
+                };
+                let aborted = front
+                    .reap_stale_uploads(
+                        std::time::Duration::from_secs(cleanup.older_than_seconds),
+                        &cleanup.volumes,
+                    )
+                    .await?;
+                encode(&(aborted as u64))
+            }
             "s3_key_remove" => {
                 let name: String = request.decode()?;
                 encode(&storage.remove_s3_key(&name).await?)

@@ -1,7 +1,10 @@
 //! The S3-compatible endpoint every node can serve (`s3s` does the protocol: SigV4 and
 //! presigned URLs, chunked bodies with checksum trailers, XML; we implement its `S3`
 //! trait over volumes in [`objects`]). Keys come from `bramble s3 key create`
-//! ([`keys`]); anonymous requests are refused. The endpoint is on when the node's
+//! ([`keys`]); anonymous requests are refused, and a scoped key reaches only its buckets,
+//! and only to read if it is read-only ([`KeyAccess`]). Multipart uploads left unfinished
+//! longer than `s3_stale_upload_hours` are aborted by one node at a time (the reaper,
+//! under a platform lease). The endpoint is on when the node's
 //! `<data-dir>/store.toml` names an address (`s3_listen = "0.0.0.0:3900"`; `bramble up`
 //! gives each emulated node one on loopback). Path-style addressing
 //! (`http://host:port/bucket/key`), which aws-cli, boto3, s3cmd and rclone use with a
@@ -14,6 +17,7 @@ pub mod objects;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bramble_util::files;
 use bramble_util::{Restart, Workers};
@@ -22,12 +26,38 @@ use serde::{Deserialize, Serialize};
 use crate::node::Storage;
 
 /// `<data-dir>/store.toml`: this node's storage settings.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreSettings {
     /// Where the S3 endpoint listens; `None`: off.
     pub s3_listen: Option<SocketAddr>,
+    /// Multipart uploads started longer ago than this are aborted and their parts freed
+    /// (MinIO's default is 24 h; AWS keeps them until a lifecycle rule says otherwise).
+    #[serde(default = "default_stale_upload_hours")]
+    pub s3_stale_upload_hours: u32,
 }
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        StoreSettings {
+            s3_listen: None,
+            s3_stale_upload_hours: default_stale_upload_hours(),
+        }
+    }
+}
+
+fn default_stale_upload_hours() -> u32 {
+    24
+}
+
+/// Longest `s3_stale_upload_hours` accepted: a year.
+const MAX_STALE_UPLOAD_HOURS: u32 = 24 * 366;
+/// How often the reaper looks for stale uploads, and how long after start it first does.
+const REAP_EVERY: Duration = Duration::from_secs(600);
+const FIRST_REAP_AFTER: Duration = Duration::from_secs(60);
+/// The reaper's lease: one node reaps at a time.
+const REAPER_LEASE: &str = "store/upload-reaper";
+const REAPER_LEASE_TTL: Duration = Duration::from_secs(30);
 
 impl StoreSettings {
     pub fn load(data_dir: &Path) -> Result<StoreSettings, files::FileError> {
@@ -35,7 +65,19 @@ impl StoreSettings {
         if !path.exists() {
             return Ok(StoreSettings::default());
         }
-        files::read_toml(&path)
+        let settings: StoreSettings = files::read_toml(&path)?;
+        if settings.s3_stale_upload_hours == 0
+            || settings.s3_stale_upload_hours > MAX_STALE_UPLOAD_HOURS
+        {
+            return Err(files::FileError::BadToml {
+                path,
+                message: format!(
+                    "s3_stale_upload_hours must be 1 to {MAX_STALE_UPLOAD_HOURS}, not {}",
+                    settings.s3_stale_upload_hours
+                ),
+            });
+        }
+        Ok(settings)
     }
 }
 
@@ -52,6 +94,118 @@ impl s3s::auth::S3Auth for KeyStore {
             Err(error) => Err(s3s::s3_error!(ServiceUnavailable, "{}", error.message)),
         }
     }
+}
+
+/// Lets a request through only if its key may reach the bucket it names, and, for a
+/// read-only key, only to read. CopyObject's source bucket is checked too
+/// ([`s3s::access::S3Access::copy_object`]); ListBuckets lists only the key's buckets.
+struct KeyAccess {
+    storage: Arc<Storage>,
+}
+
+impl KeyAccess {
+    async fn scope_of(&self, access_key: &str) -> s3s::S3Result<keys::KeyScope> {
+        match self.storage.s3_key(access_key).await {
+            Ok(Some((_, scope))) => Ok(scope),
+            Ok(None) => Err(s3s::s3_error!(InvalidAccessKeyId)),
+            Err(error) => Err(s3s::s3_error!(ServiceUnavailable, "{}", error.message)),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl s3s::access::S3Access for KeyAccess {
+    async fn check(&self, context: &mut s3s::access::S3AccessContext<'_>) -> s3s::S3Result<()> {
+        let Some(credentials) = context.credentials() else {
+            return Err(s3s::s3_error!(AccessDenied, "Signature is required"));
+        };
+        let scope = self.scope_of(&credentials.access_key).await?;
+        let operation = context.s3_op().name();
+        if scope.read_only && !keys::is_read_operation(operation) {
+            return Err(s3s::s3_error!(
+                AccessDenied,
+                "this key is read-only and may not call {operation}"
+            ));
+        }
+        let bucket = match context.s3_path() {
+            s3s::path::S3Path::Root => return Ok(()),
+            s3s::path::S3Path::Bucket { bucket } | s3s::path::S3Path::Object { bucket, .. } => {
+                bucket
+            }
+        };
+        if !scope.allows_bucket(bucket) {
+            return Err(s3s::s3_error!(
+                AccessDenied,
+                "this key may not use bucket {bucket}"
+            ));
+        }
+        Ok(())
+    }
+
+    async fn copy_object(
+        &self,
+        request: &mut s3s::S3Request<s3s::dto::CopyObjectInput>,
+    ) -> s3s::S3Result<()> {
+        let Some(credentials) = &request.credentials else {
+            return Err(s3s::s3_error!(AccessDenied, "Signature is required"));
+        };
+        let scope = self.scope_of(&credentials.access_key).await?;
+        if let s3s::dto::CopySource::Bucket { bucket, .. } = &request.input.copy_source
+            && !scope.allows_bucket(bucket)
+        {
+            return Err(s3s::s3_error!(
+                AccessDenied,
+                "this key may not read bucket {bucket}"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Starts the stale-upload reaper (worker `store-upload-reaper`): every ten minutes, the
+/// node holding the reaper's lease aborts the uploads started longer ago than the limit.
+fn start_reaper(storage: &Arc<Storage>, settings: &StoreSettings, workers: &Workers) {
+    let storage = storage.clone();
+    let older_than = Duration::from_secs(u64::from(settings.s3_stale_upload_hours) * 3600);
+    workers.spawn("store-upload-reaper", Restart::OnFailure, move |worker| {
+        let storage = storage.clone();
+        async move {
+            let mut shutdown = worker.shutdown();
+            let mut lease = bramble_platform::lease_holder::HeldLease::new(
+                storage.meta.clone(),
+                REAPER_LEASE,
+                storage.node_name(),
+                REAPER_LEASE_TTL,
+            );
+            let front = objects::BrambleS3 {
+                storage: storage.clone(),
+            };
+            let mut wait = FIRST_REAP_AFTER;
+            loop {
+                worker.set_state(bramble_util::WorkerState::Idle);
+                tokio::select! {
+                    _ = shutdown.wait() => return Ok(()),
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                wait = REAP_EVERY;
+                if lease.step().await.is_none() {
+                    worker.set_progress("another node reaps");
+                    continue;
+                }
+                worker.set_state(bramble_util::WorkerState::Busy);
+                let reaped = front.reap_stale_uploads(older_than, &[]).await;
+                lease.release().await;
+                match reaped {
+                    Ok(count) => {
+                        worker.set_progress(format!("aborted {count} stale uploads last round"))
+                    }
+                    Err(error) => {
+                        worker.report_error(&format!("reaping stale uploads: {}", error.message))
+                    }
+                }
+            }
+        }
+    });
 }
 
 /// Starts the endpoint (worker `store-s3`) if the settings name an address.
@@ -72,6 +226,10 @@ pub async fn start(
     builder.set_auth(KeyStore {
         storage: storage.clone(),
     });
+    builder.set_access(KeyAccess {
+        storage: storage.clone(),
+    });
+    start_reaper(storage, settings, workers);
     let service = builder.build();
     let listener = Arc::new(std::sync::Mutex::new(Some(listener)));
     tracing::info!(%address, "S3 endpoint listening");

@@ -279,6 +279,20 @@ impl BrambleS3 {
     }
 
     async fn upload(&self, spec: &VolumeSpec, upload_id: &str) -> S3Result<UploadRecord> {
+        self.upload_and_version(spec, upload_id)
+            .await
+            .map(|(record, _)| record)
+    }
+
+    /// An upload's record and its catalog version, which an abort or a completion makes
+    /// a condition of its change: the one that comes second finds the record gone and
+    /// leaves the blocks alone (an abort racing a completion must never discard the
+    /// blocks the new object now refers to).
+    async fn upload_and_version(
+        &self,
+        spec: &VolumeSpec,
+        upload_id: &str,
+    ) -> S3Result<(UploadRecord, u64)> {
         if upload_id.len() != 32 || !upload_id.chars().all(|c| c.is_ascii_hexdigit()) {
             return Err(s3_error!(NoSuchUpload));
         }
@@ -293,8 +307,9 @@ impl BrambleS3 {
             .await
             .map_err(s3_error_of)?
             .ok_or_else(|| s3_error!(NoSuchUpload))?;
-        postcard::from_bytes(&found.value)
-            .map_err(|_| s3_error!(InternalError, "unreadable upload"))
+        let record = postcard::from_bytes(&found.value)
+            .map_err(|_| s3_error!(InternalError, "unreadable upload"))?;
+        Ok((record, found.version))
     }
 
     /// Every part record of an upload, by part number.
@@ -425,11 +440,22 @@ impl BrambleS3 {
 impl S3 for BrambleS3 {
     async fn list_buckets(
         &self,
-        _request: S3Request<ListBucketsInput>,
+        request: S3Request<ListBucketsInput>,
     ) -> S3Result<S3Response<ListBucketsOutput>> {
+        let scope = match &request.credentials {
+            Some(credentials) => self
+                .storage
+                .s3_key(&credentials.access_key)
+                .await
+                .map_err(s3_error_of)?
+                .map(|(_, scope)| scope)
+                .ok_or_else(|| s3_error!(InvalidAccessKeyId))?,
+            None => return Err(s3_error!(AccessDenied, "Signature is required")),
+        };
         let volumes = self.storage.list_volumes().await.map_err(s3_error_of)?;
         let buckets = volumes
             .into_iter()
+            .filter(|spec| scope.allows_bucket(&spec.name))
             .map(|spec| Bucket {
                 name: Some(spec.name),
                 creation_date: Some(timestamp(spec.created_unix as i64 * 1_000_000_000)),
@@ -862,32 +888,69 @@ impl S3 for BrambleS3 {
         }))
     }
 
+    async fn list_multipart_uploads(
+        &self,
+        request: S3Request<ListMultipartUploadsInput>,
+    ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
+        let input = request.input;
+        let spec = self.bucket(&input.bucket).await?;
+        let max_uploads = input.max_uploads.unwrap_or(1000).clamp(1, 1000) as usize;
+        let delimiter = match input.delimiter.as_deref() {
+            None | Some("") => None,
+            Some(text) => Some(text.to_string()),
+        };
+        let prefix = input.prefix.clone().unwrap_or_default();
+        let uploads = self.uploads_in_progress(&spec).await?;
+        let page = page_of_uploads(
+            uploads,
+            &UploadListing {
+                prefix: &prefix,
+                delimiter: delimiter.as_deref(),
+                key_marker: input.key_marker.as_deref(),
+                upload_id_marker: input.upload_id_marker.as_deref(),
+                max_uploads,
+            },
+        );
+        let uploads = page
+            .uploads
+            .iter()
+            .map(|(id, record)| MultipartUpload {
+                key: Some(record.path.clone()),
+                upload_id: Some(id.clone()),
+                initiated: Some(timestamp(record.created_ns)),
+                ..Default::default()
+            })
+            .collect();
+        let common = page
+            .common_prefixes
+            .iter()
+            .map(|prefix| CommonPrefix {
+                prefix: Some(prefix.clone()),
+            })
+            .collect();
+        Ok(S3Response::new(ListMultipartUploadsOutput {
+            bucket: Some(input.bucket),
+            prefix: input.prefix,
+            delimiter: input.delimiter,
+            key_marker: input.key_marker,
+            upload_id_marker: input.upload_id_marker,
+            max_uploads: Some(max_uploads as i32),
+            is_truncated: Some(page.next.is_some()),
+            next_key_marker: page.next.as_ref().map(|(key, _)| key.clone()),
+            next_upload_id_marker: page.next.map(|(_, id)| id),
+            uploads: Some(uploads),
+            common_prefixes: Some(common),
+            ..Default::default()
+        }))
+    }
+
     async fn abort_multipart_upload(
         &self,
         request: S3Request<AbortMultipartUploadInput>,
     ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
         let input = request.input;
         let spec = self.bucket(&input.bucket).await?;
-        self.upload(&spec, &input.upload_id).await?;
-        let parts = self.parts(&spec, &input.upload_id).await?;
-        let command = Command::Batch {
-            conditions: Vec::new(),
-            operations: vec![
-                Operation::DeletePrefix {
-                    prefix: format!("{}/", upload_key(&spec.name, &input.upload_id)),
-                },
-                Operation::Delete {
-                    key: upload_key(&spec.name, &input.upload_id),
-                },
-            ],
-        };
-        self.storage.commit(command).await.map_err(s3_error_of)?;
-        let reach = self.storage.reach().await;
-        let blocks = parts
-            .iter()
-            .flat_map(|(_, _, record)| record.block_ids())
-            .collect();
-        self.storage.discard_blocks(&spec, blocks, &reach).await;
+        self.abort_upload(&spec, &input.upload_id).await?;
         Ok(S3Response::new(AbortMultipartUploadOutput::default()))
     }
 
@@ -897,7 +960,7 @@ impl S3 for BrambleS3 {
     ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
         let input = request.input;
         let spec = self.bucket(&input.bucket).await?;
-        let upload = self.upload(&spec, &input.upload_id).await?;
+        let (upload, upload_version) = self.upload_and_version(&spec, &input.upload_id).await?;
         let (path, _) = object_path(&input.key)?;
         if path != upload.path {
             return Err(s3_error!(
@@ -995,10 +1058,16 @@ impl S3 for BrambleS3 {
             },
         };
         let command = Command::Batch {
-            conditions: vec![Condition {
-                key: file_key.clone(),
-                version: expected,
-            }],
+            conditions: vec![
+                Condition {
+                    key: file_key.clone(),
+                    version: expected,
+                },
+                Condition {
+                    key: upload_key(&spec.name, &input.upload_id),
+                    version: upload_version,
+                },
+            ],
             operations: vec![
                 Operation::Put {
                     key: file_key,
@@ -1014,6 +1083,14 @@ impl S3 for BrambleS3 {
         };
         match self.storage.commit(command).await.map_err(s3_error_of)? {
             CommandResult::BatchApplied { .. } => {}
+            CommandResult::ConditionFailed { key, .. }
+                if key == upload_key(&spec.name, &input.upload_id) =>
+            {
+                return Err(s3_error!(
+                    NoSuchUpload,
+                    "the upload was completed or aborted meanwhile"
+                ));
+            }
             _ => {
                 return Err(s3_error!(
                     ServiceUnavailable,
@@ -1040,7 +1117,240 @@ impl S3 for BrambleS3 {
     }
 }
 
+/// Most uploads in progress one volume may list (a pile beyond this is what the reaper
+/// exists to prevent; listing then says so instead of using unbounded memory).
+const MAX_LISTED_UPLOADS: usize = 20_000;
+
+/// What ListMultipartUploads asked for.
+struct UploadListing<'a> {
+    prefix: &'a str,
+    delimiter: Option<&'a str>,
+    key_marker: Option<&'a str>,
+    upload_id_marker: Option<&'a str>,
+    max_uploads: usize,
+}
+
+/// One page of uploads in progress.
+#[derive(Debug, Default, PartialEq)]
+struct UploadPage {
+    uploads: Vec<(String, UploadRecord)>,
+    common_prefixes: Vec<String>,
+    /// The markers to continue from, if truncated.
+    next: Option<(String, String)>,
+}
+
+impl PartialEq for UploadRecord {
+    fn eq(&self, other: &Self) -> bool {
+        self.path == other.path && self.created_ns == other.created_ns
+    }
+}
+
+/// S3's listing of uploads in progress: by key, then by upload id (ids are random, so this
+/// is an arbitrary but stable order within a key, which is what the markers need); keys
+/// under `prefix` only; keys with `delimiter` after the prefix rolled up into one common
+/// prefix each; after `key_marker` (and, for that key, after `upload_id_marker`).
+fn page_of_uploads(
+    mut uploads: Vec<(String, UploadRecord)>,
+    listing: &UploadListing,
+) -> UploadPage {
+    uploads.sort_by(|(left_id, left), (right_id, right)| {
+        left.path.cmp(&right.path).then(left_id.cmp(right_id))
+    });
+    let mut page = UploadPage::default();
+    let mut counted = 0usize;
+    for (id, record) in uploads {
+        if !record.path.starts_with(listing.prefix) {
+            continue;
+        }
+        if let Some(marker) = listing.key_marker {
+            // A page that ended on a common prefix continues after everything under it.
+            if listing
+                .delimiter
+                .is_some_and(|delimiter| marker.ends_with(delimiter))
+                && record.path.starts_with(marker)
+            {
+                continue;
+            }
+            let after = match listing.upload_id_marker {
+                Some(id_marker) => {
+                    record.path.as_str() > marker
+                        || (record.path == marker && id.as_str() > id_marker)
+                }
+                None => record.path.as_str() > marker,
+            };
+            if !after {
+                continue;
+            }
+        }
+        let rolled_up = listing.delimiter.and_then(|delimiter| {
+            record.path[listing.prefix.len()..]
+                .find(delimiter)
+                .map(|at| record.path[..listing.prefix.len() + at + delimiter.len()].to_string())
+        });
+        if let Some(common) = &rolled_up
+            && page.common_prefixes.last() == Some(common)
+        {
+            continue;
+        }
+        if counted == listing.max_uploads {
+            let last = page
+                .uploads
+                .last()
+                .map(|(id, record)| (record.path.clone(), id.clone()));
+            let last_common = page
+                .common_prefixes
+                .last()
+                .map(|common| (common.clone(), String::new()));
+            // Continue after whichever came last in key order.
+            page.next = match (last, last_common) {
+                (Some(upload), Some(common)) => {
+                    Some(if common.0 > upload.0 { common } else { upload })
+                }
+                (upload, common) => upload.or(common),
+            };
+            break;
+        }
+        counted += 1;
+        match rolled_up {
+            Some(common) => page.common_prefixes.push(common),
+            None => page.uploads.push((id, record)),
+        }
+    }
+    page
+}
+
 impl BrambleS3 {
+    /// Every upload in progress in a volume: the records only (a scan with `/` as the
+    /// delimiter rolls each upload's parts up into one common prefix, which is skipped).
+    async fn uploads_in_progress(
+        &self,
+        spec: &VolumeSpec,
+    ) -> S3Result<Vec<(String, UploadRecord)>> {
+        let prefix = format!("{UPLOADS_PREFIX}{}/", spec.name);
+        let mut uploads = Vec::new();
+        let mut start_after = None;
+        loop {
+            let page = self
+                .storage
+                .meta
+                .scan(ScanRequest {
+                    prefix: prefix.clone(),
+                    start_after: start_after.take(),
+                    delimiter: Some('/'),
+                    limit: MAX_SCAN_LIMIT,
+                    consistency: Consistency::Linearizable,
+                    forwarded: false,
+                })
+                .await
+                .map_err(s3_error_of)?;
+            for (key, value) in page.entries {
+                let id = key[prefix.len()..].to_string();
+                if let Ok(record) = postcard::from_bytes::<UploadRecord>(&value.value) {
+                    uploads.push((id, record));
+                }
+                if uploads.len() > MAX_LISTED_UPLOADS {
+                    return Err(s3_error!(
+                        ServiceUnavailable,
+                        "volume {} has more than {MAX_LISTED_UPLOADS} uploads in progress; abort some (stale ones are aborted after `s3_stale_upload_hours`)",
+                        spec.name
+                    ));
+                }
+            }
+            match page.next_start_after {
+                Some(next) => start_after = Some(next),
+                None => return Ok(uploads),
+            }
+        }
+    }
+
+    /// Aborts an upload: its records go in one change conditional on the upload record's
+    /// version, and only then its parts' blocks are discarded (a completion that won the
+    /// race keeps them).
+    async fn abort_upload(&self, spec: &VolumeSpec, upload_id: &str) -> S3Result<()> {
+        let (_, version) = self.upload_and_version(spec, upload_id).await?;
+        let parts = self.parts(spec, upload_id).await?;
+        let command = Command::Batch {
+            conditions: vec![Condition {
+                key: upload_key(&spec.name, upload_id),
+                version,
+            }],
+            operations: vec![
+                Operation::DeletePrefix {
+                    prefix: format!("{}/", upload_key(&spec.name, upload_id)),
+                },
+                Operation::Delete {
+                    key: upload_key(&spec.name, upload_id),
+                },
+            ],
+        };
+        match self.storage.commit(command).await.map_err(s3_error_of)? {
+            CommandResult::BatchApplied { .. } => {}
+            _ => {
+                return Err(s3_error!(
+                    NoSuchUpload,
+                    "the upload was completed or aborted meanwhile"
+                ));
+            }
+        }
+        let reach = self.storage.reach().await;
+        let blocks = parts
+            .iter()
+            .flat_map(|(_, _, record)| record.block_ids())
+            .collect();
+        self.storage.discard_blocks(spec, blocks, &reach).await;
+        Ok(())
+    }
+
+    /// Aborts every upload started more than `older_than` ago, in every volume (the
+    /// reaper: AWS's AbortIncompleteMultipartUpload lifecycle rule, MinIO's stale upload
+    /// expiry). Returns how many were aborted.
+    pub(crate) async fn reap_stale_uploads(
+        &self,
+        older_than: Duration,
+        only: &[String],
+    ) -> Result<usize, RpcError> {
+        let cutoff = now_ns().saturating_sub(older_than.as_nanos().min(i64::MAX as u128) as i64);
+        let mut aborted = 0;
+        let volumes = self.storage.list_volumes().await?;
+        if let Some(missing) = only
+            .iter()
+            .find(|name| !volumes.iter().any(|spec| &spec.name == *name))
+        {
+            return Err(RpcError::new(
+                ErrorKind::NotFound,
+                format!("no volume (bucket) named {missing}"),
+            ));
+        }
+        for spec in volumes
+            .into_iter()
+            .filter(|spec| only.is_empty() || only.contains(&spec.name))
+        {
+            let uploads = self
+                .uploads_in_progress(&spec)
+                .await
+                .map_err(|error| RpcError::internal(error.to_string()))?;
+            for (id, record) in uploads {
+                if record.created_ns >= cutoff {
+                    continue;
+                }
+                match self.abort_upload(&spec, &id).await {
+                    Ok(()) => {
+                        aborted += 1;
+                        tracing::info!(
+                            volume = %spec.name,
+                            path = %record.path,
+                            upload = %id,
+                            "aborted a stale multipart upload"
+                        );
+                    }
+                    Err(error) if error.code() == &S3ErrorCode::NoSuchUpload => {}
+                    Err(error) => return Err(RpcError::internal(error.to_string())),
+                }
+            }
+        }
+        Ok(aborted)
+    }
+
     /// Deletes an object (or a directory marker); a missing one is not an error (S3).
     async fn delete_key(&self, spec: &VolumeSpec, key: &str) -> S3Result<()> {
         let (path, marker) = object_path(key)?;
@@ -1058,5 +1368,69 @@ impl BrambleS3 {
             Err(error) if matches!(error.kind, ErrorKind::NotFound | ErrorKind::NotEmpty) => Ok(()),
             Err(error) => Err(s3_error_of(error)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upload(path: &str) -> UploadRecord {
+        UploadRecord {
+            path: path.to_string(),
+            created_ns: 1,
+            content_type: None,
+            user_metadata: Vec::new(),
+        }
+    }
+
+    /// Pages through every upload one at a time, as a client follows the markers.
+    fn walk(uploads: &[(&str, &str)], delimiter: Option<&str>) -> (Vec<String>, Vec<String>) {
+        let all: Vec<(String, UploadRecord)> = uploads
+            .iter()
+            .map(|(id, path)| (id.to_string(), upload(path)))
+            .collect();
+        let (mut keys, mut prefixes) = (Vec::new(), Vec::new());
+        let mut markers: Option<(String, String)> = None;
+        for _ in 0..20 {
+            let page = page_of_uploads(
+                all.clone(),
+                &UploadListing {
+                    prefix: "",
+                    delimiter,
+                    key_marker: markers.as_ref().map(|(key, _)| key.as_str()),
+                    upload_id_marker: markers.as_ref().map(|(_, id)| id.as_str()),
+                    max_uploads: 1,
+                },
+            );
+            keys.extend(
+                page.uploads
+                    .iter()
+                    .map(|(id, record)| format!("{}#{id}", record.path)),
+            );
+            prefixes.extend(page.common_prefixes);
+            match page.next {
+                Some(next) => markers = Some(next),
+                None => return (keys, prefixes),
+            }
+        }
+        panic!("the listing never ended");
+    }
+
+    #[test]
+    fn pages_of_one_visit_every_upload_once_even_with_common_prefixes() {
+        let uploads = [
+            ("b", "x/one"),
+            ("a", "x/two"),
+            ("d", "y"),
+            ("c", "y"),
+            ("e", "z/1"),
+        ];
+        let (keys, prefixes) = walk(&uploads, None);
+        assert_eq!(keys, ["x/one#b", "x/two#a", "y#c", "y#d", "z/1#e"]);
+        assert!(prefixes.is_empty());
+        let (keys, prefixes) = walk(&uploads, Some("/"));
+        assert_eq!(keys, ["y#c", "y#d"]);
+        assert_eq!(prefixes, ["x/", "z/"]);
     }
 }
