@@ -22,10 +22,6 @@ use harness::web::{client_loop, demo_site, raise_thread_priority, vip_holder};
 use harness::{TestCluster, wait_until};
 use serde_json::Value;
 
-/// Requests refused while a VIP changes holder: the old holder closes its listener before
-/// the new one may bind (in loopback mode they cannot both hold the address), a few tens
-/// of milliseconds in which a client every 20 ms meets a closed port once or twice.
-const REFUSED_PER_SWITCH: usize = 3;
 
 /// The holder of `balancer`'s VIP lease, as the catalog leader has it.
 fn lease_holder(cluster: &TestCluster, balancer: &str) -> Option<String> {
@@ -171,11 +167,9 @@ fn draining_the_vip_holder_hands_the_vip_over_at_once_and_a_rolling_reboot_keeps
         "{:?}",
         record.longest_gap
     );
-    assert!(
-        record.failures.len() <= REFUSED_PER_SWITCH,
-        "{:?}",
-        record.failures
-    );
+    // A planned switch is make-before-break on the loopback VIP: the old holder keeps
+    // accepting until the new one has bound beside it, so no request fails.
+    assert!(record.failures.is_empty(), "{:?}", record.failures);
     // A drained node holds nothing: `drain` without --detach returns at once.
     let again = cluster.bramble_ok(&["drain", &holder, "--json"]).json();
     assert_eq!(again["already_drained"].as_bool(), Some(true), "{again}");
@@ -230,10 +224,10 @@ fn draining_the_vip_holder_hands_the_vip_over_at_once_and_a_rolling_reboot_keeps
         wait_undrained(&cluster, name);
     }
     // No request reached a replica that was going away (no 5xx, no reset: replicas move
-    // healthy first). Connections are refused while the VIP changes holder — its holder
-    // drained, then taking it back when undrained — and while the catalog elects a new
-    // leader after the old one restarts (openraft 0.9 cannot hand leadership over, so VIP
-    // renewals wait out the election and the holder lets go for a moment).
+    // healthy first). The VIP's planned moves (its holder drained, then taking it back when
+    // undrained) refuse nothing; connections may still be refused while the catalog elects
+    // a new leader after the old one restarts (openraft 0.9 cannot hand leadership over,
+    // so VIP renewals wait out the election and the holder may let go for a moment).
     eprintln!(
         "reboot --rolling: {} of {} requests refused, longest gap {:?}",
         record.failures.len(),

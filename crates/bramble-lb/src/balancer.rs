@@ -262,6 +262,13 @@ fn bind(spec: &BalancerSpec) -> Result<TcpListener, LbError> {
     .map_err(failed)?;
     // So a restarted agent can bind again while old connections sit in TIME_WAIT.
     socket.set_reuseaddr(true).map_err(failed)?;
+    if spec.vip.interface.is_none() {
+        // The emulator's loopback VIP: every node shares the host's 127.x address, so a
+        // planned hand-over can be make-before-break — the new holder binds while the old
+        // one still accepts for a moment (`participant::HANDOVER_LINGER`), and no client
+        // meets a closed port. (On a real interface the address itself moves.)
+        socket.set_reuseport(true).map_err(failed)?;
+    }
     socket.bind(spec.listen).map_err(failed)?;
     socket.listen(LISTEN_BACKLOG).map_err(failed)
 }

@@ -42,6 +42,12 @@ const BIND_FAILURE_LIMIT: Duration = Duration::from_secs(2);
 const PASS_OVER_LIMIT: Duration = Duration::from_secs(30);
 /// How long a stopping holder waits for its release to commit.
 pub const RELEASE_PATIENCE: Duration = Duration::from_secs(1);
+/// In the emulator's loopback mode, how long a holder that hands its VIP over (or releases
+/// it when stopping) keeps accepting after the lease moved: long enough for the new holder
+/// to see the lease and bind beside it (both listeners share the port with SO_REUSEPORT),
+/// so a planned switch refuses no connection. Only for planned moves: a holder whose
+/// lease ran out lets go at once.
+pub const HANDOVER_LINGER: Duration = Duration::from_secs(1);
 
 /// What [`VipParticipant::step`] found, for the worker's row in `bramble workers`.
 pub struct StepReport {
@@ -184,8 +190,11 @@ impl VipParticipant {
 
     /// Stops serving and releases the lease if it is ours.
     pub async fn finish(&mut self) {
-        self.let_go().await;
+        let lingering = self.let_go_planned().await;
         let Some(version) = self.our_grant else {
+            if let Some(lingering) = lingering {
+                lingering.abort();
+            }
             return;
         };
         // We have stopped serving: hand the VIP to the backup now rather than make it
@@ -209,6 +218,33 @@ impl VipParticipant {
                 warn!(balancer = %balancer, "releasing the VIP lease timed out; the backup takes over when it runs out")
             }
         }
+        // The agent is stopping: wait out the linger here, so the listener is still open
+        // while the backup binds, and closed before the agent goes on.
+        if let Some(lingering) = lingering {
+            let _ = lingering.await;
+        }
+    }
+
+    /// Lets go for a planned move. On a real interface, at once ([`Self::let_go`]). On the
+    /// loopback VIP, the balancer keeps accepting for [`HANDOVER_LINGER`] in a task of its
+    /// own (returned) while this node stops counting as serving, so the new holder can bind
+    /// beside it first.
+    async fn let_go_planned(&mut self) -> Option<JoinHandle<()>> {
+        if self.interface_vip.is_some() {
+            self.let_go().await;
+            return None;
+        }
+        let checks = self.checks.take();
+        let handle = locked(&self.running).take();
+        self.served_spec = None;
+        let handle = handle?;
+        Some(tokio::spawn(async move {
+            tokio::time::sleep(HANDOVER_LINGER).await;
+            if let Some(checks) = checks {
+                checks.abort();
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(100), handle.stop()).await;
+        }))
     }
 
     /// The VIP moved to another address or interface: let go of the old one entirely; the
@@ -305,8 +341,9 @@ impl VipParticipant {
         let operation = match decision {
             Decision::Idle => return,
             Decision::HandOver { version, to } => {
-                // Stop serving before the lease names someone else.
-                self.let_go().await;
+                // Stop serving before the lease names someone else (on the loopback VIP:
+                // a moment after, while the new holder binds beside us).
+                self.let_go_planned().await;
                 info!(balancer = %self.balancer, %to, "handing the VIP over");
                 LeaseOperation::HandOver { version, to }
             }
