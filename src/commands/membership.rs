@@ -215,13 +215,24 @@ pub async fn nodes(global: &GlobalOptions, args: &NodesArgs) -> Result<()> {
                 .unwrap_or_else(|| "-".into()),
             temperature,
             throttling,
-            node.version.clone(),
+            describe_build(node),
             node.heartbeat_age_ms
                 .map(|age| format!("{:.1} s ago", age as f64 / 1000.0))
                 .unwrap_or_else(|| "-".into()),
         ]);
     }
     println!("{table}");
+    let builds: std::collections::BTreeSet<&str> = view
+        .iter()
+        .filter(|node| node.state != bramble_cluster::NodeState::Left && !node.build.is_empty())
+        .map(|node| node.build.as_str())
+        .collect();
+    if builds.len() > 1 {
+        println!(
+            "{} builds run side by side (an upgrade in progress or stopped half-way: `bramble upgrade`)",
+            builds.len()
+        );
+    }
     let alive = view
         .iter()
         .filter(|node| node.state == bramble_cluster::NodeState::Alive)
@@ -251,4 +262,17 @@ fn drained_since(record: &bramble_platform::drain::DrainRecord) -> String {
     } else {
         format!("drained {age} ago: {reason}")
     }
+}
+
+/// `0.1.0 p1 347dfd21`: the version, the wire protocol and the start of the build's hash.
+fn describe_build(node: &bramble_cluster::NodeView) -> String {
+    let mut text = node.version.clone();
+    if node.protocol > 0 {
+        text.push_str(&format!(" p{}", node.protocol));
+    }
+    if !node.build.is_empty() {
+        text.push(' ');
+        text.push_str(&node.build[..8.min(node.build.len())]);
+    }
+    text
 }
