@@ -781,6 +781,45 @@ def _monitoring_dashboard(data):
     return "\n".join(out)
 
 
+def arch(data):
+    """bench/arch.sh: size, idle RSS and build time per architecture and release profile."""
+    labels = {
+        "current": 'current (`strip = "debuginfo"`)',
+        "thin": '`strip = true`, `lto = "thin"`',
+        "fat": '`strip = true`, `lto = "fat"`, `codegen-units = 1`',
+        "s": 'as fat, and `opt-level = "s"`',
+    }
+    mb = 1024 * 1024
+    out = [
+        "| arch | release profile | binary | stripped | .deb | idle agent RSS (anon + file) | the guest's own pages under qemu (anon + file) | clean release build |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in data["rows"]:
+        m = row["mean"]
+        build = "—" if row.get("build_seconds") is None else f"{row['build_seconds']:.0f} s"
+        if row["arch"] == "x86_64":
+            rss = f"{m['vmrss_kib'] / 1024:.1f} MB ({m['rss_anon_kib'] / 1024:.1f} + {m['rss_file_kib'] / 1024:.1f})"
+            guest = "(native)"
+        else:
+            qemu = (m["qemu_code_kib"] + m["qemu_heap_kib"] + m["tcg_cache_kib"]) / 1024
+            rss = f"{m['vmrss_kib'] / 1024:.1f} MB under qemu, {qemu:.1f} of it qemu's"
+            guest = f"{(m['guest_anon_kib'] + m['guest_file_kib']) / 1024:.1f} MB ({m['guest_anon_kib'] / 1024:.1f} + {m['guest_file_kib'] / 1024:.1f})"
+        out.append(
+            f"| {row['arch']} | {labels.get(row['profile'], row['profile'])} | {row['binary_bytes'] / mb:.1f} MB | "
+            f"{row['stripped_bytes'] / mb:.1f} MB | {row['deb_bytes'] / mb:.1f} MB | {rss} | {guest} | {build} |"
+        )
+    out.append("")
+    host = data["host"]
+    out.append(
+        f"RSS: the mean of a 3-node `bramble up --bare`'s agents {data['settings']['settle_s']} s after forming; MB = MiB. "
+        "The ARM agents run under qemu-user; their guest's pages are told apart from qemu's by address in /proc/<pid>/smaps "
+        "(`dist/qemu-user.sh`). Builds: clean (a fresh target directory), at nice 10 on 2 cores shared with other work "
+        f"(load average {host['loadavg_before']} before, {host['loadavg_after']} after), so the seconds are an upper bound. "
+        + provenance(data)
+    )
+    return "\n".join(out)
+
+
 def _dig(d, keys):
     for k in keys:
         if not isinstance(d, dict) or k not in d:
@@ -792,7 +831,7 @@ def _dig(d, keys):
 def main():
     readme = ROOT / "README.md"
     text = readme.read_text()
-    for name, render in (("membership", membership), ("footprint", footprint), ("scale", scale), ("catalog", catalog), ("leases", leases), ("streams", streams), ("bulk", bulk), ("lb", lb), ("storage", storage), ("jobs", jobs), ("services", services), ("monitoring", monitoring)):
+    for name, render in (("membership", membership), ("footprint", footprint), ("scale", scale), ("catalog", catalog), ("leases", leases), ("streams", streams), ("bulk", bulk), ("lb", lb), ("storage", storage), ("jobs", jobs), ("services", services), ("monitoring", monitoring), ("arch", arch)):
         data = load(name)
         if data is None:
             continue

@@ -87,9 +87,10 @@ pub enum Command {
         after_help = "Examples:\n  bramble alerts\n  bramble alerts --json\n\nAny node answers for the cluster: it asks every live member and says which did not\nanswer. With alert_webhook = \"http://...\" in <data-dir>/monitor.toml, one node also POSTs\neach alert as JSON when it fires and when it resolves."
     )]
     Alerts(JsonFlag),
-    /// Start an emulated cluster on this PC (processes on loopback, no privileges needed).
+    /// Start an emulated cluster on this PC (processes on loopback, no privileges needed;
+    /// with --netns, each node in its own network namespace, as root).
     #[command(
-        after_help = "Examples:\n  bramble up                       5 nodes in ./.bramble, with the HA website demo\n  bramble up --nodes 20 --dir /tmp/c1 --bare\n\nRunning it again on a running cluster says so; on a stopped one, starts it again."
+        after_help = "Examples:\n  bramble up                       5 nodes in ./.bramble, with the HA website demo\n  bramble up --nodes 20 --dir /tmp/c1 --bare\n  sudo bramble up --netns          each node in its own network namespace, real addresses\n  sudo bramble up --profile pi3b   every node as fast as a Raspberry Pi 3 B (cgroups)\n\nRunning it again on a running cluster says so; on a stopped one, starts it again."
     )]
     Up(UpArgs),
     /// Stop every agent of an emulated cluster (data is kept; `up` starts it again).
@@ -186,6 +187,14 @@ pub enum Command {
     /// Start a command on a node for mpirun (its plm_rsh_agent; not for people).
     #[command(hide = true)]
     MpiLaunch(MpiLaunchArgs),
+    /// Forward loopback ports on the host into a `--netns` cluster's network (started by
+    /// `bramble up --netns`; not for people).
+    #[command(hide = true)]
+    NetnsForward(NetnsForwardArgs),
+    /// Delay a `--netns` node's packets where the kernel has no netem (started by
+    /// `bramble chaos slow --delay`; not for people).
+    #[command(hide = true)]
+    NetnsDelay(NetnsDelayArgs),
     /// Replicated services: N supervised copies of a program over the nodes (Docker
     /// Swarm's `docker service`), moved within seconds when a node dies.
     #[command(
@@ -223,7 +232,7 @@ pub enum Command {
     DemoWeb(DemoWebArgs),
     /// Inject faults into an emulated cluster and measure how fast it notices.
     #[command(
-        after_help = "Examples:\n  bramble chaos kill n3             SIGKILL; waits until every other node says dead\n  bramble chaos restart n3          start it again; waits until it is alive everywhere\n  bramble chaos stop n2             SIGSTOP, a hung board\n  bramble chaos cont n2 --json\n  bramble chaos stop web-0          a hung web server: waits until the balancer reports it down\n  bramble chaos kill web-0          waits until its supervisor runs it again"
+        after_help = "Examples:\n  bramble chaos kill n3             SIGKILL; waits until every other node says dead\n  bramble chaos restart n3          start it again; waits until it is alive everywhere\n  bramble chaos stop n2             SIGSTOP, a hung board\n  bramble chaos cont n2 --json\n  bramble chaos stop web-0          a hung web server: waits until the balancer reports it down\n  bramble chaos kill web-0          waits until its supervisor runs it again\n\nOn a cluster started with `bramble up --netns`:\n  bramble chaos partition n1,n2 n3,n4,n5   the switch drops every frame between the groups\n  bramble chaos slow n3 --delay 100ms --jitter 10ms --loss 1% --rate 100mbit\n  bramble chaos heal                removes every partition and slowdown"
     )]
     Chaos(ChaosArgs),
     /// Drain a node before working on it: its balancers' VIPs go to another node at once,
@@ -822,6 +831,16 @@ pub struct UpArgs {
     /// Seconds a catalog voter may be down before a healthy non-voter replaces it.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub voter_grace_secs: u64,
+    /// Emulate this board on every node: its CPU speed (a cgroup quota calibrated on this
+    /// host against the board's sysbench figure), cores and memory (needs root). Kept by
+    /// the cluster for its later starts.
+    #[arg(long, value_name = "BOARD")]
+    pub profile: Option<crate::emulator::profile::Board>,
+    /// Put each node in its own network namespace on a bridge, with a real address from a
+    /// private /24 and the default ports (needs root); `chaos partition|heal|slow` work on
+    /// such a cluster. Kept by the cluster once made.
+    #[arg(long)]
+    pub netns: bool,
     #[command(flatten)]
     pub output: JsonFlag,
 }
@@ -844,6 +863,14 @@ pub enum ChaosAction {
     /// Start the node's agent again from its data directory (killing it first if
     /// running); a replica: SIGKILL, and its supervisor starts it again.
     Restart,
+    /// Cut the network between two groups of nodes (`partition n1,n2 n3,n4,n5`); each
+    /// group still talks within itself (`--netns` clusters).
+    Partition,
+    /// Remove every partition and slowdown (`--netns` clusters).
+    Heal,
+    /// Slow a node's cable: `--delay`, `--jitter`, `--loss`, `--rate` (`--netns`
+    /// clusters).
+    Slow,
 }
 
 #[derive(Debug, Args)]
@@ -851,8 +878,23 @@ pub struct ChaosArgs {
     pub action: ChaosAction,
     /// The emulated node, e.g. n3, `leader` for the catalog's current leader, or a
     /// service's replica as the balancer names it (`web-0`, the demo's first web server)
-    /// or as `service ps` lists it (`web.0`).
-    pub node: String,
+    /// or as `service ps` lists it (`web.0`). For `partition`: the first group (`n1,n2`).
+    pub node: Option<String>,
+    /// For `partition`: the second group (`n3,n4,n5`).
+    pub other_group: Option<String>,
+    /// For `slow`: added delay of the node's packets (`100ms`, at most 10 s; needs the
+    /// kernel's netem).
+    #[arg(long)]
+    pub delay: Option<String>,
+    /// For `slow`: random variation of the delay (`10ms`, at most the delay).
+    #[arg(long)]
+    pub jitter: Option<String>,
+    /// For `slow`: share of the node's packets lost each way (`1%`).
+    #[arg(long)]
+    pub loss: Option<String>,
+    /// For `slow`: the cable's rate each way (`100mbit`, `1gbit`).
+    #[arg(long)]
+    pub rate: Option<String>,
     /// Return at once instead of waiting for the cluster to notice.
     #[arg(long)]
     pub no_wait: bool,
@@ -1263,6 +1305,24 @@ pub struct MpirunArgs {
     /// The MPI program and its arguments.
     #[arg(last = true, required = true, value_name = "PROGRAM")]
     pub program: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct NetnsDelayArgs {
+    /// The node's network namespace.
+    pub namespace: String,
+    /// Delay of each packet the node sends, in microseconds.
+    #[arg(long)]
+    pub delay_us: u64,
+    /// Uniform random variation of the delay, in microseconds.
+    #[arg(long, default_value_t = 0)]
+    pub jitter_us: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct NetnsForwardArgs {
+    /// The emulated cluster's directory (its cluster.toml lists the forwards).
+    pub cluster_dir: PathBuf,
 }
 
 #[derive(Debug, Args)]

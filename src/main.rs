@@ -109,6 +109,8 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Command::Mpirun(args) => commands::mpi::mpirun(global, args).await,
         Command::MpiLaunch(args) => commands::mpi::launch(global, args).await,
         Command::WasmTask(_) => Err(anyhow::anyhow!("wasm-task runs before the runtime")),
+        Command::NetnsForward(_) => Err(anyhow::anyhow!("netns-forward runs before the runtime")),
+        Command::NetnsDelay(_) => Err(anyhow::anyhow!("netns-delay runs before the runtime")),
         Command::Drain(args) => commands::drain::drain(global, args).await,
         Command::Undrain(args) => commands::drain::undrain(global, args).await,
         Command::Rolling(args) => commands::rolling::rolling(global, args).await,
@@ -140,6 +142,26 @@ fn main() -> ExitCode {
     // Long-running processes log; one-shot commands print their outcome instead.
     if is_agent || matches!(cli.command, Command::Mount(_)) {
         init_logging();
+    }
+    let helper = match &cli.command {
+        Command::NetnsForward(args) => Some(emulator::netns::run_forwarder(&args.cluster_dir)),
+        Command::NetnsDelay(args) => Some(emulator::netns::run_delay_line(args)),
+        _ => None,
+    };
+    if let Some(result) = helper {
+        return match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("error: {error:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    // A command about a `--netns` cluster works from its switch namespace: entered here,
+    // before any thread starts, so that every thread and socket of the runtime is there.
+    if let Err(error) = emulator::netns::enter_for_command(&cli) {
+        eprintln!("error: {error:#}");
+        return ExitCode::FAILURE;
     }
     let control_plane = matches!(cli.command, Command::Agent);
     if control_plane {

@@ -136,6 +136,22 @@ pub fn spawn_agent(data_dir: &Path) -> Result<u32> {
         .stdout(log.try_clone().context("duplicating the log file handle")?)
         .stderr(log);
     detach(&mut command);
+    // Network-namespace mode (`up --netns`): the agent starts in its node's namespace
+    // (the file stays open until the spawn returns).
+    let namespace = crate::emulator::netns::agent_namespace(data_dir)?;
+    if let Some(namespace) = &namespace {
+        crate::emulator::netns::enter_in_child(&mut command, namespace);
+    }
+    // An emulated board (`up --profile`): the agent starts inside the node's cgroup, from
+    // its first instruction (kept open until the spawn returns).
+    let board = crate::emulator::profile::agent_cgroup_for(data_dir)?;
+    if let Some(board) = &board {
+        let confinement = board.confinement();
+        // SAFETY: `enter` makes only async-signal-safe system calls (write, setrlimit).
+        unsafe {
+            command.pre_exec(move || confinement.enter());
+        }
+    }
     let child = command
         .spawn()
         .with_context(|| format!("starting the agent for {}", data_dir.display()))?;

@@ -180,3 +180,104 @@ fn bench_disk_measures_what_dd_conv_fdatasync_measures_on_the_same_disk() {
         as_node.stderr
     );
 }
+
+/// `iperf3 -s` on a loopback port, stopped when dropped.
+struct IperfServer {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl IperfServer {
+    /// None (with a message) where iperf3 is not installed.
+    fn start() -> Option<IperfServer> {
+        let port = harness::free_port([127, 0, 0, 1]);
+        let child = std::process::Command::new("iperf3")
+            .args(["-s", "-B", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        let server = IperfServer { child, port };
+        harness::wait_until("iperf3 listens", std::time::Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        Some(server)
+    }
+
+    /// One client run, one stream, `seconds` long: bits per second the server received.
+    fn measure(&self, seconds: u32) -> f64 {
+        let output = std::process::Command::new("iperf3")
+            .args([
+                "-c",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-P",
+                "1",
+                "-J",
+            ])
+            .args(["-t", &seconds.to_string()])
+            .output()
+            .expect("running iperf3 -c");
+        let report: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
+            panic!(
+                "iperf3 -J printed no JSON ({error}): {}",
+                String::from_utf8_lossy(&output.stderr)
+            )
+        });
+        report["end"]["sum_received"]["bits_per_second"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("no received rate in {report}"))
+    }
+}
+
+impl Drop for IperfServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `bench net` measures what iperf3 measures on the same link (loopback, one stream, the
+/// same duration), taken in turn so both meet the same load. Bramble's figure crosses
+/// mutual TLS, the mux's flow control and two debug-built agents, iperf3's plain TCP, so
+/// the check is the order of magnitude; bench/net.sh compares release builds.
+#[test]
+fn bench_net_is_of_iperf3_s_order_on_the_same_link() {
+    let Some(iperf) = IperfServer::start() else {
+        eprintln!("SKIPPED the comparison with iperf3: apt-get install iperf3");
+        return;
+    };
+    let cluster = TestCluster::up(2);
+    let seconds = 2;
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        theirs.push(iperf.measure(seconds));
+        let report = cluster
+            .bramble_ok(&[
+                "bench",
+                "net",
+                "--from",
+                "n1",
+                "--to",
+                "n2",
+                "--seconds",
+                &seconds.to_string(),
+                "--json",
+            ])
+            .json();
+        assert_eq!(report["from"].as_str(), Some("n1"), "{report}");
+        assert_eq!(report["to"].as_str(), Some("n2"), "{report}");
+        assert_eq!(report["streams"].as_u64(), Some(1), "{report}");
+        assert!(report["bytes"].as_u64().unwrap_or(0) > 0, "{report}");
+        ours.push(report["bits_per_second"].as_f64().expect("a rate"));
+    }
+    let ratio = median(ours.clone()) / median(theirs.clone());
+    eprintln!(
+        "bench net {:.2} Gbit/s, iperf3 {:.2} Gbit/s (one stream, loopback, medians of 3): \
+         {ratio:.2}x (ours {ours:?}, iperf3 {theirs:?})",
+        median(ours.clone()) / 1e9,
+        median(theirs.clone()) / 1e9
+    );
+    assert!((0.1..=10.0).contains(&ratio), "ratio {ratio:.3}");
+}

@@ -22,7 +22,6 @@ use harness::web::{client_loop, demo_site, raise_thread_priority, vip_holder};
 use harness::{TestCluster, wait_until};
 use serde_json::Value;
 
-
 /// The holder of `balancer`'s VIP lease, as the catalog leader has it.
 fn lease_holder(cluster: &TestCluster, balancer: &str) -> Option<String> {
     let run = cluster.bramble(&["kv", "get", &format!("leases/lb/vip/{balancer}")]);

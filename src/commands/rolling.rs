@@ -647,8 +647,7 @@ async fn one_node(
     }
     if let Chore::Upgrade(builds) = &chore
         && let Some(hash) = builds.get(&name)
-        && let Err(error) =
-            super::upgrade::wait_for_build(&client, &node, hash, step_timeout).await
+        && let Err(error) = super::upgrade::wait_for_build(&client, &node, hash, step_timeout).await
     {
         report.left_drained = true;
         return report.fail("back", format!("{error:#}"));

@@ -77,12 +77,21 @@ async fn time_catalog_failover(
 }
 
 pub async fn chaos(global: &GlobalOptions, args: &ChaosArgs) -> Result<()> {
+    if matches!(
+        args.action,
+        ChaosAction::Partition | ChaosAction::Heal | ChaosAction::Slow
+    ) {
+        return super::netns::chaos(global, args).await;
+    }
+    let Some(target) = args.node.clone() else {
+        bail!("name the node (or `leader`, or a replica such as web-0)");
+    };
     let emulation = Emulation::require(global)?;
     let client = emulation.client(global)?;
     // A node's name wins; otherwise `web-0` or `web.0` names a service's replica.
-    if args.node != "leader"
-        && emulation.node(&args.node).is_err()
-        && let Some((service, index)) = parse_replica(&args.node)
+    if target != "leader"
+        && emulation.node(&target).is_err()
+        && let Some((service, index)) = parse_replica(&target)
     {
         return replica_chaos(&emulation, &client, args, &service, index).await;
     }
@@ -102,12 +111,12 @@ pub async fn chaos(global: &GlobalOptions, args: &ChaosArgs) -> Result<()> {
         .map(|status| status.members.iter().filter(|member| member.voter).count())
         .unwrap_or(0);
     let failover_possible = voters > 1 && voters - 1 > voters / 2;
-    let target_name = if args.node == "leader" {
+    let target_name = if target == "leader" {
         leader_before
             .clone()
             .ok_or_else(|| anyhow::anyhow!("the catalog has no leader right now"))?
     } else {
-        args.node.clone()
+        target.clone()
     };
     let node = emulation.node(&target_name)?.clone();
     let data_dir = emulation.node_dir(&node.name);
@@ -181,6 +190,9 @@ pub async fn chaos(global: &GlobalOptions, args: &ChaosArgs) -> Result<()> {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             ("restart", NodeState::Alive, started, Some(pid))
+        }
+        ChaosAction::Partition | ChaosAction::Heal | ChaosAction::Slow => {
+            bail!("a network fault acts on the cluster's network, not on one agent")
         }
     };
     let observers: Vec<_> = emulation
@@ -363,7 +375,7 @@ async fn replica_chaos(
         .with_context(|| {
             format!(
                 "{:?} is neither an emulated node nor a replica of a service",
-                args.node
+                args.node.as_deref().unwrap_or_default()
             )
         })?;
     let replica = answer
@@ -418,6 +430,9 @@ async fn replica_chaos(
             }
             process::send_signal_to_group_of(pid, libc::SIGKILL)?;
             (action, if restarts { "up" } else { "down" })
+        }
+        ChaosAction::Partition | ChaosAction::Heal | ChaosAction::Slow => {
+            bail!("a network fault acts on nodes, not on a service's replica")
         }
     };
     let mut report = ReplicaChaosReport {

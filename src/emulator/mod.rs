@@ -9,11 +9,14 @@
 //! ```
 
 pub mod chaos;
+pub mod delay_line;
+pub mod netns;
 pub mod ports;
+pub mod profile;
 pub mod recipe;
 pub mod watch;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -48,6 +51,13 @@ pub struct EmulationState {
     /// The HA website demo, when `up` set it up.
     #[serde(default)]
     pub demo: Option<recipe::DemoState>,
+    /// The board every node emulates (`up --profile`) and its calibration; every start of
+    /// an agent applies it (`profile::agent_cgroup_for`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<profile::ProfileState>,
+    /// The nodes' network namespaces, for a cluster made with `up --netns`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<netns::NetworkState>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -215,8 +225,13 @@ async fn start_node(
     node: &EmulatedNode,
 ) -> Result<()> {
     let data_dir = emulation.node_dir(&node.name);
-    ensure_metrics_address(&data_dir)?;
-    ensure_api_address(&data_dir)?;
+    // In network-namespace mode the node has an address of its own: default ports.
+    let own_address = emulation.state.netns.as_ref().map(|_| node.addr.ip());
+    if let Some(network) = &emulation.state.netns {
+        network.ensure_node(&node.name, node.addr.ip())?;
+    }
+    ensure_metrics_address(&data_dir, own_address)?;
+    ensure_api_address(&data_dir, own_address)?;
     process::spawn_agent(&data_dir)?;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -240,30 +255,35 @@ async fn start_node(
 /// Gives an emulated node its own `/metrics` port in its `monitor.toml` if it has none:
 /// every emulated node shares 127.0.0.1, so the default port (9101) would fit only one.
 /// The port is taken below the ephemeral range, as the RPC ports are.
-fn ensure_metrics_address(data_dir: &Path) -> Result<SocketAddr> {
+fn ensure_metrics_address(data_dir: &Path, own_address: Option<IpAddr>) -> Result<SocketAddr> {
     let mut settings = MonitorSettings::load(data_dir)?;
     if let Some(address) = settings.metrics_listen {
         return Ok(address);
     }
-    let address = ports::free_loopback_addresses(1)?
-        .first()
-        .copied()
-        .ok_or_else(|| anyhow!("no free port for /metrics"))?;
+    let address = match own_address {
+        Some(ip) => Some(SocketAddr::new(
+            ip,
+            bramble_monitor::subsystem::DEFAULT_METRICS_PORT,
+        )),
+        None => ports::free_loopback_addresses(1)?.first().copied(),
+    }
+    .ok_or_else(|| anyhow!("no free port for /metrics"))?;
     settings.metrics_listen = Some(address);
     settings.save(data_dir)?;
     Ok(address)
 }
 
 /// The same for the HTTP API's port (`api.toml`; 9443 by default).
-fn ensure_api_address(data_dir: &Path) -> Result<SocketAddr> {
+fn ensure_api_address(data_dir: &Path, own_address: Option<IpAddr>) -> Result<SocketAddr> {
     let mut settings = ApiSettings::load(data_dir)?;
     if let Some(address) = settings.listen {
         return Ok(address);
     }
-    let address = ports::free_loopback_addresses(1)?
-        .first()
-        .copied()
-        .ok_or_else(|| anyhow!("no free port for the HTTP API"))?;
+    let address = match own_address {
+        Some(ip) => Some(SocketAddr::new(ip, bramble_api::settings::DEFAULT_API_PORT)),
+        None => ports::free_loopback_addresses(1)?.first().copied(),
+    }
+    .ok_or_else(|| anyhow!("no free port for the HTTP API"))?;
     settings.listen = Some(address);
     settings.save(data_dir)?;
     Ok(address)
@@ -307,6 +327,16 @@ pub async fn up(global: &GlobalOptions, args: &UpArgs) -> Result<()> {
         }
     };
     let existing = emulation.state.nodes.len();
+    // `--netns`: the switch was built before the runtime started (`netns::enter_for_command`).
+    if args.netns && existing == 0 {
+        emulation.state.netns = Some(netns::NetworkState::plan(&dir));
+    }
+    if emulation.state.netns.is_some() && wanted > netns::MAX_NODES {
+        bail!(
+            "network-namespace mode has room for {} nodes in its /24",
+            netns::MAX_NODES
+        );
+    }
     let stopped: Vec<EmulatedNode> = emulation
         .state
         .nodes
@@ -314,6 +344,29 @@ pub async fn up(global: &GlobalOptions, args: &UpArgs) -> Result<()> {
         .filter(|node| emulation.process(&node.name).is_none())
         .cloned()
         .collect();
+    // The board every node emulates (`--profile`): settled, and checked enforceable, before
+    // anything starts.
+    match profile::settle(
+        emulation.state.profile,
+        args.profile,
+        stopped.len() < existing,
+        &emulation.dir,
+    ) {
+        Ok(settled) if settled != emulation.state.profile => {
+            emulation.state.profile = settled;
+            if existing > 0 {
+                emulation.save()?;
+            }
+        }
+        Ok(_) => {}
+        Err(error) => {
+            if existing == 0 {
+                // The directory made above, still empty.
+                let _ = std::fs::remove_dir(&emulation.dir);
+            }
+            return Err(error);
+        }
+    }
     if existing > 0 && stopped.is_empty() && existing >= wanted {
         if args.output.json {
             return status(global, &JsonFlag { json: true }).await;
@@ -330,7 +383,15 @@ pub async fn up(global: &GlobalOptions, args: &UpArgs) -> Result<()> {
 
     let mut stats_pages: Vec<EmulatedNode> = Vec::new();
     // Create the first node (a new cluster) if there is none yet.
-    let addresses = ports::free_loopback_addresses(new_count)?;
+    let addresses: Vec<SocketAddr> = match &emulation.state.netns {
+        Some(network) => (0..new_count)
+            .map(|index| network.node_address(existing + index + 1))
+            .collect::<Result<_>>()?,
+        None => ports::free_loopback_addresses(new_count)?,
+    };
+    // In network-namespace mode each node serves on its own address, default ports.
+    let netns_mode = emulation.state.netns.is_some();
+    let own_address = move |node: &EmulatedNode| netns_mode.then(|| node.addr.ip());
     let mut new_nodes: Vec<EmulatedNode> = (0..new_count)
         .map(|index| EmulatedNode {
             name: format!("n{}", existing + index + 1),
@@ -351,9 +412,13 @@ pub async fn up(global: &GlobalOptions, args: &UpArgs) -> Result<()> {
             },
         )?;
         drop(node_dir);
-        recipe::prepare_store_node(&emulation.node_dir(&first.name))?;
+        recipe::prepare_store_node(&emulation.node_dir(&first.name), own_address(&first))?;
         if !args.bare && is_balancer_node(&first.name, wanted) {
-            let page = recipe::prepare_lb_node(&emulation.dir, &emulation.node_dir(&first.name))?;
+            let page = recipe::prepare_lb_node(
+                &emulation.dir,
+                &emulation.node_dir(&first.name),
+                own_address(&first),
+            )?;
             stats_pages.push(EmulatedNode {
                 name: first.name.clone(),
                 addr: page,
@@ -412,10 +477,13 @@ pub async fn up(global: &GlobalOptions, args: &UpArgs) -> Result<()> {
                 ..MetaSettings::default()
             }
             .save(&emulation.node_dir(&node.name))?;
-            recipe::prepare_store_node(&emulation.node_dir(&node.name))?;
+            recipe::prepare_store_node(&emulation.node_dir(&node.name), own_address(node))?;
             if !args.bare && existing == 0 && is_balancer_node(&node.name, wanted) {
-                let page =
-                    recipe::prepare_lb_node(&emulation.dir, &emulation.node_dir(&node.name))?;
+                let page = recipe::prepare_lb_node(
+                    &emulation.dir,
+                    &emulation.node_dir(&node.name),
+                    own_address(node),
+                )?;
                 stats_pages.push(EmulatedNode {
                     name: node.name.clone(),
                     addr: page,
@@ -488,6 +556,23 @@ pub async fn up(global: &GlobalOptions, args: &UpArgs) -> Result<()> {
         // The agents start the service's replicas again from their placements.
         recipe::wait_for_site(&emulation, &client, demo).await?;
     }
+    // Network-namespace mode: the website and the dashboard forwarded to host loopback.
+    if emulation.state.netns.is_some() {
+        // The board profile's Ethernet rate on every node's cable (`tc tbf`).
+        let rate_mbit = emulation.state.profile.and_then(|profile| {
+            profile
+                .board
+                .profile()
+                .network_bits_per_second
+                .map(|bits| u32::try_from(bits / 1_000_000).unwrap_or(u32::MAX))
+        });
+        for name in emulation.all_names() {
+            netns::shape(&mut emulation, &name, rate_mbit)?;
+        }
+        netns::start_forwarder(&mut emulation)
+            .await
+            .context("forwarding the website and dashboard to the host")?;
+    }
 
     if args.output.json {
         let nodes: Vec<serde_json::Value> = emulation
@@ -512,6 +597,8 @@ pub async fn up(global: &GlobalOptions, args: &UpArgs) -> Result<()> {
             "catalog_leader": catalog.leader,
             "catalog_voters": catalog.members.iter().filter(|member| member.voter).count(),
             "demo": emulation.state.demo,
+            "profile": emulation.state.profile.as_ref().map(profile::ProfileState::json),
+            "netns": netns::status_json(&emulation),
             "admin_credential": emulation.admin_credential_path(),
             "dashboard_password": emulation.dashboard_password_path(),
         }))?;
@@ -537,6 +624,9 @@ pub async fn up(global: &GlobalOptions, args: &UpArgs) -> Result<()> {
         ]);
     }
     println!("{table}\n");
+    if let Some(profile) = &emulation.state.profile {
+        println!("Board profile: {}.", profile.describe());
+    }
     let dir_flag = if global.dir.is_some() {
         format!(" --dir {}", emulation.dir.display())
     } else {
@@ -544,6 +634,11 @@ pub async fn up(global: &GlobalOptions, args: &UpArgs) -> Result<()> {
     };
     if let Some(demo) = &emulation.state.demo {
         for line in recipe::describe(&emulation, demo) {
+            println!("{line}");
+        }
+    }
+    if let Some(network) = &emulation.state.netns {
+        for line in network.describe(&emulation.dir) {
             println!("{line}");
         }
     }
@@ -638,7 +733,7 @@ async fn wait_for_catalog(
 
 /// `bramble down`.
 pub async fn down(global: &GlobalOptions, args: &DownArgs) -> Result<()> {
-    let emulation = Emulation::require(global)?;
+    let mut emulation = Emulation::require(global)?;
     let bar = crate::output::progress_bar(emulation.state.nodes.len() as u64, false);
     let mut stopped = 0;
     for node in &emulation.state.nodes {
@@ -651,6 +746,24 @@ pub async fn down(global: &GlobalOptions, args: &DownArgs) -> Result<()> {
         bar.inc(1);
     }
     bar.finish_and_clear();
+    // Network-namespace mode: the namespaces, cables and bridge go with the agents (`up`
+    // makes them again), and with them every partition and slowdown.
+    if emulation.state.netns.is_some() {
+        let removed = netns::tear_down(&mut emulation)?;
+        emulation.save()?;
+        if !removed.is_empty() {
+            println!("Removed the network namespaces {}.", removed.join(", "));
+        }
+    }
+    // The board profile's cgroups (`up --profile`) go with the agents: the next start
+    // writes them again from cluster.toml.
+    if emulation.state.profile.is_some()
+        && let Ok(admin) = AdminCredential::load(&emulation.admin_credential_path())
+    {
+        for node in &emulation.state.nodes {
+            profile::remove_node_cgroups(&admin.cluster_id, &node.name);
+        }
+    }
     // Each agent stopped its service replicas on the way out (the demo's web servers
     // among them).
     if let Some(advice) = emulation
@@ -769,6 +882,8 @@ pub async fn status(global: &GlobalOptions, flags: &JsonFlag) -> Result<()> {
             "dir": emulation.dir,
             "nodes": rows,
             "demo": emulation.state.demo,
+            "profile": emulation.state.profile.as_ref().map(profile::ProfileState::json),
+            "netns": netns::status_json(&emulation),
         }));
     }
     let mut table = output::table(&[
@@ -802,7 +917,15 @@ pub async fn status(global: &GlobalOptions, flags: &JsonFlag) -> Result<()> {
         ]);
     }
     println!("Emulated cluster in {}", emulation.dir.display());
+    if let Some(profile) = &emulation.state.profile {
+        println!("Board profile: {}.", profile.describe());
+    }
     println!("{table}");
+    if let Some(network) = &emulation.state.netns {
+        for line in network.describe(&emulation.dir) {
+            println!("{line}");
+        }
+    }
     if let Some(demo) = &emulation.state.demo {
         if let Some(service) = &demo.service
             && membership.is_some()

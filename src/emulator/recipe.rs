@@ -112,7 +112,8 @@ fn stats_password(dir: &Path) -> Result<String> {
 
 /// Gives a node an S3 endpoint on a free loopback port (`store.toml`) before its agent
 /// first starts; a node that has one keeps it.
-pub fn prepare_store_node(node_dir: &Path) -> Result<SocketAddr> {
+/// With `own_address` (network-namespace mode) it is the node's address and port 3900.
+pub fn prepare_store_node(node_dir: &Path, own_address: Option<IpAddr>) -> Result<SocketAddr> {
     let path = node_dir.join("store.toml");
     if path.exists() {
         let settings = bramble_store::s3::StoreSettings::load(node_dir)?;
@@ -120,7 +121,10 @@ pub fn prepare_store_node(node_dir: &Path) -> Result<SocketAddr> {
             return Ok(listen);
         }
     }
-    let listen = ports::free_loopback_addresses(1)?[0];
+    let listen = match own_address {
+        Some(ip) => SocketAddr::new(ip, super::netns::S3_PORT),
+        None => ports::free_loopback_addresses(1)?[0],
+    };
     files::write_toml(
         &path,
         &bramble_store::s3::StoreSettings {
@@ -140,8 +144,16 @@ pub fn s3_endpoint(node_dir: &Path) -> Option<SocketAddr> {
 }
 
 /// Writes an `lb` node's `lb.toml` (its stats page) before its agent first starts.
-pub fn prepare_lb_node(dir: &Path, node_dir: &Path) -> Result<SocketAddr> {
-    let listen = ports::free_loopback_addresses(1)?[0];
+/// With `own_address` (network-namespace mode) it is the node's address and port 8404.
+pub fn prepare_lb_node(
+    dir: &Path,
+    node_dir: &Path,
+    own_address: Option<IpAddr>,
+) -> Result<SocketAddr> {
+    let listen = match own_address {
+        Some(ip) => SocketAddr::new(ip, super::netns::STATS_PORT),
+        None => ports::free_loopback_addresses(1)?[0],
+    };
     let password = StoredPassword::hash(&stats_password(dir)?)?;
     LbSettings {
         stats_listen: Some(listen),
@@ -341,7 +353,15 @@ pub async fn set_up(
     lb_nodes: &[String],
     stats: Vec<EmulatedNode>,
 ) -> Result<DemoState> {
-    let site = choose_vip(&emulation.dir)?;
+    // Network-namespace mode: the VIP is an address of the cluster's /24 on the holder's
+    // eth0, announced by gratuitous ARP; on loopback, a 127.0.2.x only the holder binds.
+    let (site, vip_interface) = match &emulation.state.netns {
+        Some(network) => (
+            SocketAddr::new(IpAddr::V4(network.vip()), super::netns::SITE_PORT),
+            Some(super::netns::NODE_INTERFACE.to_string()),
+        ),
+        None => (choose_vip(&emulation.dir)?, None),
+    };
     let mut demo = DemoState {
         site,
         service: Some(SERVICE.to_string()),
@@ -372,6 +392,7 @@ pub async fn set_up(
         slow_start_secs: 10,
         vip: VipSpec {
             preempt: true,
+            interface: vip_interface,
             ..VipSpec::default()
         },
     };

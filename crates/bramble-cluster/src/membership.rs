@@ -30,8 +30,8 @@ use tracing::{info, warn};
 
 use crate::gossip::{GossipCounters, SealedUdpTransport};
 use crate::load::LoadSummary;
-use crate::protocol::Speaks;
 use crate::node_dir::{KnownPeers, NodeDir};
+use crate::protocol::Speaks;
 use crate::settings::MembershipSettings;
 use crate::{ClusterError, Result};
 

@@ -110,6 +110,11 @@ pub enum LimitsError {
     },
     #[error("opening {path}: {source}")]
     Open { path: PathBuf, source: io::Error },
+    #[error("this host offers no {controller} controller in any cgroup tree ({layout})")]
+    NoController {
+        controller: &'static str,
+        layout: String,
+    },
 }
 
 /// Which cgroup interface a tree speaks.
@@ -925,6 +930,176 @@ fn write_memory_limit(directory: &Path, version: Version, bytes: u64) -> Result<
     }
 }
 
+/// A whole node's limits, written on its parent cgroup `bramble-<cluster>-<node>` rather
+/// than on one program's: an emulated board (`bramble up --profile`), where the agent and
+/// every program it starts (in sibling children of the parent) share the board's CPU and
+/// memory, as they share a real board's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeLimits {
+    /// CPU time the whole node may use per period, summed over its threads (CFS bandwidth
+    /// control: `cpu.cfs_quota_us` in v1, the first number of `cpu.max` in v2).
+    pub cpu_quota_microseconds: u64,
+    pub cpu_period_microseconds: u64,
+    pub memory_bytes: u64,
+}
+
+/// The smallest quota and the period bounds the kernel accepts (v1 and v2 alike: 1 ms to
+/// 1 s for the period, at least 1 ms of quota).
+pub const MINIMUM_CPU_QUOTA_MICROSECONDS: u64 = 1_000;
+pub const MINIMUM_CPU_PERIOD_MICROSECONDS: u64 = 1_000;
+pub const MAXIMUM_CPU_PERIOD_MICROSECONDS: u64 = 1_000_000;
+
+/// The leaf under the node's parent that the agent itself runs in: cgroup v2 lets no
+/// process sit in a cgroup whose children use controllers, and the services' cgroups are
+/// the parent's children.
+pub const AGENT_LEAF: &str = "agent";
+
+/// The agent's leaf cgroups, opened for [`Confinement::enter`] (kept open until the agent
+/// has been spawned).
+#[derive(Debug)]
+pub struct AgentCgroup {
+    joined: Vec<(PathBuf, File)>,
+}
+
+impl AgentCgroup {
+    /// What the agent's child process does before exec to start inside the board.
+    pub fn confinement(&self) -> Confinement {
+        let mut confinement = Confinement::default();
+        for (slot, (_, procs)) in confinement.procs.iter_mut().zip(&self.joined) {
+            *slot = procs.as_raw_fd();
+        }
+        confinement
+    }
+
+    /// The leaf directories (one per tree).
+    pub fn directories(&self) -> Vec<PathBuf> {
+        self.joined
+            .iter()
+            .map(|(directory, _)| directory.clone())
+            .collect()
+    }
+}
+
+impl NodeCgroups {
+    /// Writes `limits` on the node's parent cgroups (made if missing) and makes the agent's
+    /// leaf under each. Unlike a program's limits this fails rather than degrade: a board
+    /// profile that silently ran unlimited would measure the host, not the board.
+    pub fn limit_node(&self, limits: &NodeLimits) -> Result<AgentCgroup, LimitsError> {
+        let missing = |controller| LimitsError::NoController {
+            controller,
+            layout: self.layout.describe(),
+        };
+        let cpu = self.layout.cpu.as_ref().ok_or_else(|| missing("cpu"))?;
+        let memory = self
+            .layout
+            .memory
+            .as_ref()
+            .ok_or_else(|| missing("memory"))?;
+        let cpu_parent = self.ensure_parent(cpu, &["cpu"])?;
+        write_node_cpu_quota(&cpu_parent, cpu.version, limits)?;
+        let memory_parent = self.ensure_parent(memory, &["memory"])?;
+        write_node_memory_limit(&memory_parent, memory.version, limits.memory_bytes)?;
+        let mut joined = Vec::new();
+        for hierarchy in self.hierarchies() {
+            let leaf = self.parent(hierarchy).join(AGENT_LEAF);
+            match std::fs::create_dir(&leaf) {
+                Ok(()) => {}
+                Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(source) => return Err(LimitsError::Create { path: leaf, source }),
+            }
+            let procs_path = hierarchy.procs_file(&leaf);
+            let procs = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&procs_path)
+                .map_err(|source| LimitsError::Open {
+                    path: procs_path,
+                    source,
+                })?;
+            joined.push((leaf, procs));
+        }
+        Ok(AgentCgroup { joined })
+    }
+
+    /// Removes every cgroup of this node, the parent last, killing what still runs in them
+    /// (`bramble down`: the agents have stopped; a program that outlived its agent goes
+    /// with the board). True when nothing is left.
+    pub fn remove_node(&self) -> bool {
+        let mut all = true;
+        for hierarchy in self.hierarchies() {
+            let parent = self.parent(hierarchy);
+            if let Ok(entries) = std::fs::read_dir(&parent) {
+                for entry in entries.flatten() {
+                    if entry.file_type().is_ok_and(|kind| kind.is_dir()) {
+                        all &= remove_blocking(&entry.path(), Duration::from_secs(2));
+                    }
+                }
+            }
+            all &= remove_blocking(&parent, Duration::from_secs(2));
+        }
+        all
+    }
+}
+
+/// The node's CPU quota on its parent. v1 checks a parent's quota against its children's
+/// at every write, so the old quota is lifted first (a child never exceeds "unlimited")
+/// and the period set before the new quota.
+fn write_node_cpu_quota(
+    directory: &Path,
+    version: Version,
+    limits: &NodeLimits,
+) -> Result<(), LimitsError> {
+    let quota = limits.cpu_quota_microseconds;
+    let period = limits.cpu_period_microseconds;
+    match version {
+        Version::V2 => write_value(&directory.join("cpu.max"), &format!("{quota} {period}")),
+        Version::V1 => {
+            let quota_path = directory.join("cpu.cfs_quota_us");
+            if !quota_path.exists() {
+                return Err(LimitsError::Open {
+                    path: quota_path,
+                    source: io::Error::from(io::ErrorKind::NotFound),
+                });
+            }
+            write_value(&quota_path, "-1")?;
+            write_value(&directory.join("cpu.cfs_period_us"), &period.to_string())?;
+            write_value(&quota_path, &quota.to_string())
+        }
+    }
+}
+
+/// The node's memory limit on its parent: RAM and swap together (a board's RAM is its
+/// bound). Unlike a program's cgroup, `memory.oom.group` stays off: a board out of memory
+/// loses one process to the OOM killer, not everything it runs.
+fn write_node_memory_limit(
+    directory: &Path,
+    version: Version,
+    bytes: u64,
+) -> Result<(), LimitsError> {
+    let value = bytes.to_string();
+    match version {
+        Version::V2 => {
+            write_value(&directory.join("memory.max"), &value)?;
+            let swap = directory.join("memory.swap.max");
+            if swap.exists() {
+                write_value(&swap, "0")?;
+            }
+            Ok(())
+        }
+        Version::V1 => {
+            // memsw must stay at least the memory limit: lifted first, set after.
+            let swap = directory.join("memory.memsw.limit_in_bytes");
+            if swap.exists() {
+                write_value(&swap, "-1")?;
+            }
+            write_value(&directory.join("memory.limit_in_bytes"), &value)?;
+            if swap.exists() {
+                write_value(&swap, &value)?;
+            }
+            Ok(())
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1251,6 +1426,204 @@ mod tests {
         // A v1 tree without CFS bandwidth control cannot take a quota: said so.
         let error = write_cpu_limit(path, Version::V1, 500).expect_err("no cpu.cfs_quota_us");
         assert!(error.to_string().contains("cpu.cfs_quota_us"), "{error}");
+    }
+
+    /// A board's limits as the unified tree (Raspberry Pi OS) and a v1 tree (this host)
+    /// read them, on plain files laid out as each has them.
+    #[test]
+    fn node_limits_are_written_on_the_parent_in_both_versions() {
+        let limits = NodeLimits {
+            cpu_quota_microseconds: 9_200,
+            cpu_period_microseconds: 100_000,
+            memory_bytes: GIB,
+        };
+        let unified = tempfile::tempdir().expect("a temporary directory");
+        let path = unified.path();
+        for file in ["cpu.max", "memory.max", "memory.swap.max"] {
+            std::fs::write(path.join(file), "max").expect("a stand-in file");
+        }
+        let read = |directory: &Path, file: &str| {
+            std::fs::read_to_string(directory.join(file)).unwrap_or_default()
+        };
+        write_node_cpu_quota(path, Version::V2, &limits).expect("cpu.max");
+        assert_eq!(read(path, "cpu.max"), "9200 100000");
+        write_node_memory_limit(path, Version::V2, GIB).expect("memory.max");
+        assert_eq!(read(path, "memory.max"), GIB.to_string());
+        assert_eq!(read(path, "memory.swap.max"), "0");
+        assert!(
+            !path.join("memory.oom.group").exists(),
+            "a board is not one program"
+        );
+
+        let separate = tempfile::tempdir().expect("a temporary directory");
+        let path = separate.path();
+        for file in [
+            "cpu.cfs_quota_us",
+            "cpu.cfs_period_us",
+            "memory.limit_in_bytes",
+            "memory.memsw.limit_in_bytes",
+        ] {
+            std::fs::write(path.join(file), "-1").expect("a stand-in file");
+        }
+        let long_period = NodeLimits {
+            cpu_quota_microseconds: 1_070,
+            cpu_period_microseconds: 110_000,
+            memory_bytes: 512 * MIB,
+        };
+        write_node_cpu_quota(path, Version::V1, &long_period).expect("v1 quota");
+        assert_eq!(read(path, "cpu.cfs_quota_us"), "1070");
+        assert_eq!(read(path, "cpu.cfs_period_us"), "110000");
+        write_node_memory_limit(path, Version::V1, 512 * MIB).expect("v1 memory");
+        assert_eq!(read(path, "memory.limit_in_bytes"), (512 * MIB).to_string());
+        assert_eq!(
+            read(path, "memory.memsw.limit_in_bytes"),
+            (512 * MIB).to_string()
+        );
+        // Without CFS bandwidth control there is no quota to write: an error, not a shrug.
+        std::fs::remove_file(path.join("cpu.cfs_quota_us")).expect("removing");
+        assert!(write_node_cpu_quota(path, Version::V1, &limits).is_err());
+
+        // No controller at all: a clear error naming it.
+        let node = NodeCgroups::with_layout("unit-board", "n1", Layout::default());
+        let error = node.limit_node(&limits).expect_err("no controllers");
+        assert!(error.to_string().contains("no cpu controller"), "{error}");
+    }
+
+    /// The whole v2 path of a board on plain files laid out as the unified tree has them
+    /// (this host has no v2 controllers): controllers enabled for the children at the top
+    /// and on the parent, the limits on the parent, the agent's one leaf (cpu and memory
+    /// share the tree) opened for joining.
+    #[test]
+    fn a_board_on_the_unified_tree_is_laid_out_as_v2_wants() {
+        let directory = tempfile::tempdir().expect("a temporary directory");
+        let mount = directory.path().to_path_buf();
+        let hierarchy = Hierarchy {
+            version: Version::V2,
+            mount: mount.clone(),
+            root: "/".into(),
+        };
+        let layout = Layout {
+            cpu: Some(hierarchy.clone()),
+            memory: Some(hierarchy),
+        };
+        let node = NodeCgroups::with_layout("unit-v2", "n1", layout);
+        let parent = mount.join("bramble-unitv2-n1");
+        let leaf = parent.join(AGENT_LEAF);
+        std::fs::create_dir_all(&leaf).expect("the stand-in cgroups");
+        for file in [
+            mount.join("cgroup.subtree_control"),
+            parent.join("cgroup.subtree_control"),
+            parent.join("cpu.max"),
+            parent.join("memory.max"),
+            parent.join("memory.swap.max"),
+            leaf.join("cgroup.procs"),
+        ] {
+            std::fs::write(&file, "").expect("a stand-in file");
+        }
+        let agent = node
+            .limit_node(&NodeLimits {
+                cpu_quota_microseconds: 1_000,
+                cpu_period_microseconds: 152_000,
+                memory_bytes: 512 * MIB,
+            })
+            .expect("the board");
+        let read = |path: PathBuf| std::fs::read_to_string(path).unwrap_or_default();
+        assert_eq!(read(parent.join("cpu.max")), "1000 152000");
+        assert_eq!(read(parent.join("memory.max")), (512 * MIB).to_string());
+        assert_eq!(read(parent.join("memory.swap.max")), "0");
+        // Each `+controller` is its own write (the kernel keeps them all; a plain file keeps
+        // the last).
+        assert_eq!(read(parent.join("cgroup.subtree_control")), "+memory");
+        assert_eq!(read(mount.join("cgroup.subtree_control")), "+memory");
+        assert_eq!(agent.directories(), vec![leaf]);
+        assert!(agent.confinement().procs[0] >= 0 && agent.confinement().procs[1] < 0);
+    }
+
+    /// Where this host has the controllers and the test runs as root: the board's limits on
+    /// the parent, the agent in its leaf from its first instruction, a service's cgroup
+    /// beside it, and the services' clean-up (`remove_stale`, `remove_parents`) leaving
+    /// the board's parent and its limits alone; `remove_node` takes everything.
+    #[test]
+    fn a_real_board_holds_its_agent_and_outlives_the_services_clean_up() {
+        let node = NodeCgroups::new(&format!("board{}", std::process::id()), "n1");
+        let (Some(cpu), Some(memory)) = (node.layout().cpu.clone(), node.layout().memory.clone())
+        else {
+            eprintln!("skipped: this host lacks a cpu or memory controller");
+            return;
+        };
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: needs root (to create cgroups)");
+            return;
+        }
+        let limits = NodeLimits {
+            cpu_quota_microseconds: 20_000,
+            cpu_period_microseconds: 100_000,
+            memory_bytes: 256 * MIB,
+        };
+        let agent = node.limit_node(&limits).expect("the board's cgroups");
+        let quota = |directory: &Path| match cpu.version {
+            Version::V2 => std::fs::read_to_string(directory.join("cpu.max")),
+            Version::V1 => std::fs::read_to_string(directory.join("cpu.cfs_quota_us")),
+        };
+        let cpu_parent = node.parent(&cpu);
+        assert!(quota(&cpu_parent).expect("quota").starts_with("20000"));
+        let memory_file = match memory.version {
+            Version::V2 => "memory.max",
+            Version::V1 => "memory.limit_in_bytes",
+        };
+        let memory_limit = || std::fs::read_to_string(node.parent(&memory).join(memory_file));
+        assert_eq!(
+            memory_limit().expect("limit").trim(),
+            (256 * MIB).to_string()
+        );
+
+        use std::os::unix::process::CommandExt;
+        let confinement = agent.confinement();
+        let mut command = std::process::Command::new("sh");
+        command.args(["-c", "cat /proc/$$/cgroup"]);
+        // SAFETY: `enter` only makes async-signal-safe system calls.
+        unsafe {
+            command.pre_exec(move || confinement.enter());
+        }
+        let output = command.output().expect("running the test program");
+        let text = String::from_utf8_lossy(&output.stdout);
+        let entries = parse_proc_cgroup(&text);
+        let cpu_entry = entries.iter().find(|entry| match cpu.version {
+            Version::V2 => entry.hierarchy_id == 0,
+            Version::V1 => entry.controllers.iter().any(|name| name == "cpu"),
+        });
+        assert_eq!(
+            cpu_entry.and_then(|entry| cpu.directory_of(&entry.path)),
+            Some(cpu_parent.join(AGENT_LEAF)),
+            "{text}"
+        );
+
+        // A service with a smaller limit nests inside; the services' start-up and stop
+        // clean-up leaves the board alone.
+        let service = ProcessCgroup::create(
+            &node,
+            "service-web-0",
+            Limits {
+                cpu_millis: Some(100),
+                memory_bytes: Some(64 * MIB),
+            },
+        );
+        assert_eq!(service.warning(), None);
+        drop(service);
+        node.remove_stale("service-");
+        node.remove_parents();
+        assert!(cpu_parent.join(AGENT_LEAF).exists());
+        assert!(quota(&cpu_parent).expect("quota").starts_with("20000"));
+        assert_eq!(
+            memory_limit().expect("limit").trim(),
+            (256 * MIB).to_string()
+        );
+        // Written again (the next start of the agent): the same.
+        drop(node.limit_node(&limits).expect("again"));
+        drop(agent);
+        assert!(node.remove_node());
+        assert!(!cpu_parent.exists() && !node.parent(&memory).exists());
     }
 
     #[test]

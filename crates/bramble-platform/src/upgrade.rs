@@ -405,10 +405,12 @@ impl Staging {
         for entry in entries.flatten() {
             let path = entry.path();
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with(STAGED_PREFIX) && path != keep && !same_file(&path, running) {
-                if let Err(error) = std::fs::remove_file(&path) {
-                    warn!(%error, path = %path.display(), "could not remove an old staged build");
-                }
+            if name.starts_with(STAGED_PREFIX)
+                && path != keep
+                && !same_file(&path, running)
+                && let Err(error) = std::fs::remove_file(&path)
+            {
+                warn!(%error, path = %path.display(), "could not remove an old staged build");
             }
         }
     }
