@@ -119,14 +119,20 @@ fn stat_fields(stat: &str) -> Vec<&str> {
 /// Starts `bramble agent --data-dir <data_dir>` in its own session (so closing the terminal
 /// or pressing Ctrl-C in it does not reach the agent), logging to `<data_dir>/agent.log`.
 pub fn spawn_agent(data_dir: &Path) -> Result<u32> {
-    let executable = std::env::current_exe().context("finding the bramble executable")?;
+    // This very executable through the magic link, which still opens it after a rebuild
+    // or a package upgrade replaced the file under its name (`current_exe` would then name
+    // a deleted path); the name is kept as argv[0] for `ps`.
+    let name = std::env::current_exe()
+        .map(|path| path.into_os_string())
+        .unwrap_or_else(|_| "bramble".into());
     let log_path = data_dir.join("agent.log");
     let log = OpenOptions::new()
         .create(true)
         .append(true)
         .open(&log_path)
         .with_context(|| format!("opening {}", log_path.display()))?;
-    let mut command = Command::new(executable);
+    let mut command = Command::new("/proc/self/exe");
+    std::os::unix::process::CommandExt::arg0(&mut command, name);
     command
         .arg("agent")
         .arg("--data-dir")
