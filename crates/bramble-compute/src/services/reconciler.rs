@@ -160,6 +160,16 @@ impl Reconciler {
                     next_pass = Instant::now() + period;
                 }
             }
+            // Until the next lease step, and while holding also the next membership look and
+            // periodic pass. (A standby node has no pass due: waiting for one made its loop
+            // spin through zero-length sleeps, a thousand wake-ups a second.)
+            let now = Instant::now();
+            let mut wait = next_step.saturating_duration_since(now);
+            if lease.grant_version().is_some() {
+                wait = wait
+                    .min(MEMBERSHIP_POLL)
+                    .min(next_pass.saturating_duration_since(now));
+            }
             tokio::select! {
                 _ = shutdown.wait() => {
                     if lease.hold().is_some() {
@@ -179,7 +189,7 @@ impl Reconciler {
                     }
                     dirty = true;
                 }
-                _ = tokio::time::sleep(MEMBERSHIP_POLL.min(next_pass.saturating_duration_since(Instant::now()))) => {}
+                _ = tokio::time::sleep(wait) => {}
             }
         }
     }
