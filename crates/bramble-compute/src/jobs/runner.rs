@@ -89,6 +89,19 @@ impl JobSettings {
 
 /// Measures this node's speed with a short run of `bench cpu` (0.3 s, one thread, the
 /// default max prime), in the unit `bench cpu` stores: events per second over 1,000.
+/// How long `Runner::new` waits for the catalog's record of this node's speed.
+const STARTUP_SPEED_READ: Duration = Duration::from_millis(250);
+
+/// This node's speed as `bench cpu` last stored it in the catalog.
+async fn stored_speed(meta: &Meta, node: &str) -> Option<f64> {
+    meta.read(&super::admin::speed_key(node), Consistency::Stale, false)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|value| serde_json::from_slice(&value.value).ok())
+        .filter(|speed: &f64| speed.is_finite() && *speed > 0.0 && *speed < 1e6)
+}
+
 fn calibrate() -> f64 {
     let request = crate::cpu_bench::CpuBenchRequest {
         max_prime: crate::cpu_bench::DEFAULT_MAX_PRIME,
@@ -124,6 +137,9 @@ pub struct Runner {
     slots: u32,
     /// f64 bits: `bench cpu` may change it while the runner runs.
     speed: AtomicU64,
+    /// Whether the speed came from jobs.toml or the catalog (else from the short
+    /// measurement at start, and the catalog is asked again when the runner starts).
+    speed_settled: bool,
     cpus: u32,
     identity: Identity,
     meta: Arc<Meta>,
@@ -161,13 +177,14 @@ impl Runner {
         let identity = Identity::resolve(settings.task_user.as_deref())
             .map_err(|error| format!("jobs.toml: {error}"))?;
         // jobs.toml's figure, else the last `bench cpu` here, else a short measurement.
-        let measured: Option<f64> = meta
-            .read(&super::admin::speed_key(node), Consistency::Stale, false)
+        // The catalog is asked only briefly: a node that has just joined is no replica
+        // yet, and its read would wait for the leader (5 s, for every node `bramble up`
+        // starts); the runner asks again once it runs ([`Runner::run`]).
+        let measured = tokio::time::timeout(STARTUP_SPEED_READ, stored_speed(&meta, node))
             .await
             .ok()
-            .flatten()
-            .and_then(|value| serde_json::from_slice(&value.value).ok())
-            .filter(|speed: &f64| speed.is_finite() && *speed > 0.0 && *speed < 1e6);
+            .flatten();
+        let speed_settled = settings.speed.is_some() || measured.is_some();
         let speed = match settings.speed.or(measured) {
             Some(speed) => speed,
             None => tokio::task::spawn_blocking(|| {
@@ -186,6 +203,7 @@ impl Runner {
             data_dir: data_dir.to_path_buf(),
             slots: settings.slots.unwrap_or(cpus),
             speed: AtomicU64::new(speed.to_bits()),
+            speed_settled,
             cpus,
             identity,
             meta,
@@ -238,6 +256,16 @@ impl Runner {
     /// The worker `jobs-runner`.
     pub async fn run(self: Arc<Self>, worker: WorkerContext) -> Result<(), String> {
         let mut shutdown = worker.shutdown();
+        if !self.speed_settled {
+            // A `bench cpu` result kept from before a restart wins over the measurement.
+            let stored = tokio::select! {
+                _ = shutdown.wait() => return Ok(()),
+                stored = stored_speed(&self.meta, &self.node) => stored,
+            };
+            if let Some(speed) = stored {
+                self.set_speed(speed);
+            }
+        }
         let mut watch = self.meta.watch(STATE_PREFIX);
         let mut active = self.active_jobs().await;
         let mut epoch = 0u64;
