@@ -90,7 +90,7 @@ impl JobSettings {
 /// Measures this node's speed with a short run of `bench cpu` (0.3 s, one thread, the
 /// default max prime), in the unit `bench cpu` stores: events per second over 1,000.
 /// How long `Runner::new` waits for the catalog's record of this node's speed.
-const STARTUP_SPEED_READ: Duration = Duration::from_millis(250);
+const STARTUP_SPEED_READ: Duration = Duration::from_millis(100);
 
 /// This node's speed as `bench cpu` last stored it in the catalog.
 async fn stored_speed(meta: &Meta, node: &str) -> Option<f64> {
@@ -137,8 +137,8 @@ pub struct Runner {
     slots: u32,
     /// f64 bits: `bench cpu` may change it while the runner runs.
     speed: AtomicU64,
-    /// Whether the speed came from jobs.toml or the catalog (else from the short
-    /// measurement at start, and the catalog is asked again when the runner starts).
+    /// Whether the speed came from jobs.toml or the catalog (else the runner asks the
+    /// catalog again when it starts, and measures it if the catalog has none).
     speed_settled: bool,
     cpus: u32,
     identity: Identity,
@@ -185,15 +185,8 @@ impl Runner {
             .ok()
             .flatten();
         let speed_settled = settings.speed.is_some() || measured.is_some();
-        let speed = match settings.speed.or(measured) {
-            Some(speed) => speed,
-            None => tokio::task::spawn_blocking(|| {
-                bramble_util::scheduling::restore_original_priority();
-                calibrate()
-            })
-            .await
-            .unwrap_or(1.0),
-        };
+        // Until the runner has measured it (`run`): the reference speed.
+        let speed = settings.speed.or(measured).unwrap_or(1.0);
         let output = data_dir.join(OUTPUT_DIRECTORY);
         std::fs::create_dir_all(&output)
             .map_err(|error| format!("creating {}: {error}", output.display()))?;
@@ -257,14 +250,23 @@ impl Runner {
     pub async fn run(self: Arc<Self>, worker: WorkerContext) -> Result<(), String> {
         let mut shutdown = worker.shutdown();
         if !self.speed_settled {
-            // A `bench cpu` result kept from before a restart wins over the measurement.
+            // A `bench cpu` result kept from before a restart wins over a measurement; the
+            // measurement (0.3 s) runs here, not in the subsystem's start, so that an agent
+            // answers at once (`bramble up` starts its nodes one after another).
             let stored = tokio::select! {
                 _ = shutdown.wait() => return Ok(()),
                 stored = stored_speed(&self.meta, &self.node) => stored,
             };
-            if let Some(speed) = stored {
-                self.set_speed(speed);
-            }
+            let speed = match stored {
+                Some(speed) => speed,
+                None => tokio::task::spawn_blocking(|| {
+                    bramble_util::scheduling::restore_original_priority();
+                    calibrate()
+                })
+                .await
+                .unwrap_or(1.0),
+            };
+            self.set_speed(speed);
         }
         let mut watch = self.meta.watch(STATE_PREFIX);
         let mut active = self.active_jobs().await;
