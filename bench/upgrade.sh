@@ -36,6 +36,8 @@ NODES="${NODES:-5}"
 RESULT="$RESULTS_DIR/upgrade.json"
 
 build_release
+# The commit the new build is of (the tree may move on while the older one builds).
+TO_COMMIT="$(git rev-parse --short=9 HEAD)$(git diff --quiet HEAD -- src crates Cargo.toml Cargo.lock || echo '+changes')"
 NEW="$SCRATCH_DIR/bramble-new"
 cp "$BRAMBLE" "$NEW"
 
@@ -48,6 +50,12 @@ else
     worktree="$SCRATCH_DIR/from"
     log "building $FROM_REF ($from_commit) in a worktree (target/upgrade-from; the first build takes a while)"
     git worktree add --detach --quiet "$worktree" "$from_commit"
+    # Seeded once with a copy of this tree's release dependencies (the same registry
+    # crates): the older commit then compiles only its own crates.
+    if [[ ! -d "$REPO_ROOT/target/upgrade-from/release" && -d "$REPO_ROOT/target/release" ]]; then
+        mkdir -p "$REPO_ROOT/target/upgrade-from"
+        cp -a "$REPO_ROOT/target/release" "$REPO_ROOT/target/upgrade-from/release"
+    fi
     trap 'git -C "$REPO_ROOT" worktree remove --force "$worktree" >/dev/null 2>&1 || true; cleanup_clusters' EXIT
     (cd "$worktree" && CARGO_TARGET_DIR="$REPO_ROOT/target/upgrade-from" cargo build --release --quiet)
     OLD="$SCRATCH_DIR/bramble-old"
@@ -112,7 +120,7 @@ AFTER="$(builds)"
 NEW_HASH="$("$NEW" version --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["executable_hash"])')"
 
 python3 - "$SCRATCH_DIR/upgrade.json" "$SCRATCH_DIR/client.json" "$RESULT" "$started" "$finished" \
-    "$BEFORE" "$AFTER" "$NEW_HASH" "$FROM_LABEL" "$NODES" "$(git rev-parse --short=9 HEAD)" <<'EOF'
+    "$BEFORE" "$AFTER" "$NEW_HASH" "$FROM_LABEL" "$NODES" "$TO_COMMIT" <<'EOF'
 import json, sys, datetime
 upgrade = json.load(open(sys.argv[1]))
 client = json.load(open(sys.argv[2]))
