@@ -137,8 +137,8 @@ pub struct Runner {
     slots: u32,
     /// f64 bits: `bench cpu` may change it while the runner runs.
     speed: AtomicU64,
-    /// Whether the speed came from jobs.toml or the catalog (else the runner asks the
-    /// catalog again when it starts, and measures it if the catalog has none).
+    /// Whether the speed came from jobs.toml or the catalog (else from the measurement at
+    /// start, and the runner asks the catalog again when it starts).
     speed_settled: bool,
     cpus: u32,
     identity: Identity,
@@ -185,8 +185,18 @@ impl Runner {
             .ok()
             .flatten();
         let speed_settled = settings.speed.is_some() || measured.is_some();
-        // Until the runner has measured it (`run`): the reference speed.
-        let speed = settings.speed.or(measured).unwrap_or(1.0);
+        let speed = match settings.speed.or(measured) {
+            Some(speed) => speed,
+            // Measured here, before the agent answers: run later, the measurement's 0.3 s
+            // of CPU overlapped a restarted node's return to service (its VIP and
+            // backends) and cost a busy node requests.
+            None => tokio::task::spawn_blocking(|| {
+                bramble_util::scheduling::restore_original_priority();
+                calibrate()
+            })
+            .await
+            .unwrap_or(1.0),
+        };
         let output = data_dir.join(OUTPUT_DIRECTORY);
         std::fs::create_dir_all(&output)
             .map_err(|error| format!("creating {}: {error}", output.display()))?;
@@ -250,23 +260,15 @@ impl Runner {
     pub async fn run(self: Arc<Self>, worker: WorkerContext) -> Result<(), String> {
         let mut shutdown = worker.shutdown();
         if !self.speed_settled {
-            // A `bench cpu` result kept from before a restart wins over a measurement; the
-            // measurement (0.3 s) runs here, not in the subsystem's start, so that an agent
-            // answers at once (`bramble up` starts its nodes one after another).
+            // A `bench cpu` result kept from before a restart wins over the measurement,
+            // also when the catalog could not say so at start (a node not yet a replica).
             let stored = tokio::select! {
                 _ = shutdown.wait() => return Ok(()),
                 stored = stored_speed(&self.meta, &self.node) => stored,
             };
-            let speed = match stored {
-                Some(speed) => speed,
-                None => tokio::task::spawn_blocking(|| {
-                    bramble_util::scheduling::restore_original_priority();
-                    calibrate()
-                })
-                .await
-                .unwrap_or(1.0),
-            };
-            self.set_speed(speed);
+            if let Some(speed) = stored {
+                self.set_speed(speed);
+            }
         }
         let mut watch = self.meta.watch(STATE_PREFIX);
         let mut active = self.active_jobs().await;
