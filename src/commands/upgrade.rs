@@ -91,20 +91,6 @@ struct Candidate {
     hash: String,
 }
 
-/// The architecture an ELF header was built for, in `std::env::consts::ARCH`'s words.
-fn elf_architecture(header: &[u8]) -> Option<&'static str> {
-    if header.len() < 20 || &header[..4] != b"\x7fELF" || header[5] != 1 {
-        return None;
-    }
-    match u16::from_le_bytes([header[18], header[19]]) {
-        62 => Some("x86_64"),
-        183 => Some("aarch64"),
-        40 => Some("arm"),
-        243 => Some("riscv64"),
-        _ => None,
-    }
-}
-
 async fn read_candidate(path: &Path) -> Result<Candidate> {
     let metadata =
         std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
@@ -124,7 +110,7 @@ async fn read_candidate(path: &Path) -> Result<Candidate> {
         std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let read = std::io::Read::read(&mut file, &mut header)
         .with_context(|| format!("reading {}", path.display()))?;
-    let architecture = elf_architecture(&header[..read]).ok_or_else(|| {
+    let architecture = staging::elf_architecture(&header[..read]).ok_or_else(|| {
         anyhow!(
             "{} is not a little-endian ELF executable for x86_64, aarch64, 32-bit ARM or riscv64",
             path.display()
@@ -513,23 +499,5 @@ pub(super) async fn wait_for_build(
             );
         }
         tokio::time::sleep(POLL).await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_architecture_of_an_executable_is_read_from_its_elf_header() {
-        let own = std::fs::read("/proc/self/exe").unwrap_or_default();
-        assert_eq!(elf_architecture(&own[..64]), Some(std::env::consts::ARCH));
-        let mut arm = own[..64].to_vec();
-        arm[18..20].copy_from_slice(&40u16.to_le_bytes());
-        assert_eq!(elf_architecture(&arm), Some("arm"));
-        assert_eq!(
-            elf_architecture(b"#!/bin/sh\nexec true\n and more bytes"),
-            None
-        );
     }
 }

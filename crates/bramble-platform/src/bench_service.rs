@@ -255,14 +255,16 @@ impl StreamHandler for BenchService {
     }
 }
 
-fn failed(error: MuxError) -> RpcError {
+/// A mux error as the RPC error a stream handler answers with (shared with `upgrade`).
+pub(crate) fn failed(error: MuxError) -> RpcError {
     match error {
         MuxError::Remote(error) => error,
         other => RpcError::new(ErrorKind::Unavailable, other.to_string()),
     }
 }
 
-fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, RpcError> {
+/// A response header, postcard-encoded.
+pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, RpcError> {
     postcard::to_allocvec(value).map_err(|error| RpcError::internal(error.to_string()))
 }
 

@@ -33,7 +33,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bramble_cluster::protocol::BuildInfo;
-use bramble_net::{Caller, ErrorKind, IncomingCall, MuxError, ResponseWriter, RpcError};
+use bramble_net::{Caller, ErrorKind, IncomingCall, ResponseWriter, RpcError};
+
+use crate::bench_service::{encode, failed};
 use bramble_util::files::{self, Visibility};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -153,6 +155,22 @@ fn own_machine() -> Option<(u16, u8, &'static str)> {
         "aarch64" => Some((183, 2, "aarch64")),
         "arm" => Some((40, 1, "32-bit ARM")),
         "riscv64" => Some((243, 2, "riscv64")),
+        _ => None,
+    }
+}
+
+/// The architecture an ELF header was built for, in `std::env::consts::ARCH`'s words
+/// (`x86_64`, `aarch64`, `arm`, `riscv64`), if it is a little-endian ELF for one of them:
+/// how `bramble upgrade` matches each `--binary` to the nodes that announce it.
+pub fn elf_architecture(header: &[u8]) -> Option<&'static str> {
+    if header.len() < 20 || &header[..4] != b"\x7fELF" || header[5] != 1 {
+        return None;
+    }
+    match u16::from_le_bytes([header[18], header[19]]) {
+        62 => Some("x86_64"),
+        183 => Some("aarch64"),
+        40 => Some("arm"),
+        243 => Some("riscv64"),
         _ => None,
     }
 }
@@ -682,17 +700,6 @@ fn internal(error: impl std::fmt::Display) -> RpcError {
     RpcError::internal(error.to_string())
 }
 
-fn failed(error: MuxError) -> RpcError {
-    match error {
-        MuxError::Remote(error) => error,
-        other => RpcError::new(ErrorKind::Unavailable, other.to_string()),
-    }
-}
-
-fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, RpcError> {
-    postcard::to_allocvec(value).map_err(|error| RpcError::internal(error.to_string()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -725,6 +732,19 @@ mod tests {
             .unwrap_or_default();
         assert!(error.contains("is an executable for"), "{error}");
         assert!(error.contains("this node is"), "{error}");
+    }
+
+    #[test]
+    fn the_architecture_of_an_executable_is_read_from_its_elf_header() {
+        let own = own_header();
+        assert_eq!(elf_architecture(&own), Some(std::env::consts::ARCH));
+        let mut arm = own.clone();
+        arm[18..20].copy_from_slice(&40u16.to_le_bytes());
+        assert_eq!(elf_architecture(&arm), Some("arm"));
+        assert_eq!(
+            elf_architecture(b"#!/bin/sh\nexec true\n and more bytes"),
+            None
+        );
     }
 
     #[test]
