@@ -8,13 +8,18 @@
 //! Writing streams too: a new or truncated file's writes go straight into one
 //! `store.file_put` stream, and `close` (flush) returns once the agent has made the whole
 //! file durable and visible, with any error (ENOSPC, EIO) reported to the writer.
+//! Writes anywhere else — into the middle of a file, appends to an existing one, a write
+//! that seeks back — are held per open file as merged byte ranges (at most
+//! [`DIRTY_LIMIT`]) and sent as `store.file_patch` changes at the next flush, fsync or
+//! close, or when the limit fills; the agent rewrites only the blocks they touch.
+//! `truncate` to any size is a patch too. A file open for reading and writing stores what
+//! was written before it serves a read, so a read sees the handle's own writes. As with
+//! NFS, other open files see the changes once they are flushed (close-to-open).
 //!
-//! What this mount does not do yet, and answers with EOPNOTSUPP: writing into the middle
-//! of an existing file or appending to one (files are written whole, as `cp`, `dd`,
-//! `tar` and `rsync` write them), symlinks, hard links, extended attributes; `chmod`,
-//! `chown` and `utimes` are accepted and not stored.
+//! What this mount does not do yet, and answers with EOPNOTSUPP: symlinks, hard links,
+//! extended attributes; `chmod`, `chown` and `utimes` are accepted and not stored.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ffi::OsStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -43,6 +48,10 @@ const READ_CACHE_BYTES: usize = 16 * 1024 * 1024;
 const STATFS_TTL: Duration = Duration::from_secs(5);
 /// Most entries a directory listing holds in memory.
 const MAX_DIRECTORY_ENTRIES: usize = 1_000_000;
+/// Bytes of patches an open file holds before it sends them without waiting for a flush.
+const DIRTY_LIMIT: usize = 8 * 1024 * 1024;
+/// Bytes of a body sent per chunk.
+const CHUNK_BYTES: usize = 1024 * 1024;
 
 /// The errno for an error from the cluster.
 fn errno(error: &RpcError) -> Errno {
@@ -97,6 +106,14 @@ struct Writer {
     /// The file exists in the cluster with this handle's content (nothing unflushed).
     stored: bool,
     error: Option<Errno>,
+    /// Bytes written away from the end of an upload stream, merged by offset, held until
+    /// they are sent as patches.
+    dirty: BTreeMap<u64, Vec<u8>>,
+    dirty_bytes: usize,
+    /// A size to cut or extend the file to, sent as a patch before the dirty ranges.
+    resize: Option<u64>,
+    /// Reads through this handle (a file open for reading and writing).
+    reader: Option<Reader>,
 }
 
 impl Writer {
@@ -109,7 +126,46 @@ impl Writer {
             stored_size: existing_size,
             stored: exists,
             error: None,
+            dirty: BTreeMap::new(),
+            dirty_bytes: 0,
+            resize: None,
+            reader: None,
         }
+    }
+
+    fn has_patches(&self) -> bool {
+        !self.dirty.is_empty() || self.resize.is_some()
+    }
+
+    /// Holds `data` for offset `offset`, merged with the ranges it overlaps or touches
+    /// (the newest bytes win).
+    fn add_dirty(&mut self, offset: u64, data: &[u8]) {
+        let end = offset + data.len() as u64;
+        let touching: Vec<u64> = self
+            .dirty
+            .range(..=end)
+            .filter(|(start, bytes)| *start + bytes.len() as u64 >= offset)
+            .map(|(start, _)| *start)
+            .collect();
+        let mut merged_start = offset;
+        let mut merged_end = end;
+        for start in &touching {
+            let length = self.dirty.get(start).map_or(0, Vec::len) as u64;
+            merged_start = merged_start.min(*start);
+            merged_end = merged_end.max(start + length);
+        }
+        let mut merged = vec![0u8; (merged_end - merged_start) as usize];
+        for start in touching {
+            if let Some(bytes) = self.dirty.remove(&start) {
+                self.dirty_bytes -= bytes.len();
+                let from = (start - merged_start) as usize;
+                merged[from..from + bytes.len()].copy_from_slice(&bytes);
+            }
+        }
+        let from = (offset - merged_start) as usize;
+        merged[from..from + data.len()].copy_from_slice(data);
+        self.dirty_bytes += merged.len();
+        self.dirty.insert(merged_start, merged);
     }
 }
 
@@ -262,7 +318,38 @@ impl Context {
     /// without a write).
     async fn store_empty(&self, path: &str, mode: u32) -> Result<(), Errno> {
         let upload = self.start_upload(path, mode).await?;
-        finish_upload(upload).await
+        finish_upload(path, upload).await
+    }
+
+    /// Changes part of the stored file: first cut or extended to `resize`, then `data`
+    /// written at `offset`.
+    async fn patch(
+        &self,
+        path: &str,
+        offset: u64,
+        data: &[u8],
+        resize: Option<u64>,
+    ) -> Result<(), Errno> {
+        let header = FilePatchHeader {
+            volume: self.volume.clone(),
+            path: path.to_string(),
+            offset,
+            resize,
+            forwarded: false,
+        };
+        let header = postcard::to_allocvec(&header).map_err(|_| Errno::EIO)?;
+        let (mut sender, response) = self
+            .remote
+            .open(METHOD_FILE_PATCH, &header)
+            .await
+            .map_err(|error| errno(&error))?;
+        for chunk in data.chunks(CHUNK_BYTES) {
+            // A refusal ends the stream early; the answer says why.
+            if sender.send(Bytes::copy_from_slice(chunk)).await.is_err() {
+                break;
+            }
+        }
+        finish_upload(path, Upload { sender, response }).await
     }
 
     /// An upload that begins with the first `prefix` bytes of the file as stored now
@@ -338,16 +425,29 @@ impl Context {
 }
 
 /// Ends an upload and waits for the agent's verdict.
-async fn finish_upload(upload: Upload) -> Result<(), Errno> {
+async fn finish_upload(path: &str, upload: Upload) -> Result<(), Errno> {
     let sent = upload.sender.finish().await;
     let answer = upload.response.wait().await;
     match (sent, answer) {
         (_, Ok(_)) => Ok(()),
-        (_, Err(error)) => Err(stream_errno(error)),
+        (_, Err(error)) => {
+            // The writer hears only an errno: the reason goes to the mount's log.
+            tracing::warn!(path, %error, "a write was not stored");
+            Err(stream_errno(error))
+        }
     }
 }
 
 impl Reader {
+    fn new(path: String) -> Reader {
+        Reader {
+            path,
+            stream: None,
+            cache: VecDeque::new(),
+            cached_bytes: 0,
+        }
+    }
+
     /// The bytes of [offset, offset + size) held in the cache, if all of them are.
     fn cached_range(&self, offset: u64, size: usize, file_end: Option<u64>) -> Option<Vec<u8>> {
         let wanted_end = match file_end {
@@ -438,14 +538,21 @@ impl Writer {
         if let Some(error) = self.error {
             return Err(error);
         }
-        if offset != self.position {
-            tracing::warn!(
-                path = %self.path,
-                offset,
-                position = self.position,
-                "a write that is not at the end of the file is not supported by the mount yet"
-            );
-            return Err(Errno::EOPNOTSUPP);
+        self.reader = None;
+        // A new or truncated file written front to back streams; anything else is a patch.
+        let streaming = (self.upload.is_some() || self.stored_size == 0)
+            && !self.has_patches()
+            && offset == self.position;
+        if !streaming {
+            // What the stream carried so far is stored first: patches change a stored file.
+            self.finish_stream(context).await?;
+            self.add_dirty(offset, data);
+            self.position = self.position.max(offset + data.len() as u64);
+            lock(&context.writing).insert(self.path.clone(), self.position);
+            if self.dirty_bytes >= DIRTY_LIMIT {
+                self.send_patches(context).await?;
+            }
+            return Ok(data.len() as u32);
         }
         if self.upload.is_none() {
             self.upload = Some(
@@ -475,29 +582,70 @@ impl Writer {
         Ok(data.len() as u32)
     }
 
-    /// Makes the file durable and visible (on flush, fsync and release).
+    /// Makes the file durable and visible (on flush, fsync and release, and before a
+    /// read through this handle).
     async fn store(&mut self, context: &Context) -> Result<(), Errno> {
         if let Some(error) = self.error {
             return Err(error);
         }
+        self.finish_stream(context).await?;
+        self.send_patches(context).await?;
+        lock(&context.writing).remove(&self.path);
+        Ok(())
+    }
+
+    /// Ends the upload stream (or stores the empty file never written), so that the file
+    /// exists in the cluster as this handle wrote it.
+    async fn finish_stream(&mut self, context: &Context) -> Result<(), Errno> {
         let outcome = match self.upload.take() {
-            Some(upload) => finish_upload(upload).await,
+            Some(upload) => finish_upload(&self.path, upload).await,
             None if !self.stored => context.store_empty(&self.path, self.mode).await,
-            None => Ok(()),
+            None => return Ok(()),
         };
-        match outcome {
-            Ok(()) => {
-                self.stored = true;
-                self.stored_size = self.position;
-                lock(&context.writing).remove(&self.path);
-                Ok(())
-            }
-            Err(error) => {
-                self.error = Some(error);
-                lock(&context.writing).remove(&self.path);
-                Err(error)
+        self.fail_on(context, outcome)?;
+        self.stored = true;
+        self.stored_size = self.position;
+        Ok(())
+    }
+
+    /// Sends the resize and the dirty ranges as patches, in order of offset.
+    async fn send_patches(&mut self, context: &Context) -> Result<(), Errno> {
+        if !self.has_patches() {
+            return Ok(());
+        }
+        let mut resize = self.resize.take();
+        let dirty = std::mem::take(&mut self.dirty);
+        self.dirty_bytes = 0;
+        let mut pieces: Vec<(u64, &[u8])> = Vec::new();
+        for (start, bytes) in &dirty {
+            let mut offset = *start;
+            for piece in bytes.chunks(bramble_store::patch::MAX_PATCH_BYTES) {
+                pieces.push((offset, piece));
+                offset += piece.len() as u64;
             }
         }
+        if pieces.is_empty() {
+            pieces.push((0, &[]));
+        }
+        for (offset, piece) in pieces {
+            let outcome = context
+                .patch(&self.path, offset, piece, resize.take())
+                .await;
+            self.fail_on(context, outcome)?;
+        }
+        self.stored_size = self.position;
+        Ok(())
+    }
+
+    /// A failed store makes every later call on this handle fail the same way (the data
+    /// it held is lost, and the writer must hear of it).
+    fn fail_on(&mut self, context: &Context, outcome: Result<(), Errno>) -> Result<(), Errno> {
+        if let Err(error) = outcome {
+            self.error = Some(error);
+            lock(&context.writing).remove(&self.path);
+            return Err(error);
+        }
+        Ok(())
     }
 }
 
@@ -634,26 +782,38 @@ impl Filesystem for VolumeFs {
         let open = handle.and_then(|handle| self.handle(handle));
         self.runtime.spawn(async move {
             if let Some(size) = size {
-                // A truncate: to the current end of a file being written is nothing to do;
-                // to zero replaces the file with an empty one; anything else is not
-                // supported yet.
+                // A truncate: to the current end is nothing to do; to zero replaces the
+                // file with an empty one; any other size is a patch.
                 if let Some(open) = &open
                     && let Handle::Write(writer) = &mut *open.lock().await
                 {
-                    if size == 0 && writer.position != 0 {
+                    writer.reader = None;
+                    if size == 0 && (writer.position != 0 || writer.has_patches()) {
                         // Start the file afresh: the upload in flight (if any) is dropped,
-                        // which cancels it on the agent.
+                        // which cancels it on the agent, and held patches with it.
                         writer.upload = None;
+                        writer.dirty.clear();
+                        writer.dirty_bytes = 0;
+                        writer.resize = None;
                         writer.position = 0;
                         writer.stored_size = 0;
                         writer.stored = false;
                         lock(&context.writing).insert(path.clone(), 0);
                     } else if size != writer.position {
-                        return reply.error(Errno::EOPNOTSUPP);
+                        // What the handle holds is stored first, then the resize.
+                        if let Err(error) = writer.store(&context).await {
+                            return reply.error(error);
+                        }
+                        writer.resize = Some(size);
+                        writer.position = size;
+                        if let Err(error) = writer.store(&context).await {
+                            return reply.error(error);
+                        }
                     }
                 } else if let Some(position) = lock(&context.writing).get(&path).copied() {
+                    // Another open file is writing it: its writes would race the resize.
                     if position != size {
-                        return reply.error(Errno::EOPNOTSUPP);
+                        return reply.error(Errno::EBUSY);
                     }
                 } else if size == 0 {
                     if let Err(error) = context.store_empty(&path, 0o644).await {
@@ -662,7 +822,11 @@ impl Filesystem for VolumeFs {
                 } else {
                     match context.stat(&path).await {
                         Ok(entry) if entry.size == size => {}
-                        Ok(_) => return reply.error(Errno::EOPNOTSUPP),
+                        Ok(_) => {
+                            if let Err(error) = context.patch(&path, 0, &[], Some(size)).await {
+                                return reply.error(error);
+                            }
+                        }
                         Err(error) => return reply.error(errno(&error)),
                     }
                 }
@@ -767,12 +931,7 @@ impl Filesystem for VolumeFs {
         };
         let access = flags.0 & libc::O_ACCMODE;
         if access == libc::O_RDONLY {
-            let handle = self.add_handle(Handle::Read(Reader {
-                path,
-                stream: None,
-                cache: VecDeque::new(),
-                cached_bytes: 0,
-            }));
+            let handle = self.add_handle(Handle::Read(Reader::new(path)));
             return reply.opened(FileHandle(handle), FopenFlags::empty());
         }
         let truncate = flags.0 & libc::O_TRUNC != 0;
@@ -815,8 +974,18 @@ impl Filesystem for VolumeFs {
         let context = self.context();
         self.runtime.spawn(async move {
             let mut handle = handle.lock().await;
-            let Handle::Read(reader) = &mut *handle else {
-                return reply.error(Errno::EBADF);
+            let reader = match &mut *handle {
+                Handle::Read(reader) => reader,
+                Handle::Write(writer) => {
+                    // Open for reading and writing: what this handle wrote is stored
+                    // first, so the read sees it.
+                    if let Err(error) = writer.store(&context).await {
+                        return reply.error(error);
+                    }
+                    let path = writer.path.clone();
+                    writer.reader.get_or_insert_with(|| Reader::new(path))
+                }
+                Handle::Directory(_) => return reply.error(Errno::EISDIR),
             };
             match reader.read(&context, offset, size as usize).await {
                 Ok(data) => reply.data(&data),

@@ -59,6 +59,8 @@ pub const METHOD_FS_RENAME: &str = "store.fs_rename";
 pub const METHOD_FS_MKDIR: &str = "store.fs_mkdir";
 pub const METHOD_FILE_PUT: &str = "store.file_put";
 pub const METHOD_FILE_GET: &str = "store.file_get";
+/// Changes part of an existing file (a stream: the body is the bytes to write).
+pub const METHOD_FILE_PATCH: &str = "store.file_patch";
 pub const METHOD_BLOCK_PUT: &str = "store.block_put";
 pub const METHOD_BLOCK_GET: &str = "store.block_get";
 
@@ -247,6 +249,20 @@ pub struct FilePutHeader {
     /// `None`: now.
     pub modified_ns: Option<i64>,
     pub user_metadata: Vec<(String, String)>,
+}
+
+/// The header of `file_patch`: the file is first cut or extended (with zeros) to
+/// `resize`, then the body is written at `offset` (zeros fill a gap past the end). The
+/// answer is a [`FilePutReply`], once the changed file is durable and visible.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FilePatchHeader {
+    pub volume: String,
+    pub path: String,
+    pub offset: u64,
+    pub resize: Option<u64>,
+    /// Sent on by another node to this file's home node (which applies it, whatever its
+    /// own view of who is home).
+    pub forwarded: bool,
 }
 
 /// The answer to `file_put`, once the file is durable and visible.

@@ -12,7 +12,8 @@
 //!   [`paths`]: validating user paths; [`file`]: file records and block names.
 //! - [`brick`]: one brick directory on disk, durable and checked.
 //! - [`node`]: the subsystem's state on one node; [`blocks`]: moving one copy;
-//!   [`write`] and [`read`]: files in and out; [`namespace`]: stat, ls, mkdir, rm, mv;
+//!   [`write`] and [`read`]: files in and out; [`patch`]: changing part of a file;
+//!   [`namespace`]: stat, ls, mkdir, rm, mv;
 //!   [`volumes`]: volume administration; [`hints`] and [`heal`]: copies owed to bricks
 //!   that were away, and the worker that delivers them when they return; [`scrub`]:
 //!   re-reading every block in the background.
@@ -30,6 +31,7 @@ pub mod hints;
 pub mod keys;
 pub mod namespace;
 pub mod node;
+pub mod patch;
 pub mod paths;
 pub mod read;
 pub mod s3;

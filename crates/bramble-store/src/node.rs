@@ -50,6 +50,8 @@ pub struct Storage {
     pub(crate) hints: Arc<crate::hints::Hints>,
     /// Starts a scrub pass now.
     pub(crate) scrub_trigger: crate::scrub::ScrubTrigger,
+    /// Patches of one file through this node, one at a time.
+    pub(crate) patching: crate::patch::FileLocks,
 }
 
 /// Events worth counting, shown in the subsystem's status.
@@ -106,6 +108,7 @@ impl Storage {
             away: Mutex::new(HashMap::new()),
             transfers: Arc::new(Semaphore::new(MAX_BLOCK_TRANSFERS)),
             counters: Counters::default(),
+            patching: crate::patch::FileLocks::default(),
         }
     }
 

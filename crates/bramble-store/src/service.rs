@@ -209,7 +209,10 @@ impl Handler for StoreService {
 #[async_trait::async_trait]
 impl StreamHandler for StoreService {
     fn streams(&self, method: &str) -> bool {
-        matches!(method, "block_put" | "block_get" | "file_put" | "file_get")
+        matches!(
+            method,
+            "block_put" | "block_get" | "file_put" | "file_patch" | "file_get"
+        )
     }
 
     async fn handle(&self, call: IncomingCall, response: ResponseWriter) -> Result<(), RpcError> {
@@ -239,6 +242,16 @@ impl StreamHandler for StoreService {
             "file_put" => {
                 let header: FilePutHeader = call.decode_header()?;
                 let reply = storage.put_file(header, call.body).await?;
+                let header = postcard::to_allocvec(&reply)
+                    .map_err(|error| RpcError::internal(error.to_string()))?;
+                response
+                    .send_all(&header, bytes::Bytes::new())
+                    .await
+                    .map_err(mux_error)
+            }
+            "file_patch" => {
+                let header: FilePatchHeader = call.decode_header()?;
+                let reply = storage.patch_file(header, call.body).await?;
                 let header = postcard::to_allocvec(&reply)
                     .map_err(|error| RpcError::internal(error.to_string()))?;
                 response

@@ -41,11 +41,30 @@ pub const STRAGGLER_WAIT: Duration = Duration::from_millis(1500);
 const COMMIT_ATTEMPTS: usize = 5;
 
 /// What writing one block achieved.
-struct BlockOutcome {
-    block: BlockId,
-    hash: [u8; 32],
+pub(crate) struct BlockOutcome {
+    pub(crate) block: BlockId,
+    pub(crate) hash: [u8; 32],
     /// Bricks that did not get their copy.
-    missed: Vec<usize>,
+    pub(crate) missed: Vec<usize>,
+}
+
+/// The copies owed to bricks that missed blocks of the file at `key`.
+pub(crate) fn hints_for(spec: &VolumeSpec, key: &str, outcomes: &[BlockOutcome]) -> Vec<Hint> {
+    outcomes
+        .iter()
+        .flat_map(|outcome| {
+            outcome.missed.iter().map(|brick| Hint {
+                node: spec.bricks[*brick].node.clone(),
+                volume: spec.name.clone(),
+                volume_id: spec.id,
+                brick: *brick,
+                key: key.to_string(),
+                block: outcome.block,
+                hash: outcome.hash,
+                created_ms: (now_ns() / 1_000_000).max(0) as u64,
+            })
+        })
+        .collect()
 }
 
 impl Storage {
@@ -215,22 +234,7 @@ impl Storage {
             etag: md5.map(|md5| hex::encode(md5::Digest::finalize(md5))),
             content_type: options.content_type,
         };
-        let hints = missed
-            .iter()
-            .flat_map(|outcome| {
-                outcome.missed.iter().map(|brick| Hint {
-                    node: spec.bricks[*brick].node.clone(),
-                    volume: spec.name.clone(),
-                    volume_id: spec.id,
-                    brick: *brick,
-                    key: key.to_string(),
-                    block: outcome.block,
-                    hash: outcome.hash,
-                    created_ms: (now_ns() / 1_000_000).max(0) as u64,
-                })
-            })
-            .collect();
-        Ok((record, hints))
+        Ok((record, hints_for(spec, key, &missed)))
     }
 
     /// Records hints durably: done before the file they are for becomes visible, so a
@@ -407,7 +411,7 @@ impl Storage {
 
     /// Writes every copy of one block: waits for the write quorum, then at most
     /// [`STRAGGLER_WAIT`] for the other copies. Bricks that are away are not tried.
-    async fn write_block(
+    pub(crate) async fn write_block(
         self: &Arc<Self>,
         spec: &VolumeSpec,
         block: BlockId,

@@ -1,0 +1,179 @@
+#!/usr/bin/env python3
+"""Writes in place through `bramble mount`, checked against the same writes on a local disk.
+
+Usage: mount_writes.py MOUNTED_DIR LOCAL_DIR [OTHER_MOUNT_DIR]
+
+Every step does the same system calls on a file under MOUNTED_DIR (a directory inside a
+`bramble mount`) and on its twin under LOCAL_DIR, then compares the two files' sizes and
+bytes through fresh opens. Reads made through a handle that also writes are compared as
+they happen. Prints one line per step and "all steps match" at the end; exits 1 at the
+first difference, naming the step and the first differing offset.
+
+With OTHER_MOUNT_DIR (the same directory of the same volume, mounted through another
+agent), a last step has eight processes, four on each mount, write interleaved 4 KiB
+slots of one file at once, each write its own open, pwrite and close: every write must
+be there at the end.
+"""
+
+import hashlib
+import multiprocessing
+import os
+import random
+import sys
+
+MOUNTED, LOCAL = sys.argv[1], sys.argv[2]
+OTHER = sys.argv[3] if len(sys.argv) > 3 else None
+rng = random.Random(20261130)
+
+
+def both(name):
+    return os.path.join(MOUNTED, name), os.path.join(LOCAL, name)
+
+
+def fail(step, message):
+    print(f"FAIL {step}: {message}", flush=True)
+    sys.exit(1)
+
+
+def compare(step, name):
+    mounted, local = both(name)
+    with open(mounted, "rb") as handle:
+        got = handle.read()
+    with open(local, "rb") as handle:
+        want = handle.read()
+    if got != want:
+        first = next(
+            (index for index, (a, b) in enumerate(zip(got, want)) if a != b),
+            min(len(got), len(want)),
+        )
+        fail(step, f"{name}: {len(got)} bytes through the mount, {len(want)} locally; first difference at {first}")
+    if os.stat(mounted).st_size != len(want):
+        fail(step, f"{name}: stat says {os.stat(mounted).st_size} bytes, the file has {len(want)}")
+    print(f"ok {step}: {name}, {len(want)} bytes, sha1 {hashlib.sha1(want).hexdigest()[:12]}", flush=True)
+
+
+def on_both(name, flags, action):
+    """Runs action(fd) on the mounted file and on the local one."""
+    results = []
+    for path in both(name):
+        fd = os.open(path, flags, 0o644)
+        try:
+            results.append(action(fd))
+        finally:
+            os.close(fd)
+    return results
+
+
+def random_bytes(length):
+    return rng.randbytes(length)
+
+
+# 1. A file written front to back (the streaming path), then changed in the middle.
+start = random_bytes(3 * 1024 * 1024 + 123)
+on_both("middle.bin", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, lambda fd: os.write(fd, start))
+compare("write whole", "middle.bin")
+patch = random_bytes(5000)
+on_both("middle.bin", os.O_WRONLY, lambda fd: os.pwrite(fd, patch, 1000))
+compare("pwrite in the middle", "middle.bin")
+edge = random_bytes(300)
+on_both("middle.bin", os.O_WRONLY, lambda fd: os.pwrite(fd, edge, 1024 * 1024 - 150))
+compare("pwrite across a block boundary", "middle.bin")
+
+# 2. Random writes and reads on one read-write handle: each read must see the writes
+#    before it.
+operations = []
+size = len(start)
+for _ in range(120):
+    if rng.random() < 0.7:
+        length = rng.randint(1, 70_000)
+        offset = rng.randint(0, size + 50_000)
+        operations.append(("write", offset, random_bytes(length)))
+        size = max(size, offset + length)
+    else:
+        operations.append(("read", rng.randint(0, size), rng.randint(1, 200_000)))
+
+
+def replay(fd):
+    reads = []
+    for operation in operations:
+        if operation[0] == "write":
+            os.pwrite(fd, operation[2], operation[1])
+        else:
+            reads.append(os.pread(fd, operation[2], operation[1]))
+    return reads
+
+
+mounted_reads, local_reads = on_both("middle.bin", os.O_RDWR, replay)
+for index, (got, want) in enumerate(zip(mounted_reads, local_reads)):
+    if got != want:
+        fail("reads between random writes", f"read {index} returned {len(got)} bytes, {len(want)} locally, not the same")
+print(f"ok reads between random writes: {len(mounted_reads)} reads matched", flush=True)
+compare("random writes on a read-write handle", "middle.bin")
+
+# 3. Truncates: through the handle and by path, down and up.
+on_both("middle.bin", os.O_RDWR, lambda fd: os.ftruncate(fd, 777_777))
+compare("ftruncate down", "middle.bin")
+on_both("middle.bin", os.O_RDWR, lambda fd: os.ftruncate(fd, 3 * 1024 * 1024 + 5))
+compare("ftruncate up (zeros)", "middle.bin")
+for path in both("middle.bin"):
+    os.truncate(path, 2 * 1024 * 1024)
+compare("truncate by path", "middle.bin")
+
+# 4. Appends to an existing file, as a log is written.
+for round_number in range(5):
+    line = f"line {round_number} ".encode() * rng.randint(1, 400)
+    on_both("middle.bin", os.O_WRONLY | os.O_APPEND, lambda fd: os.write(fd, line))
+compare("appends", "middle.bin")
+
+# 5. A sparse file: one byte far past the end of a new file.
+on_both("sparse.bin", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, lambda fd: os.pwrite(fd, b"x", 5 * 1024 * 1024))
+compare("write past the end of a new file", "sparse.bin")
+
+# 6. More held writes than the mount keeps (it sends them before the close).
+large = random_bytes(20 * 1024 * 1024)
+on_both("large.bin", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, lambda fd: os.write(fd, large))
+writes = [(rng.randint(0, len(large)), random_bytes(1024 * 1024)) for _ in range(12)]
+on_both("large.bin", os.O_WRONLY, lambda fd: [os.pwrite(fd, data, offset) for offset, data in writes])
+compare("12 MiB of scattered writes in one open", "large.bin")
+
+# 7. A file written backwards (each write before the last one).
+def backwards(fd):
+    for index in reversed(range(40)):
+        os.pwrite(fd, bytes([index]) * 3000, index * 3000)
+
+
+on_both("backwards.bin", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, backwards)
+compare("written backwards", "backwards.bin")
+
+# 8. Writers on two mounts (two agents) patching one file at once.
+WRITERS, SLOTS, SLOT = 8, 40, 4096
+
+
+def writer(arguments):
+    directory, index = arguments
+    path = os.path.join(directory, "shared.bin")
+    for slot in range(SLOTS):
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            os.pwrite(fd, bytes([index + 1]) * SLOT, (slot * WRITERS + index) * SLOT)
+        finally:
+            os.close(fd)
+
+
+if OTHER:
+    with open(os.path.join(MOUNTED, "shared.bin"), "wb") as handle:
+        handle.write(bytes(WRITERS * SLOTS * SLOT))
+    mounts = [MOUNTED, OTHER]
+    with multiprocessing.Pool(WRITERS) as pool:
+        pool.map(writer, [(mounts[index % 2], index) for index in range(WRITERS)])
+    with open(os.path.join(MOUNTED, "shared.bin"), "rb") as handle:
+        shared = handle.read()
+    lost = [
+        slot
+        for slot in range(WRITERS * SLOTS)
+        if shared[slot * SLOT : (slot + 1) * SLOT] != bytes([slot % WRITERS + 1]) * SLOT
+    ]
+    if len(shared) != WRITERS * SLOTS * SLOT or lost:
+        fail("concurrent writers", f"{len(lost)} of {WRITERS * SLOTS} writes lost, {len(shared)} bytes")
+    print(f"ok concurrent writers: {WRITERS * SLOTS} writes from {WRITERS} processes on two mounts, none lost", flush=True)
+print("all steps match", flush=True)
