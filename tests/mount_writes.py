@@ -145,7 +145,25 @@ def backwards(fd):
 on_both("backwards.bin", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, backwards)
 compare("written backwards", "backwards.bin")
 
-# 8. Writers on two mounts (two agents) patching one file at once.
+# 8. A write far past the largest file a volume holds is refused (at the write or at the
+#    close) and changes nothing.
+refused_at = None
+path = os.path.join(MOUNTED, "backwards.bin")
+fd = os.open(path, os.O_WRONLY)
+try:
+    os.pwrite(fd, b"far", 1 << 50)
+except OSError as error:
+    refused_at = f"pwrite: {error.strerror}"
+try:
+    os.close(fd)
+except OSError as error:
+    refused_at = refused_at or f"close: {error.strerror}"
+if refused_at is None:
+    fail("write past the largest file", "a write at 1 PiB was accepted")
+print(f"ok write past the largest file: refused at {refused_at}", flush=True)
+compare("unchanged after the refused write", "backwards.bin")
+
+# 9. Writers on two mounts (two agents) patching one file at once.
 WRITERS, SLOTS, SLOT = 8, 40, 4096
 
 

@@ -253,6 +253,19 @@ impl Storage {
             .to_string();
         let block_size = u64::from(spec.block_size.max(1));
         let largest = MAX_FILE_BLOCKS as u64 * block_size;
+        // Offsets come from the network: bounded before any arithmetic on them.
+        let write_end = change.offset.checked_add(change.data.len() as u64);
+        if write_end.is_none_or(|end| end > largest)
+            || change.resize.is_some_and(|size| size > largest)
+        {
+            return Err(RpcError::new(
+                ErrorKind::TooLarge,
+                format!(
+                    "{}:/{path}: a patch may not reach past {largest} bytes (at most {MAX_FILE_BLOCKS} blocks of {block_size} bytes)",
+                    spec.name
+                ),
+            ));
+        }
         let _turn = self.patching.lock(key).await;
         for attempt in 0..PATCH_ATTEMPTS {
             if attempt > 0 {
