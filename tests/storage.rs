@@ -601,6 +601,38 @@ fn files_change_in_place_through_a_mount() {
             "{node}: removed {removed:?}, added {added:?}"
         );
     }
+    // Zeros are recorded, not stored: a 1 GiB `truncate -s` and a 64 MiB file of zeros
+    // add no block to any brick, and read back as zeros.
+    let stored_before = brick_blocks(&cluster, "n1", "vol0");
+    shell(&format!(
+        "truncate -s 1G {mount}/disk.img && dd if=/dev/zero of={mount}/zeros.img bs=1M count=64 status=none"
+    ));
+    assert_eq!(brick_blocks(&cluster, "n1", "vol0"), stored_before);
+    assert_eq!(
+        shell(&format!("stat -c %s {mount}/disk.img {mount}/zeros.img")),
+        "1073741824\n67108864\n"
+    );
+    assert_eq!(
+        shell(&format!(
+            "dd if={mount}/disk.img bs=1M skip=1000 count=2 status=none | wc -c; dd if={mount}/disk.img bs=1M skip=1000 count=2 status=none | tr -d '\\000' | wc -c"
+        )),
+        "2097152\n0\n"
+    );
+    // Data written into the hole is stored as usual: one block.
+    shell(&format!(
+        "printf data | dd of={mount}/disk.img bs=1 seek=500000000 conv=notrunc status=none"
+    ));
+    assert_eq!(
+        brick_blocks(&cluster, "n1", "vol0").len(),
+        stored_before.len() + 1
+    );
+    assert_eq!(
+        shell(&format!(
+            "dd if={mount}/disk.img bs=1 skip=500000000 count=4 status=none"
+        )),
+        "data"
+    );
+
     let files = tempfile::tempdir().unwrap();
     let copy = files.path().join("cow.copy");
     get_via(&cluster, "n3", "vol0:/cow.bin", &copy);

@@ -7,6 +7,10 @@
 //! index: an overwrite writes new blocks under a new version and swaps the record in one
 //! catalog change, so a reader sees the old file or the new one, never a mix, and a write
 //! that dies half-way leaves only unreferenced blocks, never a half-written file.
+//!
+//! A block of zeros is stored nowhere: its record names [`BlockId::ZEROS`] (version 0,
+//! which [`new_version`] never draws), and readers make its bytes. So a sparse file, a
+//! `truncate -s` up, or a disk image of zeros costs no disk and no copies.
 
 use serde::{Deserialize, Serialize};
 
@@ -25,6 +29,17 @@ pub struct BlockId {
 }
 
 impl BlockId {
+    /// The block of zeros that no brick stores.
+    pub const ZEROS: BlockId = BlockId {
+        version: 0,
+        index: 0,
+    };
+
+    /// Whether this names no stored block, only zeros.
+    pub fn is_zeros(&self) -> bool {
+        self.version == 0
+    }
+
     /// Its file name in a brick: `<version, 32 hex digits>.<index, 8 hex digits>`.
     pub fn file_name(&self) -> String {
         format!("{:032x}.{:08x}", self.version, self.index)
@@ -57,6 +72,31 @@ pub struct BlockRecord {
     pub hash: [u8; 32],
     /// `None`: the file's own block, `(file version, index)`.
     pub id: Option<BlockId>,
+}
+
+impl BlockRecord {
+    /// A block of `length` zeros, stored nowhere. `hash` is the BLAKE3 hash of those
+    /// zeros ([`zeros_hash`]), so the record reads like any other.
+    pub fn zeros(length: u32, hash: [u8; 32]) -> BlockRecord {
+        BlockRecord {
+            length,
+            hash,
+            id: Some(BlockId::ZEROS),
+        }
+    }
+}
+
+/// The BLAKE3 hash of `length` zero bytes.
+pub fn zeros_hash(length: u32) -> [u8; 32] {
+    *blake3::hash(&vec![0u8; length as usize]).as_bytes()
+}
+
+/// Whether every byte is zero (such a block is recorded, not stored).
+pub fn all_zeros(data: &[u8]) -> bool {
+    // A page at a time with a fold the compiler vectorises; stops at the first page with
+    // data, so a block of data costs almost nothing to tell apart.
+    data.chunks(4096)
+        .all(|page| page.iter().fold(0u8, |seen, byte| seen | byte) == 0)
 }
 
 /// A file.
@@ -159,7 +199,8 @@ pub fn new_version() -> u128 {
             .unwrap_or(0);
         return now ^ (u128::from(std::process::id()) << 96);
     }
-    u128::from_le_bytes(bytes)
+    // Version 0 names the block of zeros.
+    u128::from_le_bytes(bytes).max(1)
 }
 
 /// Now, in nanoseconds since the Unix epoch.
@@ -193,6 +234,21 @@ pub fn validate_user_metadata(pairs: &[(String, String)]) -> Result<(), String> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn zeros_are_told_apart_from_data() {
+        assert!(all_zeros(&[]));
+        assert!(all_zeros(&vec![0u8; 1024 * 1024 + 3]));
+        let mut data = vec![0u8; 1024 * 1024 + 3];
+        data[1024 * 1024 + 2] = 1;
+        assert!(!all_zeros(&data));
+        data[1024 * 1024 + 2] = 0;
+        data[5000] = 0x80;
+        assert!(!all_zeros(&data));
+        assert!(BlockId::ZEROS.is_zeros());
+        assert!((0..100).all(|_| new_version() != 0));
+        assert_eq!(zeros_hash(3), *blake3::hash(&[0, 0, 0]).as_bytes());
+    }
 
     #[test]
     fn block_names_round_trip() {

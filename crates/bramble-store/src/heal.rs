@@ -432,6 +432,9 @@ impl Storage {
             files += 1;
             for (index, block_record) in record.blocks.iter().enumerate() {
                 let block = record.block_id(index as u32);
+                if block.is_zeros() {
+                    continue;
+                }
                 let set = spec.set_of_block(&block);
                 let missing: Vec<(usize, usize)> = spec
                     .set_brick_indexes(set)
@@ -482,7 +485,11 @@ impl Storage {
         {
             let mut leftovers: HashMap<usize, Vec<crate::file::BlockId>> = HashMap::new();
             for (_, record) in &records {
-                for block in record.block_ids() {
+                for block in record
+                    .block_ids()
+                    .into_iter()
+                    .filter(|block| !block.is_zeros())
+                {
                     let now: Vec<&crate::volume::Brick> = spec
                         .set_brick_indexes(spec.set_of_block(&block))
                         .map(|brick| &spec.bricks[brick])

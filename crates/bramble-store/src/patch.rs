@@ -5,7 +5,8 @@
 //!
 //! A patch is copy-on-write at block granularity. The blocks the change touches are
 //! rebuilt — old bytes read (and checked against their hashes), new bytes laid over them,
-//! zeros where a hole opens — and stored under a new version; every block the change does
+//! zeros where a hole opens — and stored under a new version (a rebuilt block that is all
+//! zeros is recorded as [`BlockId::ZEROS`] and stored nowhere); every block the change does
 //! not touch is kept by reference (`BlockRecord::id` names the block of the version that
 //! wrote it, as a completed multipart upload refers to its parts' blocks). The new record
 //! replaces the old one in one catalog change, conditional on the old record's catalog
@@ -27,7 +28,8 @@ use bytes::{Bytes, BytesMut};
 use crate::admin::{FilePatchHeader, FilePutReply, METHOD_FILE_PATCH};
 use crate::blocks::mux_error;
 use crate::file::{
-    BlockId, BlockRecord, FileRecord, MAX_FILE_BLOCKS, StoredEntry, new_version, now_ns,
+    BlockId, BlockRecord, FileRecord, MAX_FILE_BLOCKS, StoredEntry, all_zeros, new_version, now_ns,
+    zeros_hash,
 };
 use crate::keys;
 use crate::namespace::entry_of_file;
@@ -98,6 +100,15 @@ impl Change {
         } else {
             base.max(self.offset + self.data.len() as u64)
         }
+    }
+
+    /// Whether `[position, position + length)` of the patched file is only zeros made by
+    /// the change (past the old bytes that survive, away from the written range).
+    fn is_hole(&self, old: &FileRecord, position: u64, length: u64) -> bool {
+        let surviving_end = old.size.min(self.resize.unwrap_or(old.size));
+        let write_end = self.offset + self.data.len() as u64;
+        position >= surviving_end
+            && (self.data.is_empty() || position >= write_end || position + length <= self.offset)
     }
 
     /// The patched file as pieces in order: old blocks that keep every byte at the same
@@ -274,34 +285,40 @@ impl Storage {
                 tokio::time::sleep(Duration::from_millis(5 + jitter + 10 * attempt as u64)).await;
             }
             // This node's replica first (the condition makes that safe); the leader after
-            // a failed condition.
-            let consistency = if attempt == 0 {
+            // a failed condition, or when the replica has no file there (it may not have
+            // the create that the writer just saw acknowledged).
+            let mut consistency = if attempt == 0 {
                 Consistency::Stale
             } else {
                 Consistency::Linearizable
             };
-            let found = self
-                .meta
-                .read(key, consistency, false)
-                .await?
-                .ok_or_else(|| {
-                    RpcError::new(
-                        ErrorKind::NotFound,
-                        format!(
-                            "{}:/{path} does not exist (a patch changes an existing file)",
-                            spec.name
-                        ),
-                    )
-                })?;
-            let old = match StoredEntry::decode(&found.value) {
-                Ok(StoredEntry::FileV1(old)) => old,
-                Ok(StoredEntry::DirectoryV1(_)) => {
-                    return Err(RpcError::new(
-                        ErrorKind::WrongType,
-                        format!("{}:/{path} is a directory", spec.name),
-                    ));
+            let (found, old) = loop {
+                let found = self.meta.read(key, consistency, false).await?;
+                let decoded = found
+                    .as_ref()
+                    .map(|found| StoredEntry::decode(&found.value));
+                match (found, decoded) {
+                    (Some(found), Some(Ok(StoredEntry::FileV1(old)))) => break (found, old),
+                    _ if consistency == Consistency::Stale => {
+                        consistency = Consistency::Linearizable;
+                    }
+                    (None, _) => {
+                        return Err(RpcError::new(
+                            ErrorKind::NotFound,
+                            format!(
+                                "{}:/{path} does not exist (a patch changes an existing file)",
+                                spec.name
+                            ),
+                        ));
+                    }
+                    (_, Some(Err(error))) => return Err(RpcError::internal(error)),
+                    _ => {
+                        return Err(RpcError::new(
+                            ErrorKind::WrongType,
+                            format!("{}:/{path} is a directory", spec.name),
+                        ));
+                    }
                 }
-                Err(error) => return Err(RpcError::internal(error)),
             };
             let final_size = change.final_size(old.size);
             if final_size > largest {
@@ -418,6 +435,7 @@ impl Storage {
         let mut outcomes: Vec<BlockOutcome> = Vec::new();
         // The old block last read, by index: rebuilt runs read each old block once.
         let mut last_read: Option<(usize, Bytes)> = None;
+        let mut zero_hashes: HashMap<u32, [u8; 32]> = HashMap::new();
         let stored = async {
             for piece in change.pieces(old, block_size) {
                 match piece {
@@ -435,6 +453,14 @@ impl Storage {
                                 ));
                             }
                             let length = (end - position).min(block_size);
+                            if change.is_hole(old, position, length) {
+                                let hash = *zero_hashes
+                                    .entry(length as u32)
+                                    .or_insert_with(|| zeros_hash(length as u32));
+                                blocks.push(BlockRecord::zeros(length as u32, hash));
+                                position += length;
+                                continue;
+                            }
                             let data = self
                                 .rebuilt_bytes(
                                     spec,
@@ -447,6 +473,15 @@ impl Storage {
                                     reach,
                                 )
                                 .await?;
+                            if all_zeros(&data) {
+                                // A hole: recorded, not stored.
+                                let hash = *zero_hashes
+                                    .entry(length as u32)
+                                    .or_insert_with(|| zeros_hash(length as u32));
+                                blocks.push(BlockRecord::zeros(length as u32, hash));
+                                position += length;
+                                continue;
+                            }
                             let hash = *blake3::hash(&data).as_bytes();
                             let index = blocks.len() as u32;
                             let block = BlockId { version, index };
@@ -698,6 +733,27 @@ mod tests {
                 }
             ]
         );
+    }
+
+    #[test]
+    fn holes_are_told_apart_from_written_and_kept_bytes() {
+        let old = file(&[100, 100]);
+        let change = write(500, 10);
+        assert!(!change.is_hole(&old, 100, 100), "old bytes");
+        assert!(change.is_hole(&old, 200, 100));
+        assert!(
+            change.is_hole(&old, 400, 100),
+            "ends where the write starts"
+        );
+        assert!(!change.is_hole(&old, 450, 100), "overlaps the write");
+        assert!(change.is_hole(&old, 510, 100));
+        let cut = Change {
+            resize: Some(50),
+            offset: 0,
+            data: Bytes::new(),
+        };
+        assert!(!cut.is_hole(&old, 0, 100));
+        assert!(cut.is_hole(&old, 50, 100), "cut away, then grown: zeros");
     }
 
     #[test]

@@ -158,6 +158,9 @@ impl Storage {
         record: BlockRecord,
         reach: &HashMap<String, Reach>,
     ) -> Result<Bytes, RpcError> {
+        if block.is_zeros() {
+            return Ok(Bytes::from(vec![0u8; record.length as usize]));
+        }
         match self.read_block_in(spec, block, record, reach).await {
             Ok(data) => Ok(data),
             // While data moves to new bricks, a block not moved yet is in the old layout.

@@ -20,7 +20,7 @@ use tokio::task::JoinSet;
 use crate::admin::{FilePutHeader, FilePutReply};
 use crate::blocks::mux_error;
 use crate::file::{
-    BlockId, BlockRecord, FileRecord, MAX_FILE_BLOCKS, StoredEntry, new_version, now_ns,
+    BlockId, BlockRecord, FileRecord, MAX_FILE_BLOCKS, StoredEntry, all_zeros, new_version, now_ns,
     validate_user_metadata,
 };
 use crate::hints::Hint;
@@ -180,6 +180,11 @@ impl Storage {
                     }
                     let index = records.len() as u32;
                     let hash = *blake3::hash(&data).as_bytes();
+                    if all_zeros(&data) {
+                        // Recorded, not stored: a run of zeros costs no disk.
+                        records.push(BlockRecord::zeros(data.len() as u32, hash));
+                        continue;
+                    }
                     records.push(BlockRecord {
                         length: data.len() as u32,
                         hash,
@@ -527,7 +532,7 @@ impl Storage {
             Box::pin(self.discard_blocks(&previous, blocks.clone(), reach)).await;
         }
         let mut per_brick: HashMap<usize, Vec<BlockId>> = HashMap::new();
-        for block in blocks {
+        for block in blocks.into_iter().filter(|block| !block.is_zeros()) {
             for brick in spec.set_brick_indexes(spec.set_of_block(&block)) {
                 per_brick.entry(brick).or_default().push(block);
             }
