@@ -16,12 +16,21 @@
 use serde::{Deserialize, Serialize};
 
 /// The wire protocol this build speaks. 1: the first build that announces it (and that can
-/// receive `bramble upgrade`).
-pub const PROTOCOL: u32 = 1;
+/// receive `bramble upgrade`). 2: storage patches (`store.file_patch`) and blocks of zeros
+/// recorded without a stored copy (`BlockId::ZEROS`), which a protocol-1 agent could not
+/// read; a protocol-2 agent uses neither until every node speaks 2
+/// ([`everyone_speaks`]).
+pub const PROTOCOL: u32 = 2;
 
 /// The oldest protocol this build still speaks, so nodes running it can share a cluster
 /// with this build during a rolling upgrade.
 pub const OLDEST_COMPATIBLE_PROTOCOL: u32 = 1;
+
+/// Whether every node of `protocols` (each node's announced protocol) speaks `wanted`:
+/// a feature that older builds could not follow waits until the last of them is upgraded.
+pub fn everyone_speaks(protocols: impl IntoIterator<Item = u32>, wanted: u32) -> bool {
+    protocols.into_iter().all(|protocol| protocol >= wanted)
+}
 
 /// What a build says about itself (`bramble version --json`), and what each agent announces.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,6 +141,21 @@ mod tests {
             protocol,
             oldest_compatible,
         }
+    }
+
+    #[test]
+    fn a_feature_waits_for_the_last_old_node() {
+        assert!(everyone_speaks([2, 2, 3], 2));
+        assert!(!everyone_speaks([2, 1, 2], 2), "one node still speaks 1");
+        assert!(
+            !everyone_speaks([2, 0], 2),
+            "a build from before protocol numbers"
+        );
+        assert!(everyone_speaks([], 2));
+        assert!(
+            can_share_a_cluster(speaks(PROTOCOL, OLDEST_COMPATIBLE_PROTOCOL), speaks(1, 1)),
+            "this build can replace protocol-1 agents one at a time"
+        );
     }
 
     #[test]

@@ -83,6 +83,8 @@ impl Counters {
 pub struct Reach {
     pub address: SocketAddr,
     pub state: NodeState,
+    /// The wire protocol it announces (0 before protocol numbers).
+    pub protocol: u32,
 }
 
 impl Storage {
@@ -215,10 +217,23 @@ impl Storage {
                     Reach {
                         address: node.addr,
                         state: node.state,
+                        protocol: node.protocol,
                     },
                 )
             })
             .collect()
+    }
+
+    /// Whether every node still in the cluster speaks wire protocol `wanted`
+    /// (`bramble_cluster::protocol`): what older builds cannot read waits until then.
+    pub fn cluster_speaks(&self, wanted: u32, reach: &HashMap<String, Reach>) -> bool {
+        bramble_cluster::protocol::everyone_speaks(
+            reach
+                .values()
+                .filter(|node| !matches!(node.state, NodeState::Left))
+                .map(|node| node.protocol),
+            wanted,
+        )
     }
 
     /// Whether `node` is away: declared dead or gone by gossip, or it missed a block

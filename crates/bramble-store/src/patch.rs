@@ -38,6 +38,11 @@ use crate::paths;
 use crate::volume::VolumeSpec;
 use crate::write::{BlockOutcome, hints_for};
 
+/// The wire protocol that brought patches and blocks of zeros: neither is used while a
+/// node that speaks an older one is in the cluster (it could not apply the one or read the
+/// other).
+pub const PATCH_PROTOCOL: u32 = 2;
+
 /// Most bytes one patch carries (the mount sends its dirty ranges in pieces this size).
 pub const MAX_PATCH_BYTES: usize = 16 * 1024 * 1024;
 /// How many times a patch is rebuilt when other nodes keep changing the file under it.
@@ -207,6 +212,11 @@ impl Storage {
             .iter()
             .map(|brick| brick.node.as_str())
             .filter(|node| !self.is_away(node, reach))
+            .filter(|node| {
+                reach
+                    .get(*node)
+                    .is_some_and(|found| found.protocol >= PATCH_PROTOCOL)
+            })
             .max_by_key(|node| {
                 let mut hasher = blake3::Hasher::new();
                 hasher.update(key.as_bytes());
@@ -436,6 +446,7 @@ impl Storage {
         // The old block last read, by index: rebuilt runs read each old block once.
         let mut last_read: Option<(usize, Bytes)> = None;
         let mut zero_hashes: HashMap<u32, [u8; 32]> = HashMap::new();
+        let record_zeros = self.cluster_speaks(PATCH_PROTOCOL, reach);
         let stored = async {
             for piece in change.pieces(old, block_size) {
                 match piece {
@@ -453,7 +464,7 @@ impl Storage {
                                 ));
                             }
                             let length = (end - position).min(block_size);
-                            if change.is_hole(old, position, length) {
+                            if record_zeros && change.is_hole(old, position, length) {
                                 let hash = *zero_hashes
                                     .entry(length as u32)
                                     .or_insert_with(|| zeros_hash(length as u32));
@@ -473,7 +484,7 @@ impl Storage {
                                     reach,
                                 )
                                 .await?;
-                            if all_zeros(&data) {
+                            if record_zeros && all_zeros(&data) {
                                 // A hole: recorded, not stored.
                                 let hash = *zero_hashes
                                     .entry(length as u32)

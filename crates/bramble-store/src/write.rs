@@ -156,6 +156,7 @@ impl Storage {
         let mut size = 0u64;
         let mut buffer = BytesMut::with_capacity(block_size);
         let mut md5 = options.compute_md5.then(md5::Md5::default);
+        let record_zeros = self.cluster_speaks(crate::patch::PATCH_PROTOCOL, reach);
         let written = async {
             loop {
                 let chunk = source.next_chunk().await?;
@@ -180,7 +181,7 @@ impl Storage {
                     }
                     let index = records.len() as u32;
                     let hash = *blake3::hash(&data).as_bytes();
-                    if all_zeros(&data) {
+                    if record_zeros && all_zeros(&data) {
                         // Recorded, not stored: a run of zeros costs no disk.
                         records.push(BlockRecord::zeros(data.len() as u32, hash));
                         continue;
