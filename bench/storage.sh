@@ -439,8 +439,9 @@ gluster_run() {
     rec_cpu gluster.read_cpu_s "$ticks" gluster_pids
     gluster_rss after_read
     cmp "$mnt/big.bin" "$SRC"
+    rec gluster.inplace_s "$(inplace_writes "$mnt/big.bin")"
     rm "$mnt/big.bin"
-    log "gluster: big file written and read back"
+    log "gluster: big file written, read back and changed in place"
 
     # Small files, one after another.
     warm "$SMALL"
@@ -575,6 +576,34 @@ bramble_rss idle
 # json_field FILE KEY -> a top-level field of a JSON file.
 json_field() { python3 -c 'import json, sys; print(json.dumps(json.load(open(sys.argv[1])).get(sys.argv[2])))' "$1" "$2"; }
 
+# inplace_writes FILE -> seconds taken by 100 random 4 KiB pwrites into FILE, each followed
+# by fsync (a database's pattern: change a page, make it durable), at distinct 4 KiB-aligned
+# offsets; then checks through a fresh open that every written range reads back.
+inplace_writes() {
+    python3 - "$1" <<'PY'
+import os, random, sys, time
+path = sys.argv[1]
+rng = random.Random(7)
+size = os.path.getsize(path)
+writes = [(slot * 4096, rng.randbytes(4096)) for slot in rng.sample(range(size // 4096), 100)]
+fd = os.open(path, os.O_RDWR)
+start = time.monotonic()
+for offset, data in writes:
+    os.pwrite(fd, data, offset)
+    os.fsync(fd)
+elapsed = time.monotonic() - start
+os.close(fd)
+fd = os.open(path, os.O_RDONLY)
+for offset, data in writes:
+    if os.pread(fd, 4096, offset) != data:
+        sys.exit(f"error: the write at {offset} of {path} did not read back")
+os.close(fd)
+if os.path.getsize(path) != size:
+    sys.exit(f"error: {path} changed size")
+print(f"{elapsed:.3f}")
+PY
+}
+
 # heal_pending ADDR -> block copies owed by `volume heal-info`, or -1 while a node does not
 # answer (it may hold hints).
 heal_pending() {
@@ -681,6 +710,7 @@ t=$EPOCHREALTIME
 dd if="$MOUNT_DIR/big.bin" of=/dev/null bs=1M status=none
 rec bramble.mount.read_s "$(since "$t")"
 cmp "$MOUNT_DIR/big.bin" "$SRC"
+rec bramble.mount.inplace_s "$(inplace_writes "$MOUNT_DIR/big.bin")"
 rm "$MOUNT_DIR/big.bin"
 bramble_rss after_mount
 warm "$SMALL"
@@ -895,6 +925,7 @@ for k in ("create_s", "list_s", "read_s", "delete_s", "total_s"):
         r[f"mount_small_{k[:-2]}_time_vs_gluster"] = ratio(b["mount"]["small"][k], g["small"][k]) if gluster_ok and g.get("small") else None
 if b.get("mount"):
     r["mount_write_vs_gluster"] = ratio(b["mount"]["write_mib_s"], g.get("write_mib_s")) if gluster_ok else None
+    r["mount_inplace_time_vs_gluster"] = ratio(b["mount"].get("inplace_s"), g.get("inplace_s")) if gluster_ok else None
     r["mount_read_vs_gluster"] = ratio(b["mount"]["read_mib_s"], g.get("read_mib_s")) if gluster_ok else None
     r["mount_write_of_raw"] = ratio(b["mount"]["write_mib_s"], ref_w)
     r["mount_read_of_raw"] = ratio(b["mount"]["read_mib_s"], ref_r)

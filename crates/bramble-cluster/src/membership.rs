@@ -102,6 +102,26 @@ pub struct NodeView {
     pub heartbeat_age_ms: Option<u64>,
 }
 
+/// See [`Membership::live_changes`].
+pub struct LiveChanges {
+    receiver: Option<
+        tokio::sync::watch::Receiver<std::collections::BTreeMap<ChitchatId, chitchat::NodeState>>,
+    >,
+}
+
+impl LiveChanges {
+    /// Waits for the next change; once gossip has stopped, never returns.
+    pub async fn changed(&mut self) {
+        if let Some(receiver) = self.receiver.as_mut()
+            && receiver.changed().await.is_ok()
+        {
+            return;
+        }
+        self.receiver = None;
+        std::future::pending::<()>().await;
+    }
+}
+
 /// Membership of a running agent.
 pub struct Membership {
     chitchat: Arc<tokio::sync::Mutex<Chitchat>>,
@@ -335,6 +355,15 @@ impl Membership {
                     Err(error) => warn!(%error, "could not save the list of known peers"),
                 }
             }
+        }
+    }
+
+    /// Changes of the gossip state of live nodes (a node joined, came back, was declared
+    /// dead, or changed a key), for work that should start at once when a node returns
+    /// rather than at its next poll.
+    pub async fn live_changes(&self) -> LiveChanges {
+        LiveChanges {
+            receiver: Some(self.chitchat.lock().await.live_nodes_watcher()),
         }
     }
 

@@ -1,6 +1,8 @@
 //! The heal worker (`store-heal`): delivers the copies this node owes to bricks that were
-//! away ([`crate::hints`]) as soon as gossip sees their node alive again. It checks every
-//! twice a second — the cost of an idle check is one read of a local database — and moves
+//! away ([`crate::hints`]) as soon as gossip sees their node alive again. While it owes
+//! copies it starts a round at every change gossip reports about live nodes (a node that
+//! comes back is one), and polls twice a second besides — the cost of an idle check is one
+//! read of a local database — and moves
 //! blocks over bulk streams, a few at a time, so healing never delays Raft, gossip or
 //! leases and leaves the volume serving.
 //!
@@ -48,11 +50,23 @@ pub fn start_worker(storage: &Arc<Storage>, workers: &Workers) {
         let storage = storage.clone();
         async move {
             let mut shutdown = worker.shutdown();
+            let mut live_changes = storage.membership.live_changes().await;
             loop {
-                storage.heal_round(&worker).await;
+                let owed = storage.heal_round(&worker).await;
+                // A returning node is a change of the live set: with copies owed, the
+                // round starts then, not at the next poll (which alone cost up to 0.5 s
+                // of every heal).
+                let returned = async {
+                    if owed {
+                        live_changes.changed().await;
+                    } else {
+                        std::future::pending::<()>().await;
+                    }
+                };
                 tokio::select! {
                     _ = shutdown.wait() => return Ok(()),
                     _ = tokio::time::sleep(CHECK_EVERY) => {}
+                    _ = returned => {}
                 }
             }
         }
@@ -60,24 +74,25 @@ pub fn start_worker(storage: &Arc<Storage>, workers: &Workers) {
 }
 
 impl Storage {
-    /// One pass over every node this node owes copies to.
-    async fn heal_round(self: &Arc<Self>, worker: &WorkerContext) {
+    /// One pass over every node this node owes copies to; returns whether copies are still
+    /// owed after it.
+    async fn heal_round(self: &Arc<Self>, worker: &WorkerContext) -> bool {
         let store = self.hints.clone();
         let nodes = match tokio::task::spawn_blocking(move || store.nodes()).await {
             Ok(Ok(nodes)) => nodes,
             Ok(Err(error)) => {
                 worker.report_error(&error.to_string());
-                return;
+                return true;
             }
             Err(error) => {
                 worker.report_error(&error.to_string());
-                return;
+                return true;
             }
         };
         if nodes.is_empty() {
             worker.set_state(WorkerState::Idle);
             worker.set_queue(0);
-            return;
+            return false;
         }
         let reach = Arc::new(self.reach().await);
         for node in nodes {
@@ -94,10 +109,14 @@ impl Storage {
             }
         }
         let store = self.hints.clone();
+        let mut owed = true;
         if let Ok(Ok(counts)) = tokio::task::spawn_blocking(move || store.counts(None)).await {
-            worker.set_queue(counts.values().sum());
+            let queue: u64 = counts.values().sum();
+            worker.set_queue(queue);
+            owed = queue > 0;
         }
         worker.set_state(WorkerState::Idle);
+        owed
     }
 
     /// Delivers every copy owed to `node`; stops at the first sign that it is away again.

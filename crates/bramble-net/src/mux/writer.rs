@@ -4,7 +4,9 @@
 //! looks at the control queue first, so a control frame waits at most for the batch being
 //! written (one bulk frame plus whatever control frames were already queued), never for a
 //! whole bulk transfer. Frames of one stream stay in order because a stream's `Head`,
-//! `Data` and `End` frames all go to the queue of the stream's class.
+//! `Data` and `End` frames all go to the queue of the stream's class, and its `Open` (always
+//! in the control queue) goes out before them: every control frame queued before a bulk
+//! frame is taken is written ahead of it ([`Inbox::encode_bulk`]).
 //!
 //! The queues are unbounded channels, yet bounded in bytes: data frames are queued only
 //! against flow-control credit (at most one window per stream), and the other frames are
@@ -98,14 +100,36 @@ impl Outbox {
 }
 
 impl Inbox {
-    fn take_ready(&mut self) -> Option<Frame> {
-        let frame = self
-            .control
-            .try_recv()
-            .ok()
-            .or_else(|| self.bulk.try_recv().ok())?;
-        self.queued.fetch_sub(1, Ordering::Relaxed);
-        Some(frame)
+    /// Encodes the next ready frame, control first; false when none is ready.
+    fn encode_ready(&mut self, buffer: &mut BytesMut) -> bool {
+        if let Ok(frame) = self.control.try_recv() {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+            frame.encode_into(buffer);
+            return true;
+        }
+        match self.bulk.try_recv() {
+            Ok(frame) => {
+                self.queued.fetch_sub(1, Ordering::Relaxed);
+                self.encode_bulk(frame, buffer);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Encodes a bulk frame after every control frame queued by now. A stream's `Open`
+    /// goes to the control queue and its first bulk frames to the bulk queue right after:
+    /// between the writer's look at an empty control queue and its take from the bulk one,
+    /// the sender can queue both, and the bulk frame would overtake the `Open` it belongs
+    /// to (the peer then closes the connection: "End frame for stream 1, which was never
+    /// opened", seen once in CI). The sender queued the `Open` before the bulk frame, so
+    /// once the bulk frame is seen the `Open` is there to be taken first.
+    fn encode_bulk(&mut self, frame: Frame, buffer: &mut BytesMut) {
+        while let Ok(control) = self.control.try_recv() {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+            control.encode_into(buffer);
+        }
+        frame.encode_into(buffer);
     }
 }
 
@@ -120,23 +144,22 @@ pub(crate) async fn run<W: AsyncWrite + Unpin>(
 ) -> std::io::Result<()> {
     let mut buffer = BytesMut::with_capacity(BATCH_BYTES * 2);
     loop {
-        let first = tokio::select! {
+        let (first, is_bulk) = tokio::select! {
             biased;
             _ = closed.wait() => break,
             _ = shutdown.wait() => break,
-            Some(frame) = inbox.control.recv() => frame,
-            Some(frame) = inbox.bulk.recv() => frame,
+            Some(frame) = inbox.control.recv() => (frame, false),
+            Some(frame) = inbox.bulk.recv() => (frame, true),
             else => break,
         };
         inbox.queued.fetch_sub(1, Ordering::Relaxed);
         buffer.clear();
-        first.encode_into(&mut buffer);
-        while buffer.len() < BATCH_BYTES {
-            match inbox.take_ready() {
-                Some(frame) => frame.encode_into(&mut buffer),
-                None => break,
-            }
+        if is_bulk {
+            inbox.encode_bulk(first, &mut buffer);
+        } else {
+            first.encode_into(&mut buffer);
         }
+        while buffer.len() < BATCH_BYTES && inbox.encode_ready(&mut buffer) {}
         stream.write_all(&buffer).await?;
         stream.flush().await?;
     }
@@ -180,6 +203,31 @@ mod tests {
         let mut payload = vec![0u8; header.length as usize];
         reader.read_exact(&mut payload).await.unwrap();
         header.stream_id
+    }
+
+    #[tokio::test]
+    async fn a_bulk_frame_taken_in_a_race_still_follows_the_open_queued_before_it() {
+        let (outbox, mut inbox) = queues();
+        // The writer saw an empty control queue; then the sender queued a stream's Open
+        // (control) and its first bulk frame, and the writer took the bulk frame.
+        outbox.send_control(Frame::new(
+            7,
+            FrameKind::Open,
+            Priority::Bulk,
+            Bytes::from_static(b"store.file_get"),
+        ));
+        outbox.send(bulk(7));
+        let taken = inbox.bulk.try_recv().unwrap();
+        let mut buffer = BytesMut::new();
+        inbox.encode_bulk(taken, &mut buffer);
+        let mut reader = &buffer[..];
+        let header =
+            FrameHeader::decode(reader[..HEADER_LENGTH].try_into().unwrap(), 1 << 20).unwrap();
+        assert_eq!((header.kind, header.stream_id), (FrameKind::Open, 7));
+        reader = &reader[HEADER_LENGTH + header.length as usize..];
+        let header =
+            FrameHeader::decode(reader[..HEADER_LENGTH].try_into().unwrap(), 1 << 20).unwrap();
+        assert_eq!((header.kind, header.stream_id), (FrameKind::Data, 7));
     }
 
     #[tokio::test]
