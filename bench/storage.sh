@@ -288,6 +288,34 @@ for node in ET.parse(sys.stdin).getroot().iter("node"):
         print(node.findtext("pid"))' "$1"
 }
 
+# inplace_writes FILE -> seconds taken by 100 random 4 KiB pwrites into FILE, each followed
+# by fsync (a database's pattern: change a page, make it durable), at distinct 4 KiB-aligned
+# offsets; then checks through a fresh open that every written range reads back.
+inplace_writes() {
+    python3 - "$1" <<'PY'
+import os, random, sys, time
+path = sys.argv[1]
+rng = random.Random(7)
+size = os.path.getsize(path)
+writes = [(slot * 4096, rng.randbytes(4096)) for slot in rng.sample(range(size // 4096), 100)]
+fd = os.open(path, os.O_RDWR)
+start = time.monotonic()
+for offset, data in writes:
+    os.pwrite(fd, data, offset)
+    os.fsync(fd)
+elapsed = time.monotonic() - start
+os.close(fd)
+fd = os.open(path, os.O_RDONLY)
+for offset, data in writes:
+    if os.pread(fd, 4096, offset) != data:
+        sys.exit(f"error: the write at {offset} of {path} did not read back")
+os.close(fd)
+if os.path.getsize(path) != size:
+    sys.exit(f"error: {path} changed size")
+print(f"{elapsed:.3f}")
+PY
+}
+
 # gluster_heal_pending -> the sum of "Number of entries" over the bricks of `heal info`; a
 # brick that is not connected ("-") counts 1000000; -1 if the output is not understood.
 gluster_heal_pending() {
@@ -575,34 +603,6 @@ bramble_rss idle
 
 # json_field FILE KEY -> a top-level field of a JSON file.
 json_field() { python3 -c 'import json, sys; print(json.dumps(json.load(open(sys.argv[1])).get(sys.argv[2])))' "$1" "$2"; }
-
-# inplace_writes FILE -> seconds taken by 100 random 4 KiB pwrites into FILE, each followed
-# by fsync (a database's pattern: change a page, make it durable), at distinct 4 KiB-aligned
-# offsets; then checks through a fresh open that every written range reads back.
-inplace_writes() {
-    python3 - "$1" <<'PY'
-import os, random, sys, time
-path = sys.argv[1]
-rng = random.Random(7)
-size = os.path.getsize(path)
-writes = [(slot * 4096, rng.randbytes(4096)) for slot in rng.sample(range(size // 4096), 100)]
-fd = os.open(path, os.O_RDWR)
-start = time.monotonic()
-for offset, data in writes:
-    os.pwrite(fd, data, offset)
-    os.fsync(fd)
-elapsed = time.monotonic() - start
-os.close(fd)
-fd = os.open(path, os.O_RDONLY)
-for offset, data in writes:
-    if os.pread(fd, 4096, offset) != data:
-        sys.exit(f"error: the write at {offset} of {path} did not read back")
-os.close(fd)
-if os.path.getsize(path) != size:
-    sys.exit(f"error: {path} changed size")
-print(f"{elapsed:.3f}")
-PY
-}
 
 # heal_pending ADDR -> block copies owed by `volume heal-info`, or -1 while a node does not
 # answer (it may hold hints).
