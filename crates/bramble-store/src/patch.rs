@@ -245,8 +245,12 @@ impl Storage {
                 .mux
                 .open(home, METHOD_FILE_PATCH, &encoded, Priority::Bulk)
                 .await?;
-            for chunk in Bytes::from(data).chunks(1024 * 1024) {
-                sender.send(Bytes::copy_from_slice(chunk)).await?;
+            let data = Bytes::from(data);
+            let mut sent = 0;
+            while sent < data.len() {
+                let end = data.len().min(sent + 1024 * 1024);
+                sender.send(data.slice(sent..end)).await?;
+                sent = end;
             }
             sender.finish().await?;
             response.wait().await

@@ -206,6 +206,16 @@ impl Handler for StoreService {
     }
 }
 
+/// Ends a stream with `reply` as its response header and no body.
+async fn answer<T: serde::Serialize>(response: ResponseWriter, reply: &T) -> Result<(), RpcError> {
+    let header =
+        postcard::to_allocvec(reply).map_err(|error| RpcError::internal(error.to_string()))?;
+    response
+        .send_all(&header, bytes::Bytes::new())
+        .await
+        .map_err(mux_error)
+}
+
 #[async_trait::async_trait]
 impl StreamHandler for StoreService {
     fn streams(&self, method: &str) -> bool {
@@ -241,23 +251,11 @@ impl StreamHandler for StoreService {
             }
             "file_put" => {
                 let header: FilePutHeader = call.decode_header()?;
-                let reply = storage.put_file(header, call.body).await?;
-                let header = postcard::to_allocvec(&reply)
-                    .map_err(|error| RpcError::internal(error.to_string()))?;
-                response
-                    .send_all(&header, bytes::Bytes::new())
-                    .await
-                    .map_err(mux_error)
+                answer(response, &storage.put_file(header, call.body).await?).await
             }
             "file_patch" => {
                 let header: FilePatchHeader = call.decode_header()?;
-                let reply = storage.patch_file(header, call.body).await?;
-                let header = postcard::to_allocvec(&reply)
-                    .map_err(|error| RpcError::internal(error.to_string()))?;
-                response
-                    .send_all(&header, bytes::Bytes::new())
-                    .await
-                    .map_err(mux_error)
+                answer(response, &storage.patch_file(header, call.body).await?).await
             }
             "file_get" => {
                 let header: FileGetHeader = call.decode_header()?;
