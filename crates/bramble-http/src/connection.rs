@@ -24,13 +24,13 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
 use tokio::time::{Instant, Sleep};
 
 use crate::budget::Reservation;
@@ -55,6 +55,10 @@ pub struct Activity {
     head_started_ms: AtomicU64,
     /// Bytes of the request head in progress.
     head_bytes: AtomicUsize,
+    /// Whether the client has sent anything yet, and the wake-up for those waiting on it
+    /// ([`Activity::first_bytes`]).
+    received_any: AtomicBool,
+    first_bytes_arrived: Notify,
 }
 
 impl Default for Activity {
@@ -71,6 +75,31 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             head_started_ms: AtomicU64::new(NO_HEAD),
             head_bytes: AtomicUsize::new(0),
+            received_any: AtomicBool::new(false),
+            first_bytes_arrived: Notify::new(),
+        }
+    }
+
+    /// Returns once the client has sent its first bytes. A server that stops calls this
+    /// before it closes a connection gracefully: until the first bytes are read, hyper
+    /// does not know the connection carries a request and would close it unread, and
+    /// the kernel answers the request the client already sent with a reset.
+    pub async fn first_bytes(&self) {
+        loop {
+            let arrived = self.first_bytes_arrived.notified();
+            tokio::pin!(arrived);
+            arrived.as_mut().enable();
+            if self.received_any.load(Ordering::Acquire) {
+                return;
+            }
+            arrived.await;
+        }
+    }
+
+    fn note_first_bytes(&self) {
+        if !self.received_any.load(Ordering::Relaxed) {
+            self.received_any.store(true, Ordering::Release);
+            self.first_bytes_arrived.notify_waiters();
         }
     }
 
@@ -288,6 +317,7 @@ impl ClientIo {
 
     fn note_received(&mut self, data_len: usize, data: &[u8]) -> io::Result<()> {
         self.activity.touch();
+        self.activity.note_first_bytes();
         if self.protocol == Protocol::Unknown {
             self.sniff(data)?;
         }

@@ -298,65 +298,81 @@ async fn accept_loop(
             _ = stop.wait() => break,
             _ = listener_stop.wait() => break,
         };
-        let (stream, client) = match accepted {
-            Ok(accepted) => accepted,
+        match accepted.and_then(|(stream, client)| Ok((stream.into_std()?, client))) {
+            Ok((stream, client)) => admit(stream, client, &cell, &stop, &running),
             Err(error) => {
                 warn!(%error, "accepting a client connection failed");
                 tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
-                continue;
             }
-        };
-        let runtime = cell.load();
-        let Some(slot) =
-            ConnectionSlot::take(&runtime.frontend, runtime.spec.limits.max_connections)
-        else {
-            // Over the limit: closing at once tells the client to go elsewhere (another
-            // balancer node) instead of queueing behind connections that may never end.
-            runtime.frontend.errors.fetch_add(1, Ordering::Relaxed);
-            debug!(balancer = %runtime.spec.name, %client, "connection refused: max_connections reached");
-            continue;
-        };
-        let connection_bytes = match runtime.spec.mode {
-            Mode::Http => CONNECTION_BYTES,
-            Mode::Tcp => CONNECTION_BYTES + tcp_proxy::BUFFER_BYTES,
-        };
-        let Some(memory) = memory_budget::budget().try_reserve(connection_bytes) else {
-            // The node's data-plane budget is spent: refused like the connection limit.
-            runtime.frontend.errors.fetch_add(1, Ordering::Relaxed);
-            debug!(balancer = %runtime.spec.name, %client, "connection refused: data-plane memory budget reached");
-            continue;
-        };
-        // Small requests and answers should not wait for Nagle's algorithm.
-        let _ = stream.set_nodelay(true);
-        // The connection moves to a data-plane thread, whose runtime registers it anew.
-        let stream = match stream.into_std() {
-            Ok(stream) => stream,
-            Err(error) => {
-                debug!(%error, %client, "could not hand a connection over to a worker");
-                continue;
-            }
-        };
-        let stop = stop.clone();
-        let running = running.clone();
-        let cell = cell.clone();
-        workers().spawn(async move {
-            match TcpStream::from_std(stream) {
-                Ok(stream) => match runtime.spec.mode {
-                    Mode::Http => {
-                        http_proxy::serve_connection(cell, stream, client, memory, stop).await
-                    }
-                    Mode::Tcp => {
-                        tcp_proxy::serve_connection(runtime, stream, client, stop).await;
-                        drop(memory);
-                    }
-                },
-                Err(error) => debug!(%error, %client, "a worker could not take a connection"),
-            }
-            drop((slot, running));
-        });
+        }
     }
-    // The socket closes before this task counts as ended, so once stop() returns the
+    // Connections the kernel has already completed wait in the listener's queue, and
+    // closing the listener would reset them: serve them first. (During a planned VIP
+    // hand-over the new holder's listener shares the port, so these are the last few
+    // the kernel gave this one.)
+    match listener.into_std() {
+        Ok(listener) => {
+            while let Ok((stream, client)) = listener.accept() {
+                if stream.set_nonblocking(true).is_ok() {
+                    admit(stream, client, &cell, &stop, &running);
+                }
+            }
+            drop(listener);
+        }
+        Err(error) => debug!(%error, "could not take the listener back to empty its queue"),
+    }
+    // The socket is closed before this task counts as ended, so once stop() returns the
     // address refuses connections and can be bound again.
-    drop(listener);
     drop(running);
+}
+
+/// Takes one accepted connection within the limits and hands it to a data-plane thread,
+/// or closes it when the connection limit or the memory budget is reached.
+fn admit(
+    stream: std::net::TcpStream,
+    client: SocketAddr,
+    cell: &Arc<RuntimeCell>,
+    stop: &Shutdown,
+    running: &mpsc::Sender<()>,
+) {
+    let runtime = cell.load();
+    let Some(slot) = ConnectionSlot::take(&runtime.frontend, runtime.spec.limits.max_connections)
+    else {
+        // Over the limit: closing at once tells the client to go elsewhere (another
+        // balancer node) instead of queueing behind connections that may never end.
+        runtime.frontend.errors.fetch_add(1, Ordering::Relaxed);
+        debug!(balancer = %runtime.spec.name, %client, "connection refused: max_connections reached");
+        return;
+    };
+    let connection_bytes = match runtime.spec.mode {
+        Mode::Http => CONNECTION_BYTES,
+        Mode::Tcp => CONNECTION_BYTES + tcp_proxy::BUFFER_BYTES,
+    };
+    let Some(memory) = memory_budget::budget().try_reserve(connection_bytes) else {
+        // The node's data-plane budget is spent: refused like the connection limit.
+        runtime.frontend.errors.fetch_add(1, Ordering::Relaxed);
+        debug!(balancer = %runtime.spec.name, %client, "connection refused: data-plane memory budget reached");
+        return;
+    };
+    // Small requests and answers should not wait for Nagle's algorithm.
+    let _ = stream.set_nodelay(true);
+    let stop = stop.clone();
+    let running = running.clone();
+    let cell = cell.clone();
+    // The connection moves to a data-plane thread, whose runtime registers it anew.
+    workers().spawn(async move {
+        match TcpStream::from_std(stream) {
+            Ok(stream) => match runtime.spec.mode {
+                Mode::Http => {
+                    http_proxy::serve_connection(cell, stream, client, memory, stop).await
+                }
+                Mode::Tcp => {
+                    tcp_proxy::serve_connection(runtime, stream, client, stop).await;
+                    drop(memory);
+                }
+            },
+            Err(error) => debug!(%error, %client, "a worker could not take a connection"),
+        }
+        drop((slot, running));
+    });
 }

@@ -61,6 +61,9 @@ use crate::runtime::{FrontendCounters, Runtime, RuntimeCell};
 
 /// How long open connections get to finish their requests when the balancer stops.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// When the balancer stops, how long a connection that has sent nothing yet gets to send
+/// its first request (a client that connected a moment before the stop sends at once).
+const FIRST_BYTES_GRACE: Duration = Duration::from_millis(500);
 /// hyper refuses a smaller HTTP/1 read buffer; `max_header_bytes` may be as low as 1 KiB.
 const MINIMUM_READ_BUFFER: usize = 8192;
 
@@ -101,6 +104,7 @@ pub(crate) async fn serve_connection(
         )
     };
     let activity = Arc::new(Activity::new());
+    let activity_for_stop = activity.clone();
     let timeouts = ClientTimeouts {
         idle: client_timeout,
         header_read: client_timeout,
@@ -140,8 +144,24 @@ pub(crate) async fn serve_connection(
         tokio::select! {
             result = connection.as_mut() => result,
             _ = stop.wait() => {
-                connection.as_mut().graceful_shutdown();
-                tokio::time::timeout(SHUTDOWN_GRACE, connection.as_mut()).await.unwrap_or(Ok(()))
+                // Until its first bytes are read, hyper cannot tell which protocol the
+                // connection speaks and would drop it unread: a client that connected
+                // just before the stop would see its request answered with a reset. Its
+                // first request is served (with `Connection: close`) instead.
+                let first_bytes = tokio::time::timeout(FIRST_BYTES_GRACE, async {
+                    tokio::select! {
+                        result = connection.as_mut() => Some(result),
+                        _ = activity_for_stop.first_bytes() => None,
+                    }
+                })
+                .await;
+                match first_bytes {
+                    Ok(Some(result)) => result,
+                    Ok(None) | Err(_) => {
+                        connection.as_mut().graceful_shutdown();
+                        tokio::time::timeout(SHUTDOWN_GRACE, connection.as_mut()).await.unwrap_or(Ok(()))
+                    }
+                }
             }
         }
     };

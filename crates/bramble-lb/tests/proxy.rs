@@ -1183,6 +1183,48 @@ async fn stop_and_shutdown_end_the_balancer() {
     assert!(TcpStream::connect(shut.address).await.is_err());
 }
 
+/// A VIP hand-over or an agent stop closes the balancer while clients are connecting:
+/// the client that connected just before must get its answer, not a reset. Two cases:
+/// connections the accept loop took whose request has not arrived yet (hyper alone would
+/// drop them unread), and connections still in the kernel's queue when the loop stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_connected_just_before_a_stop_are_answered() {
+    let web1 = Backend::start("web1", "abc").await;
+    let balancer = start(http_spec(&[&web1], "roundrobin")).await;
+    let request = b"GET /late HTTP/1.1\r\nhost: t\r\n\r\n";
+
+    // Accepted, silent when the stop comes, then sending.
+    let mut early = TcpStream::connect(balancer.address).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A burst connected right before the stop: the last may still sit in the kernel's
+    // queue when the accept loop stops.
+    let mut burst = Vec::new();
+    for _ in 0..64 {
+        burst.push(TcpStream::connect(balancer.address).await.unwrap());
+    }
+    let handle = balancer.handle.clone();
+    let stopping = tokio::spawn(async move { handle.stop().await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    early.write_all(request).await.unwrap();
+    let answer = read_until_closed(&mut early).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    assert!(answer.contains("\r\nconnection: close\r\n"), "{answer:?}");
+    let mut failures = Vec::new();
+    for (index, mut stream) in burst.into_iter().enumerate() {
+        let answer = match stream.write_all(request).await {
+            Ok(()) => read_until_closed(&mut stream).await,
+            Err(error) => error.to_string(),
+        };
+        if !answer.starts_with("HTTP/1.1 200") {
+            failures.push(format!("connection {index}: {answer:?}"));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:?}");
+    bounded(stopping).await.unwrap();
+    assert!(TcpStream::connect(balancer.address).await.is_err());
+}
+
 #[tokio::test]
 async fn an_address_in_use_is_named_in_the_error() {
     let web1 = Backend::start("web1", "abc").await;
