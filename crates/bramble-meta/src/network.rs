@@ -95,7 +95,14 @@ impl PeerConnection {
                 .rpc
                 .connect(address)
                 .await
-                .map_err(|error| RPCError::Unreachable(Unreachable::new(&error)))?,
+                .map_err(|error| match error {
+                    // Too slow to connect (a loaded peer, or this node starved for a moment):
+                    // retried at the next heartbeat like a slow answer. Counted as unreachable,
+                    // it would stop replication to the peer for the back-off, long enough for
+                    // it to call an election.
+                    CallError::Timeout { .. } => RPCError::Network(NetworkError::new(&error)),
+                    other => RPCError::Unreachable(Unreachable::new(&other)),
+                })?,
         };
         let outcome = tokio::time::timeout(
             option.soft_ttl(),
@@ -178,9 +185,17 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         self.call(METHOD_VOTE, &request, &option).await
     }
 
-    /// A board that is down stays down for seconds at least: retry about once a second
-    /// rather than filling the log and the network with attempts.
+    /// A peer that refused a connection is usually down, and a board that is down stays
+    /// down for seconds: retry at 0.2, then 0.4 and 0.8 s, then about once a second,
+    /// rather than filling the log and the network with attempts. The short first steps
+    /// matter when the refusal was a passing one (an agent restarting): a follower that
+    /// hears nothing for its election timeout (0.4-0.8 s) calls an election.
     fn backoff(&self) -> Backoff {
-        Backoff::new(std::iter::repeat(Duration::from_secs(1)))
+        Backoff::new(
+            [200, 400, 800]
+                .into_iter()
+                .map(Duration::from_millis)
+                .chain(std::iter::repeat(Duration::from_secs(1))),
+        )
     }
 }
