@@ -350,9 +350,20 @@ impl Membership {
             peers.sort();
             let current = KnownPeers { peers };
             if last_saved.as_ref() != Some(&current) {
-                match files::write_toml(&self.peers_file, &current, Visibility::Public) {
-                    Ok(()) => last_saved = Some(current),
-                    Err(error) => warn!(%error, "could not save the list of known peers"),
+                // On a blocking thread: a crash-safe write syncs a new file and its
+                // directory, which under load can take seconds (writeback competes with
+                // the load for the CPU), and a runtime thread blocked that long delays
+                // gossip, Raft heartbeats and lease renewals of the whole agent.
+                let path = self.peers_file.clone();
+                let saving = current.clone();
+                let written = tokio::task::spawn_blocking(move || {
+                    files::write_toml(&path, &saving, Visibility::Public)
+                })
+                .await;
+                match written {
+                    Ok(Ok(())) => last_saved = Some(current),
+                    Ok(Err(error)) => warn!(%error, "could not save the list of known peers"),
+                    Err(error) => warn!(%error, "saving the list of known peers failed"),
                 }
             }
         }
