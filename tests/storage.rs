@@ -508,6 +508,26 @@ fn the_recipe_runs_unchanged_inside_a_mount() {
         "rmdir of a full directory succeeded"
     );
     shell(&format!("rm -r {mount}/boot && test ! -e {mount}/boot"));
+    // A directory listed in many pieces (the kernel's listing buffer holds a few dozen
+    // entries with their attributes): every entry once, each with its own size.
+    shell(&format!(
+        "mkdir {mount}/many && cd {mount}/many && for i in $(seq 1 300); do head -c $i /dev/zero > f$i; done"
+    ));
+    for _ in 0..2 {
+        let listing = shell(&format!("ls -l {mount}/many"));
+        let sizes: Vec<u64> = listing
+            .lines()
+            .filter(|line| !line.starts_with("total"))
+            .filter_map(|line| line.split_whitespace().nth(4)?.parse().ok())
+            .collect();
+        assert_eq!(sizes.len(), 300, "{listing}");
+        assert_eq!(sizes.iter().sum::<u64>(), 300 * 301 / 2, "{listing}");
+    }
+    assert_eq!(
+        shell(&format!("stat -c %s {mount}/many/f123")).trim(),
+        "123"
+    );
+    shell(&format!("rm -r {mount}/many && test ! -e {mount}/many"));
     // What the mount wrote is what the CLI reads.
     let copy = files.path().join("notes.copy");
     get_via(&cluster, "n2", "vol0:/notes.txt", &copy);

@@ -31,8 +31,8 @@ use bramble_store::admin::*;
 use bytes::Bytes;
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
-    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
-    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
+    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 
 use super::inodes::{Inodes, ROOT, child_path};
@@ -704,6 +704,9 @@ impl Filesystem for VolumeFs {
         // instead of a separate truncate racing it; writes of up to 1 MiB per request
         // (one block) instead of 128 KiB.
         let _ = config.add_capabilities(fuser::InitFlags::FUSE_ATOMIC_O_TRUNC);
+        // Listings carry every entry's attributes (readdirplus), so `ls -l`, `cp -r` and
+        // `rm -r` need no lookup round trip per entry.
+        let _ = config.add_capabilities(fuser::InitFlags::FUSE_DO_READDIRPLUS);
         let _ = config.set_max_write(1024 * 1024);
         let _ = config.set_max_readahead(1024 * 1024);
         Ok(())
@@ -1131,6 +1134,86 @@ impl Filesystem for VolumeFs {
                 let known = lock(&inodes).known(&entry.path);
                 let number = known.unwrap_or_else(|| stand_in_inode(&entry.path));
                 if reply.add(INodeNo(number), (position + 3) as u64, kind, name) {
+                    break;
+                }
+            }
+            reply.ok();
+        });
+    }
+
+    /// `readdir` with each entry's attributes. Every entry but `.` and `..` counts as a
+    /// kernel lookup of its inode (the kernel forgets it later), as `lookup` does.
+    fn readdirplus(
+        &self,
+        _request: &Request,
+        inode: INodeNo,
+        handle: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let Some(handle) = self.handle(handle) else {
+            return reply.error(Errno::EBADF);
+        };
+        let context = self.context();
+        let owner = self.owner();
+        self.runtime.spawn(async move {
+            let handle = handle.lock().await;
+            let Handle::Directory(entries) = &*handle else {
+                return reply.error(Errno::EBADF);
+            };
+            // The kernel takes neither attributes nor a lookup from `.` and `..`.
+            let directory = FsEntry {
+                path: String::new(),
+                kind: EntryKind::Directory,
+                size: 0,
+                modified_ns: 0,
+                mode: 0o755,
+                blocks: 0,
+                version: 0,
+                user_metadata: Vec::new(),
+            };
+            let mut index = offset as usize;
+            if index == 0 {
+                let attr = owner.attr(inode.0, &directory);
+                if reply.add(inode, 1, ".", &Duration::ZERO, &attr, Generation(0)) {
+                    return reply.ok();
+                }
+                index = 1;
+            }
+            if index == 1 {
+                let attr = owner.attr(ROOT, &directory);
+                if reply.add(
+                    INodeNo(ROOT),
+                    2,
+                    "..",
+                    &Duration::ZERO,
+                    &attr,
+                    Generation(0),
+                ) {
+                    return reply.ok();
+                }
+                index = 2;
+            }
+            for (position, entry) in entries.iter().enumerate().skip(index - 2) {
+                let name = entry.path.rsplit('/').next().unwrap_or(&entry.path);
+                // A file this mount is still writing is shown as it is here, uncached.
+                let (entry, ttl) = match lock(&context.writing).get(&entry.path) {
+                    Some(size) => (entry_being_written(&entry.path, *size), Duration::ZERO),
+                    None => (entry.clone(), TTL),
+                };
+                let number = lock(&context.inodes).remember(&entry.path);
+                let attr = owner.attr(number, &entry);
+                let full = reply.add(
+                    INodeNo(number),
+                    (position + 3) as u64,
+                    name,
+                    &ttl,
+                    &attr,
+                    Generation(0),
+                );
+                if full {
+                    // Not sent: not a lookup the kernel will forget.
+                    lock(&context.inodes).forget(number, 1);
                     break;
                 }
             }
