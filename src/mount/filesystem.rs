@@ -1162,16 +1162,7 @@ impl Filesystem for VolumeFs {
                 return reply.error(Errno::EBADF);
             };
             // The kernel takes neither attributes nor a lookup from `.` and `..`.
-            let directory = FsEntry {
-                path: String::new(),
-                kind: EntryKind::Directory,
-                size: 0,
-                modified_ns: 0,
-                mode: 0o755,
-                blocks: 0,
-                version: 0,
-                user_metadata: Vec::new(),
-            };
+            let directory = FsEntry::bare_directory("");
             let mut index = offset as usize;
             if index == 0 {
                 let attr = owner.attr(inode.0, &directory);

@@ -194,6 +194,23 @@ pub struct FsEntry {
     pub user_metadata: Vec<(String, String)>,
 }
 
+impl FsEntry {
+    /// A directory with no record of its own (one implied by the paths under it): no
+    /// modification time, mode 0755, version 0.
+    pub fn bare_directory(path: &str) -> FsEntry {
+        FsEntry {
+            path: path.to_string(),
+            kind: EntryKind::Directory,
+            size: 0,
+            modified_ns: 0,
+            mode: 0o755,
+            blocks: 0,
+            version: 0,
+            user_metadata: Vec::new(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ListRequest {
     pub volume: String,

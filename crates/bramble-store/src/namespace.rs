@@ -154,16 +154,7 @@ fn entry_of_found(path: &str, found: &Found) -> FsEntry {
             version: *version,
             user_metadata: Vec::new(),
         },
-        Found::ImplicitDirectory => FsEntry {
-            path: path.to_string(),
-            kind: EntryKind::Directory,
-            size: 0,
-            modified_ns: 0,
-            mode: 0o755,
-            blocks: 0,
-            version: 0,
-            user_metadata: Vec::new(),
-        },
+        Found::ImplicitDirectory => FsEntry::bare_directory(path),
     }
 }
 

@@ -57,6 +57,28 @@ pub fn restore_original_priority() {
     }
 }
 
+/// Runs `work` at the priority the process started with (a benchmark, a calibration: work
+/// that must compete with other programs as the node's tasks do) and waits for it without
+/// blocking the runtime. On a thread of its own because a nice value belongs to a thread:
+/// lowered on a thread of tokio's blocking pool, it would stay with every later task of
+/// that pool, the catalog's disk writes among them. None if the thread could not be
+/// started or `work` panicked.
+pub async fn run_at_original_priority<T, Work>(work: Work) -> Option<T>
+where
+    T: Send + 'static,
+    Work: FnOnce() -> T + Send + 'static,
+{
+    let (sender, receiver) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("original-priority".to_string())
+        .spawn(move || {
+            restore_original_priority();
+            let _ = sender.send(work());
+        })
+        .ok()?;
+    receiver.await.ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

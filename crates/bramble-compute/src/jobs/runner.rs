@@ -190,19 +190,9 @@ impl Runner {
             // Measured here, before the agent answers: run later, the measurement's 0.3 s
             // of CPU overlapped a restarted node's return to service (its VIP and
             // backends) and cost a busy node requests.
-            // On a thread of its own, so the lowered priority goes with it: a thread of
-            // the blocking pool would keep it and later run the catalog's disk writes at
-            // the priority of the jobs.
-            None => tokio::task::spawn_blocking(|| {
-                std::thread::spawn(|| {
-                    bramble_util::scheduling::restore_original_priority();
-                    calibrate()
-                })
-                .join()
-                .unwrap_or(1.0)
-            })
-            .await
-            .unwrap_or(1.0),
+            None => bramble_util::scheduling::run_at_original_priority(calibrate)
+                .await
+                .unwrap_or(1.0),
         };
         let output = data_dir.join(OUTPUT_DIRECTORY);
         std::fs::create_dir_all(&output)

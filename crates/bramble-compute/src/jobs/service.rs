@@ -250,17 +250,11 @@ impl JobsService {
     ) -> Result<crate::cpu_bench::CpuBenchResult, RpcError> {
         request.validate().map_err(RpcError::bad_request)?;
         let node = self.node.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            // Its own thread, so the lowered priority goes with it.
-            std::thread::spawn(move || {
-                bramble_util::scheduling::restore_original_priority();
-                crate::cpu_bench::run(&request, &node)
-            })
-            .join()
-            .unwrap_or_else(|_| Err("the benchmark panicked".to_string()))
+        let result = bramble_util::scheduling::run_at_original_priority(move || {
+            crate::cpu_bench::run(&request, &node)
         })
         .await
-        .map_err(|error| RpcError::internal(error.to_string()))?
+        .unwrap_or_else(|| Err("the benchmark panicked".to_string()))
         .map_err(RpcError::bad_request)?;
         if let Some(speed) = crate::cpu_bench::speed_of(&result) {
             self.runner.set_speed(speed);
@@ -460,16 +454,11 @@ async fn request_bench_disk(
 ) -> Result<Vec<u8>, RpcError> {
     request.validate().map_err(RpcError::bad_request)?;
     let (node, data_dir) = (node.to_string(), data_dir.to_path_buf());
-    let result = tokio::task::spawn_blocking(move || {
-        std::thread::spawn(move || {
-            bramble_util::scheduling::restore_original_priority();
-            crate::disk_bench::run(&request, &node, &data_dir)
-        })
-        .join()
-        .unwrap_or_else(|_| Err("the benchmark panicked".to_string()))
+    let result = bramble_util::scheduling::run_at_original_priority(move || {
+        crate::disk_bench::run(&request, &node, &data_dir)
     })
     .await
-    .map_err(|error| RpcError::internal(error.to_string()))?
+    .unwrap_or_else(|| Err("the benchmark panicked".to_string()))
     .map_err(RpcError::bad_request)?;
     encode(&result)
 }
