@@ -56,6 +56,9 @@ pub struct HintError {
     message: String,
 }
 
+/// Memory redb may use to cache pages of the hints file.
+const HINTS_CACHE_BYTES: usize = 4 * 1024 * 1024;
+
 /// This node's hints.
 pub struct Hints {
     database: Database,
@@ -68,7 +71,12 @@ impl Hints {
             path: path.to_path_buf(),
             message,
         };
-        let database = Database::create(path).map_err(|e| error(e.to_string()))?;
+        // redb would cache up to 1 GiB of pages; hints are written once and read when a
+        // brick returns, so a few MiB keep the agent small on a 512 MB board.
+        let database = Database::builder()
+            .set_cache_size(HINTS_CACHE_BYTES)
+            .create(path)
+            .map_err(|e| error(e.to_string()))?;
         let transaction = database.begin_write().map_err(|e| error(e.to_string()))?;
         transaction
             .open_table(HINTS)

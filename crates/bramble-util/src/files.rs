@@ -64,6 +64,22 @@ impl Visibility {
 /// readable), fsynced, renamed over the target, and the directory is fsynced so the rename
 /// itself survives power loss.
 pub fn write_atomic(path: &Path, contents: &[u8], visibility: Visibility) -> Result<(), FileError> {
+    write_atomic_with(path, visibility, |file| {
+        file.write_all(contents).map_err(|source| FileError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+    })
+}
+
+/// [`write_atomic`] for contents too large to hold in memory: `write` streams them into
+/// the temporary file (and may seek in it, to fill in a header last). On any error the
+/// temporary file is removed and the target is left as it was.
+pub fn write_atomic_with<E: From<FileError>>(
+    path: &Path,
+    visibility: Visibility,
+    write: impl FnOnce(&mut File) -> Result<(), E>,
+) -> Result<(), E> {
     let directory = path.parent().unwrap_or(Path::new("."));
     let file_name = path
         .file_name()
@@ -72,6 +88,7 @@ pub fn write_atomic(path: &Path, contents: &[u8], visibility: Visibility) -> Res
     let temporary = directory.join(format!(".{file_name}.tmp.{}", std::process::id()));
     let result = (|| {
         let mut file = OpenOptions::new()
+            .read(true)
             .write(true)
             .create(true)
             .truncate(true)
@@ -81,7 +98,7 @@ pub fn write_atomic(path: &Path, contents: &[u8], visibility: Visibility) -> Res
         // The mode given to open() is filtered by the umask; set it explicitly.
         file.set_permissions(fs::Permissions::from_mode(visibility.mode()))
             .map_err(io_error(&temporary))?;
-        file.write_all(contents).map_err(io_error(&temporary))?;
+        write(&mut file)?;
         file.sync_all().map_err(io_error(&temporary))?;
         fs::rename(&temporary, path).map_err(io_error(path))?;
         if let Ok(dir) = File::open(directory) {

@@ -42,7 +42,7 @@
 
 use std::fmt::Debug;
 use std::fs::File;
-use std::io::{self, Cursor, Read};
+use std::io::{self, Cursor, Read, Seek, Write};
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -58,8 +58,8 @@ use openraft::{
 use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
 };
+use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 
 use crate::types::{
     Change, Command, CommandResult, MetaNode, NodeId, Operation, StorageError, TypeConfig,
@@ -173,6 +173,22 @@ fn encode<T: Serialize>(
         what: what(),
         source,
     })
+}
+
+/// Appends the postcard encoding of `value` to `buffer`, for records written one by one.
+fn encode_into<T: Serialize + ?Sized>(
+    buffer: &mut Vec<u8>,
+    path: &Path,
+    value: &T,
+    what: impl FnOnce() -> String,
+) -> Result<(), MetaStoreError> {
+    let taken = std::mem::take(buffer);
+    *buffer = postcard::to_extend(value, taken).map_err(|source| MetaStoreError::Encode {
+        path: path.to_path_buf(),
+        what: what(),
+        source,
+    })?;
+    Ok(())
 }
 
 /// Reads a postcard record from one of the small `&str`-keyed tables.
@@ -289,8 +305,10 @@ struct Shared {
     last_applied_index: AtomicU64,
 }
 
-/// The bytes of a snapshot: the whole state machine.
-#[derive(Serialize, Deserialize)]
+/// The bytes of a snapshot: the whole state machine. Snapshots are written and read one
+/// entry at a time (see [`snapshot`]); this type states the format they produce.
+#[cfg(test)]
+#[derive(Serialize, serde::Deserialize)]
 struct SnapshotContents {
     last_applied: Option<LogId<NodeId>>,
     last_membership: StoredMembership<NodeId, MetaNode>,

@@ -5,46 +5,91 @@
 use super::*;
 
 impl Shared {
-    /// Reads the whole state machine from one read transaction, so the snapshot is a
-    /// consistent point in time even while entries keep being applied.
+    /// Writes the whole state machine, from one read transaction, straight into the
+    /// snapshot file, so the snapshot is a consistent point in time even while entries
+    /// keep being applied. Entries are streamed one at a time: holding a large catalog
+    /// whole (decoded, then encoded, then framed) took about six times its size at once,
+    /// and the allocator kept that peak as the agent's resident memory afterwards.
     pub(super) fn build_snapshot(&self) -> Result<Snapshot<TypeConfig>, MetaStoreError> {
         let path = &*self.path;
-        let contents = {
-            let transaction = self.database.begin_read().map_err(database_error(path))?;
-            let state = transaction
-                .open_table(STATE_META)
-                .map_err(database_error(path))?;
-            let last_applied = get_last_applied(&state, path)?;
-            let last_membership =
-                get_record(&state, path, LAST_MEMBERSHIP_KEY)?.unwrap_or_default();
-            let table = transaction
-                .open_table(CATALOG)
-                .map_err(database_error(path))?;
-            let length = table.len().map_err(database_error(path))?;
-            let mut catalog = Vec::with_capacity(usize::try_from(length).unwrap_or(0));
+        let transaction = self.database.begin_read().map_err(database_error(path))?;
+        let state = transaction
+            .open_table(STATE_META)
+            .map_err(database_error(path))?;
+        let last_applied = get_last_applied(&state, path)?;
+        let last_membership: StoredMembership<NodeId, MetaNode> =
+            get_record(&state, path, LAST_MEMBERSHIP_KEY)?.unwrap_or_default();
+        let table = transaction
+            .open_table(CATALOG)
+            .map_err(database_error(path))?;
+        let keys = table.len().map_err(database_error(path))?;
+        let write_body = |out: &mut dyn Write| -> Result<(), MetaStoreError> {
+            let mut record = Vec::new();
+            let put = |record: &mut Vec<u8>, out: &mut dyn Write| {
+                out.write_all(record).map_err(|source| FileError::Io {
+                    path: self.snapshot_path.clone(),
+                    source,
+                })?;
+                record.clear();
+                Ok::<(), MetaStoreError>(())
+            };
+            // The same bytes as postcard-encoding a `SnapshotContents`: postcard writes a
+            // struct as its fields in order, and a sequence as its length (a varint, like
+            // a `usize`) followed by its elements.
+            encode_into(&mut record, path, &last_applied, || "last applied".into())?;
+            encode_into(&mut record, path, &last_membership, || "membership".into())?;
+            let count = usize::try_from(keys).map_err(|_| MetaStoreError::Inconsistent {
+                path: path.to_path_buf(),
+                reason: format!("the catalog holds {keys} keys"),
+            })?;
+            encode_into(&mut record, path, &count, || "the key count".into())?;
+            put(&mut record, out)?;
+            let mut written = 0u64;
             for item in table.iter().map_err(database_error(path))? {
                 let (key, bytes) = item.map_err(database_error(path))?;
                 let key = key.value();
-                let value = decode(path, bytes.value(), || format!("catalog key {key:?}"))?;
-                catalog.push((key.to_string(), value));
+                // Decoded, not copied, so a corrupt record stops the build here instead of
+                // spreading to every follower.
+                let value: VersionedValue =
+                    decode(path, bytes.value(), || format!("catalog key {key:?}"))?;
+                encode_into(&mut record, path, &(key, &value), || {
+                    format!("catalog key {key:?}")
+                })?;
+                put(&mut record, out)?;
+                written += 1;
             }
-            SnapshotContents {
-                last_applied,
-                last_membership,
-                catalog,
+            if written != keys {
+                return Err(MetaStoreError::Inconsistent {
+                    path: path.to_path_buf(),
+                    reason: format!("the catalog said {keys} keys but held {written}"),
+                });
             }
+            Ok(())
         };
-        let snapshot_id = self.next_snapshot_id(contents.last_applied)?;
-        let data = encode(path, &contents, || "the snapshot".to_string())?;
+
+        let snapshot_id = self.next_snapshot_id(last_applied)?;
         let meta = SnapshotMeta {
-            last_log_id: contents.last_applied,
-            last_membership: contents.last_membership,
+            last_log_id: last_applied,
+            last_membership: last_membership.clone(),
             snapshot_id,
         };
-        self.save_snapshot(&meta, &data, SaveRule::UnlessNewerSaved)?;
+        self.save_snapshot_with(&meta, SaveRule::UnlessNewerSaved, &write_body)?;
+        // openraft keeps only the metadata of a built snapshot, but the data must match
+        // it: read back from the file just written, or, if a newer snapshot replaced it
+        // meanwhile, encoded again from the same read transaction.
+        let data = match self.read_snapshot_file()? {
+            Some(saved) if saved.meta.snapshot_id == meta.snapshot_id => {
+                saved.snapshot.into_inner()
+            }
+            _ => {
+                let mut body = Vec::new();
+                write_body(&mut body)?;
+                body
+            }
+        };
         tracing::info!(
             snapshot = %meta.snapshot_id,
-            keys = contents.catalog.len(),
+            keys,
             bytes = data.len(),
             "built a catalog snapshot"
         );
@@ -87,17 +132,24 @@ impl Shared {
         data: Vec<u8>,
     ) -> Result<(), MetaStoreError> {
         let path = &*self.path;
-        let contents: SnapshotContents = decode(path, &data, || {
-            format!("the received snapshot {}", meta.snapshot_id)
-        })?;
-        if contents.last_applied != meta.last_log_id
-            || contents.last_membership != meta.last_membership
-        {
+        let corrupt = |source| MetaStoreError::Corrupt {
+            path: path.to_path_buf(),
+            what: format!("the received snapshot {}", meta.snapshot_id),
+            source,
+        };
+        // Decoded one entry at a time, straight into the new catalog table, so installing
+        // holds the received bytes and one entry, never the whole catalog decoded.
+        let (last_applied, rest): (Option<LogId<NodeId>>, _) =
+            postcard::take_from_bytes(&data).map_err(corrupt)?;
+        let (last_membership, rest): (StoredMembership<NodeId, MetaNode>, _) =
+            postcard::take_from_bytes(rest).map_err(corrupt)?;
+        let (count, mut rest): (usize, _) = postcard::take_from_bytes(rest).map_err(corrupt)?;
+        if last_applied != meta.last_log_id || last_membership != meta.last_membership {
             return Err(MetaStoreError::Inconsistent {
                 path: path.to_path_buf(),
                 reason: format!(
                     "snapshot {} holds state up to {:?}, but its metadata says {:?}",
-                    meta.snapshot_id, contents.last_applied, meta.last_log_id
+                    meta.snapshot_id, last_applied, meta.last_log_id
                 ),
             });
         }
@@ -110,10 +162,17 @@ impl Shared {
             let mut catalog = transaction
                 .open_table(CATALOG)
                 .map_err(database_error(path))?;
-            for (key, value) in &contents.catalog {
-                let bytes = encode(path, value, || format!("catalog key {key:?}"))?;
+            // Each entry consumes at least a byte, so a forged count cannot loop for
+            // longer than the data lasts.
+            let mut record = Vec::new();
+            for _ in 0..count {
+                let ((key, value), remaining): ((&str, VersionedValue), _) =
+                    postcard::take_from_bytes(rest).map_err(corrupt)?;
+                rest = remaining;
+                record.clear();
+                encode_into(&mut record, path, &value, || format!("catalog key {key:?}"))?;
                 catalog
-                    .insert(key.as_str(), bytes.as_slice())
+                    .insert(key, record.as_slice())
                     .map_err(database_error(path))?;
             }
             let mut state = transaction
@@ -136,7 +195,7 @@ impl Shared {
         self.save_snapshot(meta, &data, SaveRule::Always)?;
         tracing::info!(
             snapshot = %meta.snapshot_id,
-            keys = contents.catalog.len(),
+            keys = count,
             "installed a catalog snapshot"
         );
         Ok(())
@@ -148,6 +207,25 @@ impl Shared {
         data: &[u8],
         rule: SaveRule,
     ) -> Result<(), MetaStoreError> {
+        self.save_snapshot_with(meta, rule, &|out: &mut dyn Write| {
+            out.write_all(data).map_err(|source| {
+                MetaStoreError::from(FileError::Io {
+                    path: self.snapshot_path.clone(),
+                    source,
+                })
+            })
+        })
+    }
+
+    /// Saves a snapshot file whose body `write_body` streams: the header's digest is
+    /// computed on the way and filled in last, and the file replaces the saved one
+    /// atomically, unless `rule` keeps a newer one.
+    pub(super) fn save_snapshot_with(
+        &self,
+        meta: &SnapshotMeta<NodeId, MetaNode>,
+        rule: SaveRule,
+        write_body: &dyn Fn(&mut dyn Write) -> Result<(), MetaStoreError>,
+    ) -> Result<(), MetaStoreError> {
         let meta_bytes = encode(&self.snapshot_path, meta, || {
             "the snapshot metadata".to_string()
         })?;
@@ -156,15 +234,6 @@ impl Shared {
                 path: self.snapshot_path.clone(),
                 reason: format!("the snapshot metadata is {} bytes", meta_bytes.len()),
             })?;
-        let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
-        digest.update(&meta_bytes);
-        digest.update(data);
-        let mut file = Vec::with_capacity(SNAPSHOT_HEADER_BYTES + meta_bytes.len() + data.len());
-        file.extend_from_slice(SNAPSHOT_MAGIC);
-        file.extend_from_slice(&meta_length.to_le_bytes());
-        file.extend_from_slice(digest.finish().as_ref());
-        file.extend_from_slice(&meta_bytes);
-        file.extend_from_slice(data);
 
         let _guard = self
             .snapshot_file_lock
@@ -183,8 +252,34 @@ impl Shared {
             );
             return Ok(());
         }
-        files::write_atomic(&self.snapshot_path, &file, Visibility::Private)?;
-        Ok(())
+        let snapshot_path = &self.snapshot_path;
+        let io_error = |source| {
+            MetaStoreError::from(FileError::Io {
+                path: snapshot_path.clone(),
+                source,
+            })
+        };
+        files::write_atomic_with(snapshot_path, Visibility::Private, |file| {
+            file.write_all(&[0; SNAPSHOT_HEADER_BYTES])
+                .map_err(io_error)?;
+            let digest = {
+                let mut out = DigestingWriter {
+                    inner: io::BufWriter::new(&mut *file),
+                    digest: ring::digest::Context::new(&ring::digest::SHA256),
+                };
+                out.write_all(&meta_bytes).map_err(io_error)?;
+                write_body(&mut out)?;
+                out.inner.flush().map_err(io_error)?;
+                out.digest.finish()
+            };
+            let mut header = Vec::with_capacity(SNAPSHOT_HEADER_BYTES);
+            header.extend_from_slice(SNAPSHOT_MAGIC);
+            header.extend_from_slice(&meta_length.to_le_bytes());
+            header.extend_from_slice(digest.as_ref());
+            file.seek(io::SeekFrom::Start(0)).map_err(io_error)?;
+            file.write_all(&header).map_err(io_error)?;
+            Ok::<(), MetaStoreError>(())
+        })
     }
 
     pub(super) fn snapshot_floor(&self) -> Result<Option<LogId<NodeId>>, MetaStoreError> {
@@ -197,6 +292,22 @@ impl Shared {
     }
 
     pub(super) fn current_snapshot(&self) -> Result<Option<Snapshot<TypeConfig>>, MetaStoreError> {
+        let Some(snapshot) = self.read_snapshot_file()? else {
+            return Ok(None);
+        };
+        if snapshot.meta.last_log_id < self.snapshot_floor()? {
+            tracing::warn!(
+                snapshot = %snapshot.meta.snapshot_id,
+                "ignoring a snapshot file older than the last installed snapshot"
+            );
+            return Ok(None);
+        }
+        Ok(Some(snapshot))
+    }
+
+    /// The saved snapshot file's metadata and data, checked against its digest; None if
+    /// there is no file.
+    fn read_snapshot_file(&self) -> Result<Option<Snapshot<TypeConfig>>, MetaStoreError> {
         let path = &self.snapshot_path;
         let mut contents = match files::read_bounded(path, MAX_SNAPSHOT_FILE_BYTES) {
             Ok(contents) => contents,
@@ -224,19 +335,30 @@ impl Shared {
         let meta: SnapshotMeta<NodeId, MetaNode> = decode(path, &body[..meta_length], || {
             "the snapshot metadata".to_string()
         })?;
-        if meta.last_log_id < self.snapshot_floor()? {
-            tracing::warn!(
-                snapshot = %meta.snapshot_id,
-                "ignoring a snapshot file older than the last installed snapshot"
-            );
-            return Ok(None);
-        }
         // Keep only the data, without copying it into a new buffer.
         contents.drain(..SNAPSHOT_HEADER_BYTES + meta_length);
         Ok(Some(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(contents)),
         }))
+    }
+}
+
+/// Passes writes through while hashing them, for the snapshot header's digest.
+struct DigestingWriter<W: Write> {
+    inner: W,
+    digest: ring::digest::Context,
+}
+
+impl<W: Write> Write for DigestingWriter<W> {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        let written = self.inner.write(bytes)?;
+        self.digest.update(&bytes[..written]);
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
     }
 }
 

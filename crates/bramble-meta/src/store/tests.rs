@@ -624,3 +624,56 @@ async fn scans_roll_up_subtrees_and_page() {
     let flat = reader.scan("fs/v/", None, None, 100).unwrap();
     assert_eq!(flat.entries.len(), 6);
 }
+
+/// Snapshots are written and read one entry at a time; their bytes must stay those of the
+/// whole-state encoding, which agents of earlier versions send and expect.
+#[tokio::test]
+async fn streamed_snapshots_keep_the_whole_state_encoding() {
+    let directory = TempDir::new().unwrap();
+    let (_, mut state_machine, reader) = open_in(&directory);
+    state_machine
+        .apply([
+            membership_entry(1),
+            put(2, "a/1", b"x"),
+            put(3, "b/\u{e9}", &[0u8; 300]),
+            put(4, "c", b""),
+        ])
+        .await
+        .unwrap();
+    let built = state_machine.shared.build_snapshot().unwrap();
+    let (last_applied, last_membership) = state_machine.applied_state().await.unwrap();
+    let whole = SnapshotContents {
+        last_applied,
+        last_membership,
+        catalog: reader.list("", usize::MAX).unwrap(),
+    };
+    let expected = postcard::to_stdvec(&whole).unwrap();
+    assert_eq!(built.snapshot.into_inner(), expected);
+
+    // An earlier agent's snapshot (the whole state encoded at once) installs.
+    let other_directory = TempDir::new().unwrap();
+    let (_, mut other, other_reader) = open_in(&other_directory);
+    other
+        .install_snapshot(&built.meta, Box::new(Cursor::new(expected.clone())))
+        .await
+        .unwrap();
+    assert_eq!(
+        other_reader.list("", usize::MAX).unwrap(),
+        reader.list("", usize::MAX).unwrap()
+    );
+
+    // A snapshot that claims more entries than it holds is refused, and the catalog it
+    // would have replaced is kept.
+    let mut truncated = expected;
+    truncated.truncate(truncated.len() - 1);
+    let third_directory = TempDir::new().unwrap();
+    let (_, mut third, third_reader) = open_in(&third_directory);
+    third.apply([put(1, "kept", b"1")]).await.unwrap();
+    assert!(
+        third
+            .install_snapshot(&built.meta, Box::new(Cursor::new(truncated)))
+            .await
+            .is_err()
+    );
+    assert!(third_reader.get("kept").unwrap().is_some());
+}
