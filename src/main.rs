@@ -167,6 +167,11 @@ fn main() -> ExitCode {
     if control_plane {
         agent::launch_installed_build(&client::data_dir(&cli.global));
         bramble_util::scheduling::raise_control_plane_priority();
+        let group = bramble_util::scheduling::raise_session_group();
+        tracing::info!(
+            ?group,
+            "the agent's session group (autogroup) for the CPU scheduler"
+        );
     }
     let result =
         runtime(is_agent, control_plane).and_then(|runtime| runtime.block_on(dispatch(cli)));

@@ -146,6 +146,34 @@ fn replicas_move_off_a_dead_node_scale_and_leave_nothing_behind() {
         .unwrap_or_default();
     assert!(ports.contains(&8300) && ports.contains(&8301), "{view}");
 
+    // Each replica leads a session of its own, outside its agent's scheduling group (the
+    // agent raises that group's weight for its control plane: bramble_util::scheduling).
+    for copies in placed.values() {
+        let (node, pid) = &copies[0];
+        assert_eq!(session_of(*pid), Some(*pid), "replica {pid} on {node}");
+        let agent = cluster.status_of(node)["pid"].as_u64().expect("agent pid");
+        assert_eq!(session_of(agent), Some(agent), "the agent of {node}");
+        let autogroups_on = std::fs::read_to_string("/proc/sys/kernel/sched_autogroup_enabled")
+            .is_ok_and(|value| value.trim() == "1");
+        // As root the raise is permitted.
+        let root = std::fs::read_to_string("/proc/self/status").is_ok_and(|status| {
+            status
+                .lines()
+                .any(|line| line.split_whitespace().take(3).eq(["Uid:", "0", "0"]))
+        });
+        if autogroups_on && root {
+            let group =
+                std::fs::read_to_string(format!("/proc/{agent}/autogroup")).unwrap_or_default();
+            assert!(group.trim_end().ends_with("nice -20"), "{node}: {group}");
+            let replica_group =
+                std::fs::read_to_string(format!("/proc/{pid}/autogroup")).unwrap_or_default();
+            assert!(
+                replica_group.trim_end().ends_with("nice 0"),
+                "{pid}: {replica_group}"
+            );
+        }
+    }
+
     // Kill the node of a replica that is not the reconciler's node.
     let holder = reconciler(&cluster);
     let (index, victim, old_pid) = placed
@@ -741,6 +769,14 @@ fn a_rolling_update_replaces_replicas_without_a_failed_request_and_a_bad_one_rol
         "{no_previous:?}"
     );
     cluster.assert_all_alive(Duration::from_secs(10));
+}
+
+/// The session a process belongs to, from `/proc/<pid>/stat`.
+fn session_of(pid: u64) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the name: state, parent, process group, session.
+    let after_name = &text[text.rfind(')')? + 2..];
+    after_name.split_whitespace().nth(3)?.parse().ok()
 }
 
 /// `utime + stime` of a process from `/proc/<pid>/stat`, in seconds.

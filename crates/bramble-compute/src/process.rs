@@ -88,14 +88,19 @@ impl Identity {
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
-            .process_group(0)
             .kill_on_drop(true);
         let switch_to = self.switch_to.as_ref().map(|(uid, gid, _)| (*uid, *gid));
         // SAFETY: the closure runs in the child between fork and exec and only makes
-        // system calls (setpriority, write, setrlimit, setgroups, setgid, setuid, prctl),
+        // system calls (setsid, setpriority, write, setrlimit, setgroups, setgid, setuid, prctl),
         // which are async-signal-safe, on data copied into it; it allocates nothing.
         unsafe {
             command.pre_exec(move || {
+                // A session of its own (and so a process group the agent signals as a
+                // whole): the program leaves the agent's scheduling group, whose weight
+                // the agent raised for its control plane (`bramble_util::scheduling`).
+                if libc::setsid() < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
                 bramble_util::scheduling::restore_original_priority();
                 // Into the cgroups while still the agent's user: moving a process needs
                 // write access to the cgroups' common ancestor, which kernels before 5.16
