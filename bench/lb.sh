@@ -162,8 +162,15 @@ backend servers
 EOF
 haproxy -c -q -f "$SCRATCH_DIR/haproxy.cfg"
 log "haproxy $(haproxy -v | awk 'NR == 1 {print $3}') on 127.0.0.1:$HAPROXY_PORT (nbthread $HAPROXY_NBTHREAD)"
-haproxy -f "$SCRATCH_DIR/haproxy.cfg" -db >"$SCRATCH_DIR/haproxy.log" 2>&1 &
+# HAProxy runs as a daemon would: in a session of its own. The Bramble agent raises its
+# session's scheduling group (autogroup) to nice -20 when it may (bramble_util::scheduling),
+# so HAProxy's group gets the same weight here: both proxies then compete with wrk and
+# the backends on equal terms.
+setsid haproxy -f "$SCRATCH_DIR/haproxy.cfg" -db >"$SCRATCH_DIR/haproxy.log" 2>&1 &
 HAPROXY_PID=$!
+if [[ "$(cat /proc/sys/kernel/sched_autogroup_enabled 2>/dev/null)" == 1 ]]; then
+    echo -20 >"/proc/$HAPROXY_PID/autogroup" 2>/dev/null || true
+fi
 OWN_PIDS+=("$HAPROXY_PID")
 wait_http "http://127.0.0.1:$HAPROXY_PORT/"
 
@@ -354,6 +361,8 @@ for log in sorted(pathlib.Path(sys.argv[1]).glob("*/agent.log")):
 print(json.dumps(events))
 PY
 keep_panic_logs "$CLUSTER_DIR" lb
+{ echo "haproxy $(awk '{print $NF}' "/proc/$HAPROXY_PID/autogroup" 2>/dev/null || echo none)"
+  echo "bramble $(awk '{print $NF}' "/proc/$AGENT_PID/autogroup" 2>/dev/null || echo none)"; } >"$SCRATCH_DIR/session-groups.txt"
 haproxy -v | awk "NR == 1" >"$SCRATCH_DIR/haproxy-version.txt"
 { wrk -v 2>&1 || true; } | awk "NR == 1" >"$SCRATCH_DIR/wrk-version.txt"
 
@@ -429,6 +438,7 @@ result = {
         "threads": threads, "connections": connections, "duration_s": duration,
         "warmup_s": warmup, "rounds": rounds,
         "haproxy_nbthread": nbthread,
+        "session_group_nice": dict(line.split() for line in open(f"{scratch}/session-groups.txt")),
         "cluster_nodes": 3,
         "balance": "roundrobin", "mode": "http", "backends": 2,
         "health_check": "HEAD /lb-check.txt",

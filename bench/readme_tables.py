@@ -159,6 +159,19 @@ def bulk(data):
     return "\n".join(out)
 
 
+def session_groups(parameters):
+    """The scheduling groups (autogroups) the two proxies ran in, when recorded."""
+    groups = parameters.get("session_group_nice")
+    if not groups:
+        return ""
+    return (
+        f" Each proxy leads a session of its own, whose scheduling group (autogroup) had nice"
+        f" {groups.get('haproxy', '?')} (HAProxy) and {groups.get('bramble', '?')} (the agent, which raises"
+        " its own so that its control plane is not starved, see docs/ARCHITECTURE.md; HAProxy's is raised"
+        " to match): wrk and the backends run in a group of normal weight."
+    )
+
+
 def lb(data):
     p = data["parameters"]
     t = data["targets"]
@@ -189,7 +202,9 @@ def lb(data):
         f"wrk, both proxies and both backends share the machine's {data['machine']['nproc']} cores ({rounds}, after a {p['warmup_s']} s warm-up each);"
         " HTTP keep-alive, roundrobin, `HEAD /lb-check.txt` health checks, X-Forwarded-For added by both."
         f" Threads: HAProxy {t['haproxy'].get('threads', '?')}, the Bramble agent {t['bramble'].get('threads', '?')} (the control plane's tokio workers and main thread at nice -10, and the data plane: one `lb-worker` thread per two cores, so one here, at normal priority);"
-        " the agent is also a Raft voter of its 3-node cluster. "
+        " the agent is also a Raft voter of its 3-node cluster."
+        + session_groups(p)
+        + " "
         + provenance(data)
     )
     if data.get("source_tree_dirty"):
