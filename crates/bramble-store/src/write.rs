@@ -538,14 +538,17 @@ impl Storage {
                 per_brick.entry(brick).or_default().push(block);
             }
         }
-        for (brick, blocks) in per_brick {
-            if self.is_away(&spec.bricks[brick].node, reach) {
-                continue;
-            }
-            if let Err(error) = self.delete_copies(spec, brick, blocks, reach).await {
-                tracing::warn!(volume = %spec.name, brick, %error, "could not delete unreferenced blocks");
-            }
-        }
+        // Every brick at once: a removal or an overwrite waits for one round trip, not one
+        // per brick (1,000 files of 4 KiB removed through the mount: 1.56 s before).
+        let deletions = per_brick
+            .into_iter()
+            .filter(|(brick, _)| !self.is_away(&spec.bricks[*brick].node, reach))
+            .map(|(brick, blocks)| async move {
+                if let Err(error) = self.delete_copies(spec, brick, blocks, reach).await {
+                    tracing::warn!(volume = %spec.name, brick, %error, "could not delete unreferenced blocks");
+                }
+            });
+        futures::future::join_all(deletions).await;
     }
 }
 
