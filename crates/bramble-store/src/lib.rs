@@ -34,6 +34,7 @@ pub mod node;
 pub mod patch;
 pub mod paths;
 pub mod read;
+pub mod reclaim;
 pub mod s3;
 pub mod scrub;
 pub mod service;

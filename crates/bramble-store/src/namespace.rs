@@ -399,7 +399,8 @@ impl Storage {
                 };
                 match self.commit(command).await? {
                     CommandResult::BatchApplied { .. } => {
-                        self.discard_blocks(&spec, record.block_ids(), &reach).await;
+                        self.discard_committed(&spec, record.block_ids(), &reach)
+                            .await;
                         Ok(1)
                     }
                     // Replaced meanwhile (or this replica was behind): decide again
@@ -439,7 +440,8 @@ impl Storage {
                 for (_, _, entry) in inside {
                     if let StoredEntry::FileV1(record) = entry {
                         removed += 1;
-                        self.discard_blocks(&spec, record.block_ids(), &reach).await;
+                        self.discard_committed(&spec, record.block_ids(), &reach)
+                            .await;
                     }
                 }
                 Ok(removed)
@@ -520,7 +522,7 @@ impl Storage {
                 match self.commit(command).await? {
                     CommandResult::BatchApplied { version, .. } => {
                         if let Some(old) = replaced {
-                            self.discard_blocks(&spec, old.block_ids(), &reach).await;
+                            self.discard_committed(&spec, old.block_ids(), &reach).await;
                         }
                         Ok(entry_of_file(&to, &record, version))
                     }

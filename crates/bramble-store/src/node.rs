@@ -52,6 +52,8 @@ pub struct Storage {
     pub(crate) scrub_trigger: crate::scrub::ScrubTrigger,
     /// Patches of one file through this node, one at a time.
     pub(crate) patching: crate::patch::FileLocks,
+    /// Blocks committed changes no longer refer to, for the reclaim worker.
+    pub(crate) reclaim: crate::reclaim::Reclaim,
 }
 
 /// Events worth counting, shown in the subsystem's status.
@@ -111,6 +113,7 @@ impl Storage {
             transfers: Arc::new(Semaphore::new(MAX_BLOCK_TRANSFERS)),
             counters: Counters::default(),
             patching: crate::patch::FileLocks::default(),
+            reclaim: crate::reclaim::Reclaim::default(),
         }
     }
 

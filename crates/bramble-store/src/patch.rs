@@ -400,7 +400,7 @@ impl Storage {
                         .into_iter()
                         .filter(|block| !kept.contains(block))
                         .collect();
-                    self.discard_blocks(spec, unreferenced, &reach).await;
+                    self.discard_committed(spec, unreferenced, &reach).await;
                     if missed > 0 {
                         self.counters
                             .copies_missed

@@ -35,6 +35,7 @@ fn start(context: Context) -> StartFuture {
         ));
         crate::heal::start_worker(&storage, &context.workers);
         crate::scrub::start_worker(&storage, &context.workers);
+        crate::reclaim::start_worker(&storage, &context.workers);
         let settings = crate::s3::StoreSettings::load(&context.node.path)
             .map_err(|error| error.to_string())?;
         crate::s3::start(&storage, &settings, &context.workers).await?;

@@ -121,7 +121,7 @@ impl Storage {
         match self.commit_record(spec, key, &record, overwrite).await {
             Ok((catalog_version, replaced)) => {
                 if let Some(old) = replaced {
-                    self.discard_blocks(spec, old.block_ids(), &reach).await;
+                    self.discard_committed(spec, old.block_ids(), &reach).await;
                 }
                 if missed > 0 {
                     self.counters

@@ -1107,7 +1107,7 @@ impl S3 for BrambleS3 {
         if let Some(old) = replaced {
             unused.extend(old.block_ids());
         }
-        self.storage.discard_blocks(&spec, unused, &reach).await;
+        self.storage.discard_committed(&spec, unused, &reach).await;
         Ok(S3Response::new(CompleteMultipartUploadOutput {
             bucket: Some(input.bucket),
             key: Some(input.key),
@@ -1297,7 +1297,7 @@ impl BrambleS3 {
             .iter()
             .flat_map(|(_, _, record)| record.block_ids())
             .collect();
-        self.storage.discard_blocks(spec, blocks, &reach).await;
+        self.storage.discard_committed(spec, blocks, &reach).await;
         Ok(())
     }
 
