@@ -26,10 +26,8 @@ impl Shared {
         let write_body = |out: &mut dyn Write| -> Result<(), MetaStoreError> {
             let mut record = Vec::new();
             let put = |record: &mut Vec<u8>, out: &mut dyn Write| {
-                out.write_all(record).map_err(|source| FileError::Io {
-                    path: self.snapshot_path.clone(),
-                    source,
-                })?;
+                out.write_all(record)
+                    .map_err(|source| self.snapshot_write_error(source))?;
                 record.clear();
                 Ok::<(), MetaStoreError>(())
             };
@@ -208,13 +206,18 @@ impl Shared {
         rule: SaveRule,
     ) -> Result<(), MetaStoreError> {
         self.save_snapshot_with(meta, rule, &|out: &mut dyn Write| {
-            out.write_all(data).map_err(|source| {
-                MetaStoreError::from(FileError::Io {
-                    path: self.snapshot_path.clone(),
-                    source,
-                })
-            })
+            out.write_all(data)
+                .map_err(|source| self.snapshot_write_error(source))
         })
+    }
+
+    /// An I/O error while writing the snapshot file, naming it.
+    fn snapshot_write_error(&self, source: io::Error) -> MetaStoreError {
+        FileError::Io {
+            path: self.snapshot_path.clone(),
+            source,
+        }
+        .into()
     }
 
     /// Saves a snapshot file whose body `write_body` streams: the header's digest is
@@ -252,14 +255,8 @@ impl Shared {
             );
             return Ok(());
         }
-        let snapshot_path = &self.snapshot_path;
-        let io_error = |source| {
-            MetaStoreError::from(FileError::Io {
-                path: snapshot_path.clone(),
-                source,
-            })
-        };
-        files::write_atomic_with(snapshot_path, Visibility::Private, |file| {
+        let io_error = |source| self.snapshot_write_error(source);
+        files::write_atomic_with(&self.snapshot_path, Visibility::Private, |file| {
             file.write_all(&[0; SNAPSHOT_HEADER_BYTES])
                 .map_err(io_error)?;
             let digest = {
