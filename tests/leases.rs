@@ -23,6 +23,11 @@ const LONG: Duration = Duration::from_secs(60);
 /// The VIP's lease period (`bramble_lb::vip::LEASE_TTL`): a holder that lost its lease
 /// and a backup that waited it out leave a gap of at least this.
 const LEASE_TTL: Duration = Duration::from_millis(600);
+/// The platform issue's bound on the saturation drill's client: no gap over 100 ms between
+/// two answered requests (40-60 ms measured here with the drill running alone, as nextest
+/// runs it; 130-150 ms beside the storage drills, whose agents' raised session groups then
+/// take the CPU from the demo's web servers).
+const SATURATION_GAP_BOUND: Duration = Duration::from_millis(100);
 
 /// The demo site, once it answers and a VIP holder is reported.
 fn demo_site(cluster: &TestCluster) -> SocketAddr {
@@ -177,10 +182,13 @@ fn drive_load(site: SocketAddr, duration: Duration, done: &AtomicBool) -> String
         }
         Err(_) => {
             let served = std::sync::atomic::AtomicUsize::new(0);
+            // The scope waits for its loops, so they stop on their own clock: `done` is
+            // only set once this function has returned.
+            let load_over = AtomicBool::new(false);
             std::thread::scope(|scope| {
                 for _ in 0..2 {
                     scope.spawn(|| {
-                        while !done.load(Ordering::Relaxed) {
+                        while !done.load(Ordering::Relaxed) && !load_over.load(Ordering::Relaxed) {
                             if get_status(site, Duration::from_secs(2)) == Ok(200) {
                                 served.fetch_add(1, Ordering::Relaxed);
                             }
@@ -188,6 +196,7 @@ fn drive_load(site: SocketAddr, duration: Duration, done: &AtomicBool) -> String
                     });
                 }
                 std::thread::sleep(duration);
+                load_over.store(true, Ordering::Relaxed);
             });
             format!(
                 "wrk is not installed: two request loops served {} requests",
@@ -244,8 +253,8 @@ fn the_vip_holds_while_every_core_is_busy() {
         record.failures
     );
     assert!(
-        record.longest_gap < LEASE_TTL,
-        "the site stopped answering for {:?}",
+        record.longest_gap <= SATURATION_GAP_BOUND,
+        "the site stopped answering for {:?} (bound {SATURATION_GAP_BOUND:?})",
         record.longest_gap
     );
 }
