@@ -134,8 +134,9 @@ fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
 
-/// A plain `GET /small` on a fresh connection: the status and how long it took.
-fn normal_request(site: SocketAddr) -> Result<(u16, Duration), String> {
+/// A plain `GET /small` on a fresh connection: the status, how long it took and the
+/// answer's text (the balancer says in its body why it could not serve).
+fn normal_request(site: SocketAddr) -> Result<(u16, Duration, String), String> {
     let started = Instant::now();
     let mut stream = TcpStream::connect_timeout(&site, Duration::from_secs(2))
         .map_err(|error| format!("connect: {error}"))?;
@@ -156,12 +157,18 @@ fn normal_request(site: SocketAddr) -> Result<(u16, Duration), String> {
         .nth(1)
         .and_then(|code| code.parse().ok())
         .ok_or_else(|| format!("no status line in {text:?}"))?;
-    Ok((status, started.elapsed()))
+    Ok((status, started.elapsed(), text.into_owned()))
 }
 
 fn assert_serves(site: SocketAddr, when: &str) -> Duration {
-    let (status, took) = normal_request(site).unwrap_or_else(|error| panic!("{when}: {error}"));
-    assert_eq!(status, 200, "{when}: a normal request got {status}");
+    let (status, took, text) =
+        normal_request(site).unwrap_or_else(|error| panic!("{when}: {error}"));
+    assert_eq!(
+        status,
+        200,
+        "{when}: a normal request got {status} after {took:?}: {}",
+        text.chars().take(600).collect::<String>()
+    );
     eprintln!("flood: a normal request {when}: 200 in {took:?}");
     took
 }
@@ -244,7 +251,7 @@ fn a_connection_flood_stays_within_the_memory_budget_and_normal_requests_are_ser
         if let Some(name) = shown.and_then(|shown| shown["vip_holder"].as_str().map(String::from)) {
             holder = name;
         }
-        !holder.is_empty() && normal_request(site).is_ok_and(|(status, _)| status == 200)
+        !holder.is_empty() && normal_request(site).is_ok_and(|(status, _, _)| status == 200)
     });
     let pid = agent_pid(cluster.path(), &holder);
     let budget = BUDGET_MIB << 20;

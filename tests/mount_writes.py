@@ -194,4 +194,51 @@ if OTHER:
     if len(shared) != WRITERS * SLOTS * SLOT or lost:
         fail("concurrent writers", f"{len(lost)} of {WRITERS * SLOTS} writes lost, {len(shared)} bytes")
     print(f"ok concurrent writers: {WRITERS * SLOTS} writes from {WRITERS} processes on two mounts, none lost", flush=True)
+
+# 10. Small files, which keep their bytes in their record (at most 4 KiB): written,
+#     changed in the middle, grown past 4 KiB (to blocks), cut back (to the record),
+#     extended with zeros to exactly 4 KiB, and patched by writers on both mounts at once.
+note = random_bytes(100)
+on_both("note.txt", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, lambda fd: os.write(fd, note))
+compare("small file", "note.txt")
+on_both("note.txt", os.O_WRONLY, lambda fd: os.pwrite(fd, b"middle", 40))
+compare("small file changed in the middle", "note.txt")
+more = random_bytes(3900)
+on_both("note.txt", os.O_WRONLY | os.O_APPEND, lambda fd: os.write(fd, more))
+compare("small file appended to under 4 KiB", "note.txt")
+past = random_bytes(300)
+on_both("note.txt", os.O_WRONLY | os.O_APPEND, lambda fd: os.write(fd, past))
+compare("small file grown past 4 KiB", "note.txt")
+on_both("note.txt", os.O_RDWR, lambda fd: os.ftruncate(fd, 10))
+compare("file cut back to 10 bytes", "note.txt")
+on_both("note.txt", os.O_RDWR, lambda fd: os.ftruncate(fd, 4096))
+compare("small file extended with zeros to 4 KiB", "note.txt")
+if OTHER:
+    SMALL_WRITERS, SMALL_SLOTS, SMALL_SLOT = 4, 8, 64
+
+    def small_writer(arguments):
+        directory, index = arguments
+        path = os.path.join(directory, "small-shared.bin")
+        for slot in range(SMALL_SLOTS):
+            fd = os.open(path, os.O_WRONLY)
+            try:
+                os.pwrite(fd, bytes([index + 1]) * SMALL_SLOT, (slot * SMALL_WRITERS + index) * SMALL_SLOT)
+            finally:
+                os.close(fd)
+
+    with open(os.path.join(MOUNTED, "small-shared.bin"), "wb") as handle:
+        handle.write(bytes(SMALL_WRITERS * SMALL_SLOTS * SMALL_SLOT))
+    mounts = [MOUNTED, OTHER]
+    with multiprocessing.Pool(SMALL_WRITERS) as pool:
+        pool.map(small_writer, [(mounts[index % 2], index) for index in range(SMALL_WRITERS)])
+    with open(os.path.join(MOUNTED, "small-shared.bin"), "rb") as handle:
+        shared = handle.read()
+    lost = [
+        slot
+        for slot in range(SMALL_WRITERS * SMALL_SLOTS)
+        if shared[slot * SMALL_SLOT : (slot + 1) * SMALL_SLOT] != bytes([slot % SMALL_WRITERS + 1]) * SMALL_SLOT
+    ]
+    if len(shared) != SMALL_WRITERS * SMALL_SLOTS * SMALL_SLOT or lost:
+        fail("concurrent writers of a small file", f"{len(lost)} of {SMALL_WRITERS * SMALL_SLOTS} writes lost, {len(shared)} bytes")
+    print(f"ok concurrent writers of a small file: {SMALL_WRITERS * SMALL_SLOTS} writes, none lost", flush=True)
 print("all steps match", flush=True)

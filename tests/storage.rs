@@ -2,7 +2,8 @@
 //! (`stripe 2 replica 2` over four nodes, copy files in, compare their checksums, see
 //! each brick hold only its stripe), losing a node and getting it back healed with no
 //! command, a node frozen mid-write, a corrupted block on disk, a gateway killed in the
-//! middle of a write, and bad input.
+//! middle of a write, small files kept in their records (no block on any brick), and bad
+//! input.
 
 mod harness;
 
@@ -391,6 +392,37 @@ fn bad_names_and_layouts_are_refused_with_the_reason() {
 
     // Names and types: a file is not a directory and the reverse.
     cluster.bramble_ok(&["fs", "put", source, "v:/f"]);
+    // 1,000 bytes are kept in the file's record: no block on any brick, the same bytes
+    // back. 5,000 bytes are a block on each brick of the pair.
+    let stat = cluster.bramble_ok(&["fs", "stat", "v:/f", "--json"]).json();
+    assert_eq!(
+        (stat["size"].as_u64(), stat["blocks"].as_u64()),
+        (Some(1000), Some(0)),
+        "{stat}"
+    );
+    assert!(
+        cluster
+            .bramble_ok(&["fs", "stat", "v:/f"])
+            .stdout
+            .contains("kept in the file's record")
+    );
+    assert!(
+        brick_blocks(&cluster, "n1", "v").is_empty()
+            && brick_blocks(&cluster, "n2", "v").is_empty()
+    );
+    let back = files.path().join("f-back");
+    get_via(&cluster, "n3", "v:/f", &back);
+    assert_eq!(sha1(&back), sha1(&file));
+    let larger = random_file(files.path(), "larger", 5000, 6);
+    cluster.bramble_ok(&["fs", "put", larger.to_str().unwrap(), "v:/larger"]);
+    let stat = cluster
+        .bramble_ok(&["fs", "stat", "v:/larger", "--json"])
+        .json();
+    assert_eq!(stat["blocks"].as_u64(), Some(1), "{stat}");
+    assert_eq!(brick_blocks(&cluster, "n1", "v").len(), 1);
+    assert_eq!(brick_blocks(&cluster, "n2", "v").len(), 1);
+    get_via(&cluster, "n3", "v:/larger", &back);
+    assert_eq!(sha1(&back), sha1(&larger));
     refused(&["fs", "put", source, "v:/f"], "exists");
     cluster.bramble_ok(&["fs", "put", source, "v:/f", "--overwrite"]);
     refused(&["fs", "put", source, "v:/f/inside"], "is a file");
@@ -701,12 +733,14 @@ fn an_erasure_coded_volume_loses_any_two_nodes_and_reads_everything() {
             &format!("archive:/{name}"),
         ]);
     }
-    // Six shards of a quarter block each: 1.5x the data, not 3x.
+    // Six shards of a quarter block each: 1.5x the data, not 3x. The one-byte file is
+    // kept in its record (five catalog voters: three copies at the acknowledgement, more
+    // than the two copies 4+2's write quorum of five shards is worth), so it has no shard.
     let stored: usize = ["n1", "n2", "n3", "n4", "n5", "n6"]
         .iter()
         .map(|node| brick_blocks(&cluster, node, "archive").len())
         .sum();
-    assert_eq!(stored, 6 * (1 + 4 + 20), "one shard per brick per block");
+    assert_eq!(stored, 6 * (4 + 20), "one shard per brick per block");
 
     cluster.chaos("kill", "n2");
     cluster.chaos("kill", "n5");

@@ -108,7 +108,12 @@ pub async fn run(global: &GlobalOptions, command: &FsCommand) -> Result<()> {
                 }
             );
             println!("  Size: {} ({})", entry.size, human_bytes(entry.size));
-            println!("Blocks: {}", entry.blocks);
+            if entry.kind == EntryKind::File && entry.blocks == 0 && entry.size > 0 {
+                // Small files keep their bytes in their catalog record.
+                println!("Blocks: 0 (the bytes are kept in the file's record)");
+            } else {
+                println!("Blocks: {}", entry.blocks);
+            }
             println!("  Mode: {:o}", entry.mode);
             println!("Modify: {}", time_text(entry.modified_ns));
             for (key, value) in &entry.user_metadata {

@@ -19,8 +19,10 @@ use serde::{Deserialize, Serialize};
 /// receive `bramble upgrade`). 2: storage patches (`store.file_patch`) and blocks of zeros
 /// recorded without a stored copy (`BlockId::ZEROS`), which a protocol-1 agent could not
 /// read; a protocol-2 agent uses neither until every node speaks 2
-/// ([`everyone_speaks`]).
-pub const PROTOCOL: u32 = 2;
+/// ([`everyone_speaks`]). 3: small files kept in their catalog record (inline bytes,
+/// a record format protocol-2 agents cannot decode), written only once every node
+/// speaks 3.
+pub const PROTOCOL: u32 = 3;
 
 /// The oldest protocol this build still speaks, so nodes running it can share a cluster
 /// with this build during a rolling upgrade.

@@ -11,6 +11,15 @@
 //! A block of zeros is stored nowhere: its record names [`BlockId::ZEROS`] (version 0,
 //! which [`new_version`] never draws), and readers make its bytes. So a sparse file, a
 //! `truncate -s` up, or a disk image of zeros costs no disk and no copies.
+//!
+//! A small file (at most [`INLINE_MAX_BYTES`]) keeps its bytes in its record instead, with
+//! their BLAKE3 hash, and has no blocks (Garage keeps objects under 3 KiB the same way).
+//! For a file that size the block is the expensive part: a round trip to every brick and
+//! a file created and fsynced on each, before the catalog commit that follows anyway. In
+//! the record it costs that one commit, and it is read with the record. Its copies are
+//! the catalog's (a majority of voters at the acknowledgement, every node's replica
+//! after), which is used only where that is at least as many as the volume's write
+//! quorum keeps (see `Storage::may_inline`).
 
 use serde::{Deserialize, Serialize};
 
@@ -99,6 +108,38 @@ pub fn all_zeros(data: &[u8]) -> bool {
         .all(|page| page.iter().fold(0u8, |seen, byte| seen | byte) == 0)
 }
 
+/// Most bytes a file keeps in its record instead of blocks.
+pub const INLINE_MAX_BYTES: usize = 4096;
+
+/// The bytes of a small file, kept in its record, and their BLAKE3 hash, checked on every
+/// read as a block's is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InlineData {
+    pub hash: [u8; 32],
+    pub bytes: Vec<u8>,
+}
+
+impl InlineData {
+    pub fn new(bytes: Vec<u8>) -> InlineData {
+        InlineData {
+            hash: *blake3::hash(&bytes).as_bytes(),
+            bytes,
+        }
+    }
+
+    /// The bytes, once their hash is checked.
+    pub fn checked(&self) -> Result<&[u8], String> {
+        if blake3::hash(&self.bytes).as_bytes() == &self.hash {
+            Ok(&self.bytes)
+        } else {
+            Err(format!(
+                "the {} bytes kept in this file's record do not match their checksum",
+                self.bytes.len()
+            ))
+        }
+    }
+}
+
 /// A file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileRecord {
@@ -117,6 +158,54 @@ pub struct FileRecord {
     /// from their version.
     pub etag: Option<String>,
     pub content_type: Option<String>,
+    /// A small file's bytes (then `blocks` is empty).
+    pub inline: Option<InlineData>,
+}
+
+/// [`FileRecord`] as protocol-2 builds wrote it (no inline bytes): records without inline
+/// bytes are still written this way, so those builds can read them during an upgrade.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct FileRecordV1 {
+    size: u64,
+    version: u128,
+    block_size: u32,
+    blocks: Vec<BlockRecord>,
+    modified_ns: i64,
+    mode: u32,
+    user_metadata: Vec<(String, String)>,
+    etag: Option<String>,
+    content_type: Option<String>,
+}
+
+impl FileRecordV1 {
+    fn from_record(record: &FileRecord) -> FileRecordV1 {
+        FileRecordV1 {
+            size: record.size,
+            version: record.version,
+            block_size: record.block_size,
+            blocks: record.blocks.clone(),
+            modified_ns: record.modified_ns,
+            mode: record.mode,
+            user_metadata: record.user_metadata.clone(),
+            etag: record.etag.clone(),
+            content_type: record.content_type.clone(),
+        }
+    }
+
+    fn into_record(self) -> FileRecord {
+        FileRecord {
+            size: self.size,
+            version: self.version,
+            block_size: self.block_size,
+            blocks: self.blocks,
+            modified_ns: self.modified_ns,
+            mode: self.mode,
+            user_metadata: self.user_metadata,
+            etag: self.etag,
+            content_type: self.content_type,
+            inline: None,
+        }
+    }
 }
 
 impl FileRecord {
@@ -166,23 +255,45 @@ pub struct DirectoryRecord {
     pub mode: u32,
 }
 
-/// A catalog value under `fs/<volume>/`. Versioned as a whole, so a later format can be
-/// told apart from this one (postcard is not self-describing).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A catalog value under `fs/<volume>/`.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoredEntry {
-    FileV1(FileRecord),
+    File(FileRecord),
+    Directory(DirectoryRecord),
+}
+
+/// How a [`StoredEntry`] is written: versioned as a whole, so a later format can be told
+/// apart from an earlier one (postcard is not self-describing). Variants are only ever
+/// added at the end.
+#[derive(Serialize, Deserialize)]
+enum WireEntry {
+    FileV1(FileRecordV1),
     DirectoryV1(DirectoryRecord),
+    /// A file with inline bytes (protocol 3).
+    FileV2(FileRecord),
 }
 
 impl StoredEntry {
     pub fn encode(&self) -> Vec<u8> {
+        let wire = match self {
+            StoredEntry::File(record) if record.inline.is_none() => {
+                WireEntry::FileV1(FileRecordV1::from_record(record))
+            }
+            StoredEntry::File(record) => WireEntry::FileV2(record.clone()),
+            StoredEntry::Directory(record) => WireEntry::DirectoryV1(record.clone()),
+        };
         // Encoding plain structs into a Vec cannot fail.
-        postcard::to_allocvec(self).unwrap_or_default()
+        postcard::to_allocvec(&wire).unwrap_or_default()
     }
 
     pub fn decode(bytes: &[u8]) -> Result<StoredEntry, String> {
-        postcard::from_bytes(bytes)
-            .map_err(|error| format!("a file record in the catalog is unreadable: {error}"))
+        let wire: WireEntry = postcard::from_bytes(bytes)
+            .map_err(|error| format!("a file record in the catalog is unreadable: {error}"))?;
+        Ok(match wire {
+            WireEntry::FileV1(record) => StoredEntry::File(record.into_record()),
+            WireEntry::FileV2(record) => StoredEntry::File(record),
+            WireEntry::DirectoryV1(record) => StoredEntry::Directory(record),
+        })
     }
 }
 
@@ -266,7 +377,7 @@ mod tests {
 
     #[test]
     fn a_file_of_the_largest_size_fits_a_catalog_value() {
-        let record = StoredEntry::FileV1(FileRecord {
+        let record = StoredEntry::File(FileRecord {
             size: u64::MAX,
             version: u128::MAX,
             block_size: u32::MAX,
@@ -283,9 +394,65 @@ mod tests {
             user_metadata: vec![("k".repeat(1000), "v".repeat(1000))],
             etag: Some("0".repeat(40)),
             content_type: Some("application/octet-stream".to_string()),
+            inline: None,
         });
         let bytes = record.encode();
         assert!(bytes.len() <= bramble_meta::types::MAX_VALUE_BYTES);
         assert_eq!(StoredEntry::decode(&bytes).unwrap(), record);
+    }
+
+    #[test]
+    fn records_without_inline_bytes_keep_the_format_older_builds_read() {
+        let record = FileRecord {
+            size: 5,
+            version: 7,
+            block_size: 1024,
+            blocks: vec![BlockRecord {
+                length: 5,
+                hash: [1; 32],
+                id: None,
+            }],
+            modified_ns: 3,
+            mode: 0o644,
+            user_metadata: vec![("mtime".to_string(), "1".to_string())],
+            etag: None,
+            content_type: None,
+            inline: None,
+        };
+        // What a protocol-2 build wrote and reads: the first variant, the old struct.
+        let old_format =
+            postcard::to_allocvec(&WireEntry::FileV1(FileRecordV1::from_record(&record))).unwrap();
+        assert_eq!(StoredEntry::File(record.clone()).encode(), old_format);
+        assert_eq!(
+            StoredEntry::decode(&old_format).unwrap(),
+            StoredEntry::File(record.clone())
+        );
+        let small = FileRecord {
+            size: 3,
+            blocks: Vec::new(),
+            inline: Some(InlineData::new(b"abc".to_vec())),
+            ..record
+        };
+        let bytes = StoredEntry::File(small.clone()).encode();
+        assert_ne!(bytes[0], old_format[0], "a new variant, not the old one");
+        assert_eq!(
+            StoredEntry::decode(&bytes).unwrap(),
+            StoredEntry::File(small)
+        );
+        let directory = StoredEntry::Directory(DirectoryRecord {
+            modified_ns: 1,
+            mode: 0o755,
+        });
+        assert_eq!(StoredEntry::decode(&directory.encode()).unwrap(), directory);
+        assert!(StoredEntry::decode(&[9, 1, 2]).is_err());
+    }
+
+    #[test]
+    fn inline_bytes_are_checked_against_their_hash() {
+        let mut data = InlineData::new(b"hello".to_vec());
+        assert_eq!(data.checked().unwrap(), b"hello");
+        data.bytes[0] = b'j';
+        let error = data.checked().unwrap_err();
+        assert!(error.contains("do not match their checksum"), "{error}");
     }
 }

@@ -207,7 +207,7 @@ impl Storage {
         }
         let record = self.meta.read(&hint.key, Consistency::Stale, false).await?;
         let current = record.and_then(|found| match StoredEntry::decode(&found.value) {
-            Ok(StoredEntry::FileV1(record)) => Some(record),
+            Ok(StoredEntry::File(record)) => Some(record),
             _ => None,
         });
         let found = current.as_ref().and_then(|record| {

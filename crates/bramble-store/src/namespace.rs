@@ -75,11 +75,11 @@ pub async fn lookup(
     for (key, value) in &page.entries {
         if *key == file_key || *key == directory_key {
             return Ok(Some(match decode(key, &value.value)? {
-                StoredEntry::FileV1(record) => Found::File {
+                StoredEntry::File(record) => Found::File {
                     record,
                     version: value.version,
                 },
-                StoredEntry::DirectoryV1(record) => Found::ExplicitDirectory {
+                StoredEntry::Directory(record) => Found::ExplicitDirectory {
                     record,
                     version: value.version,
                 },
@@ -94,11 +94,11 @@ pub async fn lookup(
     }
     if let Some(found) = storage.meta.read(&file_key, consistency, false).await? {
         return Ok(Some(match decode(&file_key, &found.value)? {
-            StoredEntry::FileV1(record) => Found::File {
+            StoredEntry::File(record) => Found::File {
                 record,
                 version: found.version,
             },
-            StoredEntry::DirectoryV1(record) => Found::ExplicitDirectory {
+            StoredEntry::Directory(record) => Found::ExplicitDirectory {
                 record,
                 version: found.version,
             },
@@ -118,11 +118,11 @@ pub async fn lookup(
     Ok(match page.entries.first() {
         None => None,
         Some((key, value)) if *key == directory_key => match decode(key, &value.value)? {
-            StoredEntry::DirectoryV1(record) => Some(Found::ExplicitDirectory {
+            StoredEntry::Directory(record) => Some(Found::ExplicitDirectory {
                 record,
                 version: value.version,
             }),
-            StoredEntry::FileV1(_) => Some(Found::ImplicitDirectory),
+            StoredEntry::File(_) => Some(Found::ImplicitDirectory),
         },
         Some(_) => Some(Found::ImplicitDirectory),
     })
@@ -228,7 +228,7 @@ impl Storage {
             let Some(entry_path) = keys::path_of_key(&spec.name, key) else {
                 continue;
             };
-            if let StoredEntry::FileV1(record) = decode(key, &value.value)? {
+            if let StoredEntry::File(record) = decode(key, &value.value)? {
                 entries.push(entry_of_file(entry_path, &record, value.version));
             }
         }
@@ -240,11 +240,11 @@ impl Storage {
             // An explicit directory's record holds its time; a local read is enough.
             let found = match self.meta.read(common, Consistency::Stale, false).await? {
                 Some(value) => match decode(common, &value.value)? {
-                    StoredEntry::DirectoryV1(record) => Found::ExplicitDirectory {
+                    StoredEntry::Directory(record) => Found::ExplicitDirectory {
                         record,
                         version: value.version,
                     },
-                    StoredEntry::FileV1(_) => Found::ImplicitDirectory,
+                    StoredEntry::File(_) => Found::ImplicitDirectory,
                 },
                 None => Found::ImplicitDirectory,
             };
@@ -304,7 +304,7 @@ impl Storage {
             ],
             operations: vec![Operation::Put {
                 key: marker,
-                value: StoredEntry::DirectoryV1(record.clone()).encode(),
+                value: StoredEntry::Directory(record.clone()).encode(),
             }],
         };
         match self.commit(command).await? {
@@ -438,7 +438,7 @@ impl Storage {
                 self.commit(command).await?;
                 let mut removed = 0;
                 for (_, _, entry) in inside {
-                    if let StoredEntry::FileV1(record) = entry {
+                    if let StoredEntry::File(record) = entry {
                         removed += 1;
                         self.discard_committed(&spec, record.block_ids(), &reach)
                             .await;
@@ -514,7 +514,7 @@ impl Storage {
                     operations: vec![
                         Operation::Put {
                             key: to_key,
-                            value: StoredEntry::FileV1(record.clone()).encode(),
+                            value: StoredEntry::File(record.clone()).encode(),
                         },
                         Operation::Delete { key: from_key },
                     ],

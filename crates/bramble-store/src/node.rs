@@ -349,7 +349,7 @@ impl Storage {
             .into_iter()
             .filter_map(
                 |(key, value)| match crate::file::StoredEntry::decode(&value.value) {
-                    Ok(crate::file::StoredEntry::FileV1(record)) => Some((key, record)),
+                    Ok(crate::file::StoredEntry::File(record)) => Some((key, record)),
                     _ => None,
                 },
             )

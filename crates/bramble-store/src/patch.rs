@@ -28,8 +28,8 @@ use bytes::{Bytes, BytesMut};
 use crate::admin::{FilePatchHeader, FilePutReply, METHOD_FILE_PATCH};
 use crate::blocks::mux_error;
 use crate::file::{
-    BlockId, BlockRecord, FileRecord, MAX_FILE_BLOCKS, StoredEntry, all_zeros, new_version, now_ns,
-    zeros_hash,
+    BlockId, BlockRecord, FileRecord, INLINE_MAX_BYTES, InlineData, MAX_FILE_BLOCKS, StoredEntry,
+    all_zeros, new_version, now_ns, zeros_hash,
 };
 use crate::keys;
 use crate::namespace::entry_of_file;
@@ -312,7 +312,7 @@ impl Storage {
                     .as_ref()
                     .map(|found| StoredEntry::decode(&found.value));
                 match (found, decoded) {
-                    (Some(found), Some(Ok(StoredEntry::FileV1(old)))) => break (found, old),
+                    (Some(found), Some(Ok(StoredEntry::File(old)))) => break (found, old),
                     _ if consistency == Consistency::Stale => {
                         consistency = Consistency::Linearizable;
                     }
@@ -345,31 +345,40 @@ impl Storage {
                 ));
             }
             let reach = self.reach().await;
-            let (record, outcomes) =
-                match self.rebuild(spec, &old, change, block_size, &reach).await {
-                    Ok(rebuilt) => rebuilt,
-                    // The old record's blocks may have gone under us (another node changed
-                    // the file and deleted them): if the file changed, start again on what
-                    // is there now; if not, the error is real.
-                    Err(error) if attempt + 1 < PATCH_ATTEMPTS => {
-                        let now = self
-                            .meta
-                            .read(key, Consistency::Linearizable, false)
-                            .await?;
-                        if now.map(|found| found.version) != Some(found.version) {
-                            continue;
-                        }
-                        return Err(error);
+            // A file small after the change is rewritten in its record: a 4 KiB write
+            // into a small file costs one catalog commit, not a block.
+            let small = final_size <= INLINE_MAX_BYTES as u64 && self.may_inline(spec, &reach);
+            let rebuilt = if small {
+                self.rebuild_inline(spec, &old, change, &reach)
+                    .await
+                    .map(|record| (record, Vec::new()))
+            } else {
+                self.rebuild(spec, &old, change, block_size, &reach).await
+            };
+            let (record, outcomes) = match rebuilt {
+                Ok(rebuilt) => rebuilt,
+                // The old record's blocks may have gone under us (another node changed
+                // the file and deleted them): if the file changed, start again on what
+                // is there now; if not, the error is real.
+                Err(error) if attempt + 1 < PATCH_ATTEMPTS => {
+                    let now = self
+                        .meta
+                        .read(key, Consistency::Linearizable, false)
+                        .await?;
+                    if now.map(|found| found.version) != Some(found.version) {
+                        continue;
                     }
-                    Err(error) => return Err(error),
-                };
+                    return Err(error);
+                }
+                Err(error) => return Err(error),
+            };
             let new_blocks: Vec<BlockId> = outcomes.iter().map(|outcome| outcome.block).collect();
             let missed: usize = outcomes.iter().map(|outcome| outcome.missed.len()).sum();
             if let Err(error) = self.record_hints(hints_for(spec, key, &outcomes)).await {
                 self.discard_blocks(spec, new_blocks, &reach).await;
                 return Err(error);
             }
-            let value = StoredEntry::FileV1(record.clone()).encode();
+            let value = StoredEntry::File(record.clone()).encode();
             if value.len() > bramble_meta::types::MAX_VALUE_BYTES {
                 self.discard_blocks(spec, new_blocks, &reach).await;
                 return Err(RpcError::new(
@@ -531,8 +540,38 @@ impl Storage {
             // The body changed: an S3 ETag (its MD5) no longer describes it.
             etag: None,
             content_type: old.content_type.clone(),
+            inline: None,
         };
         Ok((record, outcomes))
+    }
+
+    /// The patched file as a record with its bytes inline (its size is at most
+    /// [`INLINE_MAX_BYTES`]); the old file's bytes come from its record or its blocks.
+    async fn rebuild_inline(
+        self: &Arc<Self>,
+        spec: &VolumeSpec,
+        old: &FileRecord,
+        change: &Change,
+        reach: &HashMap<String, Reach>,
+    ) -> Result<FileRecord, RpcError> {
+        let size = change.final_size(old.size);
+        let starts = old.block_starts();
+        let bytes = self
+            .rebuilt_bytes(spec, old, &starts, change, 0, size, &mut None, reach)
+            .await?;
+        Ok(FileRecord {
+            size,
+            version: new_version(),
+            block_size: spec.block_size,
+            blocks: Vec::new(),
+            modified_ns: now_ns(),
+            mode: old.mode,
+            user_metadata: old.user_metadata.clone(),
+            // The body changed: an S3 ETag (its MD5) no longer describes it.
+            etag: None,
+            content_type: old.content_type.clone(),
+            inline: Some(InlineData::new(bytes.to_vec())),
+        })
     }
 
     /// The bytes `[position, position + length)` of the patched file: the change's data
@@ -557,7 +596,14 @@ impl Storage {
         let write_end = change.offset + change.data.len() as u64;
         let needs_old =
             position < old_end && !(write_start <= position && write_end >= end.min(old_end));
-        if needs_old {
+        if needs_old && let Some(inline) = &old.inline {
+            let bytes = inline.checked().map_err(RpcError::internal)?;
+            let to = end.min(old_end).min(bytes.len() as u64);
+            if position < to {
+                out[..(to - position) as usize]
+                    .copy_from_slice(&bytes[position as usize..to as usize]);
+            }
+        } else if needs_old {
             for (index, (block, start)) in old.blocks.iter().zip(starts).enumerate() {
                 let block_end = start + u64::from(block.length);
                 let from = position.max(*start);
@@ -612,6 +658,7 @@ mod tests {
             user_metadata: Vec::new(),
             etag: None,
             content_type: None,
+            inline: None,
         }
     }
 

@@ -98,6 +98,12 @@ impl Storage {
         if length == 0 {
             return Ok(());
         }
+        if let Some(inline) = &record.inline {
+            let bytes = inline.checked().map_err(RpcError::internal)?;
+            let start = (offset as usize).min(bytes.len());
+            let end = (offset.saturating_add(length) as usize).min(bytes.len());
+            return sink.send(Bytes::copy_from_slice(&bytes[start..end])).await;
+        }
         let starts = record.block_starts();
         let end = offset + length;
         // The blocks that overlap [offset, end).

@@ -345,7 +345,7 @@ impl Storage {
             format!("store/uploads/{}/", spec.name),
         ] {
             for (_, value) in self.scan_all(&prefix, usize::MAX - 1).await? {
-                if let Ok(crate::file::StoredEntry::FileV1(record)) =
+                if let Ok(crate::file::StoredEntry::File(record)) =
                     crate::file::StoredEntry::decode(&value.value)
                 {
                     versions.insert(record.version);

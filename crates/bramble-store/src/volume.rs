@@ -63,6 +63,17 @@ impl Layout {
         }
     }
 
+    /// How many whole copies a write acknowledged under this layout is worth: the copies
+    /// of the write quorum when replicated; when erasure coded, one more than the parity
+    /// shards the write quorum holds beyond the data shards (the losses it survives, plus
+    /// one).
+    pub fn copies_at_acknowledgement(&self) -> usize {
+        match *self {
+            Layout::Replicated { .. } => self.write_quorum(),
+            Layout::Erasure { data, .. } => self.write_quorum() - usize::from(data) + 1,
+        }
+    }
+
     pub fn describe(&self) -> String {
         match *self {
             Layout::Replicated { replica } => format!("replica {replica}"),

@@ -20,8 +20,8 @@ use tokio::task::JoinSet;
 use crate::admin::{FilePutHeader, FilePutReply};
 use crate::blocks::mux_error;
 use crate::file::{
-    BlockId, BlockRecord, FileRecord, MAX_FILE_BLOCKS, StoredEntry, all_zeros, new_version, now_ns,
-    validate_user_metadata,
+    BlockId, BlockRecord, FileRecord, INLINE_MAX_BYTES, InlineData, MAX_FILE_BLOCKS, StoredEntry,
+    all_zeros, new_version, now_ns, validate_user_metadata,
 };
 use crate::hints::Hint;
 use crate::keys;
@@ -86,6 +86,7 @@ impl Storage {
             user_metadata: header.user_metadata,
             content_type: None,
             compute_md5: false,
+            inline: true,
         };
         let key = keys::file_key(&spec.name, &path);
         let (record, catalog_version, missed) = self
@@ -110,9 +111,31 @@ impl Storage {
         overwrite: bool,
     ) -> Result<(FileRecord, u64, u64), RpcError> {
         let reach = self.reach().await;
-        let (record, hints) = self
-            .store_blocks(spec, key, source, options, &reach)
-            .await?;
+        // A body that may be kept in its record is read up to one chunk past the limit
+        // before anything is stored: if it ended by then, it is small.
+        let mut head: Vec<u8> = Vec::new();
+        let mut ended = false;
+        if options.inline && self.may_inline(spec, &reach) {
+            while head.len() <= INLINE_MAX_BYTES {
+                match source.next_chunk().await? {
+                    Some(chunk) => head.extend_from_slice(&chunk),
+                    None => {
+                        ended = true;
+                        break;
+                    }
+                }
+            }
+        }
+        let (record, hints) = if ended {
+            (inline_record(head, spec, options), Vec::new())
+        } else {
+            let mut source = HeadThenRest {
+                head: (!head.is_empty()).then(|| Bytes::from(head)),
+                rest: source,
+            };
+            self.store_blocks(spec, key, &mut source, options, &reach)
+                .await?
+        };
         let missed = hints.len() as u64;
         if let Err(error) = self.record_hints(hints).await {
             self.discard_blocks(spec, record.block_ids(), &reach).await;
@@ -239,8 +262,31 @@ impl Storage {
             user_metadata: options.user_metadata,
             etag: md5.map(|md5| hex::encode(md5::Digest::finalize(md5))),
             content_type: options.content_type,
+            inline: None,
         };
         Ok((record, hints_for(spec, key, &missed)))
+    }
+
+    /// Whether a small file of `spec` may keep its bytes in its record: every node reads
+    /// such records (protocol 3), and a catalog commit keeps at least as many copies as
+    /// the volume's write quorum (a majority of the catalog's voters against, for a
+    /// replicated volume, its write quorum of copies; for an erasure-coded one, one more
+    /// than the parity shards its write quorum holds). A cluster with one voter and a
+    /// volume of three replicas writes blocks, as before.
+    pub fn may_inline(&self, spec: &VolumeSpec, reach: &HashMap<String, Reach>) -> bool {
+        if !self.cluster_speaks(INLINE_PROTOCOL, reach) {
+            return false;
+        }
+        let voters = self
+            .meta
+            .raft()
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .count();
+        voters / 2 + 1 >= spec.layout.copies_at_acknowledgement()
     }
 
     /// Records hints durably: done before the file they are for becomes visible, so a
@@ -303,10 +349,7 @@ impl Storage {
         while !ancestor.is_empty() {
             let key = keys::file_key(&spec.name, ancestor);
             if let Some(found) = self.meta.read(&key, Consistency::Stale, false).await?
-                && matches!(
-                    StoredEntry::decode(&found.value),
-                    Ok(StoredEntry::FileV1(_))
-                )
+                && matches!(StoredEntry::decode(&found.value), Ok(StoredEntry::File(_)))
             {
                 return Err(RpcError::new(
                     ErrorKind::WrongType,
@@ -331,7 +374,7 @@ impl Storage {
         let path = keys::path_of_key(&spec.name, &key)
             .unwrap_or(&key)
             .to_string();
-        let value = StoredEntry::FileV1(record.clone()).encode();
+        let value = StoredEntry::File(record.clone()).encode();
         if value.len() > bramble_meta::types::MAX_VALUE_BYTES {
             return Err(RpcError::new(
                 ErrorKind::TooLarge,
@@ -355,8 +398,8 @@ impl Storage {
             let (expected, replaced) = match current {
                 None => (0, None),
                 Some(found) => match StoredEntry::decode(&found.value) {
-                    Ok(StoredEntry::FileV1(old)) if overwrite => (found.version, Some(old)),
-                    Ok(StoredEntry::FileV1(_)) => {
+                    Ok(StoredEntry::File(old)) if overwrite => (found.version, Some(old)),
+                    Ok(StoredEntry::File(_)) => {
                         return Err(RpcError::new(
                             ErrorKind::AlreadyExists,
                             format!(
@@ -576,6 +619,49 @@ pub struct WriteOptions {
     pub content_type: Option<String>,
     /// Compute the body's MD5 (S3's ETag).
     pub compute_md5: bool,
+    /// A body of at most [`INLINE_MAX_BYTES`] may be kept in the record, where
+    /// [`Storage::may_inline`] allows it. Never for multipart parts: the completed object
+    /// refers to their blocks.
+    pub inline: bool,
+}
+
+/// The wire protocol that brought records with inline bytes ([`crate::file::InlineData`]):
+/// none is written while a node that speaks an older one is in the cluster.
+pub const INLINE_PROTOCOL: u32 = 3;
+
+/// A small body's record: its bytes inline, no blocks.
+fn inline_record(data: Vec<u8>, spec: &VolumeSpec, options: WriteOptions) -> FileRecord {
+    let etag = options
+        .compute_md5
+        .then(|| hex::encode(<md5::Md5 as md5::Digest>::digest(&data)));
+    FileRecord {
+        size: data.len() as u64,
+        version: new_version(),
+        block_size: spec.block_size,
+        blocks: Vec::new(),
+        modified_ns: options.modified_ns.unwrap_or_else(now_ns),
+        mode: options.mode & 0o7777,
+        user_metadata: options.user_metadata,
+        etag,
+        content_type: options.content_type,
+        inline: Some(InlineData::new(data)),
+    }
+}
+
+/// A source whose first bytes were already read: those, then the rest.
+struct HeadThenRest<'a> {
+    head: Option<Bytes>,
+    rest: &'a mut (dyn ChunkSource + Send),
+}
+
+#[async_trait::async_trait]
+impl ChunkSource for HeadThenRest<'_> {
+    async fn next_chunk(&mut self) -> Result<Option<Bytes>, RpcError> {
+        match self.head.take() {
+            Some(head) => Ok(Some(head)),
+            None => self.rest.next_chunk().await,
+        }
+    }
 }
 
 fn settle(

@@ -201,6 +201,7 @@ impl BrambleS3 {
                     user_metadata: Vec::new(),
                     etag: Some(EMPTY_MD5.to_string()),
                     content_type: None,
+                    inline: None,
                 },
             )),
             _ => Err(s3_error!(
@@ -329,7 +330,7 @@ impl BrambleS3 {
             let Ok(number) = key[prefix.len()..].parse::<i32>() else {
                 continue;
             };
-            if let Ok(StoredEntry::FileV1(record)) = StoredEntry::decode(&value.value) {
+            if let Ok(StoredEntry::File(record)) = StoredEntry::decode(&value.value) {
                 parts.push((number, key, record));
             }
         }
@@ -398,7 +399,7 @@ impl BrambleS3 {
         for (key, value) in page.entries {
             let object_key = key[root.len()..].to_string();
             let object = match StoredEntry::decode(&value.value) {
-                Ok(StoredEntry::FileV1(record)) => Object {
+                Ok(StoredEntry::File(record)) => Object {
                     e_tag: Some(ETag::Strong(strip_quotes(&record.etag()).to_string())),
                     key: Some(object_key),
                     last_modified: Some(timestamp(record.modified_ns)),
@@ -408,7 +409,7 @@ impl BrambleS3 {
                     )),
                     ..Default::default()
                 },
-                Ok(StoredEntry::DirectoryV1(record)) => Object {
+                Ok(StoredEntry::Directory(record)) => Object {
                     e_tag: Some(ETag::Strong(EMPTY_MD5.to_string())),
                     key: Some(object_key),
                     last_modified: Some(timestamp(record.modified_ns)),
@@ -522,6 +523,7 @@ impl S3 for BrambleS3 {
             user_metadata: metadata_pairs(input.metadata)?,
             content_type: input.content_type.map(|value| value.to_string()),
             compute_md5: true,
+            inline: true,
         };
         let record = self
             .store(
@@ -698,6 +700,7 @@ impl S3 for BrambleS3 {
             user_metadata,
             content_type,
             compute_md5: true,
+            inline: true,
         };
         let mut channel = ChannelSource(receiver);
         let (record, _, _) = self
@@ -1013,6 +1016,14 @@ impl S3 for BrambleS3 {
                     "part {number} is under 5 MiB and is not the last"
                 ));
             }
+            if record.inline.is_some() {
+                // Parts are written with `inline: false`: their blocks are what the
+                // completed object refers to.
+                return Err(s3_error!(
+                    InternalError,
+                    "part {number} has no blocks to refer to"
+                ));
+            }
             md5_concat.extend(hex::decode(&stored_etag).unwrap_or_default());
             for index in 0..record.blocks.len() as u32 {
                 let mut block = record.blocks[index as usize];
@@ -1033,8 +1044,9 @@ impl S3 for BrambleS3 {
             user_metadata: upload.user_metadata,
             etag: Some(format!("{}-{}", hex::encode(digest), listed.len())),
             content_type: upload.content_type,
+            inline: None,
         };
-        let value = StoredEntry::FileV1(record.clone()).encode();
+        let value = StoredEntry::File(record.clone()).encode();
         if value.len() > bramble_meta::types::MAX_VALUE_BYTES {
             return Err(s3_error!(
                 EntityTooLarge,
@@ -1053,7 +1065,7 @@ impl S3 for BrambleS3 {
         let (expected, replaced) = match current {
             None => (0, None),
             Some(found) => match StoredEntry::decode(&found.value) {
-                Ok(StoredEntry::FileV1(old)) => (found.version, Some(old)),
+                Ok(StoredEntry::File(old)) => (found.version, Some(old)),
                 _ => return Err(s3_error!(InvalidArgument, "{path} is a directory")),
             },
         };
