@@ -60,6 +60,13 @@ fn raise_open_file_limit() -> u64 {
 fn spawn_backend() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the backend");
     let address = listener.local_addr().expect("backend address");
+    // A deep accept queue, as a real server sets: the balancer opens many backend
+    // connections at once when the HTTP/2 flood starts.
+    // SAFETY: listen on a socket this function owns.
+    unsafe {
+        use std::os::fd::AsRawFd;
+        assert_eq!(libc::listen(listener.as_raw_fd(), 4096), 0);
+    }
     listener.set_nonblocking(true).expect("nonblocking");
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
