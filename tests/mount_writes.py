@@ -164,36 +164,39 @@ print(f"ok write past the largest file: refused at {refused_at}", flush=True)
 compare("unchanged after the refused write", "backwards.bin")
 
 # 9. Writers on two mounts (two agents) patching one file at once.
-WRITERS, SLOTS, SLOT = 8, 40, 4096
-
-
 def writer(arguments):
-    directory, index = arguments
-    path = os.path.join(directory, "shared.bin")
-    for slot in range(SLOTS):
+    directory, name, index, writers, slots, slot_bytes = arguments
+    path = os.path.join(directory, name)
+    for slot in range(slots):
         fd = os.open(path, os.O_WRONLY)
         try:
-            os.pwrite(fd, bytes([index + 1]) * SLOT, (slot * WRITERS + index) * SLOT)
+            os.pwrite(fd, bytes([index + 1]) * slot_bytes, (slot * writers + index) * slot_bytes)
         finally:
             os.close(fd)
 
 
-if OTHER:
-    with open(os.path.join(MOUNTED, "shared.bin"), "wb") as handle:
-        handle.write(bytes(WRITERS * SLOTS * SLOT))
+def concurrent_writers(step, name, writers, slots, slot_bytes):
+    """`writers` processes, alternating between the two mounts, each writing its own
+    `slots` slots of `slot_bytes` into one file; no write may be lost."""
+    with open(os.path.join(MOUNTED, name), "wb") as handle:
+        handle.write(bytes(writers * slots * slot_bytes))
     mounts = [MOUNTED, OTHER]
-    with multiprocessing.Pool(WRITERS) as pool:
-        pool.map(writer, [(mounts[index % 2], index) for index in range(WRITERS)])
-    with open(os.path.join(MOUNTED, "shared.bin"), "rb") as handle:
+    with multiprocessing.Pool(writers) as pool:
+        pool.map(writer, [(mounts[index % 2], name, index, writers, slots, slot_bytes) for index in range(writers)])
+    with open(os.path.join(MOUNTED, name), "rb") as handle:
         shared = handle.read()
     lost = [
         slot
-        for slot in range(WRITERS * SLOTS)
-        if shared[slot * SLOT : (slot + 1) * SLOT] != bytes([slot % WRITERS + 1]) * SLOT
+        for slot in range(writers * slots)
+        if shared[slot * slot_bytes : (slot + 1) * slot_bytes] != bytes([slot % writers + 1]) * slot_bytes
     ]
-    if len(shared) != WRITERS * SLOTS * SLOT or lost:
-        fail("concurrent writers", f"{len(lost)} of {WRITERS * SLOTS} writes lost, {len(shared)} bytes")
-    print(f"ok concurrent writers: {WRITERS * SLOTS} writes from {WRITERS} processes on two mounts, none lost", flush=True)
+    if len(shared) != writers * slots * slot_bytes or lost:
+        fail(step, f"{len(lost)} of {writers * slots} writes lost, {len(shared)} bytes")
+    print(f"ok {step}: {writers * slots} writes from {writers} processes on two mounts, none lost", flush=True)
+
+
+if OTHER:
+    concurrent_writers("concurrent writers", "shared.bin", 8, 40, 4096)
 
 # 10. Small files, which keep their bytes in their record (at most 4 KiB): written,
 #     changed in the middle, grown past 4 KiB (to blocks), cut back (to the record),
@@ -214,31 +217,5 @@ compare("file cut back to 10 bytes", "note.txt")
 on_both("note.txt", os.O_RDWR, lambda fd: os.ftruncate(fd, 4096))
 compare("small file extended with zeros to 4 KiB", "note.txt")
 if OTHER:
-    SMALL_WRITERS, SMALL_SLOTS, SMALL_SLOT = 4, 8, 64
-
-    def small_writer(arguments):
-        directory, index = arguments
-        path = os.path.join(directory, "small-shared.bin")
-        for slot in range(SMALL_SLOTS):
-            fd = os.open(path, os.O_WRONLY)
-            try:
-                os.pwrite(fd, bytes([index + 1]) * SMALL_SLOT, (slot * SMALL_WRITERS + index) * SMALL_SLOT)
-            finally:
-                os.close(fd)
-
-    with open(os.path.join(MOUNTED, "small-shared.bin"), "wb") as handle:
-        handle.write(bytes(SMALL_WRITERS * SMALL_SLOTS * SMALL_SLOT))
-    mounts = [MOUNTED, OTHER]
-    with multiprocessing.Pool(SMALL_WRITERS) as pool:
-        pool.map(small_writer, [(mounts[index % 2], index) for index in range(SMALL_WRITERS)])
-    with open(os.path.join(MOUNTED, "small-shared.bin"), "rb") as handle:
-        shared = handle.read()
-    lost = [
-        slot
-        for slot in range(SMALL_WRITERS * SMALL_SLOTS)
-        if shared[slot * SMALL_SLOT : (slot + 1) * SMALL_SLOT] != bytes([slot % SMALL_WRITERS + 1]) * SMALL_SLOT
-    ]
-    if len(shared) != SMALL_WRITERS * SMALL_SLOTS * SMALL_SLOT or lost:
-        fail("concurrent writers of a small file", f"{len(lost)} of {SMALL_WRITERS * SMALL_SLOTS} writes lost, {len(shared)} bytes")
-    print(f"ok concurrent writers of a small file: {SMALL_WRITERS * SMALL_SLOTS} writes, none lost", flush=True)
+    concurrent_writers("concurrent writers of a small file", "small-shared.bin", 4, 8, 64)
 print("all steps match", flush=True)
