@@ -86,8 +86,12 @@ fn spawn_backend() -> SocketAddr {
     address
 }
 
+/// The large answer, one copy for every connection: the flood opens some 2,000 backend
+/// connections at once, and a megabyte allocated and filled for each kept this test's
+/// one backend thread busy for seconds, so the drill measured its own backend.
+static LARGE_BODY: [u8; LARGE_BODY_BYTES] = [b'x'; LARGE_BODY_BYTES];
+
 async fn serve_backend_connection(mut stream: tokio::net::TcpStream) {
-    let large = vec![b'x'; LARGE_BODY_BYTES];
     let mut head = Vec::new();
     let mut buffer = [0u8; 4096];
     loop {
@@ -102,7 +106,7 @@ async fn serve_backend_connection(mut stream: tokio::net::TcpStream) {
         }
         let small = head.starts_with(b"GET /small ");
         head.clear();
-        let body: &[u8] = if small { b"small page\n" } else { &large };
+        let body: &[u8] = if small { b"small page\n" } else { &LARGE_BODY };
         let answer_head = format!(
             "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nX-Served-By: flood-backend\r\n\r\n",
             body.len()
@@ -167,9 +171,19 @@ fn normal_request(site: SocketAddr) -> Result<(u16, Duration, String), String> {
     Ok((status, started.elapsed(), text.into_owned()))
 }
 
-fn assert_serves(site: SocketAddr, when: &str) -> Duration {
-    let (status, took, text) =
-        normal_request(site).unwrap_or_else(|error| panic!("{when}: {error}"));
+/// Asserts that a normal request is answered with 200; on a failure the panic carries the
+/// VIP holder's latest log lines, which say what the balancer was doing.
+fn assert_serves(cluster: &TestCluster, holder: &str, site: SocketAddr, when: &str) -> Duration {
+    let started = Instant::now();
+    let (status, took, text) = normal_request(site).unwrap_or_else(|error| {
+        let log = cluster.log(holder);
+        let lines: Vec<&str> = log.lines().collect();
+        let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+        panic!(
+            "{when}: {error} after {:?}; {holder}'s log ends with:\n{tail}",
+            started.elapsed()
+        )
+    });
     assert_eq!(
         status,
         200,
@@ -293,7 +307,7 @@ fn a_connection_flood_stays_within_the_memory_budget_and_normal_requests_are_ser
         per_connection <= CONNECTION_RESERVATION_BYTES,
         "an idle connection costs {per_connection} bytes, more than the {CONNECTION_RESERVATION_BYTES} it reserves"
     );
-    assert_serves(site, "beside 10,000 idle connections");
+    assert_serves(&cluster, &holder, site, "beside 10,000 idle connections");
 
     // Phase 2: greedy HTTP/2 clients on top.
     let greedy: Vec<TcpStream> = (0..HTTP2_CLIENTS)
@@ -305,7 +319,12 @@ fn a_connection_flood_stays_within_the_memory_budget_and_normal_requests_are_ser
     while phase_started.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(500));
         peak = peak.max(resident_bytes(pid));
-        slowest = slowest.max(assert_serves(site, "during the HTTP/2 flood"));
+        slowest = slowest.max(assert_serves(
+            &cluster,
+            &holder,
+            site,
+            "during the HTTP/2 flood",
+        ));
     }
     eprintln!(
         "flood: peak resident {:.1} MiB with {HTTP2_CLIENTS} HTTP/2 clients x {STREAMS_PER_CLIENT} unread 1 MiB answers; \
@@ -326,7 +345,7 @@ fn a_connection_flood_stays_within_the_memory_budget_and_normal_requests_are_ser
     drop(greedy);
     drop(idle);
     std::thread::sleep(Duration::from_secs(2));
-    assert_serves(site, "after the flood");
+    assert_serves(&cluster, &holder, site, "after the flood");
     let log = cluster.log(&holder);
     assert!(
         !log.contains("panicked"),
