@@ -3,10 +3,12 @@
 # each binary given, 3 emulated nodes, `volume create vol0 --replica 2 n2 n3`, mounted
 # through n1; N files of 4 KiB created (open, write, close), read (open, read, close) and
 # unlinked by one process; p50/p90/p99 per step. Binaries are run in turn, ROUNDS times,
-# so two builds are compared on the same machine in the same minutes (an A/B).
+# so two builds are compared on the same machine in the same minutes (an A/B). An argument
+# may carry options for `bramble mount` after the binary (quote it), to compare them.
 #
 #   bench/mount_ops.sh target/release/bramble
 #   N=300 ROUNDS=2 bench/mount_ops.sh /tmp/bramble-before target/release/bramble
+#   bench/mount_ops.sh target/release/bramble "target/release/bramble --flush-behind"
 #
 # Needs root and /dev/fuse (the mount). Prints one line per step and binary; nothing is
 # written to bench/results (bench/storage.sh is the comparison with GlusterFS).
@@ -22,16 +24,18 @@ cleanup() {
 }
 trap cleanup EXIT
 for round in $(seq 1 "$ROUNDS"); do
-    for binary in "$@"; do
+    for argument in "$@"; do
+        read -r binary mount_options <<<"$argument"
         CURRENT="$binary"
         mkdir -p "$WORK/mnt"
         export BRAMBLE_DIR="$WORK/cluster"
         "$binary" up --bare --nodes 3 --json >"$WORK/up.json"
         gateway="$(python3 -c 'import json, sys; print(next(n["addr"] for n in json.load(open(sys.argv[1]))["nodes"] if n["name"] == "n1"))' "$WORK/up.json")"
         "$binary" volume create vol0 --replica 2 n2 n3 --json >/dev/null
-        "$binary" mount vol0 "$WORK/mnt" --addr "$gateway" >/dev/null
+        # shellcheck disable=SC2086 # the options are words
+        "$binary" mount vol0 "$WORK/mnt" --addr "$gateway" $mount_options >/dev/null
         sleep 3
-        echo "== $binary (round $round, $N files of 4 KiB)"
+        echo "== $argument (round $round, $N files of 4 KiB)"
         python3 - "$WORK/mnt" "$N" <<'PY'
 import os, sys, time
 mount, count = sys.argv[1], int(sys.argv[2])
@@ -39,9 +43,10 @@ directory = os.path.join(mount, "ops")
 os.makedirs(directory, exist_ok=True)
 data = os.urandom(4096)
 def line(name, samples):
+    total = sum(samples)
     samples = sorted(samples)
     at = lambda share: samples[min(len(samples) - 1, int(len(samples) * share))] * 1000
-    print(f"{name:7s} p50 {at(0.5):6.2f}  p90 {at(0.9):6.2f}  p99 {at(0.99):6.2f} ms")
+    print(f"{name:7s} p50 {at(0.5):6.2f}  p90 {at(0.9):6.2f}  p99 {at(0.99):6.2f} ms  all {total:6.2f} s")
 created, read, removed = [], [], []
 for index in range(count):
     started = time.perf_counter()

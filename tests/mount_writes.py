@@ -10,9 +10,11 @@ they happen. Prints one line per step and "all steps match" at the end; exits 1 
 first difference, naming the step and the first differing offset.
 
 With OTHER_MOUNT_DIR (the same directory of the same volume, mounted through another
-agent), a last step has eight processes, four on each mount, write interleaved 4 KiB
-slots of one file at once, each write its own open, pwrite and close: every write must
-be there at the end.
+agent), eight processes, four on each mount, write interleaved 4 KiB slots of one file at
+once, each write its own open, pwrite and close: every write must be there at the end;
+and small files written one after another through MOUNTED_DIR (which may be a
+`--flush-behind` mount) must, after an fsync of their directory, be there through the
+other mount with the same bytes.
 """
 
 import hashlib
@@ -180,6 +182,9 @@ def concurrent_writers(step, name, writers, slots, slot_bytes):
     `slots` slots of `slot_bytes` into one file; no write may be lost."""
     with open(os.path.join(MOUNTED, name), "wb") as handle:
         handle.write(bytes(writers * slots * slot_bytes))
+        # Stored before the other mount opens it, also where closes go behind.
+        handle.flush()
+        os.fsync(handle.fileno())
     mounts = [MOUNTED, OTHER]
     with multiprocessing.Pool(writers) as pool:
         pool.map(writer, [(mounts[index % 2], name, index, writers, slots, slot_bytes) for index in range(writers)])
@@ -218,4 +223,49 @@ on_both("note.txt", os.O_RDWR, lambda fd: os.ftruncate(fd, 4096))
 compare("small file extended with zeros to 4 KiB", "note.txt")
 if OTHER:
     concurrent_writers("concurrent writers of a small file", "small-shared.bin", 4, 8, 64)
+
+# 11. Many small files one after another, as `cp -r` writes them (with --flush-behind their
+#     closes return before their commits): each is read back, renamed or removed at once
+#     through the same mount, the directory is listed; after an fsync of the directory the
+#     other mount sees exactly the same files and bytes.
+directory = "many-small"
+os.mkdir(os.path.join(MOUNTED, directory))
+os.mkdir(os.path.join(LOCAL, directory))
+expected = {}
+for index in range(120):
+    name = f"{directory}/f{index}"
+    data = random_bytes(rng.randrange(0, 4097))
+    on_both(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, lambda fd: os.write(fd, data))
+    with open(os.path.join(MOUNTED, name), "rb") as handle:
+        if handle.read() != data:
+            fail("small files one after another", f"{name} read back different bytes right after its close")
+    if index % 10 == 3:
+        for root in (MOUNTED, LOCAL):
+            os.rename(os.path.join(root, name), os.path.join(root, name + ".moved"))
+        expected[f"f{index}.moved"] = data
+    elif index % 10 == 7:
+        for root in (MOUNTED, LOCAL):
+            os.unlink(os.path.join(root, name))
+    else:
+        expected[f"f{index}"] = data
+listed = sorted(os.listdir(os.path.join(MOUNTED, directory)))
+if listed != sorted(expected):
+    fail("small files one after another", f"the listing has {len(listed)} names, {len(expected)} expected")
+for name in ("f0", "f3.moved", "f119"):
+    compare("small files one after another", f"{directory}/{name}")
+fd = os.open(os.path.join(MOUNTED, directory), os.O_RDONLY)
+try:
+    os.fsync(fd)
+finally:
+    os.close(fd)
+if OTHER:
+    seen = sorted(os.listdir(os.path.join(OTHER, directory)))
+    if seen != sorted(expected):
+        fail("small files seen by the other mount", f"it lists {len(seen)} names, {len(expected)} expected")
+    for name, data in expected.items():
+        with open(os.path.join(OTHER, directory, name), "rb") as handle:
+            if handle.read() != data:
+                fail("small files seen by the other mount", f"{name} has different bytes there")
+    print(f"ok small files seen by the other mount: {len(expected)} files", flush=True)
+print(f"ok small files one after another: {len(expected)} files, renames and removals", flush=True)
 print("all steps match", flush=True)

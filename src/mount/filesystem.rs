@@ -7,7 +7,10 @@
 //! out of order (readahead); a read far from the stream's position restarts it there.
 //! Writing streams too: a new or truncated file's writes go straight into one
 //! `store.file_put` stream, and `close` (flush) returns once the agent has made the whole
-//! file durable and visible, with any error (ENOSPC, EIO) reported to the writer.
+//! file durable and visible, with any error (ENOSPC, EIO) reported to the writer. While
+//! such a file is at most 4 KiB its bytes are held here and stored in one call at the
+//! flush (the catalog keeps them in the file's record); with `--flush-behind` that call
+//! runs behind the close ([`super::behind`]).
 //! Writes anywhere else — into the middle of a file, appends to an existing one, a write
 //! that seeks back — are held per open file as merged byte ranges (at most
 //! [`DIRTY_LIMIT`]) and sent as `store.file_patch` changes at the next flush, fsync or
@@ -35,6 +38,7 @@ use fuser::{
     ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
 
+use super::behind::{BEHIND_MAX_BYTES, FlushBehind};
 use super::inodes::{Inodes, ROOT, child_path};
 use super::remote::Remote;
 
@@ -114,6 +118,10 @@ struct Writer {
     resize: Option<u64>,
     /// Reads through this handle (a file open for reading and writing).
     reader: Option<Reader>,
+    /// The bytes of a new or truncated file while it is at most [`BEHIND_MAX_BYTES`]:
+    /// stored whole at the flush, in one call (or behind the close with
+    /// `--flush-behind`); a file that grows past it streams from then on.
+    buffered: Vec<u8>,
 }
 
 impl Writer {
@@ -130,6 +138,7 @@ impl Writer {
             dirty_bytes: 0,
             resize: None,
             reader: None,
+            buffered: Vec::new(),
         }
     }
 
@@ -171,7 +180,7 @@ impl Writer {
 
 enum Handle {
     Read(Reader),
-    Write(Writer),
+    Write(Box<Writer>),
     Directory(Vec<FsEntry>),
 }
 
@@ -189,6 +198,7 @@ pub struct VolumeFs {
     /// Files being written through this mount: path to bytes written so far.
     writing: Arc<Mutex<HashMap<String, u64>>>,
     statfs_cache: Arc<Mutex<Option<StatfsAnswer>>>,
+    behind: Arc<FlushBehind>,
     uid: u32,
     gid: u32,
 }
@@ -206,7 +216,12 @@ fn time_of(nanoseconds: i64) -> SystemTime {
 }
 
 impl VolumeFs {
-    pub fn new(volume: &str, remote: Arc<Remote>, runtime: tokio::runtime::Handle) -> VolumeFs {
+    pub fn new(
+        volume: &str,
+        remote: Arc<Remote>,
+        runtime: tokio::runtime::Handle,
+        behind: Arc<FlushBehind>,
+    ) -> VolumeFs {
         // SAFETY: getuid and getgid cannot fail.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
         VolumeFs {
@@ -218,6 +233,7 @@ impl VolumeFs {
             next_handle: AtomicU64::new(1),
             writing: Arc::new(Mutex::new(HashMap::new())),
             statfs_cache: Arc::new(Mutex::new(None)),
+            behind,
             uid,
             gid,
         }
@@ -275,6 +291,7 @@ struct Context {
     remote: Arc<Remote>,
     inodes: Arc<Mutex<Inodes>>,
     writing: Arc<Mutex<HashMap<String, u64>>>,
+    behind: Arc<FlushBehind>,
 }
 
 impl Context {
@@ -314,10 +331,15 @@ impl Context {
         }
     }
 
-    /// Stores an empty file at `path` (a truncate to 0, or a file created and closed
-    /// without a write).
-    async fn store_empty(&self, path: &str, mode: u32) -> Result<(), Errno> {
-        let upload = self.start_upload(path, mode).await?;
+    /// Stores `bytes` as the whole file at `path` (a small file, a truncate to 0, a file
+    /// created and closed without a write). Does not wait for a commit behind a close of
+    /// the same path: the callers that may follow one wait first.
+    async fn put_bytes(&self, path: &str, mode: u32, bytes: Vec<u8>) -> Result<(), Errno> {
+        let mut upload = self.start_upload(path, mode).await?;
+        if !bytes.is_empty() && upload.sender.send(Bytes::from(bytes)).await.is_err() {
+            // The agent stopped reading: its answer says why.
+            return finish_upload(path, upload).await.and(Err(Errno::EIO));
+        }
         finish_upload(path, upload).await
     }
 
@@ -330,6 +352,7 @@ impl Context {
         data: &[u8],
         resize: Option<u64>,
     ) -> Result<(), Errno> {
+        self.behind.settle(path).await;
         let header = FilePatchHeader {
             volume: self.volume.clone(),
             path: path.to_string(),
@@ -360,6 +383,7 @@ impl Context {
         mode: u32,
         prefix: u64,
     ) -> Result<Upload, Errno> {
+        self.behind.settle(path).await;
         let mut upload = self.start_upload(path, mode).await?;
         if prefix > 0 {
             let mut stream = self.open_read_stream(path, 0).await?;
@@ -401,6 +425,7 @@ impl Context {
     }
 
     async fn open_read_stream(&self, path: &str, offset: u64) -> Result<ReadStream, Errno> {
+        self.behind.settle(path).await;
         let header = FileGetHeader {
             volume: self.volume.clone(),
             path: path.to_string(),
@@ -554,6 +579,13 @@ impl Writer {
             }
             return Ok(data.len() as u32);
         }
+        if self.holds_whole_file() && self.buffered.len() + data.len() <= BEHIND_MAX_BYTES {
+            // Still small: held until the flush, which stores it in one call.
+            self.buffered.extend_from_slice(data);
+            self.position += data.len() as u64;
+            lock(&context.writing).insert(self.path.clone(), self.position);
+            return Ok(data.len() as u32);
+        }
         if self.upload.is_none() {
             self.upload = Some(
                 context
@@ -561,12 +593,35 @@ impl Writer {
                     .await?,
             );
             self.stored = false;
+            // A small start held so far goes first (the stream begins at stored_size 0).
+            let held = std::mem::take(&mut self.buffered);
+            if !held.is_empty() {
+                self.send_to_upload(Bytes::from(held)).await?;
+            }
         }
+        self.send_to_upload(Bytes::copy_from_slice(data)).await?;
+        self.position += data.len() as u64;
+        lock(&context.writing).insert(self.path.clone(), self.position);
+        Ok(data.len() as u32)
+    }
+
+    /// Whether all of the file is in [`Writer::buffered`]: a new or truncated file with no
+    /// upload, no patch and nothing stored by this handle yet.
+    fn holds_whole_file(&self) -> bool {
+        self.upload.is_none()
+            && !self.stored
+            && self.stored_size == 0
+            && !self.has_patches()
+            && self.position == self.buffered.len() as u64
+    }
+
+    /// Sends `bytes` down the open upload; if the agent has stopped reading, its answer
+    /// becomes this handle's error.
+    async fn send_to_upload(&mut self, bytes: Bytes) -> Result<(), Errno> {
         let Some(upload) = self.upload.as_mut() else {
             return Err(Errno::EIO);
         };
-        if let Err(error) = upload.sender.send(Bytes::copy_from_slice(data)).await {
-            // The agent stopped reading: its answer says why.
+        if let Err(error) = upload.sender.send(bytes).await {
             let failed = match self.upload.take() {
                 Some(upload) => match upload.response.wait().await {
                     Err(answer) => stream_errno(answer),
@@ -577,9 +632,7 @@ impl Writer {
             self.error = Some(failed);
             return Err(failed);
         }
-        self.position += data.len() as u64;
-        lock(&context.writing).insert(self.path.clone(), self.position);
-        Ok(data.len() as u32)
+        Ok(())
     }
 
     /// Makes the file durable and visible (on flush, fsync and release, and before a
@@ -590,16 +643,57 @@ impl Writer {
         }
         self.finish_stream(context).await?;
         self.send_patches(context).await?;
-        lock(&context.writing).remove(&self.path);
+        // While a commit behind an earlier close runs, the mount still answers for the
+        // file; that commit hands it over when it lands.
+        if !context.behind.is_pending(&self.path) {
+            lock(&context.writing).remove(&self.path);
+        }
         Ok(())
     }
 
-    /// Ends the upload stream (or stores the empty file never written), so that the file
-    /// exists in the cluster as this handle wrote it.
+    /// At a flush with `--flush-behind`: a small file held whole here is handed to a
+    /// commit behind the close ([`FlushBehind`]); anything else is stored now.
+    async fn store_behind(&mut self, context: &Context) -> Result<(), Errno> {
+        if self.error.is_some() || !self.holds_whole_file() {
+            return self.store(context).await;
+        }
+        let bytes = std::mem::take(&mut self.buffered);
+        let size = self.position;
+        self.stored = true;
+        self.stored_size = size;
+        let path = self.path.clone();
+        let mode = self.mode;
+        let committer = context.clone();
+        let writing = context.writing.clone();
+        let finished_path = path.clone();
+        context
+            .behind
+            .commit(
+                path.clone(),
+                async move { committer.put_bytes(&path, mode, bytes).await },
+                move || {
+                    // Until now the mount answered for the file; from here the cluster
+                    // does (unless this handle wrote more since, and still answers).
+                    let mut writing = lock(&writing);
+                    if writing.get(&finished_path) == Some(&size) {
+                        writing.remove(&finished_path);
+                    }
+                },
+            )
+            .await;
+        Ok(())
+    }
+
+    /// Ends the upload stream (or stores the small or empty file held here), so that
+    /// the file exists in the cluster as this handle wrote it.
     async fn finish_stream(&mut self, context: &Context) -> Result<(), Errno> {
         let outcome = match self.upload.take() {
             Some(upload) => finish_upload(&self.path, upload).await,
-            None if !self.stored => context.store_empty(&self.path, self.mode).await,
+            None if !self.stored => {
+                context.behind.settle(&self.path).await;
+                let bytes = std::mem::take(&mut self.buffered);
+                context.put_bytes(&self.path, self.mode, bytes).await
+            }
             None => return Ok(()),
         };
         self.fail_on(context, outcome)?;
@@ -656,6 +750,7 @@ impl VolumeFs {
             remote: self.remote.clone(),
             inodes: self.inodes.clone(),
             writing: self.writing.clone(),
+            behind: self.behind.clone(),
         }
     }
 }
@@ -784,6 +879,7 @@ impl Filesystem for VolumeFs {
         let owner = self.owner();
         let open = handle.and_then(|handle| self.handle(handle));
         self.runtime.spawn(async move {
+            context.behind.settle(&path).await;
             if let Some(size) = size {
                 // A truncate: to the current end is nothing to do; to zero replaces the
                 // file with an empty one; any other size is a patch.
@@ -795,6 +891,7 @@ impl Filesystem for VolumeFs {
                         // Start the file afresh: the upload in flight (if any) is dropped,
                         // which cancels it on the agent, and held patches with it.
                         writer.upload = None;
+                        writer.buffered.clear();
                         writer.dirty.clear();
                         writer.dirty_bytes = 0;
                         writer.resize = None;
@@ -819,7 +916,7 @@ impl Filesystem for VolumeFs {
                         return reply.error(Errno::EBUSY);
                     }
                 } else if size == 0 {
-                    if let Err(error) = context.store_empty(&path, 0o644).await {
+                    if let Err(error) = context.put_bytes(&path, 0o644, Vec::new()).await {
                         return reply.error(error);
                     }
                 } else {
@@ -905,6 +1002,8 @@ impl Filesystem for VolumeFs {
         let context = self.context();
         let no_replace = flags.contains(RenameFlags::RENAME_NOREPLACE);
         self.runtime.spawn(async move {
+            context.behind.settle_within(&from).await;
+            context.behind.settle_within(&to).await;
             let request = RenameRequest {
                 volume: context.volume.clone(),
                 from: from.clone(),
@@ -944,6 +1043,7 @@ impl Filesystem for VolumeFs {
         self.runtime.spawn(async move {
             // A truncating open starts the file afresh; any other keeps its content, and
             // writes may extend it at its end (an append re-sends the file whole).
+            context.behind.settle(&path).await;
             let writer = if truncate {
                 Writer::new(path, 0o644, 0, false)
             } else {
@@ -954,7 +1054,7 @@ impl Filesystem for VolumeFs {
             };
             lock(&handles).insert(
                 next,
-                Arc::new(tokio::sync::Mutex::new(Handle::Write(writer))),
+                Arc::new(tokio::sync::Mutex::new(Handle::Write(Box::new(writer)))),
             );
             reply.opened(FileHandle(next), FopenFlags::empty());
         });
@@ -1034,7 +1134,7 @@ impl Filesystem for VolumeFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        self.store(handle, reply);
+        self.store(handle, StoreWhen::AtFlush, reply);
     }
 
     fn fsync(
@@ -1045,7 +1145,29 @@ impl Filesystem for VolumeFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        self.store(handle, reply);
+        self.store(handle, StoreWhen::Durably, reply);
+    }
+
+    fn fsyncdir(
+        &self,
+        _request: &Request,
+        inode: INodeNo,
+        _handle: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let path = match self.path_of(inode) {
+            Ok(path) => path,
+            Err(error) => return reply.error(error),
+        };
+        let behind = self.behind.clone();
+        self.runtime.spawn(async move {
+            behind.settle_within(&path).await;
+            match behind.take_failure_within(&path) {
+                Some(error) => reply.error(error),
+                None => reply.ok(),
+            }
+        });
     }
 
     fn release(
@@ -1065,7 +1187,11 @@ impl Filesystem for VolumeFs {
                 && let Handle::Write(writer) = &mut *handle.lock().await
             {
                 // Normally flushed already; a last chance for an unflushed writer.
-                let _ = writer.store(&context).await;
+                let _ = if context.behind.enabled() {
+                    writer.store_behind(&context).await
+                } else {
+                    writer.store(&context).await
+                };
             }
             reply.ok();
         });
@@ -1080,6 +1206,8 @@ impl Filesystem for VolumeFs {
         let handles = self.handles.clone();
         let next = self.next_handle.fetch_add(1, Ordering::Relaxed);
         self.runtime.spawn(async move {
+            // Files closed here whose commit is still running are listed once it lands.
+            context.behind.settle_within(&path).await;
             match context.list_all(&path).await {
                 Ok(entries) => {
                     lock(&handles).insert(
@@ -1305,6 +1433,7 @@ impl Filesystem for VolumeFs {
         let next = self.next_handle.fetch_add(1, Ordering::Relaxed);
         let mode = mode & !umask & 0o7777;
         self.runtime.spawn(async move {
+            context.behind.settle(&path).await;
             if flags & libc::O_EXCL != 0 {
                 match context.stat(&path).await {
                     Ok(_) => return reply.error(Errno::EEXIST),
@@ -1316,7 +1445,7 @@ impl Filesystem for VolumeFs {
             lock(&context.writing).insert(path.clone(), 0);
             lock(&handles).insert(
                 next,
-                Arc::new(tokio::sync::Mutex::new(Handle::Write(writer))),
+                Arc::new(tokio::sync::Mutex::new(Handle::Write(Box::new(writer)))),
             );
             let inode = lock(&context.inodes).remember(&path);
             let entry = FsEntry {
@@ -1348,19 +1477,35 @@ impl VolumeFs {
         }
     }
 
-    fn store(&self, handle: FileHandle, reply: ReplyEmpty) {
+    fn store(&self, handle: FileHandle, when: StoreWhen, reply: ReplyEmpty) {
         let Some(handle) = self.handle(handle) else {
             return reply.error(Errno::EBADF);
         };
         let context = self.context();
         self.runtime.spawn(async move {
             let mut handle = handle.lock().await;
-            match &mut *handle {
-                Handle::Write(writer) => match writer.store(&context).await {
-                    Ok(()) => reply.ok(),
-                    Err(error) => reply.error(error),
-                },
-                _ => reply.ok(),
+            let Handle::Write(writer) = &mut *handle else {
+                return reply.ok();
+            };
+            let outcome = match when {
+                StoreWhen::AtFlush if context.behind.enabled() => {
+                    writer.store_behind(&context).await
+                }
+                StoreWhen::AtFlush => writer.store(&context).await,
+                StoreWhen::Durably => {
+                    // An earlier flush of this file may have gone behind: it must have
+                    // landed, and its failure is this fsync's.
+                    let stored = writer.store(&context).await;
+                    context.behind.settle(&writer.path).await;
+                    match context.behind.take_failure_within(&writer.path) {
+                        Some(error) => Err(error),
+                        None => stored,
+                    }
+                }
+            };
+            match outcome {
+                Ok(()) => reply.ok(),
+                Err(error) => reply.error(error),
             }
         });
     }
@@ -1372,6 +1517,7 @@ impl VolumeFs {
         };
         let context = self.context();
         self.runtime.spawn(async move {
+            context.behind.settle_within(&path).await;
             let request = RemoveRequest {
                 volume: context.volume.clone(),
                 path,
@@ -1395,6 +1541,14 @@ impl VolumeFs {
             }
         });
     }
+}
+
+/// Whether a store may go behind the close (a flush with `--flush-behind`) or must be
+/// durable before the answer (fsync).
+#[derive(Clone, Copy)]
+enum StoreWhen {
+    AtFlush,
+    Durably,
 }
 
 /// A stable inode number for an entry the kernel has not looked up yet (high bit set, so

@@ -8,6 +8,7 @@
 //! glusterfs`) and returns once the directory is mounted; `--foreground` keeps it
 //! attached. The mount ends with `umount <dir>` (or `fusermount -u`) or SIGTERM/SIGINT.
 
+mod behind;
 mod filesystem;
 mod inodes;
 mod remote;
@@ -24,6 +25,9 @@ use fuser::{Config, MountOption, SessionACL};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::cli::{GlobalOptions, MountArgs};
+
+/// How long an unmount waits for commits running behind closes (`--flush-behind`).
+const SETTLE_AT_UNMOUNT: Duration = Duration::from_secs(60);
 
 pub async fn run(global: &GlobalOptions, args: &MountArgs) -> Result<()> {
     let directory = std::fs::canonicalize(&args.directory).with_context(|| {
@@ -56,8 +60,13 @@ pub async fn run(global: &GlobalOptions, args: &MountArgs) -> Result<()> {
         client.mux(shutdown),
         client.agents().to_vec(),
     ));
-    let file_system =
-        filesystem::VolumeFs::new(&spec.name, remote, tokio::runtime::Handle::current());
+    let behind = Arc::new(behind::FlushBehind::new(args.flush_behind));
+    let file_system = filesystem::VolumeFs::new(
+        &spec.name,
+        remote,
+        tokio::runtime::Handle::current(),
+        behind.clone(),
+    );
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::FSName(format!("bramble:{}", spec.name)),
@@ -88,6 +97,23 @@ pub async fn run(global: &GlobalOptions, args: &MountArgs) -> Result<()> {
         _ = interrupt.recv() => {
             let _ = unmounter.unmount();
             let _ = finished.await;
+        }
+    }
+    // Files closed with --flush-behind whose commit is still running are stored before
+    // the process ends (the kernel has already detached the directory).
+    if behind.pending() > 0 {
+        eprintln!(
+            "storing {} file(s) closed before the unmount",
+            behind.pending()
+        );
+        if tokio::time::timeout(SETTLE_AT_UNMOUNT, behind.settle_within(""))
+            .await
+            .is_err()
+        {
+            eprintln!(
+                "{} file(s) closed before the unmount were not stored within {SETTLE_AT_UNMOUNT:?}",
+                behind.pending()
+            );
         }
     }
     eprintln!("unmounted {}", directory.display());
