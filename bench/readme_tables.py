@@ -339,6 +339,16 @@ def storage(data):
             f"| of which the CLI's own cost: one `bramble fs stat` process per file (start, TLS connection, one catalog read) | | | {secs(floor)}"
             f" ({per_file(floor)} a file) | | | |"
         )
+    behind = b.get("mount_behind", {}).get("small")
+    if behind:
+        steps = ", ".join(
+            f"{label} {secs(behind[key])} ({faster(r.get(f'mount_behind_small_{key[:-2]}_time_vs_gluster'))})"
+            for label, key in (("create", "create_s"), ("list", "list_s"), ("read", "read_s"), ("delete", "delete_s"))
+        )
+        out.append(
+            f"| the same four steps through a `--flush-behind` mount (closes of small files return before their commit, as GlusterFS's default `performance.flush-behind`): {steps} | | {secs(gv('small', 'total_s'))} | {secs(behind['total_s'])}"
+            f" ({per_file(behind['total_s'])} a file) | {faster(r.get('mount_behind_small_total_time_vs_gluster'))} | | |"
+        )
     if m:
         out.append(
             f"| {files} files of 4 KiB: all four steps, through the mount (CLI: {secs(b['small']['total_s'])}) | {secs(raw['small']['total_s'])} | {secs(gv('small', 'total_s'))} | {secs(m['small']['total_s'])}"

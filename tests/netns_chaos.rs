@@ -282,6 +282,16 @@ fn a_partitioned_minority_loses_the_catalog_and_the_vip_and_heal_makes_one_clust
     );
     assert!(took < Duration::from_secs(20), "the refusal took {took:?}");
 
+    // Nor can the old leader answer a linearizable read from its replica: its read lease
+    // ran out long before the majority could elect another leader, so it must not report
+    // the majority's new key as missing (a stale answer); it fails for want of a quorum.
+    let old_leader_address = node_address(&status, &leader);
+    let read = cluster.bramble(&["--addr", &old_leader_address, "kv", "get", "drill/after"]);
+    assert!(
+        !read.success && read.stderr.contains("quorum"),
+        "a linearizable read through the partitioned old leader {leader} answered: {read:?}"
+    );
+
     // The VIP: on a majority node only, once the minority's lease ran out; the website
     // answers through it from the switch.
     wait_until("only a majority node holds the VIP", LONG, || {

@@ -15,6 +15,7 @@ pub mod api;
 pub mod lease;
 pub mod network;
 pub mod node;
+mod read_lease;
 pub mod service;
 pub mod settings;
 pub mod store;

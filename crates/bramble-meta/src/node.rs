@@ -24,6 +24,7 @@ use crate::api::*;
 use crate::lease::LEASE_PREFIX;
 use crate::lease::leader::LeaseLeader;
 use crate::network::Network;
+use crate::read_lease::ReadLease;
 use crate::settings::MetaSettings;
 use crate::store::{self, CatalogReader};
 use crate::types::{
@@ -69,6 +70,8 @@ pub struct Meta {
     membership: Arc<Membership>,
     settings: MetaSettings,
     pub(crate) leases: LeaseLeader,
+    /// Lets this node, while leader, serve linearizable reads without a quorum round each.
+    read_lease: ReadLease,
 }
 
 pub(crate) fn unavailable(message: impl Into<String>) -> RpcError {
@@ -146,6 +149,7 @@ impl Meta {
             forwarder: RpcClient::new(client_tls)
                 .with_timeouts(Duration::from_secs(1), QUORUM_WAIT),
             membership,
+            read_lease: ReadLease::new(Duration::from_millis(settings.election_timeout_max_ms)),
             settings,
             leases: LeaseLeader::default(),
         });
@@ -318,9 +322,14 @@ impl Meta {
             if remaining.is_zero() {
                 return Err(self.no_quorum("serve a linearizable read").await);
             }
+            let grant = ReadLease::before_round(self.reader.votes_saved());
             match tokio::time::timeout(remaining, self.raft.ensure_linearizable()).await {
                 Err(_) => return Err(self.no_quorum("serve a linearizable read").await),
-                Ok(Ok(_)) => return Ok(None),
+                Ok(Ok(_)) => {
+                    self.read_lease
+                        .after_round(grant, self.reader.votes_saved());
+                    return Ok(None);
+                }
                 Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward)))) => {
                     if let Some(leader) = self.leader_address(&forward) {
                         return Ok(Some(leader));
@@ -331,6 +340,22 @@ impl Meta {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// A linearizable read served from this replica under the read lease
+    /// ([`crate::read_lease`]), when this node is the leader and holds one; `None` when it
+    /// must go the usual way (a quorum round here, or the leader).
+    fn under_read_lease<T>(
+        &self,
+        consistency: Consistency,
+        read: impl FnOnce() -> Result<T, store::MetaStoreError>,
+    ) -> Option<Result<T, RpcError>> {
+        if consistency != Consistency::Linearizable {
+            return None;
+        }
+        self.read_lease
+            .serve(|| self.reader.votes_saved(), read)
+            .map(|value| value.map_err(internal))
     }
 
     /// Where a read is served: here (`None`), or by the leader at the returned address.
@@ -357,6 +382,9 @@ impl Meta {
         consistency: Consistency,
         forwarded: bool,
     ) -> Result<Option<VersionedValue>, RpcError> {
+        if let Some(served) = self.under_read_lease(consistency, || self.reader.get(key)) {
+            return served;
+        }
         if let Some(leader) = self.read_route(consistency, forwarded).await? {
             let request = ReadRequest {
                 key: key.to_string(),
@@ -379,6 +407,11 @@ impl Meta {
         consistency: Consistency,
         forwarded: bool,
     ) -> Result<ListResponse, RpcError> {
+        if let Some(served) =
+            self.under_read_lease(consistency, || self.reader.list(prefix, limit as usize))
+        {
+            return served;
+        }
         if let Some(leader) = self.read_route(consistency, forwarded).await? {
             let request = ListRequest {
                 prefix: prefix.to_string(),
@@ -419,6 +452,17 @@ impl Meta {
             return Err(RpcError::bad_request(
                 "the scan's prefix or start is too long",
             ));
+        }
+        let scan_here = || {
+            self.reader.scan(
+                &request.prefix,
+                request.start_after.as_deref(),
+                request.delimiter,
+                request.limit as usize,
+            )
+        };
+        if let Some(served) = self.under_read_lease(request.consistency, scan_here) {
+            return served;
         }
         if let Some(leader) = self
             .read_route(request.consistency, request.forwarded)

@@ -15,6 +15,9 @@ use super::*;
 pub struct LogStore {
     pub(super) database: Arc<Database>,
     pub(super) path: Arc<Path>,
+    /// Counts every vote saved (shared with the reader): a leader's read lease holds only
+    /// while this node has saved no vote since the lease began (see `Meta`'s read lease).
+    pub(super) votes_saved: Arc<AtomicU64>,
 }
 
 impl LogStore {
@@ -188,6 +191,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
+        // Counted before the vote is stored, and so before anyone can be told of it.
+        self.votes_saved.fetch_add(1, Ordering::SeqCst);
         self.write_record(VOTE_KEY, vote, Durability::Immediate)
             .map_err(storage_error(ErrorSubject::Vote, ErrorVerb::Write))
     }

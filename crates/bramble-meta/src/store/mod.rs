@@ -273,6 +273,7 @@ pub fn open(path: &Path) -> Result<(LogStore, StateMachineStore, CatalogReader),
 
     let database = Arc::new(database);
     let path: Arc<Path> = Arc::from(path);
+    let votes_saved = Arc::new(AtomicU64::new(0));
     let shared = Arc::new(Shared {
         database: Arc::clone(&database),
         snapshot_path: snapshot_path_for(&path),
@@ -280,8 +281,13 @@ pub fn open(path: &Path) -> Result<(LogStore, StateMachineStore, CatalogReader),
         snapshot_file_lock: Mutex::new(()),
         watches: WatchRegistry::default(),
         last_applied_index: AtomicU64::new(last_applied.map_or(0, |log_id| log_id.index)),
+        votes_saved: Arc::clone(&votes_saved),
     });
-    let log_store = LogStore { database, path };
+    let log_store = LogStore {
+        database,
+        path,
+        votes_saved,
+    };
     let state_machine = StateMachineStore {
         shared: Arc::clone(&shared),
     };
@@ -303,6 +309,8 @@ struct Shared {
     watches: WatchRegistry,
     /// A copy of the durable last applied index, so readers get it without a transaction.
     last_applied_index: AtomicU64,
+    /// The log store's count of votes saved.
+    votes_saved: Arc<AtomicU64>,
 }
 
 /// The bytes of a snapshot: the whole state machine. Snapshots are written and read one

@@ -11,6 +11,11 @@ pub struct CatalogReader {
 }
 
 impl CatalogReader {
+    /// How many votes this node has saved since it started (see the log store).
+    pub(crate) fn votes_saved(&self) -> u64 {
+        self.shared.votes_saved.load(Ordering::SeqCst)
+    }
+
     pub(super) fn read_catalog<T>(
         &self,
         read: impl FnOnce(
