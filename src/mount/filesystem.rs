@@ -73,8 +73,12 @@ fn errno(error: &RpcError) -> Errno {
 }
 
 fn stream_errno(error: MuxError) -> Errno {
+    stream_errno_of(&error)
+}
+
+fn stream_errno_of(error: &MuxError) -> Errno {
     match error {
-        MuxError::Remote(remote) => errno(&remote),
+        MuxError::Remote(remote) => errno(remote),
         _ => Errno::EIO,
     }
 }
@@ -433,13 +437,26 @@ impl Context {
             length: None,
         };
         let header = postcard::to_allocvec(&header).map_err(|_| Errno::EIO)?;
+        // The reader hears only an errno: the reason of an EIO goes to the mount's log.
+        let failed = |error: &dyn std::fmt::Display, code: Errno| {
+            if code.code() == libc::EIO {
+                tracing::warn!(path, %error, "a read could not start");
+            }
+            code
+        };
         let (sender, response) = self
             .remote
             .open(METHOD_FILE_GET, &header)
             .await
-            .map_err(|error| errno(&error))?;
-        sender.finish().await.map_err(stream_errno)?;
-        let response = response.wait().await.map_err(stream_errno)?;
+            .map_err(|error| failed(&error, errno(&error)))?;
+        sender
+            .finish()
+            .await
+            .map_err(|error| failed(&error, stream_errno_of(&error)))?;
+        let response = response
+            .wait()
+            .await
+            .map_err(|error| failed(&error, stream_errno_of(&error)))?;
         let reply: FileGetReply = postcard::from_bytes(&response.header).map_err(|_| Errno::EIO)?;
         Ok(ReadStream {
             position: reply.offset,
@@ -535,7 +552,14 @@ impl Reader {
             if stream.finished || stream.position >= offset + size as u64 {
                 break;
             }
-            match stream.body.next_chunk().await.map_err(stream_errno)? {
+            let next = stream.body.next_chunk().await.map_err(|error| {
+                let code = stream_errno_of(&error);
+                if code.code() == libc::EIO {
+                    tracing::warn!(path = self.path, %error, "a read failed");
+                }
+                code
+            })?;
+            match next {
                 Some(chunk) => {
                     let at = stream.position;
                     stream.position += chunk.len() as u64;

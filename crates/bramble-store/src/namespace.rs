@@ -59,8 +59,11 @@ pub async fn lookup(
     // One scan answers in one quorum round: the file's own key, its directory marker and
     // its first entries all start with the file key. Siblings whose names extend this one
     // with a character sorting before '/' (`b-2`, `b.txt` next to `b`) come between; if
-    // a page of them hides the answer, two exact reads settle it.
-    const PAGE: u32 = 64;
+    // a page of them hides the answer, two exact reads settle it. A key past the
+    // directory's range ends the search (keys come in order). The page is short because
+    // a small file's record carries its bytes: 64 siblings were 256 KiB read for one
+    // lookup.
+    const PAGE: u32 = 8;
     let page = storage
         .meta
         .scan(ScanRequest {
@@ -87,6 +90,10 @@ pub async fn lookup(
         }
         if key.starts_with(&directory_key) {
             return Ok(Some(Found::ImplicitDirectory));
+        }
+        if key.as_str() > directory_key.as_str() {
+            // Past where the file's key and its directory's keys would be.
+            return Ok(None);
         }
     }
     if page.next_start_after.is_none() {
