@@ -5,7 +5,9 @@
 #      leader is restarted and the cluster settles.
 #   2. committed writes per second (and p50/p99 latency) with `bramble kv bench`: through
 #      the leader, through one follower (which forwards to the leader), and spread over
-#      all nodes.
+#      all nodes; then reads with `kv bench --reads`: linearizable through the leader
+#      (served under its read lease) and through a follower (forwarded to the leader),
+#      and stale through the leader (its replica, no lease or quorum: the floor).
 #   3. memory with a large catalog: WRITES_BIG (default 100,000) keys of 100 bytes, then
 #      every agent's RSS and the size of the leader's meta.redb.
 # Reference (documented, not measured here): Spark's standalone master failover through
@@ -53,6 +55,15 @@ follower="n1"; [[ "$current_leader" == "n1" ]] && follower="n2"
 throughput leader --through "$current_leader"
 throughput follower --through "$follower"
 throughput all --through all
+reads() { # label, extra args
+    local label="$1"; shift
+    "$BRAMBLE" kv bench --reads --writes "$WRITES" --concurrency "$CONCURRENCY" --json "$@" >"$SCRATCH_DIR/$label.json"
+    log "$label: $(json_get "$SCRATCH_DIR/$label.json" reads_per_second) reads/s"
+}
+current_leader="$(leader)"
+reads reads_leader --through "$current_leader"
+reads reads_follower --through "$follower"
+reads reads_stale --through "$current_leader" --stale
 
 log "writing $WRITES_BIG keys for the memory figure"
 "$BRAMBLE" kv bench --writes "$WRITES_BIG" --concurrency 64 --json >"$SCRATCH_DIR/big.json"
@@ -77,6 +88,7 @@ result = {
     "git_commit": commit,
     "failover_seconds": failovers,
     "throughput": {k: load(k) for k in ("leader", "follower", "all")},
+    "reads": {k: load(f"reads_{k}") for k in ("leader", "follower", "stale")},
     "big_catalog": {"keys": big, "bench": load("big"), "rss_kib": rss, "roles": roles, "leader_meta_redb_bytes": redb_bytes},
 }
 json.dump(result, open(out, "w"), indent=2)

@@ -76,6 +76,15 @@ def catalog(data):
     for key, label in (("leader", "through the leader"), ("follower", "through one follower (forwarded)"), ("all", "spread over all 5 nodes")):
         t = data["throughput"][key]
         out.append(f"| committed writes/s {label}, {t['concurrency']} in flight | {t['writes_per_second']:.0f}/s, p50 {t['p50_ms']:.1f} ms, p99 {t['p99_ms']:.1f} ms |")
+    reads = data.get("reads", {})
+    for key, label in (
+        ("leader", "linearizable reads/s through the leader (its read lease)"),
+        ("follower", "linearizable reads/s through one follower (forwarded to the leader)"),
+        ("stale", "stale reads/s through the leader (its replica: the floor)"),
+    ):
+        if key in reads:
+            t = reads[key]
+            out.append(f"| {label}, {t['concurrency']} in flight | {t['reads_per_second']:.0f}/s, p50 {t['p50_ms']:.2f} ms, p99 {t['p99_ms']:.2f} ms |")
     big = data["big_catalog"]
     voters = [v for n, v in big["rss_kib"].items() if big["roles"].get(n) in ("leader", "voter")]
     out.append(f"| voter RSS with {big['keys']:,} keys (largest voter) | {max(voters)/1024:.1f} MB |")

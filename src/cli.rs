@@ -970,9 +970,9 @@ pub enum KvCommand {
         #[command(flatten)]
         output: JsonFlag,
     },
-    /// Measure committed writes per second and their latency (keys under bench/).
+    /// Measure committed writes (or reads) per second and their latency (keys under bench/).
     #[command(
-        after_help = "Examples:\n  bramble kv bench                       2000 writes, 16 at a time, through every node\n  bramble kv bench --through n2 --json   all through one node (followers forward to the leader)"
+        after_help = "Examples:\n  bramble kv bench                       2000 writes, 16 at a time, through every node\n  bramble kv bench --through n2 --json   all through one node (followers forward to the leader)\n  bramble kv bench --reads --through n1  linearizable reads instead (--stale: from the node's replica)"
     )]
     Bench(KvBenchArgs),
 }
@@ -991,6 +991,13 @@ pub struct KvBenchArgs {
     /// Bytes per value.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(0..=1_048_576))]
     pub value_size: u64,
+    /// Read instead of writing: `--writes` linearizable reads of the keys the run writes
+    /// first (one per concurrent reader), answered by the leader.
+    #[arg(long)]
+    pub reads: bool,
+    /// With --reads: stale reads, each answered from the node's own replica.
+    #[arg(long, requires = "reads")]
+    pub stale: bool,
     #[command(flatten)]
     pub output: JsonFlag,
 }

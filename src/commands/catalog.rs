@@ -240,14 +240,36 @@ async fn bench(client: &ClusterClient, args: &KvBenchArgs) -> Result<()> {
     }
     let run = bramble_util::time::unix_millis();
     let value = vec![b'x'; args.value_size as usize];
+    if args.reads {
+        // The keys the readers ask for, one per reader, so every read finds a value.
+        for reader in 0..args.concurrency {
+            let request = WriteRequest {
+                command: Command::Put {
+                    key: format!("bench/{run}/{reader}"),
+                    value: value.clone(),
+                },
+                forwarded: false,
+            };
+            let _: (_, CommandResult) = client.call_any(METHOD_WRITE, &request).await?;
+        }
+    }
+    let consistency = if args.stale {
+        Consistency::Stale
+    } else {
+        Consistency::Linearizable
+    };
+    let reads = args.reads;
+    let what = if reads { "reads" } else { "writes" };
     let next_index = Arc::new(AtomicU64::new(0));
     let bar = if args.output.json {
         ProgressBar::hidden()
     } else {
         let bar = ProgressBar::new(args.writes);
         bar.set_style(
-            ProgressStyle::with_template("{spinner} {bar:30} {pos}/{len} writes {per_sec}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            ProgressStyle::with_template(&format!(
+                "{{spinner}} {{bar:30}} {{pos}}/{{len}} {what} {{per_sec}}"
+            ))
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         bar
     };
@@ -267,6 +289,24 @@ async fn bench(client: &ClusterClient, args: &KvBenchArgs) -> Result<()> {
                 let index = next_index.fetch_add(1, Ordering::Relaxed);
                 if index >= total {
                     return Ok::<_, anyhow::Error>(latencies);
+                }
+                if reads {
+                    let request = ReadRequest {
+                        key: format!("bench/{run}/{worker}"),
+                        consistency,
+                        forwarded: false,
+                    };
+                    let sent = Instant::now();
+                    let found: Option<VersionedValue> = connection
+                        .call(METHOD_READ, &request)
+                        .await
+                        .with_context(|| format!("read {index} through {address}"))?;
+                    if found.is_none() {
+                        bail!("read {index} through {address} did not find bench/{run}/{worker}");
+                    }
+                    latencies.push(sent.elapsed());
+                    bar.inc(1);
+                    continue;
                 }
                 let request = WriteRequest {
                     command: Command::Put {
@@ -302,14 +342,17 @@ async fn bench(client: &ClusterClient, args: &KvBenchArgs) -> Result<()> {
             .map(|latency| latency.as_secs_f64() * 1000.0)
             .unwrap_or(0.0)
     };
-    let writes_per_second = latencies.len() as f64 / elapsed.as_secs_f64();
+    let per_second = latencies.len() as f64 / elapsed.as_secs_f64();
     let report = serde_json::json!({
-        "writes": latencies.len(),
+        "operation": if reads { if args.stale { "stale reads" } else { "linearizable reads" } } else { "writes" },
+        "writes": if reads { 0 } else { latencies.len() },
+        "reads": if reads { latencies.len() } else { 0 },
         "concurrency": args.concurrency,
         "through": targets.iter().map(|(name, _)| name.clone()).collect::<Vec<_>>(),
         "value_size": args.value_size,
         "seconds": elapsed.as_secs_f64(),
-        "writes_per_second": writes_per_second,
+        "writes_per_second": if reads { 0.0 } else { per_second },
+        "reads_per_second": if reads { per_second } else { 0.0 },
         "p50_ms": percentile(0.50),
         "p99_ms": percentile(0.99),
         "max_ms": percentile(1.0),
@@ -317,8 +360,15 @@ async fn bench(client: &ClusterClient, args: &KvBenchArgs) -> Result<()> {
     if args.output.json {
         return output::print_json(&report);
     }
+    let done = if !reads {
+        "committed writes"
+    } else if args.stale {
+        "stale reads"
+    } else {
+        "linearizable reads"
+    };
     println!(
-        "{} committed writes of {} bytes through {} in {:.2} s: {:.0} writes/s; latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        "{} {done} of {} bytes through {} in {:.2} s: {:.0} {what}/s; latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
         latencies.len(),
         args.value_size,
         if args.through == "all" {
@@ -327,7 +377,7 @@ async fn bench(client: &ClusterClient, args: &KvBenchArgs) -> Result<()> {
             args.through.clone()
         },
         elapsed.as_secs_f64(),
-        writes_per_second,
+        per_second,
         percentile(0.50),
         percentile(0.99),
         percentile(1.0),

@@ -534,3 +534,29 @@ async fn an_answer_that_comes_before_the_request_is_read_still_arrives() {
     }
     assert!(!connection.is_closed());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finishing_a_request_the_handler_already_stopped_reading_is_not_an_error() {
+    // A handler that answers without reading its (empty) request body stops reading; a
+    // caller whose `finish` comes after that must still get the answer, as a file read
+    // through the mount does (it once turned such reads into EIO).
+    let (server, _) = standard_server(1, MuxLimits::default()).await;
+    let client = server.mux_client();
+    let connection = client.connection(server.address).await.unwrap();
+    for _ in 0..50 {
+        let (sender, response) = connection
+            .open("blob.ignore", &[], Priority::Control)
+            .await
+            .unwrap();
+        // The answer first: by then the handler has returned and dropped its reader.
+        let mut answer = response.wait().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        sender
+            .finish()
+            .await
+            .expect("finish after the handler stopped reading");
+        let body = answer.body.read_to_end(1024).await.unwrap();
+        assert_eq!(body, b"ignored");
+    }
+    assert!(!connection.is_closed());
+}

@@ -227,16 +227,21 @@ impl BodySender {
         }
     }
 
-    /// Ends the body: the receiver reads `None` after the last chunk. Fails with
-    /// [`MuxError::Stopped`] if the receiver had stopped reading (its answer, if any, is
-    /// still on its way), or with the reset or connection error.
+    /// Ends the body: the receiver reads `None` after the last chunk. Fails with the reset
+    /// or connection error. A receiver that already stopped reading is not an error here:
+    /// it has what it wanted (a handler that answers without reading an empty request
+    /// body stops before the end arrives), and its answer says how the call went; a
+    /// `send` that it did not want has already failed with [`MuxError::Stopped`].
     pub async fn finish(mut self) -> Result<(), MuxError> {
         if let Err(error) = self.credit.check_open() {
             // Nothing left to tell the peer; the drop must not reset the stream either,
             // which would throw away a response that may still be coming.
             self.done = true;
             self.shared.finish_outbound(self.id);
-            return Err(error);
+            return match error {
+                MuxError::Stopped => Ok(()),
+                other => Err(other),
+            };
         }
         self.done = true;
         self.shared
