@@ -286,7 +286,6 @@ async fn put(client: &ClusterClient, args: &FsPutArgs) -> Result<()> {
     }
     if send_failure.is_none()
         && let Err(error) = sender.finish().await
-        && !matches!(error, MuxError::Stopped)
     {
         send_failure = Some(error);
     }

@@ -83,6 +83,15 @@ fn stream_errno_of(error: &MuxError) -> Errno {
     }
 }
 
+/// `code` for a read of `path` that failed with `error`: the reader hears only an errno,
+/// so the reason of an EIO goes to the mount's log.
+fn read_failure(path: &str, error: &dyn std::fmt::Display, code: Errno) -> Errno {
+    if code.code() == libc::EIO {
+        tracing::warn!(path, %error, "a read failed");
+    }
+    code
+}
+
 struct ReadStream {
     position: u64,
     body: BodyReader,
@@ -437,13 +446,7 @@ impl Context {
             length: None,
         };
         let header = postcard::to_allocvec(&header).map_err(|_| Errno::EIO)?;
-        // The reader hears only an errno: the reason of an EIO goes to the mount's log.
-        let failed = |error: &dyn std::fmt::Display, code: Errno| {
-            if code.code() == libc::EIO {
-                tracing::warn!(path, %error, "a read could not start");
-            }
-            code
-        };
+        let failed = |error: &dyn std::fmt::Display, code: Errno| read_failure(path, error, code);
         let (sender, response) = self
             .remote
             .open(METHOD_FILE_GET, &header)
@@ -552,13 +555,11 @@ impl Reader {
             if stream.finished || stream.position >= offset + size as u64 {
                 break;
             }
-            let next = stream.body.next_chunk().await.map_err(|error| {
-                let code = stream_errno_of(&error);
-                if code.code() == libc::EIO {
-                    tracing::warn!(path = self.path, %error, "a read failed");
-                }
-                code
-            })?;
+            let next = stream
+                .body
+                .next_chunk()
+                .await
+                .map_err(|error| read_failure(&self.path, &error, stream_errno_of(&error)))?;
             match next {
                 Some(chunk) => {
                     let at = stream.position;
@@ -675,10 +676,10 @@ impl Writer {
         Ok(())
     }
 
-    /// At a flush with `--flush-behind`: a small file held whole here is handed to a
-    /// commit behind the close ([`FlushBehind`]); anything else is stored now.
-    async fn store_behind(&mut self, context: &Context) -> Result<(), Errno> {
-        if self.error.is_some() || !self.holds_whole_file() {
+    /// At a flush (or release): with `--flush-behind`, a small file held whole here is
+    /// handed to a commit behind the close ([`FlushBehind`]); anything else is stored now.
+    async fn store_at_flush(&mut self, context: &Context) -> Result<(), Errno> {
+        if !context.behind.enabled() || self.error.is_some() || !self.holds_whole_file() {
             return self.store(context).await;
         }
         let bytes = std::mem::take(&mut self.buffered);
@@ -1211,11 +1212,7 @@ impl Filesystem for VolumeFs {
                 && let Handle::Write(writer) = &mut *handle.lock().await
             {
                 // Normally flushed already; a last chance for an unflushed writer.
-                let _ = if context.behind.enabled() {
-                    writer.store_behind(&context).await
-                } else {
-                    writer.store(&context).await
-                };
+                let _ = writer.store_at_flush(&context).await;
             }
             reply.ok();
         });
@@ -1512,10 +1509,7 @@ impl VolumeFs {
                 return reply.ok();
             };
             let outcome = match when {
-                StoreWhen::AtFlush if context.behind.enabled() => {
-                    writer.store_behind(&context).await
-                }
-                StoreWhen::AtFlush => writer.store(&context).await,
+                StoreWhen::AtFlush => writer.store_at_flush(&context).await,
                 StoreWhen::Durably => {
                     // An earlier flush of this file may have gone behind: it must have
                     // landed, and its failure is this fsync's.
