@@ -202,6 +202,10 @@ pub enum Command {
         after_help = "Examples:\n  bramble service create web --replicas 2 --port 8100 -- sh -c 'exec python3 -m http.server $PORT'\n  bramble service create hello --replicas 2 --port 8200 --wasm examples/wasm-web/hello.wasm\n  bramble service ls\n  bramble service ps web\n  bramble service scale web 5\n  bramble service logs web --replica 0\n  bramble service rm web\n\nReplica i gets PORT=<port>+i, BRAMBLE_REPLICA=i, BRAMBLE_SERVICE and BRAMBLE_NODE in its\nenvironment, and runs as `nobody` (when the agent is root) unless --user says otherwise."
     )]
     Service(ServiceCommand),
+    /// Measure this host's CPU time per event inside a board's cgroup (started by `bramble
+    /// up --profile`; not for people).
+    #[command(hide = true)]
+    CalibrateBoard(CalibrateBoardArgs),
     /// Runs one WebAssembly task (what a worker starts; not for people).
     #[command(hide = true)]
     WasmTask(WasmTaskArgs),
@@ -1318,6 +1322,16 @@ pub struct MpirunArgs {
     /// The MPI program and its arguments.
     #[arg(last = true, required = true, value_name = "PROGRAM")]
     pub program: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CalibrateBoardArgs {
+    /// Threads running the benchmark's loop at once (the board's cores).
+    #[arg(long)]
+    pub threads: u32,
+    /// How long they run, in milliseconds of wall time.
+    #[arg(long)]
+    pub milliseconds: u64,
 }
 
 #[derive(Debug, Args)]

@@ -111,6 +111,9 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Command::WasmTask(_) => Err(anyhow::anyhow!("wasm-task runs before the runtime")),
         Command::NetnsForward(_) => Err(anyhow::anyhow!("netns-forward runs before the runtime")),
         Command::NetnsDelay(_) => Err(anyhow::anyhow!("netns-delay runs before the runtime")),
+        Command::CalibrateBoard(_) => {
+            Err(anyhow::anyhow!("calibrate-board runs before the runtime"))
+        }
         Command::Drain(args) => commands::drain::drain(global, args).await,
         Command::Undrain(args) => commands::drain::undrain(global, args).await,
         Command::Rolling(args) => commands::rolling::rolling(global, args).await,
@@ -146,6 +149,7 @@ fn main() -> ExitCode {
     let helper = match &cli.command {
         Command::NetnsForward(args) => Some(emulator::netns::run_forwarder(&args.cluster_dir)),
         Command::NetnsDelay(args) => Some(emulator::netns::run_delay_line(args)),
+        Command::CalibrateBoard(args) => Some(emulator::profile::run_calibration_probe(args)),
         _ => None,
     };
     if let Some(result) = helper {

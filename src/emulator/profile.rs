@@ -9,7 +9,11 @@
 //!   --cpu-max-prime=9999` (milliseconds per event, one thread). `up` measures this host's
 //!   CPU time per event of the same loop (`bramble bench cpu`'s), as the thread's own CPU
 //!   time so a busy host does not make it look slower, and gives each emulated core the
-//!   fraction host / board of a host core: the quota is cores × fraction × period.
+//!   fraction host / board of a host core: the quota is cores × fraction × period. It
+//!   measures twice: flat out, which gives the quota's shape, then in a probe process
+//!   inside a throw-away cgroup with that quota, running the way the node will (bursts of
+//!   the quota, idle for the rest of each period), which is slower per event and gives the
+//!   quota used.
 //! - **What a quota cannot do.** CFS bandwidth control bounds the node's CPU time summed
 //!   over its threads, not each thread's: one busy thread on an otherwise idle 4-core board
 //!   may use the whole board's quota, and so runs up to 4x faster than one core of the
@@ -361,6 +365,125 @@ pub fn measure_host_milliseconds_per_event() -> f64 {
     batches[batches.len() / 2]
 }
 
+/// The longest and shortest probe run `calibrate-board` accepts, in milliseconds.
+const PROBE_MILLISECONDS: std::ops::RangeInclusive<u64> = 100..=10_000;
+
+/// How long `up` runs the probe: at a Pi 3 B's share, 4 threads do about 400 events.
+const PROBE_RUN_MILLISECONDS: u64 = 1_500;
+
+/// The probe's side (`bramble calibrate-board`, started by `up` inside a throw-away board
+/// cgroup): runs the loop on `threads` threads at once for `milliseconds` of wall time and
+/// prints their CPU time per event, in milliseconds.
+pub fn run_calibration_probe(args: &crate::cli::CalibrateBoardArgs) -> Result<()> {
+    if !(1..=64).contains(&args.threads) {
+        bail!("--threads must be 1 to 64, not {}", args.threads);
+    }
+    if !PROBE_MILLISECONDS.contains(&args.milliseconds) {
+        bail!(
+            "--milliseconds must be {} to {}, not {}",
+            PROBE_MILLISECONDS.start(),
+            PROBE_MILLISECONDS.end(),
+            args.milliseconds
+        );
+    }
+    let run_for = std::time::Duration::from_millis(args.milliseconds);
+    let start_together = std::sync::Barrier::new(args.threads as usize);
+    let results: Vec<(std::time::Duration, u32)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..args.threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    start_together.wait();
+                    let started_wall = std::time::Instant::now();
+                    let started = thread_cpu_time();
+                    let mut events = 0u32;
+                    while events < 5 || started_wall.elapsed() < run_for {
+                        std::hint::black_box(bramble_compute::cpu_bench::prime_event(
+                            std::hint::black_box(CALIBRATION_MAX_PRIME),
+                        ));
+                        events += 1;
+                    }
+                    (thread_cpu_time() - started, events)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .filter_map(|handle| handle.join().ok())
+            .collect()
+    });
+    let spent: f64 = results.iter().map(|(spent, _)| spent.as_secs_f64()).sum();
+    let events: u32 = results.iter().map(|(_, events)| events).sum();
+    if events == 0 {
+        bail!("the probe's threads ran no event");
+    }
+    println!("{}", spent * 1000.0 / f64::from(events));
+    Ok(())
+}
+
+/// This host's CPU time per event as a board's node gets it: a probe process runs the loop
+/// on the board's cores inside a throw-away cgroup with `first`'s quota, so it runs the way
+/// the node will, in bursts of the quota and idle for the rest of each period. Slower per
+/// event than flat out (a core's clock ramps down while it idles, its caches and predictors
+/// go cold): 4-7 % on this machine and over 10 % on a CI machine, enough to put a board
+/// calibrated on the flat-out figure outside the drill's 10 %. Fails, with the reason, when
+/// this host cannot enforce the quota (not root, no cpu or memory controller).
+fn measure_as_the_board_runs(board: Board, first: &Calibration) -> Result<f64> {
+    let probe = NodeCgroups::new(&format!("probe{}", std::process::id()), "probe");
+    let outcome = probe_in(&probe, board, first);
+    probe.remove_node();
+    outcome
+}
+
+fn probe_in(probe: &NodeCgroups, board: Board, first: &Calibration) -> Result<f64> {
+    use std::os::unix::process::CommandExt;
+    let name = board.name();
+    let cores = board.profile().cores;
+    let cgroup = probe
+        .limit_node(&first.node_limits())
+        .map_err(|error| {
+            anyhow!(
+                "{error} (board profiles limit each agent with cgroups: run as root, on a host \
+                 with the cpu and memory controllers)"
+            )
+        })
+        .with_context(|| format!("--profile {name} needs cgroups"))?;
+    let binary = std::env::current_exe()
+        .with_context(|| format!("--profile {name}: finding this binary for the probe"))?;
+    let mut command = std::process::Command::new(&binary);
+    command
+        .args(["calibrate-board", "--threads", &cores.to_string()])
+        .args(["--milliseconds", &PROBE_RUN_MILLISECONDS.to_string()])
+        .stdin(std::process::Stdio::null());
+    let confinement = cgroup.confinement();
+    // SAFETY: `enter` makes only async-signal-safe system calls (write, setrlimit).
+    unsafe {
+        command.pre_exec(move || confinement.enter());
+    }
+    let output = command.output().with_context(|| {
+        format!(
+            "--profile {name}: running the calibration probe {}",
+            binary.display()
+        )
+    })?;
+    drop(cgroup);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        bail!(
+            "--profile {name}: the calibration probe failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    stdout
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|figure| figure.is_finite() && *figure > 0.0)
+        .ok_or_else(|| {
+            anyhow!("--profile {name}: the calibration probe printed {stdout:?}, not a figure")
+        })
+}
+
 /// Decides the profile `up` runs with: the one asked for, or the one stored. A profile
 /// asked for that differs from the stored one is calibrated anew (only while no agent
 /// runs: running agents keep the limits they started with). Checks that this host can
@@ -394,14 +517,17 @@ pub fn settle(
     let calibration = match profile.milliseconds_per_event {
         None => None,
         Some(_) => {
-            let host = measure_host_milliseconds_per_event();
-            let calibration = calibrate(&profile, host)
-                .map_err(|error| anyhow!("--profile {}: {error}", asked.name()))?;
-            if let Some(calibration) = &calibration {
-                check_enforceable(calibration)
-                    .with_context(|| format!("--profile {} needs cgroups", asked.name()))?;
+            // The flat-out figure gives the quota's shape; the figure measured running in
+            // that shape gives the quota.
+            let refused = |error| anyhow!("--profile {}: {error}", asked.name());
+            let flat_out = measure_host_milliseconds_per_event();
+            match calibrate(&profile, flat_out).map_err(refused)? {
+                Some(first) => {
+                    let throttled = measure_as_the_board_runs(asked, &first)?;
+                    calibrate(&profile, throttled).map_err(refused)?
+                }
+                None => None,
             }
-            calibration
         }
     };
     let settled = ProfileState {
@@ -412,21 +538,6 @@ pub fn settle(
         eprintln!("warning: --profile {}: {warning}", asked.name());
     }
     Ok(Some(settled))
-}
-
-/// Creates, limits and removes a throw-away node cgroup: `--profile` fails here, with the
-/// reason, rather than run the cluster unlimited (not root, no cpu or memory controller,
-/// no CFS bandwidth control).
-fn check_enforceable(calibration: &Calibration) -> Result<()> {
-    let probe = NodeCgroups::new(&format!("probe{}", std::process::id()), "probe");
-    let outcome = probe.limit_node(&calibration.node_limits());
-    probe.remove_node();
-    outcome.map(drop).map_err(|error| {
-        anyhow!(
-            "{error} (board profiles limit each agent with cgroups: run as root, on a host with \
-             the cpu and memory controllers)"
-        )
-    })
 }
 
 /// The board cgroup an emulated agent of `data_dir` starts in, when its cluster runs with a
