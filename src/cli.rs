@@ -155,7 +155,7 @@ pub enum Command {
     Dashboard(DashboardArgs),
     /// Mount a volume as a directory (FUSE; `mount -t glusterfs` for Bramble volumes).
     #[command(
-        after_help = "Examples:\n  bramble mount vol0 /mnt/vol0             returns once mounted; umount /mnt/vol0 ends it\n  bramble mount vol0 /mnt/vol0 --foreground\n  bramble mount vol0 /mnt/vol0 --flush-behind   small files' closes return before their commit\n\nInside, cp, ls -l, sha1sum, mkdir, mv, rm, appends, writes in the middle of a file and\ntruncate work as on a local disk. Not supported yet (EOPNOTSUPP): symlinks, hard links,\nextended attributes."
+        after_help = "Examples:\n  bramble mount vol0 /mnt/vol0             returns once mounted; umount /mnt/vol0 ends it\n  bramble mount vol0 /mnt/vol0 --foreground\n  bramble mount vol0 /mnt/vol0 --flush-behind   small files' closes and unlinks return before their commit\n\nInside, cp, ls -l, sha1sum, mkdir, mv, rm, appends, writes in the middle of a file and\ntruncate work as on a local disk. Not supported yet (EOPNOTSUPP): symlinks, hard links,\nextended attributes."
     )]
     Mount(MountArgs),
     /// Run a parallel job: N tasks of a command over the cluster's slots (`srun`, `sbatch`
@@ -566,10 +566,11 @@ pub struct MountArgs {
     /// Let other users than the one who mounted use it (FUSE's allow_other).
     #[arg(long)]
     pub allow_other: bool,
-    /// Let closing a small file (at most 4 KiB, written whole) return before its commit,
-    /// as GlusterFS's performance.flush-behind does: this mount sees the file at once,
-    /// other clients a few milliseconds later; fsync (of the file or its directory) waits
-    /// for the commit and reports its failure; unmounting waits for all of them.
+    /// Let closing a small file (at most 4 KiB, written whole) and unlinking a file
+    /// return before their commit, as GlusterFS's performance.flush-behind does for
+    /// closes: this mount sees the change at once, other clients a few milliseconds later;
+    /// fsync (of the file or its directory) waits for the commits and reports a failure;
+    /// unmounting waits for all of them.
     #[arg(long)]
     pub flush_behind: bool,
 }

@@ -21,6 +21,14 @@
 //!   that file or of a directory above it returns EIO, as Linux reports a failed
 //!   write-back at the next fsync.
 //!
+//! **Removals go behind too.** With the option, unlinking a file returns once its removal
+//! has started (a local file system's unlink is not durable before the directory's fsync
+//! either): until it lands, a lookup of the path waits for it and then finds nothing, a
+//! listing of the directory waits for it, and a create of the same name waits for it
+//! before storing the new file, so the order stays the program's. A removal that fails is
+//! reported like a failed store, at the next fsync of the directory. Directories are
+//! removed synchronously (whether one is empty is the cluster's answer).
+//!
 //! Only files that went through one handle from empty to at most
 //! [`BEHIND_MAX_BYTES`] go behind, and at most [`MAX_PENDING`] at once (a close waits for
 //! a slot), so the mount's memory stays bounded: the bytes waiting are at most
@@ -79,10 +87,16 @@ impl FlushBehind {
         self.enabled
     }
 
-    /// Runs `commit` (storing `path`) in the background once a slot is free; `finished`
-    /// runs after it, success or not, before anyone waiting on the path goes on.
-    pub async fn commit<C, F>(self: &Arc<Self>, path: String, commit: C, finished: F)
-    where
+    /// Runs `commit` (what `change` does to `path`: "store", "remove") in the background
+    /// once a slot is free; `finished` runs after it, success or not, before anyone
+    /// waiting on the path goes on.
+    pub async fn commit<C, F>(
+        self: &Arc<Self>,
+        change: &'static str,
+        path: String,
+        commit: C,
+        finished: F,
+    ) where
         C: Future<Output = Result<(), Errno>> + Send + 'static,
         F: FnOnce() + Send + 'static,
     {
@@ -98,8 +112,9 @@ impl FlushBehind {
             if let Err(error) = outcome {
                 tracing::warn!(
                     path,
+                    change,
                     ?error,
-                    "a file closed with flush-behind was not stored; the next fsync of it or of its directory reports EIO"
+                    "a change that went behind (--flush-behind) failed; the next fsync of the file or of its directory reports EIO"
                 );
                 let mut failures = lock(&behind.failures);
                 if failures.len() >= MAX_REMEMBERED_FAILURES {
@@ -190,6 +205,7 @@ mod tests {
         let marker = finished.clone();
         behind
             .commit(
+                "store",
                 "dir/file".to_string(),
                 async move {
                     let _ = released.await;
@@ -223,7 +239,12 @@ mod tests {
     async fn a_failed_commit_is_reported_once_within_its_directory() {
         let behind = Arc::new(FlushBehind::new(true));
         behind
-            .commit("a/x".to_string(), async { Err(Errno::ENOSPC) }, || {})
+            .commit(
+                "remove",
+                "a/x".to_string(),
+                async { Err(Errno::ENOSPC) },
+                || {},
+            )
             .await;
         behind.settle("a/x").await;
         assert!(behind.take_failure_within("b").is_none());

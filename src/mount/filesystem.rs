@@ -312,6 +312,8 @@ impl Context {
         if let Some(size) = lock(&self.writing).get(path) {
             return Ok(entry_being_written(path, *size));
         }
+        // A removal running behind an unlink: the answer is the cluster's once it lands.
+        self.behind.settle(path).await;
         let request = PathRequest {
             volume: self.volume.clone(),
             path: path.to_string(),
@@ -694,6 +696,7 @@ impl Writer {
         context
             .behind
             .commit(
+                "store",
                 path.clone(),
                 async move { committer.put_bytes(&path, mode, bytes).await },
                 move || {
@@ -1538,7 +1541,7 @@ impl VolumeFs {
             context.behind.settle_within(&path).await;
             let request = RemoveRequest {
                 volume: context.volume.clone(),
-                path,
+                path: path.clone(),
                 recursive: false,
                 expect: Some(if directory {
                     EntryKind::Directory
@@ -1546,6 +1549,21 @@ impl VolumeFs {
                     EntryKind::File
                 }),
             };
+            if context.behind.enabled() && !directory {
+                // The kernel asks to unlink only what its lookup found to be a file, so
+                // the answer is known; the removal lands behind (see `behind`).
+                let remote = context.remote.clone();
+                let removal = async move {
+                    match remote.call::<_, u64>(METHOD_FS_REMOVE, &request).await {
+                        // Removed meanwhile by another client: gone either way.
+                        Ok(_) => Ok(()),
+                        Err(error) if error.kind == ErrorKind::NotFound => Ok(()),
+                        Err(error) => Err(errno(&error)),
+                    }
+                };
+                context.behind.commit("remove", path, removal, || {}).await;
+                return reply.ok();
+            }
             match context
                 .remote
                 .call::<_, u64>(METHOD_FS_REMOVE, &request)
