@@ -2,7 +2,8 @@
 # Per-file latency through `bramble mount`, one file after another as `cp -r` works: for
 # each binary given, 3 emulated nodes, `volume create vol0 --replica 2 n2 n3`, mounted
 # through n1; N files of 4 KiB created (open, write, close), read (open, read, close) and
-# unlinked by one process; p50/p90/p99 per step. Binaries are run in turn, ROUNDS times,
+# unlinked by one process, p50/p90/p99 per step; then N new files through `cp -r` in, `ls
+# -l`, `cp -r` out and `rm -r`, timed whole. Binaries are run in turn, ROUNDS times,
 # so two builds are compared on the same machine in the same minutes (an A/B). An argument
 # may carry options for `bramble mount` after the binary (quote it), to compare them.
 #
@@ -69,6 +70,22 @@ line("create", created)
 line("read", read)
 line("unlink", removed)
 PY
+        # The same files the way `cp -r`, `ls -l` and `rm -r` handle them (cp checks each
+        # name first, then creates it with O_EXCL).
+        mkdir -p "$WORK/source"
+        python3 -c 'import os, sys
+for index in range(int(sys.argv[2])):
+    open(os.path.join(sys.argv[1], f"f{index}"), "wb").write(os.urandom(4096))' "$WORK/source" "$N"
+        rm -rf "$WORK/back"
+        step() { local name="$1"; shift; local started="$EPOCHREALTIME"; "$@" >/dev/null
+                 awk -v name="$name" -v from="$started" -v to="$EPOCHREALTIME" \
+                     'BEGIN { printf "%-7s all %6.2f s\n", name, to - from }'; }
+        step "cp -r" cp -r "$WORK/source" "$WORK/mnt/tree"
+        step "ls -l" ls -l "$WORK/mnt/tree"
+        step "cp out" cp -r "$WORK/mnt/tree" "$WORK/back"
+        step "rm -r" rm -r "$WORK/mnt/tree"
+        diff -r "$WORK/source" "$WORK/back" >/dev/null || { echo "the files copied back differ" >&2; exit 1; }
+        rm -rf "$WORK/source" "$WORK/back"
         umount "$WORK/mnt"
         "$binary" down --purge >/dev/null 2>&1
         CURRENT=""

@@ -1444,7 +1444,7 @@ impl Filesystem for VolumeFs {
         name: &OsStr,
         mode: u32,
         umask: u32,
-        flags: i32,
+        _flags: i32,
         reply: ReplyCreate,
     ) {
         let path = match self.child_of(parent, name) {
@@ -1458,13 +1458,10 @@ impl Filesystem for VolumeFs {
         let mode = mode & !umask & 0o7777;
         self.runtime.spawn(async move {
             context.behind.settle(&path).await;
-            if flags & libc::O_EXCL != 0 {
-                match context.stat(&path).await {
-                    Ok(_) => return reply.error(Errno::EEXIST),
-                    Err(error) if error.kind == ErrorKind::NotFound => {}
-                    Err(error) => return reply.error(errno(&error)),
-                }
-            }
+            // O_EXCL needs no question here: the kernel creates only a name its lookup
+            // found absent, within the entry's timeout (a name this mount is writing has
+            // a timeout of zero, so its lookup is answered from `writing`: EEXIST), and
+            // with O_EXCL FUSE looks the name up afresh even when it holds it as absent.
             let writer = Writer::new(path.clone(), mode, 0, false);
             lock(&context.writing).insert(path.clone(), 0);
             lock(&handles).insert(
