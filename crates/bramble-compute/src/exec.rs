@@ -121,7 +121,9 @@ pub struct ExecOutcome {
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
     pub timed_out: bool,
+    #[serde(with = "serde_bytes")]
     pub stdout: Vec<u8>,
+    #[serde(with = "serde_bytes")]
     pub stderr: Vec<u8>,
     /// Output bytes beyond what the answer carries.
     pub truncated_bytes: u64,

@@ -122,12 +122,13 @@ impl RpcError {
 #[derive(Serialize, Deserialize)]
 struct RequestFrame {
     method: String,
+    #[serde(with = "serde_bytes")]
     body: Vec<u8>,
 }
 
 #[derive(Serialize, Deserialize)]
 enum ResponseFrame {
-    Ok(Vec<u8>),
+    Ok(#[serde(with = "serde_bytes")] Vec<u8>),
     Err(RpcError),
 }
 

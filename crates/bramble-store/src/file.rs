@@ -116,6 +116,7 @@ pub const INLINE_MAX_BYTES: usize = 4096;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InlineData {
     pub hash: [u8; 32],
+    #[serde(with = "serde_bytes")]
     pub bytes: Vec<u8>,
 }
 

@@ -31,6 +31,7 @@ pub fn speed_key(node: &str) -> String {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SubmitWasm {
     pub spec: JobSpec,
+    #[serde(with = "serde_bytes")]
     pub module: Vec<u8>,
 }
 
@@ -90,7 +91,9 @@ pub struct OutputRequest {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct OutputAnswer {
+    #[serde(with = "serde_bytes")]
     pub stdout: Vec<u8>,
+    #[serde(with = "serde_bytes")]
     pub stderr: Vec<u8>,
     /// Bytes the task wrote beyond what is kept.
     pub stdout_dropped: u64,

@@ -22,6 +22,7 @@ pub const METHOD_CREATE_WASM: &str = "services.create_wasm";
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CreateWasm {
     pub spec: ServiceSpec,
+    #[serde(with = "serde_bytes")]
     pub module: Vec<u8>,
 }
 
@@ -135,6 +136,7 @@ pub struct LogPosition {
 /// What `services.logs` answers: the bytes, and where they end.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LogChunk {
+    #[serde(with = "serde_bytes")]
     pub bytes: Vec<u8>,
     pub position: Option<LogPosition>,
 }

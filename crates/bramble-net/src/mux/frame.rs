@@ -238,6 +238,7 @@ pub struct OpenPayload {
     /// `service.method`.
     pub method: String,
     /// Opaque, method-specific request header (postcard by convention).
+    #[serde(with = "serde_bytes")]
     pub header: Vec<u8>,
 }
 
