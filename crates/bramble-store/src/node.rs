@@ -29,6 +29,11 @@ use crate::volume::{VolumeSpec, VolumeState};
 pub const AWAY_PERIOD: Duration = Duration::from_secs(3);
 /// Block transfers served at once by this node (each holds up to one block in memory).
 pub const MAX_BLOCK_TRANSFERS: usize = 32;
+/// Bytes of blocks this node's own writes may hold in flight at once, all writes together.
+/// One write keeps up to four blocks in flight; without a shared bound, an S3 client
+/// sending ten parts at a time made its gateway hold about 80 MB of blocks (110 MB at the
+/// peak, on a node that must fit in a Pi Zero's 512 MB beside the programs it runs).
+pub const WRITE_BUFFER_BYTES: usize = 16 * 1024 * 1024;
 
 /// The storage subsystem of one agent.
 pub struct Storage {
@@ -45,6 +50,10 @@ pub struct Storage {
     away: Mutex<HashMap<String, Instant>>,
     /// Bounds the memory of block transfers served for other nodes.
     pub(crate) transfers: Arc<Semaphore>,
+    /// Bounds the memory of the blocks this node's writes have in flight, in KiB; see
+    /// [`WRITE_BUFFER_BYTES`]. Apart from `transfers`, so a write waiting for its turn
+    /// never keeps a brick on this node from storing the copies it is sent.
+    pub(crate) write_buffers: Arc<Semaphore>,
     pub(crate) counters: Counters,
     /// Copies this node owes to bricks that missed them.
     pub(crate) hints: Arc<crate::hints::Hints>,
@@ -111,6 +120,7 @@ impl Storage {
             bricks: Mutex::new(HashMap::new()),
             away: Mutex::new(HashMap::new()),
             transfers: Arc::new(Semaphore::new(MAX_BLOCK_TRANSFERS)),
+            write_buffers: Arc::new(Semaphore::new(WRITE_BUFFER_BYTES / 1024)),
             counters: Counters::default(),
             patching: crate::patch::FileLocks::default(),
             reclaim: crate::reclaim::Reclaim::default(),

@@ -222,13 +222,23 @@ impl Storage {
                             missed.push(outcome);
                         }
                     }
+                    // The block's share of the node's write budget, held until its copies
+                    // are written (the semaphore is never closed).
+                    let kib = (data.len().div_ceil(1024) as u32)
+                        .min((crate::node::WRITE_BUFFER_BYTES / 1024) as u32);
+                    let permit = Arc::clone(&self.write_buffers)
+                        .acquire_many_owned(kib)
+                        .await
+                        .map_err(|_| RpcError::internal("the write budget was closed"))?;
                     let storage = Arc::clone(self);
                     let spec = spec.clone();
                     let reach = reach.clone();
                     in_flight.spawn(async move {
-                        storage
+                        let outcome = storage
                             .write_block(&spec, BlockId { version, index }, hash, data, &reach)
-                            .await
+                            .await;
+                        drop(permit);
+                        outcome
                     });
                 }
                 if finished {
