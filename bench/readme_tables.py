@@ -408,6 +408,7 @@ def storage(data):
         " its puts are durable (fsync on both bricks) when they return, `cp` through the Gluster mount and on the raw disk does not fsync;"
         " every Bramble small-file step is a separate CLI process (start, TLS connection, one request), compared with one `cp`/`ls`/`rm` process over a mount."
         " Heal: Bramble `chaos kill n3` … `chaos restart n3`, timed from that command's return"
+        + (" until `volume heal-info --wait` (which asks every 50 ms) returns" if b["heal"].get("rounds", {}).get("1", {}).get("polls") == 1 else "")
     )
     if gh:
         trig = gh.get("trigger_accepted_after_s")
@@ -415,7 +416,9 @@ def storage(data):
             "; GlusterFS SIGKILL of a brick's glusterfsd … `gluster volume start VOL force`, timed from that command's return"
             f" (the killed glusterfsd took {gh['brick_exit_after_sigkill_s']:.1f} s to exit, and `gluster volume heal VOL` was refused until the self-heal daemon had reconnected"
             + (f", {trig:.1f} s after the restart" if trig is not None else "")
-            + "; the self-heal daemon heals a returning brick without it)."
+            + "; the self-heal daemon heals a returning brick without it)"
+            + (f", until `gluster volume heal VOL info` (which has no wait; polled every 100 ms, the last poll took {gh['last_poll_s']:.2f} s) showed no entry" if gh.get("last_poll_s") is not None else "")
+            + "."
         )
     else:
         note += "."

@@ -381,7 +381,7 @@ for node in ET.parse(sys.stdin).getroot().iter("node"):
 # gluster_heal_round N: SIGKILL brick 2's glusterfsd, write 100 MiB, `volume start force`,
 # time until `heal info` is empty. Runs inside gluster_run's subshell.
 gluster_heal_round() {
-    local key="gluster.heal.rounds.$1" vol="$GLUSTER_VOLUME" t pid pending polls deadline trigger_pid t_back
+    local key="gluster.heal.rounds.$1" vol="$GLUSTER_VOLUME" t pid pending polls deadline trigger_pid t_back t_poll poll_s
     pid="$(gluster_brick_pid "$GLUSTER_BRICK2")"
     [[ -n "$pid" ]]
     t=$EPOCHREALTIME
@@ -414,7 +414,9 @@ gluster_heal_round() {
     polls=0
     deadline=$((SECONDS + HEAL_TIMEOUT))
     while true; do
+        t_poll=$EPOCHREALTIME
         pending="$(gluster_heal_pending)"
+        poll_s="$(since "$t_poll")"
         polls=$((polls + 1))
         [[ "$pending" == 0 ]] && break
         ((SECONDS < deadline)) || break
@@ -422,6 +424,8 @@ gluster_heal_round() {
     done
     rec "$key.seconds" "$(since "$t_back")"
     rec "$key.polls" "$polls"
+    # Gluster has no wait: its heal info is polled every 100 ms, and each poll takes this.
+    rec "$key.last_poll_s" "$poll_s"
     rec "$key.timed_out" "$([[ "$pending" == 0 ]] && echo false || echo true)"
     log "gluster: heal round $1: $(since "$t_back") s after the brick's return (pending $pending)"
     rec "$key.brick_online_after" "$([[ -n "$(gluster_brick_pid "$GLUSTER_BRICK2")" ]] && echo true || echo false)"
@@ -608,29 +612,12 @@ bramble_rss idle
 # json_field FILE KEY -> a top-level field of a JSON file.
 json_field() { python3 -c 'import json, sys; print(json.dumps(json.load(open(sys.argv[1])).get(sys.argv[2])))' "$1" "$2"; }
 
-# heal_pending ADDR -> block copies owed by `volume heal-info`, or -1 while a node does not
-# answer (it may hold hints).
-heal_pending() {
-    "$BRAMBLE" volume heal-info vol0 --json --addr "$1" 2>/dev/null | python3 -c '
-import json, sys
-try:
-    d = json.load(sys.stdin)
-except ValueError:
-    print(-1); sys.exit()
-print(-1 if d.get("unanswered") else sum(row["copies"] for row in d["pending"]))' || echo -1
-}
-
-# wait_healed ADDR -> polls every 100 ms until nothing is pending; prints "SECONDS POLLS OK".
+# wait_healed ADDR -> waits until nothing is pending (`heal-info --wait` asks every 50 ms);
+# prints "SECONDS POLLS OK" (POLLS is 1: one command).
 wait_healed() {
-    local t=$EPOCHREALTIME polls=0 pending deadline=$((SECONDS + HEAL_TIMEOUT))
-    while true; do
-        pending="$(heal_pending "$1")"
-        polls=$((polls + 1))
-        [[ "$pending" == 0 ]] && break
-        ((SECONDS < deadline)) || break
-        sleep 0.1
-    done
-    echo "$(since "$t") $polls $([[ "$pending" == 0 ]] && echo true || echo false)"
+    local t=$EPOCHREALTIME ok=true
+    "$BRAMBLE" volume heal-info vol0 --wait --timeout "${HEAL_TIMEOUT}s" --json --addr "$1" >/dev/null 2>&1 || ok=false
+    echo "$(since "$t") 1 $ok"
 }
 
 agent_list() { agent_pids "$CLUSTER_DIR"; }
@@ -872,7 +859,7 @@ def heal_summary(heal):
     heal["seconds"] = median("seconds")
     heal["timed_out"] = any(x["timed_out"] for x in rounds)
     heal["seconds_all"] = [x["seconds"] for x in rounds]
-    for key in ("brick_exit_after_sigkill_s", "trigger_accepted_after_s", "restart_command_s"):
+    for key in ("brick_exit_after_sigkill_s", "trigger_accepted_after_s", "restart_command_s", "last_poll_s"):
         if median(key) is not None:
             heal[key] = median(key)
 

@@ -360,9 +360,9 @@ pub enum VolumeCommand {
     /// (each is delivered as soon as its brick's node is back).
     #[command(
         name = "heal-info",
-        after_help = "Examples:\n  bramble volume heal-info vol0\n  bramble volume heal-info vol0 --json"
+        after_help = "Examples:\n  bramble volume heal-info vol0\n  bramble volume heal-info vol0 --json\n  bramble volume heal-info vol0 --wait --timeout 5m   return once nothing is owed\n\nWith --wait the exit status is 0 once every node answered and no copy is owed, and 1\nif that did not happen within --timeout."
     )]
-    HealInfo(VolumeNameArgs),
+    HealInfo(HealInfoArgs),
     /// Add sets of bricks (a multiple of the set width); existing data moves so that each
     /// file is spread over every set, while the volume keeps serving.
     #[command(
@@ -455,6 +455,20 @@ pub struct VolumeReplaceBrickArgs {
 #[derive(Debug, Args)]
 pub struct VolumeNameArgs {
     pub name: String,
+    #[command(flatten)]
+    pub output: JsonFlag,
+}
+
+#[derive(Debug, Args)]
+pub struct HealInfoArgs {
+    pub name: String,
+    /// Ask again every 50 ms until every node answers and no copy is owed, then print
+    /// that answer (`gluster volume heal info` has to be run in a loop for this).
+    #[arg(long)]
+    pub wait: bool,
+    /// How long --wait waits, e.g. 30s or 5m.
+    #[arg(long, default_value = "10m", requires = "wait")]
+    pub timeout: String,
     #[command(flatten)]
     pub output: JsonFlag,
 }

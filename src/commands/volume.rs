@@ -154,35 +154,39 @@ pub async fn run(global: &GlobalOptions, command: &VolumeCommand) -> Result<()> 
             let request = VolumeName {
                 name: args.name.clone(),
             };
-            let (_, info): (_, HealInfo) = client.call_any(METHOD_HEAL_INFO, &request).await?;
-            if args.output.json {
-                return output::print_json(&info);
-            }
-            let total: u64 = info.pending.iter().map(|pending| pending.copies).sum();
-            println!(
-                "volume {}: {total} block cop{} pending heal",
-                info.volume,
-                if total == 1 { "y" } else { "ies" }
-            );
-            if !info.pending.is_empty() {
-                let mut table = output::table(&["brick", "node", "copies owed", "owed by"]);
-                for pending in &info.pending {
-                    table.add_row(vec![
-                        (pending.brick + 1).to_string(),
-                        pending.node.clone(),
-                        pending.copies.to_string(),
-                        pending.owed_by.clone(),
-                    ]);
+            let deadline = tokio::time::Instant::now()
+                + std::time::Duration::from_millis(crate::units::parse_milliseconds(
+                    &args.timeout,
+                )?);
+            let info = loop {
+                let info: HealInfo = match client.call_any(METHOD_HEAL_INFO, &request).await {
+                    Ok((_, info)) => info,
+                    // While waiting, an agent that does not answer yet (restarting) is
+                    // asked again; the deadline still holds.
+                    Err(_) if args.wait && tokio::time::Instant::now() < deadline => {
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                    Err(error) => return Err(error),
+                };
+                let healed = info.pending.is_empty() && info.unanswered.is_empty();
+                if !args.wait || healed {
+                    break info;
                 }
-                println!("{table}");
-            }
-            if !info.unanswered.is_empty() {
-                println!(
-                    "not asked (away): {}; what they owe is unknown",
-                    info.unanswered.join(", ")
-                );
-            }
-            Ok(())
+                if tokio::time::Instant::now() >= deadline {
+                    if !args.output.json {
+                        eprintln!("still pending after {}:", args.timeout);
+                    }
+                    print_heal_info(&info, args.output.json)?;
+                    bail!(
+                        "volume {} was not healed within {}",
+                        info.volume,
+                        args.timeout
+                    );
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            };
+            print_heal_info(&info, args.output.json)
         }
         VolumeCommand::AddBrick(args) | VolumeCommand::RemoveBrick(args) => {
             let bricks = args
@@ -381,4 +385,36 @@ pub fn human_bytes(bytes: u64) -> String {
     } else {
         format!("{value:.1} {}", UNITS[unit])
     }
+}
+
+/// Prints `volume heal-info`'s answer, as a table or as JSON.
+fn print_heal_info(info: &HealInfo, json: bool) -> Result<()> {
+    if json {
+        return output::print_json(info);
+    }
+    let total: u64 = info.pending.iter().map(|pending| pending.copies).sum();
+    println!(
+        "volume {}: {total} block cop{} pending heal",
+        info.volume,
+        if total == 1 { "y" } else { "ies" }
+    );
+    if !info.pending.is_empty() {
+        let mut table = output::table(&["brick", "node", "copies owed", "owed by"]);
+        for pending in &info.pending {
+            table.add_row(vec![
+                (pending.brick + 1).to_string(),
+                pending.node.clone(),
+                pending.copies.to_string(),
+                pending.owed_by.clone(),
+            ]);
+        }
+        println!("{table}");
+    }
+    if !info.unanswered.is_empty() {
+        println!(
+            "not asked (away): {}; what they owe is unknown",
+            info.unanswered.join(", ")
+        );
+    }
+    Ok(())
 }
