@@ -395,10 +395,10 @@ def storage(data):
         if gr else "–"
     )
     out.append(
-        f"| memory: agent RSS right after the {size} transfers (peak VmHWM) | | {gluster_mem} | max {rs['max_rss_kib_after_transfers'] / 1024:.0f} MB ({nodes}); peak {rs['max_hwm_kib'] / 1024:.0f} MB"
+        f"| memory: agent RSS right after the {size} transfers (peak VmHWM over the whole run: mount, S3, heal and stall too) | | {gluster_mem} | max {rs['max_rss_kib_after_transfers'] / 1024:.0f} MB ({nodes}); peak {rs['max_hwm_kib'] / 1024:.0f} MB"
         f" | {rs['max_hwm_kib'] / gr['server_node_hwm_kib']:.2f}x (peaks) |  | {verdict('memory')} |"
         if gr else
-        f"| memory: agent RSS right after the {size} transfers (peak VmHWM) | | – | max {rs['max_rss_kib_after_transfers'] / 1024:.0f} MB ({nodes}); peak {rs['max_hwm_kib'] / 1024:.0f} MB | | | {verdict('memory')} |"
+        f"| memory: agent RSS right after the {size} transfers (peak VmHWM over the whole run: mount, S3, heal and stall too) | | – | max {rs['max_rss_kib_after_transfers'] / 1024:.0f} MB ({nodes}); peak {rs['max_hwm_kib'] / 1024:.0f} MB | | | {verdict('memory')} |"
     )
     out.append("")
     note = (

@@ -886,13 +886,14 @@ for side in (raw, g, b, b.get("mount", {}), b.get("mount_behind", {})):
         side["small"]["total_s"] = sum_small(side["small"])
         side["small"]["per_file_ms"] = {k[:-2]: side["small"][k] / p["small_files"] * 1000 for k in ("create_s", "list_s", "read_s", "delete_s", "total_s") if side["small"].get(k) is not None}
 
-# Memory: the agents right after the big transfers (VmRSS) and their peak (VmHWM).
-after = {label: v for label, v in b["rss"].items() if label.startswith("after_")}
+# Memory: the agents right after the big transfers (VmRSS), and their peak (VmHWM) over
+# the whole run (the mount, S3, heal and stall steps included).
 per_node = {}
-for label, nodes in after.items():
+for label, nodes in b["rss"].items():
     for node, v in nodes.items():
         cur = per_node.setdefault(node, {"rss_kib_max_after_transfers": 0, "hwm_kib": 0})
-        cur["rss_kib_max_after_transfers"] = max(cur["rss_kib_max_after_transfers"], v["rss_kib"])
+        if label.startswith("after_"):
+            cur["rss_kib_max_after_transfers"] = max(cur["rss_kib_max_after_transfers"], v["rss_kib"])
         cur["hwm_kib"] = max(cur["hwm_kib"], v["hwm_kib"])
 b["rss_summary"] = {
     "per_node": per_node,

@@ -47,6 +47,11 @@ pub type ListResponse = Vec<(String, VersionedValue)>;
 
 /// Most entries and common prefixes one scan returns.
 pub const MAX_SCAN_LIMIT: u32 = 10_000;
+/// Once a page's values reach this many bytes it ends (with `next_start_after`), however
+/// many entries were asked for: 5,000 small files keep 20 MB of bytes in their records, and
+/// a page of them, decoded and copied on the way, was 40 MB of one agent's memory (and
+/// over the 16 MiB an RPC frame may carry when the scan is forwarded to the leader).
+pub const MAX_SCAN_PAGE_BYTES: usize = 1024 * 1024;
 
 /// A page of the keys under a prefix, grouped by a delimiter like S3's `ListObjectsV2`:
 /// what a directory listing and a bucket listing both are.

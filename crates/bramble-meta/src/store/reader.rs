@@ -106,6 +106,7 @@ impl CatalogReader {
                 _ => Bound::Included(prefix.to_string()),
             };
             let mut returned = 0usize;
+            let mut value_bytes = 0usize;
             'seek: loop {
                 let range = table
                     .range::<&str>((lower.as_ref().map(String::as_str), Bound::<&str>::Unbounded))
@@ -116,7 +117,7 @@ impl CatalogReader {
                     if !key.starts_with(prefix) {
                         break 'seek;
                     }
-                    if returned >= limit {
+                    if returned >= limit || value_bytes >= crate::api::MAX_SCAN_PAGE_BYTES {
                         page.next_start_after = page
                             .entries
                             .last()
@@ -136,6 +137,7 @@ impl CatalogReader {
                         lower = Bound::Included(past(rolled_up, delimiter));
                         continue 'seek;
                     }
+                    value_bytes += bytes.value().len();
                     let value = decode(path, bytes.value(), || format!("catalog key {key:?}"))?;
                     page.entries.push((key.to_string(), value));
                     returned += 1;

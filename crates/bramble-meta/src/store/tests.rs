@@ -625,6 +625,44 @@ async fn scans_roll_up_subtrees_and_page() {
     assert_eq!(flat.entries.len(), 6);
 }
 
+/// A page of large values ends at [`crate::api::MAX_SCAN_PAGE_BYTES`] however many entries
+/// were asked for, and paging on from `next_start_after` still sees every key once.
+#[tokio::test]
+async fn scans_of_large_values_page_by_bytes() {
+    let directory = TempDir::new().unwrap();
+    let (_, mut state_machine, reader) = open_in(&directory);
+    let value = vec![7u8; 64 * 1024];
+    let count = 40usize; // 2.5 MiB of values
+    let entries: Vec<_> = (0..count)
+        .map(|index| put(index as u64 + 1, &format!("fs/v/f{index:03}"), &value))
+        .collect();
+    state_machine.apply(entries).await.unwrap();
+
+    let first = reader.scan("fs/v/", None, Some('/'), 1000).unwrap();
+    let bytes: usize = first.entries.iter().map(|(_, v)| v.value.len()).sum();
+    assert!(first.entries.len() < count, "the page ended early");
+    assert!(
+        bytes <= crate::api::MAX_SCAN_PAGE_BYTES + value.len(),
+        "{bytes} bytes in one page"
+    );
+    assert!(first.next_start_after.is_some());
+
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = reader.scan("fs/v/", after.as_deref(), None, 1000).unwrap();
+        seen.extend(page.entries.iter().map(|(key, _)| key.clone()));
+        match page.next_start_after {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    let expected: Vec<_> = (0..count)
+        .map(|index| format!("fs/v/f{index:03}"))
+        .collect();
+    assert_eq!(seen, expected);
+}
+
 /// Snapshots are written and read one entry at a time; their bytes must stay those of the
 /// whole-state encoding, which agents of earlier versions send and expect.
 #[tokio::test]
