@@ -140,7 +140,7 @@ fn main() -> ExitCode {
     }
     let is_agent = matches!(cli.command, Command::Agent | Command::DemoWeb(_));
     if is_agent {
-        bramble_util::memory::limit_allocator_arenas();
+        bramble_util::memory::tune_allocator();
     }
     // Long-running processes log; one-shot commands print their outcome instead.
     if is_agent || matches!(cli.command, Command::Mount(_)) {

@@ -308,7 +308,7 @@ mod tests {
         assert_eq!(decoded, as_bytes);
         let old: ValueAsSequence = postcard::from_bytes(&encoded).expect("decodes");
         assert_eq!(old, as_sequence);
-        // JSON (snapshots written as JSON, --json output) reads the same both ways too.
+        // JSON (`--json` output, JSON-encoded records) reads the same both ways too.
         let json = serde_json::to_string(&as_bytes).expect("encodes");
         assert_eq!(json, serde_json::to_string(&as_sequence).expect("encodes"));
         let from_json: VersionedValue = serde_json::from_str(&json).expect("decodes");

@@ -2,8 +2,8 @@
 //!
 //! glibc's allocator gives each thread its own arena and keeps freed memory for reuse, so
 //! a burst (building a catalog snapshot of 100,000 keys, say) leaves the resident size high
-//! long after the memory was freed. The agent limits the number of arenas at start and
-//! hands freed memory back to the kernel after such bursts.
+//! long after the memory was freed. The agent limits the number of arenas and fixes the
+//! mmap threshold at start, and hands freed memory back to the kernel after such bursts.
 
 /// Arenas glibc may create. Not two, as first chosen: threads that share an arena share
 /// its lock, and the mux's bulk threads (normal priority, allocating a buffer per 64 KiB
@@ -23,7 +23,7 @@ pub const MMAP_THRESHOLD_BYTES: i32 = 256 * 1024;
 /// Limits glibc to [`MALLOC_ARENAS`] malloc arenas (its default is eight per core) and
 /// fixes its mmap threshold at [`MMAP_THRESHOLD_BYTES`]. Call once at start, before
 /// threads exist.
-pub fn limit_allocator_arenas() {
+pub fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator tuning; called before other threads start.
     unsafe {
