@@ -50,6 +50,37 @@ fn s3_clients_work_against_a_volume() {
     assert_eq!(listing[0]["size"], 64 * 1024 * 1024, "{listing}");
 }
 
+/// Clients that stop sending mid-request (a half-sent head, a body that stalls) are cut
+/// off within the endpoint's timeouts while others are served (`tests/s3_stalls.py`).
+#[test]
+fn stalled_s3_clients_are_cut_off() {
+    let cluster = TestCluster::up(3);
+    cluster.bramble_ok(&["volume", "create", "stalls", "--replica", "2", "n1", "n2"]);
+    let key = cluster
+        .bramble_ok(&["s3", "key", "create", "stalls", "--json"])
+        .json();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/s3_stalls.py");
+    let output = Command::new("python3")
+        .arg(&script)
+        .env(
+            "BRAMBLE_S3_ENDPOINT",
+            format!("http://{}", s3_endpoint(&cluster, "n3")),
+        )
+        .env("BRAMBLE_S3_KEY", key["access_key"].as_str().unwrap())
+        .env("BRAMBLE_S3_SECRET", key["secret"].as_str().unwrap())
+        .env("BRAMBLE_S3_BUCKET", "stalls")
+        .output()
+        .expect("running python3 (needs boto3: see .ci/run)");
+    println!("{}", String::from_utf8_lossy(&output.stdout));
+    assert!(
+        output.status.success(),
+        "the stall drill failed:\n{}\n{}\nagent log of n3:\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+        cluster.log("n3")
+    );
+}
+
 /// Runs `tests/s3_scopes.py <phase>` against n3's endpoint with the drill's keys.
 fn run_scopes_phase(cluster: &TestCluster, keys: &serde_json::Value, phase: &str) {
     let work = tempfile::tempdir().unwrap();

@@ -238,7 +238,7 @@ impl Storage {
         }
         let spec = self.spec_for_brick(&header.brick).await?;
         let data = body
-            .read_to_end(header.length as usize)
+            .read_to_end_sized(header.length as usize, header.length as usize)
             .await
             .map_err(mux_error)?;
         if data.len() != header.length as usize {

@@ -177,23 +177,34 @@ impl Storage {
         let mut in_flight: JoinSet<Result<BlockOutcome, RpcError>> = JoinSet::new();
         let mut missed: Vec<BlockOutcome> = Vec::new();
         let mut size = 0u64;
-        let mut buffer = BytesMut::with_capacity(block_size);
         let mut md5 = options.compute_md5.then(md5::Md5::default);
         let record_zeros = self.cluster_speaks(crate::patch::PATCH_PROTOCOL, reach);
+        // The block being filled: allocated at its final size and filled by copying, so
+        // a block costs one allocation of its own size and one copy, whatever the sizes
+        // of the chunks it is made of (growing a buffer chunk by chunk reallocates it
+        // several times and leaves it up to twice as large as the block).
+        let mut assembling = BytesMut::new();
         let written = async {
             loop {
                 let chunk = source.next_chunk().await?;
                 let finished = chunk.is_none();
-                if let Some(chunk) = chunk {
-                    size += chunk.len() as u64;
-                    if let Some(md5) = md5.as_mut() {
-                        md5::Digest::update(md5, &chunk);
-                    }
-                    buffer.extend_from_slice(&chunk);
+                let mut chunk = chunk.unwrap_or_default();
+                size += chunk.len() as u64;
+                if let Some(md5) = md5.as_mut() {
+                    md5::Digest::update(md5, &chunk);
                 }
-                while buffer.len() >= block_size || (finished && !buffer.is_empty()) {
-                    let take = buffer.len().min(block_size);
-                    let data = buffer.split_to(take).freeze();
+                while !chunk.is_empty() || (finished && !assembling.is_empty()) {
+                    if !chunk.is_empty() {
+                        if assembling.capacity() == 0 {
+                            assembling = BytesMut::with_capacity(block_size);
+                        }
+                        let take = (block_size - assembling.len()).min(chunk.len());
+                        assembling.extend_from_slice(&chunk.split_to(take));
+                        if assembling.len() < block_size && !finished {
+                            continue;
+                        }
+                    }
+                    let data = std::mem::take(&mut assembling).freeze();
                     if records.len() >= MAX_FILE_BLOCKS {
                         return Err(RpcError::new(
                             ErrorKind::TooLarge,

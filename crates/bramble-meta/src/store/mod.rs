@@ -236,7 +236,7 @@ fn snapshot_path_for(path: &Path) -> PathBuf {
 }
 
 /// Memory redb may use to cache pages of `meta.redb`.
-pub const CATALOG_CACHE_BYTES: usize = 16 * 1024 * 1024;
+pub const CATALOG_CACHE_BYTES: usize = 4 * 1024 * 1024;
 
 /// Opens (or creates) the catalog database at `path` and returns the Raft log store, the
 /// state machine and a reader of the committed catalog, all sharing the one file.

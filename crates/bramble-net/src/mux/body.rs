@@ -378,7 +378,19 @@ impl BodyReader {
     /// Reads the whole body, refusing one larger than `limit` bytes (for small, unary
     /// bodies; large ones should be consumed chunk by chunk).
     pub async fn read_to_end(&mut self, limit: usize) -> Result<Vec<u8>, MuxError> {
-        let mut body = Vec::new();
+        self.read_to_end_sized(0, limit).await
+    }
+
+    /// [`BodyReader::read_to_end`] for a body whose length the caller was told
+    /// (`expected`, at most `limit`): the buffer is allocated at that size once, instead
+    /// of growing by reallocation, which copies the body several times and can leave it
+    /// holding twice its size.
+    pub async fn read_to_end_sized(
+        &mut self,
+        expected: usize,
+        limit: usize,
+    ) -> Result<Vec<u8>, MuxError> {
+        let mut body = Vec::with_capacity(expected.min(limit));
         while let Some(chunk) = self.next_chunk().await? {
             if body.len() + chunk.len() > limit {
                 return Err(MuxError::TooLarge(format!(

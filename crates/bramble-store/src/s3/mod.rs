@@ -10,6 +10,12 @@
 //! (`http://host:port/bucket/key`), which aws-cli, boto3, s3cmd and rclone use with a
 //! custom endpoint. Connections are served on the normal-priority bulk threads, so
 //! object traffic never competes with the agent's control plane.
+//!
+//! Bounds, as for every input from the network: at most [`MAX_CONNECTIONS`] served at
+//! once (further clients wait in the listen backlog), a request head must arrive within
+//! [`HEADER_READ_TIMEOUT`], at most [`MAX_HTTP2_STREAMS`] requests at once on an HTTP/2
+//! connection, and a body that sends nothing for [`objects::BODY_IDLE_TIMEOUT`] fails
+//! its request, so a stalled client cannot hold a write's buffer.
 
 pub mod keys;
 pub mod objects;
@@ -55,6 +61,17 @@ const MAX_STALE_UPLOAD_HOURS: u32 = 24 * 366;
 /// How often the reaper looks for stale uploads, and how long after start it first does.
 const REAP_EVERY: Duration = Duration::from_secs(600);
 const FIRST_REAP_AFTER: Duration = Duration::from_secs(60);
+/// S3 connections served at once. Every one may be filling a block of a write (1 MiB by
+/// default) beside what the node's write budget holds in flight; aws-cli and boto3 open
+/// 10, rclone 4 per transfer.
+pub const MAX_CONNECTIONS: usize = 64;
+/// Time for a request head to arrive whole (hyper's default is 30 s).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most bytes hyper reads ahead on one HTTP/1 connection (its default, about 400 KiB,
+/// is reached by every fast upload; a write copies the body into blocks anyway).
+pub const READ_BUFFER_BYTES: usize = 64 * 1024;
+/// Requests served at once on one HTTP/2 connection (hyper's default is 200).
+pub const MAX_HTTP2_STREAMS: u32 = 16;
 /// The reaper's lease: one node reaps at a time.
 const REAPER_LEASE: &str = "store/upload-reaper";
 const REAPER_LEASE_TTL: Duration = Duration::from_secs(30);
@@ -242,7 +259,16 @@ pub async fn start(
         async move {
             let listener = listener.ok_or("the S3 listener is gone")?;
             let mut shutdown = worker.shutdown();
+            let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
             loop {
+                // A turn first: beyond the bound, clients wait in the listen backlog.
+                let turn = tokio::select! {
+                    _ = shutdown.wait() => return Ok(()),
+                    turn = connections.clone().acquire_owned() => turn,
+                };
+                let Ok(turn) = turn else {
+                    return Err("the S3 connection bound was closed".to_string());
+                };
                 let accepted = tokio::select! {
                     _ = shutdown.wait() => return Ok(()),
                     accepted = listener.accept() => accepted,
@@ -259,12 +285,22 @@ pub async fn start(
                 let service = service.clone();
                 let connection = async move {
                     let io = hyper_util::rt::TokioIo::new(stream);
-                    let builder = hyper_util::server::conn::auto::Builder::new(
+                    let mut builder = hyper_util::server::conn::auto::Builder::new(
                         hyper_util::rt::TokioExecutor::new(),
                     );
+                    builder
+                        .http1()
+                        .timer(hyper_util::rt::TokioTimer::new())
+                        .header_read_timeout(HEADER_READ_TIMEOUT)
+                        .max_buf_size(READ_BUFFER_BYTES);
+                    builder
+                        .http2()
+                        .timer(hyper_util::rt::TokioTimer::new())
+                        .max_concurrent_streams(MAX_HTTP2_STREAMS);
                     if let Err(error) = builder.serve_connection(io, service).await {
                         tracing::debug!(%error, "an S3 connection ended with an error");
                     }
+                    drop(turn);
                 };
                 bramble_net::mux::bulk_threads::bulk_threads().spawn(connection);
             }

@@ -113,16 +113,28 @@ fn strip_quotes(etag: &str) -> &str {
     etag.trim_matches('"')
 }
 
+/// How long a request body may send nothing before its request fails (503, which clients
+/// retry; AWS answers `RequestTimeout` after about 20 s): a stalled client must not hold
+/// the block its write is filling.
+pub const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// A request body as a chunk source.
 struct BlobSource(StreamingBlob);
 
 #[async_trait::async_trait]
 impl ChunkSource for BlobSource {
     async fn next_chunk(&mut self) -> Result<Option<Bytes>, RpcError> {
-        match self.0.next().await {
-            None => Ok(None),
-            Some(Ok(chunk)) => Ok(Some(chunk)),
-            Some(Err(error)) => Err(RpcError::bad_request(format!(
+        match tokio::time::timeout(BODY_IDLE_TIMEOUT, self.0.next()).await {
+            Err(_) => Err(RpcError::new(
+                ErrorKind::Timeout,
+                format!(
+                    "the request body sent nothing for {} s",
+                    BODY_IDLE_TIMEOUT.as_secs()
+                ),
+            )),
+            Ok(None) => Ok(None),
+            Ok(Some(Ok(chunk))) => Ok(Some(chunk)),
+            Ok(Some(Err(error))) => Err(RpcError::bad_request(format!(
                 "reading the request body failed: {error}"
             ))),
         }
