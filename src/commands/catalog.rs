@@ -69,6 +69,11 @@ fn report_write(result: CommandResult, key: &str, json: bool) -> Result<()> {
             key: failed,
             current_version,
         } => bail!("{key} was not written: {failed} is at version {current_version}"),
+        // The leader answers each write of a group with its own result; a group never
+        // comes back whole to the one who wrote.
+        CommandResult::Group(results) => {
+            println!("a group of {} writes was applied", results.len())
+        }
     }
     Ok(())
 }

@@ -21,8 +21,9 @@ use serde::{Deserialize, Serialize};
 /// read; a protocol-2 agent uses neither until every node speaks 2
 /// ([`everyone_speaks`]). 3: small files kept in their catalog record (inline bytes,
 /// a record format protocol-2 agents cannot decode), written only once every node
-/// speaks 3.
-pub const PROTOCOL: u32 = 3;
+/// speaks 3. 4: grouped catalog commands (`Command::Group`, several writes in one Raft
+/// entry), proposed only once every node speaks 4.
+pub const PROTOCOL: u32 = 4;
 
 /// The oldest protocol this build still speaks, so nodes running it can share a cluster
 /// with this build during a rolling upgrade.

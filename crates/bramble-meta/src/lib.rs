@@ -12,6 +12,7 @@
 //! - [`settings`] holds this node's `meta.toml`.
 
 pub mod api;
+pub mod group;
 pub mod lease;
 pub mod network;
 pub mod node;

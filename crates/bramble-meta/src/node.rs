@@ -21,6 +21,7 @@ use openraft::{ChangeMembers, Config, ServerState, SnapshotPolicy};
 use tracing::{info, warn};
 
 use crate::api::*;
+use crate::group::Grouper;
 use crate::lease::LEASE_PREFIX;
 use crate::lease::leader::LeaseLeader;
 use crate::network::Network;
@@ -72,6 +73,8 @@ pub struct Meta {
     pub(crate) leases: LeaseLeader,
     /// Lets this node, while leader, serve linearizable reads without a quorum round each.
     read_lease: ReadLease,
+    /// Commits concurrent writes together, in shared log entries.
+    grouper: Arc<Grouper>,
 }
 
 pub(crate) fn unavailable(message: impl Into<String>) -> RpcError {
@@ -141,8 +144,10 @@ impl Meta {
                 info!(name = %node.config.name, "created the catalog's Raft group with this node as its first voter");
             }
         }
+        let grouper = Grouper::new(raft.clone(), membership.clone());
         let meta = Arc::new(Meta {
             raft,
+            grouper,
             reader,
             self_id,
             self_name: node.config.name.clone(),
@@ -248,6 +253,11 @@ impl Meta {
         forwarded: bool,
     ) -> Result<CommandResult, RpcError> {
         command.validate().map_err(RpcError::bad_request)?;
+        if matches!(command, Command::Group(_)) {
+            return Err(RpcError::bad_request(
+                "groups of commands are formed by the leader, not sent to it",
+            ));
+        }
         // A batch may *test* a lease record (a holder fencing its writes with the grant's
         // version), but only the lease protocol changes one.
         let touches_leases = command
@@ -269,10 +279,10 @@ impl Meta {
                 return Err(self.no_quorum("commit writes").await);
             }
             let attempt =
-                tokio::time::timeout(remaining, self.raft.client_write(command.clone())).await;
+                tokio::time::timeout(remaining, self.grouper.propose(command.clone())).await;
             match attempt {
                 Err(_) => return Err(self.no_quorum("commit writes").await),
-                Ok(Ok(response)) => return Ok(response.data),
+                Ok(Ok(result)) => return Ok(result),
                 Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => {
                     if forwarded {
                         return Err(unavailable("this node is no longer the leader"));

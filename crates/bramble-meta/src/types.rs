@@ -56,6 +56,11 @@ pub const MAX_BATCH_CONDITIONS: usize = 64;
 /// Most bytes of keys and values one [`Command::Batch`] may carry (one large value and
 /// room for the keys that go with it).
 pub const MAX_BATCH_BYTES: usize = MAX_VALUE_BYTES + 512 * 1024;
+/// Most commands one [`Command::Group`] holds.
+pub const MAX_GROUP_COMMANDS: usize = 128;
+/// Most key and value bytes one [`Command::Group`] carries, all its commands together
+/// (a lone command of any allowed size is never grouped past this).
+pub const MAX_GROUP_BYTES: usize = 2 * MAX_VALUE_BYTES;
 
 /// A condition of a [`Command::Batch`]: `key` must be at `version` (0: must not exist).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -117,6 +122,12 @@ pub enum Command {
         conditions: Vec<Condition>,
         operations: Vec<Operation>,
     },
+    /// Independent commands proposed at about the same time, committed as one log entry
+    /// (one append and fsync on the leader instead of one each) and applied one after
+    /// another, each with its own result ([`CommandResult::Group`]) as if committed
+    /// alone; they share the entry's index as their version. Proposed only once every
+    /// node speaks protocol 4 (older builds cannot decode it). Never nested.
+    Group(Vec<Command>),
 }
 
 impl Command {
@@ -134,6 +145,34 @@ impl Command {
                 .map(|condition| condition.key.as_str())
                 .chain(operations.iter().map(Operation::key))
                 .collect(),
+            Command::Group(commands) => commands.iter().flat_map(Command::keys).collect(),
+        }
+    }
+
+    /// The key and value bytes the command carries (what [`MAX_GROUP_BYTES`] bounds).
+    pub fn payload_bytes(&self) -> usize {
+        match self {
+            Command::Put { key, value } | Command::PutIfVersion { key, value, .. } => {
+                key.len() + value.len()
+            }
+            Command::Delete { key } => key.len(),
+            Command::Batch {
+                conditions,
+                operations,
+            } => {
+                conditions
+                    .iter()
+                    .map(|condition| condition.key.len())
+                    .sum::<usize>()
+                    + operations
+                        .iter()
+                        .map(|operation| match operation {
+                            Operation::Put { key, value } => key.len() + value.len(),
+                            other => other.key().len(),
+                        })
+                        .sum::<usize>()
+            }
+            Command::Group(commands) => commands.iter().map(Command::payload_bytes).sum(),
         }
     }
 
@@ -141,12 +180,39 @@ impl Command {
     pub fn written_keys(&self) -> Vec<&str> {
         match self {
             Command::Batch { operations, .. } => operations.iter().map(Operation::key).collect(),
+            Command::Group(commands) => commands.iter().flat_map(Command::written_keys).collect(),
             other => other.keys(),
         }
     }
 
     /// Checks the bounds every command must respect.
     pub fn validate(&self) -> Result<(), String> {
+        if let Command::Group(commands) = self {
+            // Only the group's own bounds: each command is checked, and rejected alone,
+            // when it is applied, so one bad command cannot sink the others.
+            if commands.is_empty() {
+                return Err("the group has no command".to_string());
+            }
+            if commands.len() > MAX_GROUP_COMMANDS {
+                return Err(format!(
+                    "the group has {} commands; at most {MAX_GROUP_COMMANDS} are allowed",
+                    commands.len()
+                ));
+            }
+            if commands
+                .iter()
+                .any(|command| matches!(command, Command::Group(_)))
+            {
+                return Err("a group may not hold another group".to_string());
+            }
+            let bytes = self.payload_bytes();
+            if bytes > MAX_GROUP_BYTES {
+                return Err(format!(
+                    "the group carries {bytes} bytes; at most {MAX_GROUP_BYTES} are allowed"
+                ));
+            }
+            return Ok(());
+        }
         for key in self.keys() {
             validate_key(key)?;
         }
@@ -154,7 +220,7 @@ impl Command {
             Command::Put { value, .. } | Command::PutIfVersion { value, .. } => {
                 validate_value(value)
             }
-            Command::Delete { .. } => Ok(()),
+            Command::Delete { .. } | Command::Group(_) => Ok(()),
             Command::Batch {
                 conditions,
                 operations,
@@ -238,6 +304,8 @@ pub enum CommandResult {
     /// A batch's condition on `key` did not hold (it is at `current_version`, 0 if
     /// absent); nothing changed.
     ConditionFailed { key: String, current_version: u64 },
+    /// A [`Command::Group`] was applied: one result per command, in order.
+    Group(Vec<CommandResult>),
 }
 
 /// A value in the catalog with its version.

@@ -89,6 +89,13 @@ pub(super) fn apply_command(
         return Ok(CommandResult::Rejected { reason });
     }
     match command {
+        Command::Group(commands) => {
+            let mut results = Vec::with_capacity(commands.len());
+            for command in commands {
+                results.push(apply_command(catalog, path, command, version, changes)?);
+            }
+            Ok(CommandResult::Group(results))
+        }
         Command::Put { key, value } => {
             write_key(catalog, path, key, value, version, changes)?;
             Ok(CommandResult::Written { version })

@@ -715,3 +715,76 @@ async fn streamed_snapshots_keep_the_whole_state_encoding() {
     );
     assert!(third_reader.get("kept").unwrap().is_some());
 }
+
+/// A group applies its commands one after another, each with its own result and the
+/// entry's index as its version: a failed condition or a broken bound fails only its own
+/// command, and a group inside a group is refused whole.
+#[tokio::test]
+async fn a_group_applies_each_command_alone() {
+    let directory = TempDir::new().unwrap();
+    let (_, mut state_machine, reader) = open_in(&directory);
+    state_machine.apply([put(1, "a", b"old")]).await.unwrap();
+    let group = Command::Group(vec![
+        Command::Put {
+            key: "b".into(),
+            value: b"new".to_vec(),
+        },
+        // Tests the version `a` had before the group: it still holds.
+        Command::PutIfVersion {
+            key: "a".into(),
+            value: b"changed".to_vec(),
+            expected_version: 1,
+        },
+        // The same test again: `a` changed in this very entry, so it fails.
+        Command::PutIfVersion {
+            key: "a".into(),
+            value: b"again".to_vec(),
+            expected_version: 1,
+        },
+        Command::Put {
+            key: String::new(),
+            value: b"no key".to_vec(),
+        },
+        Command::Delete { key: "b".into() },
+    ]);
+    let results = state_machine
+        .apply([command_entry(2, group)])
+        .await
+        .unwrap();
+    let CommandResult::Group(results) = &results[0] else {
+        panic!("{results:?}");
+    };
+    assert_eq!(results[0], CommandResult::Written { version: 2 });
+    assert_eq!(results[1], CommandResult::Written { version: 2 });
+    assert_eq!(
+        results[2],
+        CommandResult::VersionMismatch { current_version: 2 }
+    );
+    assert!(
+        matches!(&results[3], CommandResult::Rejected { reason } if reason.contains("empty")),
+        "{:?}",
+        results[3]
+    );
+    assert_eq!(results[4], CommandResult::Deleted { existed: true });
+    assert_eq!(
+        reader.get("a").unwrap(),
+        Some(VersionedValue {
+            value: b"changed".to_vec(),
+            version: 2
+        })
+    );
+    assert_eq!(reader.get("b").unwrap(), None);
+
+    let nested = Command::Group(vec![Command::Group(vec![Command::Delete {
+        key: "a".into(),
+    }])]);
+    let results = state_machine
+        .apply([command_entry(3, nested)])
+        .await
+        .unwrap();
+    assert!(
+        matches!(&results[0], CommandResult::Rejected { reason } if reason.contains("another group")),
+        "{results:?}"
+    );
+    assert!(reader.get("a").unwrap().is_some());
+}
