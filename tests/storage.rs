@@ -580,6 +580,31 @@ fn the_recipe_runs_unchanged_inside_a_mount() {
         shell(&format!("stat -c %s {mount}/many/f123")).trim(),
         "123"
     );
+    // The mount answers lookups of absent names from what it last listed of a directory
+    // (src/mount/known.rs): a name another client makes there shows within about a
+    // second, and a name that exists is never reported absent (noclobber's O_EXCL create
+    // is refused).
+    shell(&format!(
+        "ls {mount}/many > /dev/null && test ! -e {mount}/many/other.txt"
+    ));
+    let other = random_file(files.path(), "other.txt", 100, 23);
+    cluster.bramble_ok(&["fs", "put", other.to_str().unwrap(), "vol0:/many/other.txt"]);
+    let other_in_mount = format!("{mount}/many/other.txt");
+    let took = wait_until(
+        "the mount shows a file another client made",
+        Duration::from_secs(10),
+        || Path::new(&other_in_mount).exists(),
+    );
+    println!("a file made by another client showed in the mount after {took:?}");
+    let clobber = Command::new("sh")
+        .args(["-c", &format!("set -C; echo x > {mount}/many/f7")])
+        .output()
+        .unwrap();
+    assert!(
+        !clobber.status.success(),
+        "an O_EXCL create of an existing name succeeded"
+    );
+    assert_eq!(shell(&format!("stat -c %s {mount}/many/f7")).trim(), "7");
     shell(&format!("rm -r {mount}/many && test ! -e {mount}/many"));
     // What the mount wrote is what the CLI reads.
     let copy = files.path().join("notes.copy");

@@ -40,6 +40,7 @@ use fuser::{
 
 use super::behind::{BEHIND_MAX_BYTES, FlushBehind};
 use super::inodes::{Inodes, ROOT, child_path};
+use super::known::{Answer, KnownDirectories};
 use super::remote::Remote;
 
 /// How long the kernel may cache names and attributes.
@@ -212,6 +213,8 @@ pub struct VolumeFs {
     writing: Arc<Mutex<HashMap<String, u64>>>,
     statfs_cache: Arc<Mutex<Option<StatfsAnswer>>>,
     behind: Arc<FlushBehind>,
+    /// Directories whose names this mount knows, for lookups of absent names.
+    known: Arc<KnownDirectories>,
     uid: u32,
     gid: u32,
 }
@@ -247,6 +250,7 @@ impl VolumeFs {
             writing: Arc::new(Mutex::new(HashMap::new())),
             statfs_cache: Arc::new(Mutex::new(None)),
             behind,
+            known: Arc::new(KnownDirectories::default()),
             uid,
             gid,
         }
@@ -283,6 +287,16 @@ impl VolumeFs {
     }
 }
 
+/// A path's directory and last name (`""` is the volume's root).
+fn split_path(path: &str) -> (&str, &str) {
+    path.rsplit_once('/').unwrap_or(("", path))
+}
+
+/// An entry's own name, the last part of its path.
+fn name_of(entry: &FsEntry) -> String {
+    split_path(&entry.path).1.to_string()
+}
+
 /// A file this mount is writing, as the kernel sees it until its record is committed.
 fn entry_being_written(path: &str, size: u64) -> FsEntry {
     FsEntry {
@@ -305,9 +319,35 @@ struct Context {
     inodes: Arc<Mutex<Inodes>>,
     writing: Arc<Mutex<HashMap<String, u64>>>,
     behind: Arc<FlushBehind>,
+    known: Arc<KnownDirectories>,
 }
 
 impl Context {
+    /// Whether `name` (at `path`) in `directory` is known absent without asking the
+    /// cluster ([`super::known`]); a directory whose names are no longer fresh is listed
+    /// again first, once the commits running behind closes in it have landed.
+    async fn known_absent(&self, directory: &str, name: &str, path: &str) -> bool {
+        if lock(&self.writing).contains_key(path) {
+            return false;
+        }
+        match self.known.answer(directory, name) {
+            Answer::Absent => true,
+            Answer::Ask => false,
+            Answer::Refresh => {
+                self.behind.settle_within(directory).await;
+                let asked = Instant::now();
+                match self.list_all(directory).await {
+                    Ok(entries) => {
+                        self.known
+                            .learn(directory, asked, entries.iter().map(name_of));
+                        self.known.answer(directory, name) == Answer::Absent
+                    }
+                    Err(_) => false,
+                }
+            }
+        }
+    }
+
     async fn stat(&self, path: &str) -> Result<FsEntry, RpcError> {
         if let Some(size) = lock(&self.writing).get(path) {
             return Ok(entry_being_written(path, *size));
@@ -779,6 +819,7 @@ impl VolumeFs {
             inodes: self.inodes.clone(),
             writing: self.writing.clone(),
             behind: self.behind.clone(),
+            known: self.known.clone(),
         }
     }
 }
@@ -836,13 +877,18 @@ impl Filesystem for VolumeFs {
     }
 
     fn lookup(&self, _request: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let path = match self.child_of(parent, name) {
-            Ok(path) => path,
-            Err(error) => return reply.error(error),
+        let (directory, name) = match (self.path_of(parent), name.to_str()) {
+            (Ok(directory), Some(name)) => (directory, name.to_string()),
+            (Err(error), _) => return reply.error(error),
+            (_, None) => return reply.error(Errno::EINVAL),
         };
+        let path = child_path(&directory, &name);
         let context = self.context();
         let owner = self.owner();
         self.runtime.spawn(async move {
+            if context.known_absent(&directory, &name, &path).await {
+                return reply.error(Errno::ENOENT);
+            }
             match context.stat(&path).await {
                 Ok(entry) => {
                     let inode = lock(&context.inodes).remember(&path);
@@ -988,12 +1034,17 @@ impl Filesystem for VolumeFs {
                 exist_ok: false,
                 mode: mode & !umask & 0o7777,
             };
+            let asked = Instant::now();
             match context
                 .remote
                 .call::<_, FsEntry>(METHOD_FS_MKDIR, &request)
                 .await
             {
                 Ok(entry) => {
+                    // Made here, so empty when the request was sent.
+                    context.known.learn(&path, asked, Vec::new());
+                    let (directory, name) = split_path(&path);
+                    context.known.added(directory, name);
                     let inode = lock(&context.inodes).remember(&path);
                     reply.entry(&TTL, &owner.attr(inode, &entry), Generation(0));
                 }
@@ -1045,6 +1096,7 @@ impl Filesystem for VolumeFs {
             {
                 Ok(_) => {
                     lock(&context.inodes).rename(&from, &to);
+                    context.known.forget_all();
                     reply.ok();
                 }
                 // Too large to move at once: `mv` copies instead when told EXDEV.
@@ -1232,8 +1284,12 @@ impl Filesystem for VolumeFs {
         self.runtime.spawn(async move {
             // Files closed here whose commit is still running are listed once it lands.
             context.behind.settle_within(&path).await;
+            let asked = Instant::now();
             match context.list_all(&path).await {
                 Ok(entries) => {
+                    context
+                        .known
+                        .learn(&path, asked, entries.iter().map(name_of));
                     lock(&handles).insert(
                         next,
                         Arc::new(tokio::sync::Mutex::new(Handle::Directory(entries))),
@@ -1464,6 +1520,8 @@ impl Filesystem for VolumeFs {
             // with O_EXCL FUSE looks the name up afresh even when it holds it as absent.
             let writer = Writer::new(path.clone(), mode, 0, false);
             lock(&context.writing).insert(path.clone(), 0);
+            let (directory, name) = split_path(&path);
+            context.known.added(directory, name);
             lock(&handles).insert(
                 next,
                 Arc::new(tokio::sync::Mutex::new(Handle::Write(Box::new(writer)))),
@@ -1558,6 +1616,8 @@ impl VolumeFs {
                         Err(error) => Err(errno(&error)),
                     }
                 };
+                let (directory, name) = split_path(&path);
+                context.known.removed(directory, name, &path);
                 context.behind.commit("remove", path, removal, || {}).await;
                 return reply.ok();
             }
@@ -1566,7 +1626,11 @@ impl VolumeFs {
                 .call::<_, u64>(METHOD_FS_REMOVE, &request)
                 .await
             {
-                Ok(_) => reply.ok(),
+                Ok(_) => {
+                    let (directory, name) = split_path(&path);
+                    context.known.removed(directory, name, &path);
+                    reply.ok()
+                }
                 Err(error) if error.kind == ErrorKind::WrongType && !directory => {
                     reply.error(Errno::EISDIR)
                 }

@@ -2,7 +2,8 @@
 //! crate, no libfuse; root mounts directly). The mount is a client of the cluster, like
 //! GlusterFS's FUSE client: it reaches any agent with the operator's credential and moves
 //! file bodies over bulk streams ([`remote`]); [`filesystem`] answers the kernel;
-//! [`inodes`] maps the kernel's inode numbers to volume paths.
+//! [`inodes`] maps the kernel's inode numbers to volume paths; [`known`] answers lookups
+//! of names absent from a directory this mount has just made or listed.
 //!
 //! By default the command starts the mount in the background (like `mount -t
 //! glusterfs`) and returns once the directory is mounted; `--foreground` keeps it
@@ -11,6 +12,7 @@
 mod behind;
 mod filesystem;
 mod inodes;
+mod known;
 mod remote;
 
 use std::path::{Path, PathBuf};
