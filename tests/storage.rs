@@ -605,6 +605,40 @@ fn the_recipe_runs_unchanged_inside_a_mount() {
         "an O_EXCL create of an existing name succeeded"
     );
     assert_eq!(shell(&format!("stat -c %s {mount}/many/f7")).trim(), "7");
+    // A name another client made a moment ago may still read as absent, but an O_EXCL
+    // create of it fails (at the open, or at the close if the lookup said absent) and
+    // leaves the other client's file as it was.
+    shell(&format!("ls {mount}/many > /dev/null"));
+    let theirs = random_file(files.path(), "theirs.txt", 200, 24);
+    cluster.bramble_ok(&[
+        "fs",
+        "put",
+        theirs.to_str().unwrap(),
+        "vol0:/many/theirs.txt",
+    ]);
+    let exclusive = Command::new("python3")
+        .args([
+            "-c",
+            "import os, sys; fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_EXCL); os.write(fd, b'mine'); os.close(fd)",
+            &format!("{mount}/many/theirs.txt"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        !exclusive.status.success(),
+        "an O_EXCL create over another client's new file succeeded"
+    );
+    assert!(
+        String::from_utf8_lossy(&exclusive.stderr).contains("File exists"),
+        "{}",
+        String::from_utf8_lossy(&exclusive.stderr)
+    );
+    let theirs_copy = files.path().join("theirs.copy");
+    get_via(&cluster, "n2", "vol0:/many/theirs.txt", &theirs_copy);
+    assert_eq!(
+        std::fs::read(&theirs_copy).unwrap(),
+        std::fs::read(&theirs).unwrap()
+    );
     shell(&format!("rm -r {mount}/many && test ! -e {mount}/many"));
     // What the mount wrote is what the CLI reads.
     let copy = files.path().join("notes.copy");

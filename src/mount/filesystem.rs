@@ -136,6 +136,10 @@ struct Writer {
     /// stored whole at the flush, in one call (or behind the close with
     /// `--flush-behind`); a file that grows past it streams from then on.
     buffered: Vec<u8>,
+    /// Created with O_EXCL and not stored yet: its first store must not replace a file
+    /// of the same name, which another client may have made since this mount last
+    /// listed the directory ([`super::known`]); the close then reports EEXIST.
+    exclusive: bool,
 }
 
 impl Writer {
@@ -152,6 +156,7 @@ impl Writer {
             dirty_bytes: 0,
             resize: None,
             reader: None,
+            exclusive: false,
             buffered: Vec::new(),
         }
     }
@@ -389,8 +394,14 @@ impl Context {
     /// Stores `bytes` as the whole file at `path` (a small file, a truncate to 0, a file
     /// created and closed without a write). Does not wait for a commit behind a close of
     /// the same path: the callers that may follow one wait first.
-    async fn put_bytes(&self, path: &str, mode: u32, bytes: Vec<u8>) -> Result<(), Errno> {
-        let mut upload = self.start_upload(path, mode).await?;
+    async fn put_bytes(
+        &self,
+        path: &str,
+        mode: u32,
+        bytes: Vec<u8>,
+        overwrite: bool,
+    ) -> Result<(), Errno> {
+        let mut upload = self.start_upload(path, mode, overwrite).await?;
         if !bytes.is_empty() && upload.sender.send(Bytes::from(bytes)).await.is_err() {
             // The agent stopped reading: its answer says why.
             return finish_upload(path, upload).await.and(Err(Errno::EIO));
@@ -437,9 +448,10 @@ impl Context {
         path: &str,
         mode: u32,
         prefix: u64,
+        overwrite: bool,
     ) -> Result<Upload, Errno> {
         self.behind.settle(path).await;
-        let mut upload = self.start_upload(path, mode).await?;
+        let mut upload = self.start_upload(path, mode, overwrite).await?;
         if prefix > 0 {
             let mut stream = self.open_read_stream(path, 0).await?;
             let mut copied = 0u64;
@@ -461,11 +473,11 @@ impl Context {
         Ok(upload)
     }
 
-    async fn start_upload(&self, path: &str, mode: u32) -> Result<Upload, Errno> {
+    async fn start_upload(&self, path: &str, mode: u32, overwrite: bool) -> Result<Upload, Errno> {
         let header = FilePutHeader {
             volume: self.volume.clone(),
             path: path.to_string(),
-            overwrite: true,
+            overwrite,
             mode,
             modified_ns: None,
             user_metadata: Vec::new(),
@@ -656,7 +668,7 @@ impl Writer {
         if self.upload.is_none() {
             self.upload = Some(
                 context
-                    .start_upload_after(&self.path, self.mode, self.stored_size)
+                    .start_upload_after(&self.path, self.mode, self.stored_size, !self.exclusive)
                     .await?,
             );
             self.stored = false;
@@ -728,6 +740,7 @@ impl Writer {
         let size = self.position;
         self.stored = true;
         self.stored_size = size;
+        let overwrite = !std::mem::take(&mut self.exclusive);
         let path = self.path.clone();
         let mode = self.mode;
         let committer = context.clone();
@@ -738,7 +751,7 @@ impl Writer {
             .commit(
                 "store",
                 path.clone(),
-                async move { committer.put_bytes(&path, mode, bytes).await },
+                async move { committer.put_bytes(&path, mode, bytes, overwrite).await },
                 move || {
                     // Until now the mount answered for the file; from here the cluster
                     // does (unless this handle wrote more since, and still answers).
@@ -760,11 +773,14 @@ impl Writer {
             None if !self.stored => {
                 context.behind.settle(&self.path).await;
                 let bytes = std::mem::take(&mut self.buffered);
-                context.put_bytes(&self.path, self.mode, bytes).await
+                context
+                    .put_bytes(&self.path, self.mode, bytes, !self.exclusive)
+                    .await
             }
             None => return Ok(()),
         };
         self.fail_on(context, outcome)?;
+        self.exclusive = false;
         self.stored = true;
         self.stored_size = self.position;
         Ok(())
@@ -990,7 +1006,7 @@ impl Filesystem for VolumeFs {
                         return reply.error(Errno::EBUSY);
                     }
                 } else if size == 0 {
-                    if let Err(error) = context.put_bytes(&path, 0o644, Vec::new()).await {
+                    if let Err(error) = context.put_bytes(&path, 0o644, Vec::new(), true).await {
                         return reply.error(error);
                     }
                 } else {
@@ -1500,7 +1516,7 @@ impl Filesystem for VolumeFs {
         name: &OsStr,
         mode: u32,
         umask: u32,
-        _flags: i32,
+        flags: i32,
         reply: ReplyCreate,
     ) {
         let path = match self.child_of(parent, name) {
@@ -1518,7 +1534,11 @@ impl Filesystem for VolumeFs {
             // found absent, within the entry's timeout (a name this mount is writing has
             // a timeout of zero, so its lookup is answered from `writing`: EEXIST), and
             // with O_EXCL FUSE looks the name up afresh even when it holds it as absent.
-            let writer = Writer::new(path.clone(), mode, 0, false);
+            // That lookup may be answered from what this mount last listed of the
+            // directory (`super::known`, up to a second old), so an O_EXCL file's first
+            // store refuses to replace one of the same name: the close reports EEXIST.
+            let mut writer = Writer::new(path.clone(), mode, 0, false);
+            writer.exclusive = flags & libc::O_EXCL != 0;
             lock(&context.writing).insert(path.clone(), 0);
             let (directory, name) = split_path(&path);
             context.known.added(directory, name);
