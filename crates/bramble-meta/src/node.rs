@@ -584,18 +584,15 @@ impl Meta {
         let mut ticker = tokio::time::interval(RECONCILE_INTERVAL);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut down_since: HashMap<NodeId, Instant> = HashMap::new();
-        let mut ticks: u64 = 0;
         loop {
             tokio::select! {
                 _ = shutdown.wait() => return Ok(()),
                 _ = ticker.tick() => {}
             }
-            ticks += 1;
-            // Snapshots of a large catalog are built and sent as one buffer; give the
-            // memory back to the kernel now and then instead of keeping it resident.
-            if ticks.is_multiple_of(30) {
-                bramble_util::memory::release_free_memory();
-            }
+            // Snapshots of a large catalog are built and sent as one buffer, and bursts of
+            // writes free many buffers: give the memory back to the kernel once a second
+            // when enough of it is free, instead of keeping it resident.
+            bramble_util::memory::release_free_memory_if_worthwhile();
             if self.raft.metrics().borrow().current_leader != Some(self.self_id) {
                 down_since.clear();
                 worker.set_state(WorkerState::Idle);

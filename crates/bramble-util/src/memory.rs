@@ -32,11 +32,70 @@ pub fn tune_allocator() {
     }
 }
 
+/// Newly freed heap memory worth handing back to the kernel: less than this, kept for reuse.
+pub const TRIM_WHEN_FREED_BYTES: usize = 4 * 1024 * 1024;
+
+/// glibc's free heap bytes right after the last trim (or the lowest seen since): a trim
+/// hands pages back but leaves the chunks free, so only growth past this is new.
+static FREE_AFTER_TRIM: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Hands freed heap memory back to the kernel when glibc holds at least
+/// [`TRIM_WHEN_FREED_BYTES`] more free heap than after the last trim; says whether it did.
+/// Meant to be called every second or so: after 2,000 small files went through a mount, a
+/// gateway kept 14 MB of freed heap (resident 44.6 MB, 30.8 MB after a trim), and the
+/// next burst (an S3 upload) stacked its own memory on top.
+pub fn release_free_memory_if_worthwhile() -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        use std::sync::atomic::Ordering;
+        // SAFETY: mallinfo2 only reads the allocator's own statistics.
+        let free = unsafe { libc::mallinfo2() }.fordblks;
+        let after_trim = FREE_AFTER_TRIM.load(Ordering::Relaxed);
+        if free < after_trim {
+            // Free chunks were reused: growth is counted from here.
+            FREE_AFTER_TRIM.store(free, Ordering::Relaxed);
+        } else if free - after_trim >= TRIM_WHEN_FREED_BYTES {
+            // SAFETY: malloc_trim only walks the allocator's own free lists.
+            unsafe {
+                libc::malloc_trim(0);
+            }
+            FREE_AFTER_TRIM.store(free, Ordering::Relaxed);
+            return true;
+        }
+    }
+    false
+}
+
 /// Returns freed heap memory to the kernel (after a large, short-lived allocation).
 pub fn release_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only walks the allocator's own free lists.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+#[cfg(all(test, target_os = "linux", target_env = "gnu"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_of_freed_heap_is_handed_back_once() {
+        release_free_memory_if_worthwhile();
+        // 20 MB in chunks under the mmap threshold, every hundredth kept, so the freed
+        // ones cannot all merge into the top of the heap and leave by themselves.
+        let chunks: Vec<Vec<u8>> = (0..20_000).map(|number| vec![number as u8; 1000]).collect();
+        let kept: Vec<Vec<u8>> = chunks
+            .into_iter()
+            .enumerate()
+            .filter(|(number, _)| number % 100 == 99)
+            .map(|(_, chunk)| chunk)
+            .collect();
+        assert!(release_free_memory_if_worthwhile());
+        assert!(
+            !release_free_memory_if_worthwhile(),
+            "nothing new was freed"
+        );
+        assert_eq!(kept.len(), 200);
     }
 }
