@@ -41,6 +41,8 @@ use std::sync::{Arc, Mutex};
 use fuser::Errno;
 use tokio::sync::{Semaphore, watch};
 
+use super::lock;
+
 /// The largest file whose close may return before its commit: the size the catalog keeps
 /// in a file's record (`bramble_store::file::INLINE_MAX_BYTES`), where the commit is the
 /// whole cost of a create.
@@ -59,10 +61,6 @@ pub struct FlushBehind {
     slots: Arc<Semaphore>,
     /// Paths whose commit failed, with the errno, in the order they failed.
     failures: Mutex<VecDeque<(String, Errno)>>,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poison| poison.into_inner())
 }
 
 /// Whether `path` is `directory` or inside it ("" is the volume's root).

@@ -41,6 +41,7 @@ use fuser::{
 use super::behind::{BEHIND_MAX_BYTES, FlushBehind};
 use super::inodes::{Inodes, ROOT, child_path};
 use super::known::{Answer, KnownDirectories};
+use super::lock;
 use super::remote::Remote;
 
 /// How long the kernel may cache names and attributes.
@@ -224,10 +225,6 @@ pub struct VolumeFs {
     gid: u32,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poison| poison.into_inner())
-}
-
 fn time_of(nanoseconds: i64) -> SystemTime {
     if nanoseconds <= 0 {
         UNIX_EPOCH
@@ -292,14 +289,9 @@ impl VolumeFs {
     }
 }
 
-/// A path's directory and last name (`""` is the volume's root).
-fn split_path(path: &str) -> (&str, &str) {
-    path.rsplit_once('/').unwrap_or(("", path))
-}
-
 /// An entry's own name, the last part of its path.
 fn name_of(entry: &FsEntry) -> String {
-    split_path(&entry.path).1.to_string()
+    bramble_store::paths::file_name(&entry.path).to_string()
 }
 
 /// A file this mount is writing, as the kernel sees it until its record is committed.
@@ -1059,8 +1051,7 @@ impl Filesystem for VolumeFs {
                 Ok(entry) => {
                     // Made here, so empty when the request was sent.
                     context.known.learn(&path, asked, Vec::new());
-                    let (directory, name) = split_path(&path);
-                    context.known.added(directory, name);
+                    context.known.added(&path);
                     let inode = lock(&context.inodes).remember(&path);
                     reply.entry(&TTL, &owner.attr(inode, &entry), Generation(0));
                 }
@@ -1540,8 +1531,7 @@ impl Filesystem for VolumeFs {
             let mut writer = Writer::new(path.clone(), mode, 0, false);
             writer.exclusive = flags & libc::O_EXCL != 0;
             lock(&context.writing).insert(path.clone(), 0);
-            let (directory, name) = split_path(&path);
-            context.known.added(directory, name);
+            context.known.added(&path);
             lock(&handles).insert(
                 next,
                 Arc::new(tokio::sync::Mutex::new(Handle::Write(Box::new(writer)))),
@@ -1636,8 +1626,7 @@ impl VolumeFs {
                         Err(error) => Err(errno(&error)),
                     }
                 };
-                let (directory, name) = split_path(&path);
-                context.known.removed(directory, name, &path);
+                context.known.removed(&path);
                 context.behind.commit("remove", path, removal, || {}).await;
                 return reply.ok();
             }
@@ -1647,8 +1636,7 @@ impl VolumeFs {
                 .await
             {
                 Ok(_) => {
-                    let (directory, name) = split_path(&path);
-                    context.known.removed(directory, name, &path);
+                    context.known.removed(&path);
                     reply.ok()
                 }
                 Err(error) if error.kind == ErrorKind::WrongType && !directory => {

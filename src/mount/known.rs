@@ -17,6 +17,10 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use bramble_store::paths;
+
+use super::lock;
+
 /// How long a directory's names are trusted after the request that learned them.
 pub const KNOWN_FOR: Duration = Duration::from_secs(1);
 /// Directories with more names than this are not kept (a listing to refresh them would
@@ -85,23 +89,23 @@ impl KnownDirectories {
         }
     }
 
-    /// This mount made `name` in `directory`.
-    pub fn added(&self, directory: &str, name: &str) {
+    /// This mount made `path`.
+    pub fn added(&self, path: &str) {
+        let directory = paths::parent(path);
         let mut directories = lock(&self.directories);
         if let Some(known) = directories.get_mut(directory) {
-            known.names.insert(name.to_string());
+            known.names.insert(paths::file_name(path).to_string());
             if known.names.len() > MAX_KNOWN_NAMES {
                 directories.remove(directory);
             }
         }
     }
 
-    /// This mount removed `name` from `directory` (and, if it was a directory, what it
-    /// knew of it).
-    pub fn removed(&self, directory: &str, name: &str, path: &str) {
+    /// This mount removed `path` (and, if it was a directory, what it knew of it).
+    pub fn removed(&self, path: &str) {
         let mut directories = lock(&self.directories);
-        if let Some(known) = directories.get_mut(directory) {
-            known.names.remove(name);
+        if let Some(known) = directories.get_mut(paths::parent(path)) {
+            known.names.remove(paths::file_name(path));
         }
         directories.remove(path);
     }
@@ -110,10 +114,6 @@ impl KnownDirectories {
     pub fn forget_all(&self) {
         lock(&self.directories).clear();
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poison| poison.into_inner())
 }
 
 #[cfg(test)]
@@ -127,9 +127,9 @@ mod tests {
         known.learn("d", Instant::now(), ["a".to_string()]);
         assert_eq!(known.answer("d", "a"), Answer::Ask);
         assert_eq!(known.answer("d", "b"), Answer::Absent);
-        known.added("d", "b");
+        known.added("d/b");
         assert_eq!(known.answer("d", "b"), Answer::Ask);
-        known.removed("d", "a", "d/a");
+        known.removed("d/a");
         assert_eq!(known.answer("d", "a"), Answer::Absent);
         let old = Instant::now() - KNOWN_FOR;
         known.learn("d", old, Vec::new());

@@ -28,6 +28,12 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::cli::{GlobalOptions, MountArgs};
 
+/// Locks a mutex of the mount, going on past a panic elsewhere (the data it guards are
+/// maps that a panicking task leaves consistent).
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poison| poison.into_inner())
+}
+
 /// How long an unmount waits for commits running behind closes (`--flush-behind`).
 const SETTLE_AT_UNMOUNT: Duration = Duration::from_secs(60);
 
