@@ -286,8 +286,9 @@ def storage(data):
     def times(v):
         return f"{v:.2f}x" if v is not None else ""
 
+    be = data.get("bramble_ec")
     out = [
-        f"| figure (replica 2, bricks on one disk) | raw disk | GlusterFS{' ' + g['version'].split()[1] if gluster_ok else ''} (FUSE mount) | Bramble (CLI through n1, no brick there) | Bramble / GlusterFS | Bramble / raw | goal |",
+        f"| figure ({'replica 2 unless the row says EC 4+2' if be else 'replica 2'}, bricks on one disk) | raw disk | GlusterFS{' ' + g['version'].split()[1] if gluster_ok else ''} (FUSE mount) | Bramble (CLI through n1, no brick there) | Bramble / GlusterFS | Bramble / raw | goal |",
         "|---|---|---|---|---|---|---|",
         f"| sequential write, {size} (`dd conv=fdatasync` / `fs put`) | {mib(ref_w)} | {with_pct(gv('write_mib_s'), r['gluster_write_of_raw'])} | {mib(n1['put_mib_s'])} | {times(r['write_vs_gluster'])} | {pct(r['write_of_raw'])} | {verdict('write')} |",
         f"| sequential read, {size}, caches dropped (`dd` / `fs get - >/dev/null`) | {mib(ref_r)} | {with_pct(gv('read_mib_s'), r['gluster_read_of_raw'])} | {mib(n1['get_mib_s'])} | {times(r['read_vs_gluster'])} | {pct(r['read_of_raw'])} | {verdict('read')} |",
@@ -400,6 +401,8 @@ def storage(data):
         if gr else
         f"| memory: agent RSS right after the {size} transfers (peak VmHWM over the whole run: mount, S3, heal and stall too) | | – | max {rs['max_rss_kib_after_transfers'] / 1024:.0f} MB ({nodes}); peak {rs['max_hwm_kib'] / 1024:.0f} MB | | | {verdict('memory')} |"
     )
+    if be:
+        out += _storage_ec(data, mib, secs, pct, with_pct, times, faster, verdict, all_rounds, size)
     out.append("")
     note = (
         f"All files on one disk ({data['disk']['device']}, {data['disk']['fstype']}, the file system of the cluster's directory under /tmp): the raw figures are `dd bs=1M` of the same random"
@@ -430,8 +433,14 @@ def storage(data):
         )
     if not gluster_ok:
         note += f" GlusterFS was not measured: {g.get('skipped', 'unknown reason')}."
+    if be:
+        note += _storage_ec_note(data)
+    elif p.get("skip_ec"):
+        note += " Not measured in this run: erasure coding 4+2 and the scrub rate (`SKIP_EC=1`)."
+    else:
+        note += " Not measured yet: erasure coding 4+2, scrub rates."
     note += (
-        f" Not measured yet: erasure coding 4+2, scrub rates. The machine was shared with other work"
+        f" The machine was shared with other work"
         f" (load average {data['machine']['load_before'].split()[0]} before, {data['machine']['load_after'].split()[0]} after): one run of each step except the raw dd and the heal, noisy figures. "
         + provenance(data)
     )
@@ -441,6 +450,124 @@ def storage(data):
         note += " _Built with SKIP_BUILD=1: the binary may not match the commit._"
     out.append(note)
     return "\n".join(out)
+
+
+def _storage_ec(data, mib, secs, pct, with_pct, times, faster, verdict, all_rounds, size):
+    """The erasure-coding rows of the storage table (bench/storage.sh's second part)."""
+    p, raw, be = data["params"], data["raw"], data["bramble_ec"]
+    ge = data.get("gluster_ec", {})
+    ge_ok = "skipped" not in ge and "write_s" in ge
+    r = data.get("ratios_bramble_ec", {})
+    ref_w, ref_r = raw["reference"]["write_mib_s"], raw["reference"]["read_mib_s"]
+    n1 = be["big"]["n1"]
+    nodes = len(be.get("rss", {}).get("idle", {})) or 7
+    layout = be["volume"]["layout"]["Erasure"]
+    k_data, m_parity = layout["data"], layout["parity"]
+
+    def gv(*keys):
+        return _dig(ge, keys) if ge_ok else None
+
+    def ratio(x, y):
+        return x / y if x is not None and y else None
+
+    g_label = "GlusterFS `disperse 6 redundancy 2`, six bricks" if ge_ok else "GlusterFS not measured"
+    out = [
+        f"| **EC 4+2** ({g_label}; Bramble `--ec 4+2` over n2–n7 of {nodes} emulated nodes): sequential write, {size} (`dd conv=fdatasync` / `fs put`) | {mib(ref_w)} |"
+        f" {with_pct(gv('write_mib_s'), r.get('gluster_write_of_raw'))} | {mib(n1['put_mib_s'])} | {times(r.get('write_vs_gluster'))} | {pct(r.get('write_of_raw'))} | {verdict('EC write')} |",
+        f"| EC 4+2: sequential read, {size}, caches dropped (`dd` / `fs get - >/dev/null`) | {mib(ref_r)} |"
+        f" {with_pct(gv('read_mib_s'), r.get('gluster_read_of_raw'))} | {mib(n1['get_mib_s'])} | {times(r.get('read_vs_gluster'))} | {pct(r.get('read_of_raw'))} | {verdict('EC read')} |",
+    ]
+    cpu = lambda d: sum(d.values()) if d else None
+    b_cpu_w, b_cpu_r = cpu(n1.get("put_agent_cpu_s")), cpu(n1.get("get_agent_cpu_s"))
+    g_cpu_w, g_cpu_r = (cpu(ge.get("write_cpu_s")), cpu(ge.get("read_cpu_s"))) if ge_ok else (None, None)
+    if b_cpu_w is not None:
+        cpu_pair = lambda w, rd: f"{w:.1f} s / {rd:.1f} s" if w is not None and rd is not None else "–"
+        out.append(
+            f"| EC 4+2: CPU time of the storage processes for that write / read (GlusterFS: 6 bricks, client, self-heal daemon, glusterd; Bramble: the {nodes} agents) | |"
+            f" {cpu_pair(g_cpu_w, g_cpu_r)} | {cpu_pair(b_cpu_w, b_cpu_r)} | {f'{times(ratio(b_cpu_w, g_cpu_w))} / {times(ratio(b_cpu_r, g_cpu_r))}' if g_cpu_w else ''} | | |"
+        )
+    m = be.get("mount")
+    if m:
+        out.append(
+            f"| EC 4+2 through the mount (`bramble mount`, gateway n1): sequential write / read, {size} (`dd`) | | {mib(gv('write_mib_s'))} / {mib(gv('read_mib_s'))} | {mib(m['write_mib_s'])} / {mib(m['read_mib_s'])}"
+            f" | {times(r.get('mount_write_vs_gluster'))} / {times(r.get('mount_read_vs_gluster'))} | {pct(r.get('mount_write_of_raw'))} / {pct(r.get('mount_read_of_raw'))} | |"
+        )
+    s3 = be.get("s3", {})
+    if s3.get("put_mib_s"):
+        out.append(
+            f"| EC 4+2 through S3 (aws-cli `s3 cp`, gateway n1): write / read, {size} | | | {mib(s3['put_mib_s'])} / {mib(s3['get_mib_s'])} | | {pct(ratio(s3['put_mib_s'], ref_w))} / {pct(ratio(s3['get_mib_s'], ref_r))} | |"
+        )
+    gh = ge.get("heal", {}) if ge_ok else {}
+    rounds = p.get("heal_rounds", 1)
+    out.append(
+        f"| EC 4+2 heal: {p['heal_mib']} MiB written while one brick was killed (brick 6's glusterfsd / n7); from its return until heal-info is empty"
+        + (f" (median of {rounds} rounds)" if rounds > 1 else "")
+        + f" | | {secs(gh.get('seconds'), gh.get('timed_out'), p['heal_timeout_s']) + all_rounds(gh) if gh else '–'} |"
+        f" {secs(be['heal']['seconds'], be['heal']['timed_out'], p['heal_timeout_s']) + all_rounds(be['heal'])} | {faster(r.get('heal_time_vs_gluster'), bool(gh.get('timed_out')))} | | {verdict('EC heal')} |"
+    )
+    rs = be["rss_summary"]
+    gr = ge.get("rss_summary") if ge_ok else None
+    gluster_mem = (
+        f"{gr['server_node_rss_kib'] / 1024:.0f} MB per server node (peak {gr['server_node_hwm_kib'] / 1024:.0f} MB), FUSE client {gr['per_process'].get('client', {}).get('rss_kib', 0) / 1024:.0f} MB"
+        if gr else "–"
+    )
+    mem_ratio = f"{rs['max_hwm_kib'] / gr['server_node_hwm_kib']:.2f}x (peaks)" if gr else ""
+    out.append(
+        f"| EC 4+2 memory: agent RSS right after the {size} transfers (peak VmHWM: mount, S3, heal and scrub too) | | {gluster_mem} |"
+        f" max {rs['max_rss_kib_after_transfers'] / 1024:.0f} MB; peak {rs['max_hwm_kib'] / 1024:.0f} MB | {mem_ratio} | | {verdict('EC memory')} |"
+    )
+    scrub = be.get("scrub", {})
+    d, lifted = scrub.get("default"), scrub.get("lifted")
+    if d or lifted:
+        def per_node(x):
+            if not x:
+                return "–"
+            if x.get("timed_out"):
+                return f"not done in {p.get('scrub_timeout_s', '?')} s"
+            return mib(x.get("mib_s_per_node_median"))
+
+        def together(x, key):
+            return mib(x.get(key)) if x and not x.get("timed_out") else "–"
+
+        shards = (d or lifted).get("shard_mib_per_node")
+        env = (lifted or {}).get("rate_env")
+        out.append(
+            f"| scrub (`volume scrub vol1` on the EC 4+2 volume, {shards:.0f} MiB of shards on each of its 6 brick nodes, caches dropped): a node's rate at the default throttle"
+            f" (`BRAMBLE_SCRUB_MIB_PER_SECOND` unset, 32) / with the throttle lifted ({env}); all nodes at once in shard bytes, and in file data ({k_data}/{k_data + m_parity} of it)"
+            f" | | – (bit-rot scrub is off by default; not measured) | {per_node(d)} / {per_node(lifted)} a node; together {together(d, 'mib_s_together')} / {together(lifted, 'mib_s_together')},"
+            f" {together(d, 'data_mib_s')} / {together(lifted, 'data_mib_s')} of data | | {pct(ratio((lifted or {}).get('mib_s_together'), ref_r))} of raw read (lifted, together) | |"
+        )
+    return out
+
+
+def _storage_ec_note(data):
+    p, be = data["params"], data["bramble_ec"]
+    ge = data.get("gluster_ec", {})
+    ge_ok = "skipped" not in ge and "write_s" in ge
+    gh = ge.get("heal", {}) if ge_ok else {}
+    note = (
+        " Erasure coding 4+2 (after the replica-2 part, whose cluster and volume were gone by then): Bramble a second emulated cluster,"
+        " `volume create vol1 --ec 4+2 n2 n3 n4 n5 n6 n7`, every command through n1 (no brick), the heal with `chaos kill n7` … `chaos restart n7` timed as above"
+    )
+    if ge_ok:
+        note += (
+            "; GlusterFS `gluster volume create VOL disperse 6 redundancy 2 HOST:B1 … HOST:B6 force`, FUSE-mounted, the same dd and the same heal with brick 6's glusterfsd"
+            + (f" (capped at {p['heal_timeout_s']} s a round; at least one round did not finish)" if gh.get("timed_out") else "")
+        )
+    else:
+        note += f"; GlusterFS's disperse volume was not measured: {ge.get('skipped', 'unknown reason')}"
+    scrub = be.get("scrub", {})
+    if scrub:
+        note += (
+            ". Scrub: after the heal rounds, with the big file and the heal files on the volume; `volume scrub vol1` timed until every brick node's agent.log"
+            " said `scrub pass finished`; a node's rate is the bytes of its shards over its pass's own time (the worker's log line), together is all six nodes'"
+            " bytes over the slowest node's pass (from the command to the last log line: "
+            + " / ".join(f"{x['seconds']:.2f} s" for x in (scrub.get("default"), scrub.get("lifted")) if x and x.get("seconds") is not None)
+            + "); for the lifted pass every agent was restarted (`bramble down`, `bramble up`) with `BRAMBLE_SCRUB_MIB_PER_SECOND` set."
+        )
+    else:
+        note += "."
+    return note
 
 
 def jobs(data):

@@ -640,6 +640,60 @@ fn the_recipe_runs_unchanged_inside_a_mount() {
         std::fs::read(&theirs).unwrap()
     );
     shell(&format!("rm -r {mount}/many && test ! -e {mount}/many"));
+    // Small files read right after their directory is listed are served from the bytes
+    // the listing brought (src/mount/quick_read.rs): what they hold, this mount's own
+    // changes at once, another client's within about a second.
+    shell(&format!(
+        "mkdir {mount}/quick && cd {mount}/quick && for i in $(seq 1 50); do echo content-$i > q$i; done && mkdir q25dir && echo inner > q25dir/inner"
+    ));
+    assert_eq!(
+        shell(&format!(
+            "ls {mount}/quick > /dev/null && cat {mount}/quick/q7 {mount}/quick/q42"
+        )),
+        "content-7\ncontent-42\n"
+    );
+    assert_eq!(
+        shell(&format!(
+            "cd {mount}/quick && ls > /dev/null && echo changed-here > q7 && cat q7 && ls > /dev/null && cat q7 && rm q8 && ls > /dev/null && echo again > q8 && cat q8"
+        )),
+        "changed-here\nchanged-here\nagain\n"
+    );
+    let copied = files.path().join("quick-copy");
+    shell(&format!("cp -r {mount}/quick {}", copied.display()));
+    // A directory sorts among the files (q25dir): each file still gets its own bytes.
+    for index in 1..=50 {
+        let expected = match index {
+            7 => "changed-here\n".to_string(),
+            8 => "again\n".to_string(),
+            _ => format!("content-{index}\n"),
+        };
+        assert_eq!(
+            std::fs::read_to_string(copied.join(format!("q{index}"))).unwrap(),
+            expected
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(copied.join("q25dir/inner")).unwrap(),
+        "inner\n"
+    );
+    shell(&format!("ls {mount}/quick > /dev/null"));
+    let rewrite = files.path().join("q9.theirs");
+    std::fs::write(&rewrite, b"theirs-9\n").unwrap();
+    cluster.bramble_ok(&[
+        "fs",
+        "put",
+        "--overwrite",
+        rewrite.to_str().unwrap(),
+        "vol0:/quick/q9",
+    ]);
+    let q9 = format!("{mount}/quick/q9");
+    let took = wait_until(
+        "the mount reads another client's rewrite",
+        Duration::from_secs(10),
+        || std::fs::read(&q9).is_ok_and(|bytes| bytes == b"theirs-9\n"),
+    );
+    println!("another client's rewrite read through the mount after {took:?}");
+    shell(&format!("rm -r {mount}/quick"));
     // What the mount wrote is what the CLI reads.
     let copy = files.path().join("notes.copy");
     get_via(&cluster, "n2", "vol0:/notes.txt", &copy);

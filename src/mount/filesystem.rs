@@ -17,7 +17,9 @@
 //! close, or when the limit fills; the agent rewrites only the blocks they touch.
 //! `truncate` to any size is a patch too. A file open for reading and writing stores what
 //! was written before it serves a read, so a read sees the handle's own writes. As with
-//! NFS, other open files see the changes once they are flushed (close-to-open).
+//! NFS, other open files see the changes once they are flushed (close-to-open), except
+//! that a small file read within a second of listing its directory is read as the listing
+//! brought it ([`super::quick_read`]).
 //!
 //! What this mount does not do yet, and answers with EOPNOTSUPP: symlinks, hard links,
 //! extended attributes; `chmod`, `chown` and `utimes` are accepted and not stored.
@@ -42,6 +44,7 @@ use super::behind::{BEHIND_MAX_BYTES, FlushBehind};
 use super::inodes::{Inodes, ROOT, child_path};
 use super::known::{Answer, KnownDirectories};
 use super::lock;
+use super::quick_read::QuickRead;
 use super::remote::Remote;
 
 /// How long the kernel may cache names and attributes.
@@ -106,6 +109,8 @@ struct Reader {
     /// Recent chunks, contiguous and in order: (offset, bytes).
     cache: VecDeque<(u64, Bytes)>,
     cached_bytes: usize,
+    /// The file's size when the cache holds all of it (bytes a listing brought).
+    whole: Option<u64>,
 }
 
 struct Upload {
@@ -221,6 +226,8 @@ pub struct VolumeFs {
     behind: Arc<FlushBehind>,
     /// Directories whose names this mount knows, for lookups of absent names.
     known: Arc<KnownDirectories>,
+    /// Small files' bytes from recent listings.
+    quick: Arc<QuickRead>,
     uid: u32,
     gid: u32,
 }
@@ -253,6 +260,7 @@ impl VolumeFs {
             statfs_cache: Arc::new(Mutex::new(None)),
             behind,
             known: Arc::new(KnownDirectories::default()),
+            quick: Arc::new(QuickRead::default()),
             uid,
             gid,
         }
@@ -317,9 +325,22 @@ struct Context {
     writing: Arc<Mutex<HashMap<String, u64>>>,
     behind: Arc<FlushBehind>,
     known: Arc<KnownDirectories>,
+    quick: Arc<QuickRead>,
 }
 
 impl Context {
+    /// This mount is writing `path` and holds `size` bytes of it so far.
+    fn writing_at(&self, path: &str, size: u64) {
+        lock(&self.writing).insert(path.to_string(), size);
+        self.quick.forget(path);
+    }
+
+    /// This mount has stored what it wrote to `path`: the cluster answers for it again.
+    fn done_writing(&self, path: &str) {
+        lock(&self.writing).remove(path);
+        self.quick.forget(path);
+    }
+
     /// Whether `name` (at `path`) in `directory` is known absent without asking the
     /// cluster ([`super::known`]); a directory whose names are no longer fresh is listed
     /// again first, once the commits running behind closes in it have landed.
@@ -333,7 +354,7 @@ impl Context {
             Answer::Refresh => {
                 self.behind.settle_within(directory).await;
                 let asked = Instant::now();
-                match self.list_all(directory).await {
+                match self.list_all(directory, false).await {
                     Ok(entries) => {
                         self.known
                             .learn(directory, asked, entries.iter().map(name_of));
@@ -355,10 +376,14 @@ impl Context {
             volume: self.volume.clone(),
             path: path.to_string(),
         };
-        self.remote.call(METHOD_FS_STAT, &request).await
+        let entry: FsEntry = self.remote.call(METHOD_FS_STAT, &request).await?;
+        self.quick.seen(path, entry.version);
+        Ok(entry)
     }
 
-    async fn list_all(&self, path: &str) -> Result<Vec<FsEntry>, RpcError> {
+    /// Every entry of a directory, page by page. With `with_content`, pages also bring
+    /// the bytes of small files while there is room to keep them ([`super::quick_read`]).
+    async fn list_all(&self, path: &str, with_content: bool) -> Result<Vec<FsEntry>, RpcError> {
         let mut entries = Vec::new();
         let mut start_after = None;
         loop {
@@ -368,7 +393,10 @@ impl Context {
                 start_after: start_after.take(),
                 limit: MAX_LIST_PAGE,
             };
-            let page: Listing = self.remote.call(METHOD_FS_LIST, &request).await?;
+            let page = match with_content.then(|| self.quick.ticket()).flatten() {
+                Some(ticket) => self.list_page_with_content(&request, ticket).await?,
+                None => self.remote.call(METHOD_FS_LIST, &request).await?,
+            };
             entries.extend(page.entries);
             if entries.len() > MAX_DIRECTORY_ENTRIES {
                 return Err(RpcError::new(
@@ -381,6 +409,38 @@ impl Context {
                 None => return Ok(entries),
             }
         }
+    }
+
+    /// One listing page, and the bytes of its small files kept for reads that follow. An
+    /// agent too old to send them is asked for the plain page (and not asked again).
+    async fn list_page_with_content(
+        &self,
+        request: &ListRequest,
+        ticket: super::quick_read::Ticket,
+    ) -> Result<Listing, RpcError> {
+        let page: ContentListing = match self.remote.call(METHOD_FS_LIST_CONTENT, request).await {
+            Ok(page) => page,
+            Err(error) if error.kind == ErrorKind::NotFound => {
+                let plain: Listing = self.remote.call(METHOD_FS_LIST, request).await?;
+                tracing::info!(%error, "the agent sends no file bytes with listings");
+                self.quick.agent_lacks_content();
+                return Ok(plain);
+            }
+            Err(error) => return Err(error),
+        };
+        let entries = &page.listing.entries;
+        let files = page.contents.into_iter().filter_map(|content| {
+            let entry = entries.get(content.entry as usize)?;
+            (entry.kind == EntryKind::File && entry.size == content.bytes.len() as u64).then(|| {
+                (
+                    entry.path.clone(),
+                    entry.version,
+                    Bytes::from(content.bytes),
+                )
+            })
+        });
+        self.quick.learn(ticket, files);
+        Ok(page.listing)
     }
 
     /// Stores `bytes` as the whole file at `path` (a small file, a truncate to 0, a file
@@ -536,7 +596,15 @@ impl Reader {
             stream: None,
             cache: VecDeque::new(),
             cached_bytes: 0,
+            whole: None,
         }
+    }
+
+    /// Serves every read from `bytes`, the whole file (brought by a listing).
+    fn hold_whole(&mut self, bytes: Bytes) {
+        self.whole = Some(bytes.len() as u64);
+        self.cached_bytes = bytes.len();
+        self.cache.push_back((0, bytes));
     }
 
     /// The bytes of [offset, offset + size) held in the cache, if all of them are.
@@ -592,6 +660,7 @@ impl Reader {
         if !usable {
             self.cache.clear();
             self.cached_bytes = 0;
+            self.whole = None;
             self.stream = Some(context.open_read_stream(&self.path, offset).await?);
         }
         loop {
@@ -622,6 +691,9 @@ impl Reader {
 
     /// The end of the file, once the stream has reached it.
     fn end(&self) -> Option<u64> {
+        if self.whole.is_some() {
+            return self.whole;
+        }
         self.stream
             .as_ref()
             .filter(|stream| stream.finished)
@@ -644,7 +716,7 @@ impl Writer {
             self.finish_stream(context).await?;
             self.add_dirty(offset, data);
             self.position = self.position.max(offset + data.len() as u64);
-            lock(&context.writing).insert(self.path.clone(), self.position);
+            context.writing_at(&self.path, self.position);
             if self.dirty_bytes >= DIRTY_LIMIT {
                 self.send_patches(context).await?;
             }
@@ -654,7 +726,7 @@ impl Writer {
             // Still small: held until the flush, which stores it in one call.
             self.buffered.extend_from_slice(data);
             self.position += data.len() as u64;
-            lock(&context.writing).insert(self.path.clone(), self.position);
+            context.writing_at(&self.path, self.position);
             return Ok(data.len() as u32);
         }
         if self.upload.is_none() {
@@ -672,7 +744,7 @@ impl Writer {
         }
         self.send_to_upload(Bytes::copy_from_slice(data)).await?;
         self.position += data.len() as u64;
-        lock(&context.writing).insert(self.path.clone(), self.position);
+        context.writing_at(&self.path, self.position);
         Ok(data.len() as u32)
     }
 
@@ -717,7 +789,7 @@ impl Writer {
         // While a commit behind an earlier close runs, the mount still answers for the
         // file; that commit hands it over when it lands.
         if !context.behind.is_pending(&self.path) {
-            lock(&context.writing).remove(&self.path);
+            context.done_writing(&self.path);
         }
         Ok(())
     }
@@ -737,6 +809,7 @@ impl Writer {
         let mode = self.mode;
         let committer = context.clone();
         let writing = context.writing.clone();
+        let quick = context.quick.clone();
         let finished_path = path.clone();
         context
             .behind
@@ -751,6 +824,7 @@ impl Writer {
                     if writing.get(&finished_path) == Some(&size) {
                         writing.remove(&finished_path);
                     }
+                    quick.forget(&finished_path);
                 },
             )
             .await;
@@ -812,7 +886,7 @@ impl Writer {
     fn fail_on(&mut self, context: &Context, outcome: Result<(), Errno>) -> Result<(), Errno> {
         if let Err(error) = outcome {
             self.error = Some(error);
-            lock(&context.writing).remove(&self.path);
+            context.done_writing(&self.path);
             return Err(error);
         }
         Ok(())
@@ -828,6 +902,7 @@ impl VolumeFs {
             writing: self.writing.clone(),
             behind: self.behind.clone(),
             known: self.known.clone(),
+            quick: self.quick.clone(),
         }
     }
 }
@@ -980,7 +1055,7 @@ impl Filesystem for VolumeFs {
                         writer.position = 0;
                         writer.stored_size = 0;
                         writer.stored = false;
-                        lock(&context.writing).insert(path.clone(), 0);
+                        context.writing_at(&path, 0);
                     } else if size != writer.position {
                         // What the handle holds is stored first, then the resize.
                         if let Err(error) = writer.store(&context).await {
@@ -1104,6 +1179,7 @@ impl Filesystem for VolumeFs {
                 Ok(_) => {
                     lock(&context.inodes).rename(&from, &to);
                     context.known.forget_all();
+                    context.quick.forget_all();
                     reply.ok();
                 }
                 // Too large to move at once: `mv` copies instead when told EXDEV.
@@ -1120,7 +1196,12 @@ impl Filesystem for VolumeFs {
         };
         let access = flags.0 & libc::O_ACCMODE;
         if access == libc::O_RDONLY {
-            let handle = self.add_handle(Handle::Read(Reader::new(path)));
+            let mut reader = Reader::new(path);
+            let being_written = lock(&self.writing).contains_key(&reader.path);
+            if let Some(bytes) = self.quick.bytes(&reader.path).filter(|_| !being_written) {
+                reader.hold_whole(bytes);
+            }
+            let handle = self.add_handle(Handle::Read(reader));
             return reply.opened(FileHandle(handle), FopenFlags::empty());
         }
         let truncate = flags.0 & libc::O_TRUNC != 0;
@@ -1292,7 +1373,7 @@ impl Filesystem for VolumeFs {
             // Files closed here whose commit is still running are listed once it lands.
             context.behind.settle_within(&path).await;
             let asked = Instant::now();
-            match context.list_all(&path).await {
+            match context.list_all(&path, true).await {
                 Ok(entries) => {
                     context
                         .known
@@ -1530,7 +1611,7 @@ impl Filesystem for VolumeFs {
             // store refuses to replace one of the same name: the close reports EEXIST.
             let mut writer = Writer::new(path.clone(), mode, 0, false);
             writer.exclusive = flags & libc::O_EXCL != 0;
-            lock(&context.writing).insert(path.clone(), 0);
+            context.writing_at(&path, 0);
             context.known.added(&path);
             lock(&handles).insert(
                 next,
@@ -1627,6 +1708,7 @@ impl VolumeFs {
                     }
                 };
                 context.known.removed(&path);
+                context.quick.forget(&path);
                 context.behind.commit("remove", path, removal, || {}).await;
                 return reply.ok();
             }
@@ -1637,6 +1719,7 @@ impl VolumeFs {
             {
                 Ok(_) => {
                     context.known.removed(&path);
+                    context.quick.forget(&path);
                     reply.ok()
                 }
                 Err(error) if error.kind == ErrorKind::WrongType && !directory => {

@@ -3,7 +3,8 @@
 //! GlusterFS's FUSE client: it reaches any agent with the operator's credential and moves
 //! file bodies over bulk streams ([`remote`]); [`filesystem`] answers the kernel;
 //! [`inodes`] maps the kernel's inode numbers to volume paths; [`known`] answers lookups
-//! of names absent from a directory this mount has just made or listed.
+//! of names absent from a directory this mount has just made or listed; [`quick_read`]
+//! serves reads of small files from the listing that has just brought their bytes.
 //!
 //! By default the command starts the mount in the background (like `mount -t
 //! glusterfs`) and returns once the directory is mounted; `--foreground` keeps it
@@ -13,6 +14,7 @@ mod behind;
 mod filesystem;
 mod inodes;
 mod known;
+mod quick_read;
 mod remote;
 
 use std::path::{Path, PathBuf};

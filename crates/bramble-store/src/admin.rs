@@ -54,6 +54,9 @@ pub const METHOD_VOLUME_CHANGE_BRICKS: &str = "store.volume_change_bricks";
 pub const METHOD_VOLUME_REPLACE_BRICK: &str = "store.volume_replace_brick";
 pub const METHOD_FS_STAT: &str = "store.fs_stat";
 pub const METHOD_FS_LIST: &str = "store.fs_list";
+/// `fs_list` whose page also carries the bytes of the small files kept in their records
+/// (`ListRequest` → [`ContentListing`]): a mount reads them back without a call each.
+pub const METHOD_FS_LIST_CONTENT: &str = "store.fs_list_content";
 pub const METHOD_FS_REMOVE: &str = "store.fs_remove";
 pub const METHOD_FS_RENAME: &str = "store.fs_rename";
 pub const METHOD_FS_MKDIR: &str = "store.fs_mkdir";
@@ -224,6 +227,25 @@ pub struct Listing {
     pub entries: Vec<FsEntry>,
     /// Pass as `start_after` for the next page.
     pub next_start_after: Option<String>,
+}
+
+/// A listing page with the bytes of its small files: those kept in their catalog record
+/// (at most [`crate::file::INLINE_MAX_BYTES`] each), checked against their hash by the
+/// agent. A page's records come from one catalog scan page, which ends at
+/// `MAX_SCAN_PAGE_BYTES` of values, so the bytes a page carries are bounded by it too.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContentListing {
+    pub listing: Listing,
+    pub contents: Vec<ListedContent>,
+}
+
+/// The bytes of one listed file: `entry` indexes the page's entries (whose `version`
+/// they are of).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListedContent {
+    pub entry: u32,
+    #[serde(with = "serde_bytes")]
+    pub bytes: Vec<u8>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

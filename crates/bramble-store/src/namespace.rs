@@ -12,7 +12,7 @@ use bramble_meta::api::{Consistency, ScanRequest};
 use bramble_meta::types::{Command, CommandResult, Condition, MAX_BATCH_OPERATIONS, Operation};
 use bramble_net::{ErrorKind, RpcError};
 
-use crate::admin::{EntryKind, FsEntry, Listing, MAX_LIST_PAGE};
+use crate::admin::{ContentListing, EntryKind, FsEntry, ListedContent, Listing, MAX_LIST_PAGE};
 use crate::file::{DirectoryRecord, FileRecord, StoredEntry, now_ns};
 use crate::keys;
 use crate::node::Storage;
@@ -165,6 +165,16 @@ fn entry_of_found(path: &str, found: &Found) -> FsEntry {
     }
 }
 
+/// The bytes a listing carries for the file at `entry`: those kept in its record, when
+/// they match their hash.
+fn listed_content(entry: usize, record: &FileRecord) -> Option<ListedContent> {
+    let bytes = record.inline.as_ref()?.checked().ok()?;
+    Some(ListedContent {
+        entry: entry as u32,
+        bytes: bytes.to_vec(),
+    })
+}
+
 fn not_found(volume: &str, path: &str) -> RpcError {
     RpcError::new(
         ErrorKind::NotFound,
@@ -194,6 +204,24 @@ impl Storage {
         start_after: Option<&str>,
         limit: u32,
     ) -> Result<Listing, RpcError> {
+        Ok(self
+            .list_page(volume, path, start_after, limit, false)
+            .await?
+            .listing)
+    }
+
+    /// One page of a directory's entries, in name order, and with `with_content` the
+    /// bytes of the small files whose records keep them (checked against their hash; a
+    /// record whose bytes fail the check is listed without them, and a read of it reports
+    /// the damage).
+    pub async fn list_page(
+        &self,
+        volume: &str,
+        path: &str,
+        start_after: Option<&str>,
+        limit: u32,
+        with_content: bool,
+    ) -> Result<ContentListing, RpcError> {
         let spec = self.started_volume(volume).await?;
         let path = normalize(path)?;
         if !(1..=MAX_LIST_PAGE).contains(&limit) {
@@ -204,9 +232,16 @@ impl Storage {
         match lookup(self, &spec.name, &path, Consistency::Linearizable).await? {
             None => return Err(not_found(volume, &path)),
             Some(Found::File { record, version }) => {
-                return Ok(Listing {
-                    entries: vec![entry_of_file(&path, &record, version)],
-                    next_start_after: None,
+                let mut contents = Vec::new();
+                if with_content {
+                    contents.extend(listed_content(0, &record));
+                }
+                return Ok(ContentListing {
+                    listing: Listing {
+                        entries: vec![entry_of_file(&path, &record, version)],
+                        next_start_after: None,
+                    },
+                    contents,
                 });
             }
             Some(_) => {}
@@ -228,6 +263,7 @@ impl Storage {
             })
             .await?;
         let mut entries = Vec::new();
+        let mut contents = Vec::new();
         for (key, value) in &page.entries {
             if *key == prefix {
                 continue;
@@ -237,6 +273,9 @@ impl Storage {
             };
             if let StoredEntry::File(record) = decode(key, &value.value)? {
                 entries.push(entry_of_file(entry_path, &record, value.version));
+                if with_content {
+                    contents.extend(listed_content(entries.len() - 1, &record));
+                }
             }
         }
         for common in &page.common_prefixes {
@@ -257,14 +296,27 @@ impl Storage {
             };
             entries.push(entry_of_found(entry_path, &found));
         }
+        // Directories join the files in name order; the contents follow their entries.
+        let mut order: Vec<usize> = (0..entries.len()).collect();
+        order.sort_by(|a, b| entries[*a].path.cmp(&entries[*b].path));
+        let mut position = vec![0u32; entries.len()];
+        for (sorted, original) in order.iter().enumerate() {
+            position[*original] = sorted as u32;
+        }
+        for content in &mut contents {
+            content.entry = position[content.entry as usize];
+        }
         entries.sort_by(|a, b| a.path.cmp(&b.path));
-        Ok(Listing {
-            entries,
-            next_start_after: page
-                .next_start_after
-                .as_deref()
-                .and_then(|key| keys::path_of_key(&spec.name, key))
-                .map(|path| path.trim_end_matches('/').to_string()),
+        Ok(ContentListing {
+            listing: Listing {
+                entries,
+                next_start_after: page
+                    .next_start_after
+                    .as_deref()
+                    .and_then(|key| keys::path_of_key(&spec.name, key))
+                    .map(|path| path.trim_end_matches('/').to_string()),
+            },
+            contents,
         })
     }
 

@@ -168,6 +168,20 @@ impl Handler for StoreService {
                         .await?,
                 )
             }
+            "fs_list_content" => {
+                let list: ListRequest = request.decode()?;
+                encode(
+                    &storage
+                        .list_page(
+                            &list.volume,
+                            &list.path,
+                            list.start_after.as_deref(),
+                            list.limit,
+                            true,
+                        )
+                        .await?,
+                )
+            }
             "fs_remove" => {
                 let remove: RemoveRequest = request.decode()?;
                 encode(
