@@ -58,8 +58,10 @@
 #              --ec 4+2 n2 n3 n4 n5 n6 n7`, gateway n1 (no brick): `fs put` / `fs get` of
 #              the SIZE_MIB file, the same dd write and read through `bramble mount`, S3
 #              (aws-cli) when installed, the agents' CPU time and RSS as above, and the same
-#              heal rounds with n7 killed; the functions are the replica-2 part's, given the
-#              volume and the brick
+#              heal rounds with n7 killed, once every node's store-reclaim worker has
+#              deleted the S3 object's blocks (a deletion n7 misses would stay on it as an
+#              orphan until scrub's hourly sweep); the functions are the replica-2 part's,
+#              given the volume and the brick
 #   scrub:     on that EC volume (the SIZE_MIB file and the heal files stay on it; each
 #              brick holds a quarter of them as shards): `bramble volume scrub vol1` with
 #              the caches dropped, timed until every brick node's agent.log has a new
@@ -74,7 +76,7 @@
 # does not fsync. The machine may be shared: the load average before and after is recorded.
 #
 # Run from anywhere, as root (drop_caches, glusterd, the FUSE mount); about 5 minutes with
-# the defaults for the replica-2 part, 1-2 of them GlusterFS's stall, and about 3 more for
+# the defaults for the replica-2 part, 1-2 of them GlusterFS's stall, and 3-4 more for
 # erasure coding and the scrub passes:
 #   bench/storage.sh                         SIZE_MIB=64 SMALL_FILES=100 bench/storage.sh
 # Environment: SIZE_MIB=1024, SMALL_FILES=2000, SKIP_GLUSTER=0 (1: Bramble and dd only),
@@ -967,6 +969,23 @@ stop_cluster "$CLUSTER_DIR"
 
 # --- erasure coding 4+2 -----------------------------------------------------------------
 
+# wait_reclaimed KEY: waits (up to 60 s) until every node's store-reclaim worker is idle
+# with an empty queue, so the blocks of files just removed are gone from every brick before
+# a node is killed (a deletion its brick misses leaves an orphan for scrub's hourly sweep,
+# which would also swell that brick's next scrub pass); the wait as KEY.reclaim_wait_s.
+wait_reclaimed() {
+    local t=$EPOCHREALTIME deadline=$((SECONDS + 60))
+    until "$BRAMBLE" workers --json --addr "$GW" 2>/dev/null | python3 -c '
+import json, sys
+busy = [n["node"] for n in json.load(sys.stdin) for w in n.get("workers") or []
+        if w["name"] == "store-reclaim" and (w["state"] != "idle" or (w.get("queue") or 0) > 0)]
+sys.exit(1 if busy else 0)'; do
+        ((SECONDS < deadline)) || { log "$1: store-reclaim still busy after 60 s"; break; }
+        sleep 0.2
+    done
+    rec "$1.reclaim_wait_s" "$(since "$t")"
+}
+
 # scrub_passes NODE -> how many "scrub pass finished" lines NODE's agent.log holds.
 scrub_passes() {
     local count
@@ -980,7 +999,7 @@ scrub_passes() {
 # worker's own figures (blocks, seconds) of each node's pass and the payload bytes on its
 # bricks (`volume status`), as KEY.scrub.LABEL.
 bramble_scrub() {
-    local key="$1.scrub.$3" vol="$2" t ticks node finished deadline
+    local key="$1.scrub.$3" vol="$2" t ticks node finished deadline wall
     local -a nodes
     local -A before
     "$BRAMBLE" volume status "$vol" --json --addr "$GW" >"$SCRATCH_DIR/scrub-status.json"
@@ -1001,7 +1020,8 @@ bramble_scrub() {
         ((SECONDS < deadline)) || break
         sleep 0.05
     done
-    rec "$key.seconds" "$(since "$t")"
+    wall="$(since "$t")"
+    rec "$key.seconds" "$wall"
     rec "$key.timed_out" "$([[ $finished == "${#nodes[@]}" ]] && echo false || echo true)"
     rec_cpu "$key.agent_cpu_s" "$ticks" agent_list
     rec "$key.asked" "$(json_field "$SCRATCH_DIR/scrub.json" nodes)"
@@ -1019,7 +1039,7 @@ PY
     done
     "$BRAMBLE" workers --json --addr "$GW" >"$SCRATCH_DIR/workers.json" 2>/dev/null &&
         rec "$key.worker_progress" "$(python3 -c 'import json, sys; print(json.dumps({n["node"]: w["progress"] for n in json.load(open(sys.argv[1])) for w in n.get("workers") or [] if w["name"] == "store-scrub"}))' "$SCRATCH_DIR/workers.json")"
-    log "$1: scrub pass ($3) over ${#nodes[@]} brick nodes: $(since "$t") s"
+    log "$1: scrub pass ($3) over ${#nodes[@]} brick nodes: $wall s from the command to the last node's log line"
 }
 
 if [[ "$SKIP_EC" == 1 ]]; then
@@ -1054,6 +1074,7 @@ else
     log "bramble_ec: $SIZE_MIB MiB through the mount verified"
     bramble_s3 bramble_ec vol1
     bramble_rss bramble_ec after_s3
+    wait_reclaimed bramble_ec
     for round in $(seq "$HEAL_ROUNDS"); do bramble_heal_round bramble_ec vol1 n7 "$round"; done
     bramble_rss bramble_ec end
 

@@ -44,7 +44,7 @@ use super::behind::{BEHIND_MAX_BYTES, FlushBehind};
 use super::inodes::{Inodes, ROOT, child_path};
 use super::known::{Answer, KnownDirectories};
 use super::lock;
-use super::quick_read::QuickRead;
+use super::quick_read::{Plan, QuickRead, READ_AHEAD_FILES, Ticket};
 use super::remote::Remote;
 
 /// How long the kernel may cache names and attributes.
@@ -279,12 +279,6 @@ impl VolumeFs {
         Ok(child_path(&self.path_of(parent)?, name))
     }
 
-    fn add_handle(&self, handle: Handle) -> u64 {
-        let number = self.next_handle.fetch_add(1, Ordering::Relaxed);
-        lock(&self.handles).insert(number, Arc::new(tokio::sync::Mutex::new(handle)));
-        number
-    }
-
     fn handle(&self, number: FileHandle) -> Option<SharedHandle> {
         lock(&self.handles).get(&number.0).cloned()
     }
@@ -354,7 +348,7 @@ impl Context {
             Answer::Refresh => {
                 self.behind.settle_within(directory).await;
                 let asked = Instant::now();
-                match self.list_all(directory, false).await {
+                match self.list_all(directory).await {
                     Ok(entries) => {
                         self.known
                             .learn(directory, asked, entries.iter().map(name_of));
@@ -381,9 +375,8 @@ impl Context {
         Ok(entry)
     }
 
-    /// Every entry of a directory, page by page. With `with_content`, pages also bring
-    /// the bytes of small files while there is room to keep them ([`super::quick_read`]).
-    async fn list_all(&self, path: &str, with_content: bool) -> Result<Vec<FsEntry>, RpcError> {
+    /// Every entry of a directory, page by page.
+    async fn list_all(&self, path: &str) -> Result<Vec<FsEntry>, RpcError> {
         let mut entries = Vec::new();
         let mut start_after = None;
         loop {
@@ -393,10 +386,7 @@ impl Context {
                 start_after: start_after.take(),
                 limit: MAX_LIST_PAGE,
             };
-            let page = match with_content.then(|| self.quick.ticket()).flatten() {
-                Some(ticket) => self.list_page_with_content(&request, ticket).await?,
-                None => self.remote.call(METHOD_FS_LIST, &request).await?,
-            };
+            let page: Listing = self.remote.call(METHOD_FS_LIST, &request).await?;
             entries.extend(page.entries);
             if entries.len() > MAX_DIRECTORY_ENTRIES {
                 return Err(RpcError::new(
@@ -411,24 +401,56 @@ impl Context {
         }
     }
 
-    /// One listing page, and the bytes of its small files kept for reads that follow. An
-    /// agent too old to send them is asked for the plain page (and not asked again).
-    async fn list_page_with_content(
-        &self,
-        request: &ListRequest,
-        ticket: super::quick_read::Ticket,
-    ) -> Result<Listing, RpcError> {
-        let page: ContentListing = match self.remote.call(METHOD_FS_LIST_CONTENT, request).await {
-            Ok(page) => page,
-            Err(error) if error.kind == ErrorKind::NotFound => {
-                let plain: Listing = self.remote.call(METHOD_FS_LIST, request).await?;
-                tracing::info!(%error, "the agent sends no file bytes with listings");
-                self.quick.agent_lacks_content();
-                return Ok(plain);
+    /// Opens `path` for reading, with the bytes of a small file when they are at hand or
+    /// come with a read-ahead page ([`super::quick_read`]).
+    async fn open_reader(&self, path: String) -> Reader {
+        let mut reader = Reader::new(path);
+        if lock(&self.writing).contains_key(&reader.path) {
+            return reader;
+        }
+        let bytes = match self.quick.open(&reader.path) {
+            Plan::Hit(bytes) => Some(bytes),
+            Plan::Ask => None,
+            Plan::ReadAhead {
+                directory,
+                start_after,
+                ticket,
+            } => {
+                self.read_ahead(directory, start_after, ticket).await;
+                self.quick.bytes(&reader.path)
             }
-            Err(error) => return Err(error),
+        };
+        if let Some(bytes) = bytes {
+            reader.hold_whole(bytes);
+        }
+        reader
+    }
+
+    /// Asks for the page of `directory` after `start_after` with its small files' bytes,
+    /// and keeps them. A failure only means the files are read one by one.
+    async fn read_ahead(&self, directory: String, start_after: String, ticket: Ticket) {
+        let request = ListRequest {
+            volume: self.volume.clone(),
+            path: directory.clone(),
+            start_after: Some(start_after),
+            limit: READ_AHEAD_FILES,
+        };
+        let page: ContentListing = match self.remote.call(METHOD_FS_LIST_CONTENT, &request).await {
+            Ok(page) => page,
+            Err(error) => {
+                if error.kind == ErrorKind::NotFound && error.message.contains("has no method") {
+                    tracing::info!(%error, "the agent sends no file bytes with listings");
+                    self.quick.agent_lacks_content();
+                }
+                return;
+            }
         };
         let entries = &page.listing.entries;
+        let covered_until = page
+            .listing
+            .next_start_after
+            .as_deref()
+            .map(|next| bramble_store::paths::file_name(next).to_string());
         let files = page.contents.into_iter().filter_map(|content| {
             let entry = entries.get(content.entry as usize)?;
             (entry.kind == EntryKind::File && entry.size == content.bytes.len() as u64).then(|| {
@@ -439,8 +461,8 @@ impl Context {
                 )
             })
         });
-        self.quick.learn(ticket, files);
-        Ok(page.listing)
+        let held = self.quick.learn(ticket, &directory, covered_until, files);
+        tracing::debug!(directory, held, "read ahead");
     }
 
     /// Stores `bytes` as the whole file at `path` (a small file, a truncate to 0, a file
@@ -1196,13 +1218,18 @@ impl Filesystem for VolumeFs {
         };
         let access = flags.0 & libc::O_ACCMODE;
         if access == libc::O_RDONLY {
-            let mut reader = Reader::new(path);
-            let being_written = lock(&self.writing).contains_key(&reader.path);
-            if let Some(bytes) = self.quick.bytes(&reader.path).filter(|_| !being_written) {
-                reader.hold_whole(bytes);
-            }
-            let handle = self.add_handle(Handle::Read(reader));
-            return reply.opened(FileHandle(handle), FopenFlags::empty());
+            let context = self.context();
+            let handles = self.handles.clone();
+            let next = self.next_handle.fetch_add(1, Ordering::Relaxed);
+            self.runtime.spawn(async move {
+                let reader = context.open_reader(path).await;
+                lock(&handles).insert(
+                    next,
+                    Arc::new(tokio::sync::Mutex::new(Handle::Read(reader))),
+                );
+                reply.opened(FileHandle(next), FopenFlags::empty());
+            });
+            return;
         }
         let truncate = flags.0 & libc::O_TRUNC != 0;
         let context = self.context();
@@ -1373,7 +1400,7 @@ impl Filesystem for VolumeFs {
             // Files closed here whose commit is still running are listed once it lands.
             context.behind.settle_within(&path).await;
             let asked = Instant::now();
-            match context.list_all(&path, true).await {
+            match context.list_all(&path).await {
                 Ok(entries) => {
                     context
                         .known

@@ -1,16 +1,19 @@
-//! The bytes of small files, as a directory listing brought them, so that reading such a
-//! file right after listing its directory needs no call to an agent.
+//! Small files read one after another in a directory, fetched a page at a time: reading
+//! each of them then needs no call of its own to an agent.
 //!
-//! `cp -r` out of the mount lists a directory, then opens and reads every file in it: one
+//! `cp -r` out of the mount opens and reads every file of a directory in name order: one
 //! call per file, most of the time of a small file's read-back. The agent keeps a small
-//! file's bytes in its catalog record, and a listing reads those records anyway, so the
-//! mount's listings ask for them (`store.fs_list_content`). They are kept for
-//! [`FRESH_FOR`] from the moment the listing was sent, the same second for which the
-//! kernel keeps the attributes (size, time) that came with them; an open within that
-//! second reads them. This mount's own changes to a path (a write, a truncate, a removal,
-//! a rename) drop what it held for it, and a newer version seen by a lookup does too. A
-//! file another client rewrote less than [`FRESH_FOR`] ago may be read as it was — the
-//! bargain GlusterFS's quick-read translator makes (on by default, 1 s by default).
+//! file's bytes in its catalog record, so a listing page can carry them
+//! (`store.fs_list_content`). When a file is opened in a directory whose previous open,
+//! less than [`FRESH_FOR`] ago, was of a name before it, the mount asks for the page of
+//! [`READ_AHEAD_FILES`] entries that follows that name, and keeps the bytes it brings for
+//! [`FRESH_FOR`] from the moment the page was asked for — the same second for which the
+//! kernel keeps a file's attributes; opens within that second read them. This mount's own
+//! changes to a path (a write, a truncate, a removal, a rename) drop what it held for it,
+//! and a page asked for before such a change is not kept; a newer version seen by a
+//! lookup drops the bytes too. A file another client rewrote less than [`FRESH_FOR`] ago
+//! may be read as it was — the bargain GlusterFS's quick-read translator makes (on by
+//! default, with a 1 s cache timeout by default).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -19,12 +22,20 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use bramble_store::paths;
+
+use super::inodes::child_path;
 use super::lock;
 
 /// How long listed bytes are read instead of the cluster's, after the listing was sent.
 pub const FRESH_FOR: Duration = Duration::from_secs(1);
-/// Most bytes held at once; a listing past it brings no more until older ones expire.
+/// Most bytes held at once; a page past it brings no more until older ones expire.
 pub const CAPACITY_BYTES: usize = 16 * 1024 * 1024;
+/// Entries one read-ahead page lists (a catalog scan page also ends at 1 MiB of records,
+/// about 250 small files).
+pub const READ_AHEAD_FILES: u32 = 256;
+/// Directories whose reading order is followed at once; the oldest is dropped beyond.
+const MAX_SEQUENCES: usize = 16;
 
 /// When a listing that asks for bytes was sent, and what this mount had changed by then.
 #[derive(Debug, Clone, Copy)]
@@ -53,6 +64,45 @@ struct Holding {
     bytes: usize,
     /// Counts this mount's changes: a listing sent before one may hold bytes it replaced.
     changes: u64,
+    /// Per directory, the files opened in it lately.
+    sequences: HashMap<String, Sequence>,
+}
+
+/// The last open in a directory, and how far the last read-ahead page reached.
+struct Sequence {
+    last_opened: String,
+    at: Instant,
+    /// The page asked for at this instant covered the names up to this one (`None`: to
+    /// the end of the directory).
+    covered: Option<(Instant, Option<String>)>,
+}
+
+impl Sequence {
+    /// Whether the last page, still fresh, already answered for `name` (a file it
+    /// brought no bytes for is not small, or gone: it is asked for alone).
+    fn covers(&self, name: &str) -> bool {
+        match &self.covered {
+            Some((asked, until)) if asked.elapsed() < FRESH_FOR => {
+                until.as_deref().is_none_or(|until| name <= until)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// What an open should do.
+#[derive(Debug)]
+pub enum Plan {
+    /// Read these bytes: the whole file.
+    Hit(Bytes),
+    /// Ask for the page after `start_after` (a path) in `directory`, then look again.
+    ReadAhead {
+        directory: String,
+        start_after: String,
+        ticket: Ticket,
+    },
+    /// Read the file from the cluster.
+    Ask,
 }
 
 impl Holding {
@@ -68,44 +118,116 @@ impl Holding {
         self.bytes -= freed;
     }
 
+    fn follow(&mut self, directory: &str, name: &str) {
+        let now = Instant::now();
+        if let Some(sequence) = self.sequences.get_mut(directory) {
+            sequence.last_opened = name.to_string();
+            sequence.at = now;
+            return;
+        }
+        if self.sequences.len() >= MAX_SEQUENCES {
+            let oldest = self
+                .sequences
+                .iter()
+                .min_by_key(|(_, sequence)| sequence.at)
+                .map(|(directory, _)| directory.clone());
+            if let Some(oldest) = oldest {
+                self.sequences.remove(&oldest);
+            }
+        }
+        self.sequences.insert(
+            directory.to_string(),
+            Sequence {
+                last_opened: name.to_string(),
+                at: now,
+                covered: None,
+            },
+        );
+    }
+
     fn remove(&mut self, path: &str) {
         if let Some(held) = self.files.remove(path) {
             self.bytes -= held.bytes.len();
         }
     }
+
+    fn fresh(&mut self, path: &str) -> Option<Bytes> {
+        let fresh = self
+            .files
+            .get(path)
+            .map(|held| held.since.elapsed() < FRESH_FOR)?;
+        if !fresh {
+            self.remove(path);
+            return None;
+        }
+        self.files.get(path).map(|held| held.bytes.clone())
+    }
 }
 
 impl QuickRead {
-    /// Whether a listing should ask for bytes (there is room for some), and if so the
-    /// ticket to hand to [`QuickRead::learn`] with its answer.
-    pub fn ticket(&self) -> Option<Ticket> {
-        if self.unsupported.load(Ordering::Relaxed) {
-            return None;
-        }
+    /// What an open of `path` for reading should do (see the module documentation).
+    pub fn open(&self, path: &str) -> Plan {
+        let directory = paths::parent(path);
+        let name = paths::file_name(path);
         let mut holding = lock(&self.held);
+        if let Some(bytes) = holding.fresh(path) {
+            holding.follow(directory, name);
+            return Plan::Hit(bytes);
+        }
+        let read_ahead = holding.sequences.get(directory).and_then(|sequence| {
+            let in_order = sequence.at.elapsed() < FRESH_FOR
+                && sequence.last_opened.as_str() < name
+                && !sequence.covers(name);
+            in_order.then(|| child_path(directory, &sequence.last_opened))
+        });
+        holding.follow(directory, name);
         holding.drop_expired(Instant::now());
-        (holding.bytes < CAPACITY_BYTES).then(|| Ticket {
-            asked: Instant::now(),
-            changes: holding.changes,
-        })
+        match read_ahead {
+            Some(start_after)
+                if holding.bytes < CAPACITY_BYTES && !self.unsupported.load(Ordering::Relaxed) =>
+            {
+                Plan::ReadAhead {
+                    directory: directory.to_string(),
+                    start_after,
+                    ticket: Ticket {
+                        asked: Instant::now(),
+                        changes: holding.changes,
+                    },
+                }
+            }
+            _ => Plan::Ask,
+        }
     }
 
-    /// Keeps the bytes of files (path, version, bytes) a listing brought, as many as fit;
-    /// none if this mount changed anything since the listing was sent (its answer may
-    /// hold what the change replaced).
-    pub fn learn(&self, ticket: Ticket, files: impl IntoIterator<Item = (String, u64, Bytes)>) {
+    /// Keeps the bytes of files (path, version, bytes) a read-ahead page of `directory`
+    /// brought, as many as fit, and how far it reached (`covered_until`, a name; `None`:
+    /// the end of the directory); nothing if this mount changed anything since the page
+    /// was asked for (its answer may hold what the change replaced). Returns how many
+    /// files it kept.
+    pub fn learn(
+        &self,
+        ticket: Ticket,
+        directory: &str,
+        covered_until: Option<String>,
+        files: impl IntoIterator<Item = (String, u64, Bytes)>,
+    ) -> usize {
         let mut holding = lock(&self.held);
         if holding.changes != ticket.changes {
-            return;
+            return 0;
+        }
+        if let Some(sequence) = holding.sequences.get_mut(directory) {
+            sequence.covered = Some((ticket.asked, covered_until));
         }
         holding.drop_expired(Instant::now());
         let asked = ticket.asked;
+        let mut kept = 0;
         for (path, version, bytes) in files {
             holding.remove(&path);
             if holding.bytes + bytes.len() > CAPACITY_BYTES {
                 continue;
             }
             holding.bytes += bytes.len();
+            kept += 1;
             holding.files.insert(
                 path,
                 Held {
@@ -115,25 +237,17 @@ impl QuickRead {
                 },
             );
         }
+        kept
     }
 
-    /// The agent does not send bytes with listings: stop asking.
+    /// The agent does not send bytes with listings (an older version): stop asking.
     pub fn agent_lacks_content(&self) {
         self.unsupported.store(true, Ordering::Relaxed);
     }
 
-    /// The bytes of `path` if a listing brought them less than [`FRESH_FOR`] ago.
+    /// The bytes of `path` if a page brought them less than [`FRESH_FOR`] ago.
     pub fn bytes(&self, path: &str) -> Option<Bytes> {
-        let mut holding = lock(&self.held);
-        let fresh = holding
-            .files
-            .get(path)
-            .map(|held| held.since.elapsed() < FRESH_FOR)?;
-        if !fresh {
-            holding.remove(path);
-            return None;
-        }
-        holding.files.get(path).map(|held| held.bytes.clone())
+        lock(&self.held).fresh(path)
     }
 
     /// A lookup saw `path` at `version`: bytes of another version are dropped.
@@ -178,51 +292,77 @@ mod tests {
         (path.to_string(), version, Bytes::from(vec![7u8; size]))
     }
 
-    fn ticket(quick: &QuickRead) -> Ticket {
-        quick.ticket().expect("room")
+    /// Opens `first` then `second` in one directory: the second asks for a page.
+    fn read_ahead_after(quick: &QuickRead, first: &str, second: &str) -> (String, Ticket) {
+        assert!(matches!(quick.open(first), Plan::Ask));
+        match quick.open(second) {
+            Plan::ReadAhead {
+                start_after,
+                ticket,
+                ..
+            } => (start_after, ticket),
+            other => panic!("expected a read-ahead, got {other:?}"),
+        }
     }
 
     #[test]
-    fn listed_bytes_are_read_for_a_second_then_dropped() {
+    fn files_opened_in_order_are_read_from_one_page_for_a_second() {
         let quick = QuickRead::default();
-        quick.learn(ticket(&quick), [file("d/a", 3, 10)]);
-        assert_eq!(quick.bytes("d/a").map(|bytes| bytes.len()), Some(10));
-        assert_eq!(quick.bytes("d/b"), None);
-        let mut old = ticket(&quick);
+        let (start_after, ticket) = read_ahead_after(&quick, "d/a", "d/b");
+        assert_eq!(start_after, "d/a");
+        quick.learn(
+            ticket,
+            "d",
+            Some("cz".to_string()),
+            [file("d/b", 3, 10), file("d/c", 3, 10)],
+        );
+        assert_eq!(quick.bytes("d/b").map(|bytes| bytes.len()), Some(10));
+        assert!(matches!(quick.open("d/c"), Plan::Hit(bytes) if bytes.len() == 10));
+        // A name the page covered without bytes (a large file) is read alone, with no
+        // second page; a name past the page asks for the next one.
+        assert!(matches!(quick.open("d/ca"), Plan::Ask));
+        assert!(
+            matches!(quick.open("d/e"), Plan::ReadAhead { start_after, .. } if start_after == "d/ca")
+        );
+        // Out of order: no page.
+        assert!(matches!(quick.open("d/0"), Plan::Ask));
+        // Bytes from a page asked for over a second ago are not used.
+        let (_, mut old) = read_ahead_after(&quick, "old/a", "old/b");
         old.asked -= FRESH_FOR + Duration::from_millis(1);
-        quick.learn(old, [file("d/old", 1, 10)]);
-        assert_eq!(quick.bytes("d/old"), None);
-        assert_eq!(quick.held_bytes(), 10);
+        quick.learn(old, "old", None, [file("old/c", 1, 10)]);
+        assert_eq!(quick.bytes("old/c"), None);
+        assert_eq!(quick.held_bytes(), 20);
     }
 
     #[test]
-    fn a_listing_sent_before_a_change_here_is_not_trusted() {
+    fn a_page_asked_for_before_a_change_here_is_not_kept() {
         let quick = QuickRead::default();
-        let before = ticket(&quick);
-        quick.forget("d/a");
-        quick.learn(before, [file("d/a", 1, 10), file("d/b", 1, 10)]);
-        assert_eq!(quick.bytes("d/a"), None);
+        let (_, before) = read_ahead_after(&quick, "d/a", "d/b");
+        quick.forget("d/c");
+        quick.learn(before, "d", None, [file("d/b", 1, 10), file("d/c", 1, 10)]);
         assert_eq!(quick.bytes("d/b"), None);
-        quick.learn(ticket(&quick), [file("d/a", 2, 10)]);
-        assert!(quick.bytes("d/a").is_some());
+        assert_eq!(quick.bytes("d/c"), None);
     }
 
     #[test]
     fn changes_and_newer_versions_drop_what_was_held() {
         let quick = QuickRead::default();
+        let (_, ticket) = read_ahead_after(&quick, "a", "b");
         quick.learn(
-            ticket(&quick),
-            [file("a", 1, 5), file("b", 1, 5), file("c", 1, 5)],
+            ticket,
+            "",
+            None,
+            [file("b", 1, 5), file("c", 1, 5), file("d", 1, 5)],
         );
-        quick.seen("a", 1);
-        assert!(quick.bytes("a").is_some(), "the same version stays");
-        quick.seen("a", 2);
-        assert_eq!(quick.bytes("a"), None);
-        quick.forget("b");
+        quick.seen("b", 1);
+        assert!(quick.bytes("b").is_some(), "the same version stays");
+        quick.seen("b", 2);
         assert_eq!(quick.bytes("b"), None);
+        quick.forget("c");
+        assert_eq!(quick.bytes("c"), None);
         assert_eq!(quick.held_bytes(), 5);
         quick.forget_all();
-        assert_eq!(quick.bytes("c"), None);
+        assert_eq!(quick.bytes("d"), None);
         assert_eq!(quick.held_bytes(), 0);
     }
 
@@ -230,17 +370,25 @@ mod tests {
     fn never_holds_more_than_its_capacity() {
         let quick = QuickRead::default();
         let size = 4096;
-        let files =
-            (0..(CAPACITY_BYTES / size + 100)).map(|index| file(&format!("f{index}"), 1, size));
-        let first = ticket(&quick);
-        quick.learn(first, files);
+        let (_, first) = read_ahead_after(&quick, "d/a", "d/b");
+        let files = (0..(CAPACITY_BYTES / size + 100))
+            .map(|index| file(&format!("d/f{index:06}"), 1, size));
+        quick.learn(first, "d", None, files);
         assert_eq!(quick.held_bytes(), CAPACITY_BYTES);
-        assert!(
-            quick.ticket().is_none(),
-            "no room: listings ask for no bytes"
-        );
         // Relearning a held file replaces it rather than counting it twice.
-        quick.learn(first, [file("f0", 2, size)]);
+        quick.learn(first, "d", None, [file("d/f000000", 2, size)]);
         assert_eq!(quick.held_bytes(), CAPACITY_BYTES);
+        // Full: the next directory read in order asks for no page.
+        assert!(matches!(quick.open("e/a"), Plan::Ask));
+        assert!(matches!(quick.open("e/b"), Plan::Ask));
+    }
+
+    #[test]
+    fn follows_a_bounded_number_of_directories() {
+        let quick = QuickRead::default();
+        for index in 0..(MAX_SEQUENCES + 10) {
+            quick.open(&format!("dir{index}/a"));
+        }
+        assert_eq!(lock(&quick.held).sequences.len(), MAX_SEQUENCES);
     }
 }
