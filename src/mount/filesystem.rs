@@ -401,31 +401,6 @@ impl Context {
         }
     }
 
-    /// Opens `path` for reading, with the bytes of a small file when they are at hand or
-    /// come with a read-ahead page ([`super::quick_read`]).
-    async fn open_reader(&self, path: String) -> Reader {
-        let mut reader = Reader::new(path);
-        if lock(&self.writing).contains_key(&reader.path) {
-            return reader;
-        }
-        let bytes = match self.quick.open(&reader.path) {
-            Plan::Hit(bytes) => Some(bytes),
-            Plan::Ask => None,
-            Plan::ReadAhead {
-                directory,
-                start_after,
-                ticket,
-            } => {
-                self.read_ahead(directory, start_after, ticket).await;
-                self.quick.bytes(&reader.path)
-            }
-        };
-        if let Some(bytes) = bytes {
-            reader.hold_whole(bytes);
-        }
-        reader
-    }
-
     /// Asks for the page of `directory` after `start_after` with its small files' bytes,
     /// and keeps them. A failure only means the files are read one by one.
     async fn read_ahead(&self, directory: String, start_after: String, ticket: Ticket) {
@@ -724,9 +699,44 @@ impl Reader {
 }
 
 impl Writer {
+    /// Holds `data` when it extends a small new file held whole here (no call needed);
+    /// `None` when the write needs [`Writer::write`].
+    fn buffer_small(&mut self, context: &Context, offset: u64, data: &[u8]) -> Option<u32> {
+        let fits = self.error.is_none()
+            && offset == self.position
+            && self.holds_whole_file()
+            && self.buffered.len() + data.len() <= BEHIND_MAX_BYTES;
+        if !fits {
+            return None;
+        }
+        self.reader = None;
+        self.buffered.extend_from_slice(data);
+        self.position += data.len() as u64;
+        context.writing_at(&self.path, self.position);
+        Some(data.len() as u32)
+    }
+
+    /// At a release: a handle whose content is stored already has nothing left to do but
+    /// hand the file back to the cluster's answers. `false` when it needs
+    /// [`Writer::store_at_flush`].
+    fn release_stored(&mut self, context: &Context) -> bool {
+        let stored = self.error.is_none()
+            && self.upload.is_none()
+            && self.stored
+            && !self.has_patches()
+            && self.buffered.is_empty();
+        if stored && !context.behind.is_pending(&self.path) {
+            context.done_writing(&self.path);
+        }
+        stored
+    }
+
     async fn write(&mut self, context: &Context, offset: u64, data: &[u8]) -> Result<u32, Errno> {
         if let Some(error) = self.error {
             return Err(error);
+        }
+        if let Some(written) = self.buffer_small(context, offset, data) {
+            return Ok(written);
         }
         self.reader = None;
         // A new or truncated file written front to back streams; anything else is a patch.
@@ -988,6 +998,12 @@ impl Filesystem for VolumeFs {
             (_, None) => return reply.error(Errno::EINVAL),
         };
         let path = child_path(&directory, &name);
+        // A name known absent (the common lookup before a create) is answered here.
+        if !lock(&self.writing).contains_key(&path)
+            && self.known.answer(&directory, &name) == Answer::Absent
+        {
+            return reply.error(Errno::ENOENT);
+        }
         let context = self.context();
         let owner = self.owner();
         self.runtime.spawn(async move {
@@ -1218,11 +1234,41 @@ impl Filesystem for VolumeFs {
         };
         let access = flags.0 & libc::O_ACCMODE;
         if access == libc::O_RDONLY {
-            let context = self.context();
-            let handles = self.handles.clone();
+            // Answered here unless a read-ahead page must be asked for first: a hand-off
+            // to the runtime costs more than a small file's whole read.
             let next = self.next_handle.fetch_add(1, Ordering::Relaxed);
+            let mut reader = Reader::new(path);
+            let plan = if lock(&self.writing).contains_key(&reader.path) {
+                Plan::Ask
+            } else {
+                self.quick.open(&reader.path)
+            };
+            let read_ahead = match plan {
+                Plan::Hit(bytes) => {
+                    reader.hold_whole(bytes);
+                    None
+                }
+                Plan::Ask => None,
+                Plan::ReadAhead {
+                    directory,
+                    start_after,
+                    ticket,
+                } => Some((directory, start_after, ticket)),
+            };
+            let handles = self.handles.clone();
+            let Some((directory, start_after, ticket)) = read_ahead else {
+                lock(&handles).insert(
+                    next,
+                    Arc::new(tokio::sync::Mutex::new(Handle::Read(reader))),
+                );
+                return reply.opened(FileHandle(next), FopenFlags::empty());
+            };
+            let context = self.context();
             self.runtime.spawn(async move {
-                let reader = context.open_reader(path).await;
+                context.read_ahead(directory, start_after, ticket).await;
+                if let Some(bytes) = context.quick.bytes(&reader.path) {
+                    reader.hold_whole(bytes);
+                }
                 lock(&handles).insert(
                     next,
                     Arc::new(tokio::sync::Mutex::new(Handle::Read(reader))),
@@ -1269,6 +1315,13 @@ impl Filesystem for VolumeFs {
         let Some(handle) = self.handle(handle) else {
             return reply.error(Errno::EBADF);
         };
+        // Bytes already held (a small file, a window of the stream) are answered here.
+        if let Ok(held) = handle.try_lock()
+            && let Handle::Read(reader) = &*held
+            && let Some(data) = reader.cached_range(offset, size as usize, reader.end())
+        {
+            return reply.data(&data);
+        }
         let context = self.context();
         self.runtime.spawn(async move {
             let mut handle = handle.lock().await;
@@ -1308,6 +1361,13 @@ impl Filesystem for VolumeFs {
             return reply.error(Errno::EBADF);
         };
         let context = self.context();
+        // A small file's bytes are only held: answered here.
+        if let Ok(mut held) = handle.try_lock()
+            && let Handle::Write(writer) = &mut *held
+            && let Some(written) = writer.buffer_small(&context, offset, data)
+        {
+            return reply.written(written);
+        }
         let data = data.to_vec();
         self.runtime.spawn(async move {
             let mut handle = handle.lock().await;
@@ -1377,6 +1437,15 @@ impl Filesystem for VolumeFs {
     ) {
         let removed = lock(&self.handles).remove(&handle.0);
         let context = self.context();
+        let nothing_to_store = removed.as_ref().is_none_or(|handle| {
+            handle.try_lock().is_ok_and(|mut held| match &mut *held {
+                Handle::Write(writer) => writer.release_stored(&context),
+                _ => true,
+            })
+        });
+        if nothing_to_store {
+            return reply.ok();
+        }
         self.runtime.spawn(async move {
             if let Some(handle) = removed
                 && let Handle::Write(writer) = &mut *handle.lock().await
@@ -1627,43 +1696,69 @@ impl Filesystem for VolumeFs {
         let handles = self.handles.clone();
         let next = self.next_handle.fetch_add(1, Ordering::Relaxed);
         let mode = mode & !umask & 0o7777;
+        let exclusive = flags & libc::O_EXCL != 0;
+        // Nothing to wait for (no commit of this path running behind a close): answered
+        // here.
+        if !self.behind.is_pending(&path) {
+            return start_new_file(
+                &context, &owner, &handles, next, path, mode, exclusive, reply,
+            );
+        }
         self.runtime.spawn(async move {
             context.behind.settle(&path).await;
-            // O_EXCL needs no question here: the kernel creates only a name its lookup
-            // found absent, within the entry's timeout (a name this mount is writing has
-            // a timeout of zero, so its lookup is answered from `writing`: EEXIST), and
-            // with O_EXCL FUSE looks the name up afresh even when it holds it as absent.
-            // That lookup may be answered from what this mount last listed of the
-            // directory (`super::known`, up to a second old), so an O_EXCL file's first
-            // store refuses to replace one of the same name: the close reports EEXIST.
-            let mut writer = Writer::new(path.clone(), mode, 0, false);
-            writer.exclusive = flags & libc::O_EXCL != 0;
-            context.writing_at(&path, 0);
-            context.known.added(&path);
-            lock(&handles).insert(
-                next,
-                Arc::new(tokio::sync::Mutex::new(Handle::Write(Box::new(writer)))),
-            );
-            let inode = lock(&context.inodes).remember(&path);
-            let entry = FsEntry {
-                path,
-                kind: EntryKind::File,
-                size: 0,
-                modified_ns: bramble_store::file::now_ns(),
-                mode,
-                blocks: 0,
-                version: 0,
-                user_metadata: Vec::new(),
-            };
-            reply.created(
-                &Duration::ZERO,
-                &owner.attr(inode, &entry),
-                Generation(0),
-                FileHandle(next),
-                FopenFlags::empty(),
+            start_new_file(
+                &context, &owner, &handles, next, path, mode, exclusive, reply,
             );
         });
     }
+}
+
+/// Opens a new, empty file at `path` for writing under handle `next` and answers the
+/// kernel's create.
+#[allow(clippy::too_many_arguments)]
+fn start_new_file(
+    context: &Context,
+    owner: &Owner,
+    handles: &Mutex<HashMap<u64, SharedHandle>>,
+    next: u64,
+    path: String,
+    mode: u32,
+    exclusive: bool,
+    reply: ReplyCreate,
+) {
+    // O_EXCL needs no question here: the kernel creates only a name its lookup
+    // found absent, within the entry's timeout (a name this mount is writing has
+    // a timeout of zero, so its lookup is answered from `writing`: EEXIST), and
+    // with O_EXCL FUSE looks the name up afresh even when it holds it as absent.
+    // That lookup may be answered from what this mount last listed of the
+    // directory (`super::known`, up to a second old), so an O_EXCL file's first
+    // store refuses to replace one of the same name: the close reports EEXIST.
+    let mut writer = Writer::new(path.clone(), mode, 0, false);
+    writer.exclusive = exclusive;
+    context.writing_at(&path, 0);
+    context.known.added(&path);
+    lock(handles).insert(
+        next,
+        Arc::new(tokio::sync::Mutex::new(Handle::Write(Box::new(writer)))),
+    );
+    let inode = lock(&context.inodes).remember(&path);
+    let entry = FsEntry {
+        path,
+        kind: EntryKind::File,
+        size: 0,
+        modified_ns: bramble_store::file::now_ns(),
+        mode,
+        blocks: 0,
+        version: 0,
+        user_metadata: Vec::new(),
+    };
+    reply.created(
+        &Duration::ZERO,
+        &owner.attr(inode, &entry),
+        Generation(0),
+        FileHandle(next),
+        FopenFlags::empty(),
+    );
 }
 
 impl VolumeFs {
@@ -1678,6 +1773,13 @@ impl VolumeFs {
         let Some(handle) = self.handle(handle) else {
             return reply.error(Errno::EBADF);
         };
+        // Only a writer has anything to store.
+        if handle
+            .try_lock()
+            .is_ok_and(|held| !matches!(&*held, Handle::Write(_)))
+        {
+            return reply.ok();
+        }
         let context = self.context();
         self.runtime.spawn(async move {
             let mut handle = handle.lock().await;
