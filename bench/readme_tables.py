@@ -376,7 +376,7 @@ def storage(data):
         return f" ({', '.join(f'{v:.2f}' for v in values)})" if len(values) > 1 else ""
 
     rounds = p.get("heal_rounds", 1)
-    heal_label = f"heal: {p['heal_mib']} MiB written while one brick was killed; from its return until heal-info is empty" + (f" (median of {rounds} rounds)" if rounds > 1 else "")
+    heal_label = f"heal: {_heal_written(p)} written while one brick was killed; from its return until heal-info is empty" + (f" (median of {rounds} rounds)" if rounds > 1 else "")
     out.append(
         f"| {heal_label} | | "
         f"{secs(gh.get('seconds'), gh.get('timed_out'), p['heal_timeout_s']) + all_rounds(gh) if gh else '–'} | "
@@ -452,6 +452,14 @@ def storage(data):
     return "\n".join(out)
 
 
+def _heal_written(p):
+    """What a heal round writes while a brick is away: `100 MiB` or `100 MiB (100 files of 1 MiB)`."""
+    files = p.get("heal_files") or 1
+    if files == 1:
+        return f"{p['heal_mib']} MiB"
+    return f"{p['heal_mib']} MiB ({files} files of {p['heal_mib'] / files:g} MiB)"
+
+
 def _storage_ec(data, mib, secs, pct, with_pct, times, faster, verdict, all_rounds, size):
     """The erasure-coding rows of the storage table (bench/storage.sh's second part)."""
     p, raw, be = data["params"], data["raw"], data["bramble_ec"]
@@ -500,7 +508,7 @@ def _storage_ec(data, mib, secs, pct, with_pct, times, faster, verdict, all_roun
     gh = ge.get("heal", {}) if ge_ok else {}
     rounds = p.get("heal_rounds", 1)
     out.append(
-        f"| EC 4+2 heal: {p['heal_mib']} MiB written while one brick was killed (brick 6's glusterfsd / n7); from its return until heal-info is empty"
+        f"| EC 4+2 heal: {_heal_written(p)} written while one brick was killed (brick 6's glusterfsd / n7); from its return until heal-info is empty"
         + (f" (median of {rounds} rounds)" if rounds > 1 else "")
         + f" | | {secs(gh.get('seconds'), gh.get('timed_out'), p['heal_timeout_s']) + all_rounds(gh) if gh else '–'} |"
         f" {secs(be['heal']['seconds'], be['heal']['timed_out'], p['heal_timeout_s']) + all_rounds(be['heal'])} | {faster(r.get('heal_time_vs_gluster'), bool(gh.get('timed_out')))} | | {verdict('EC heal')} |"

@@ -19,7 +19,8 @@
 #              time of every Gluster process during each, and RSS after; the small files
 #              with cp -r / ls -l / cp -r / rm -r through the mount; heal: SIGKILL one
 #              brick's glusterfsd (PID from `gluster volume status`), wait for it to exit,
-#              write 100 MiB, `gluster volume start VOL force`, then the time until every
+#              write 100 MiB as HEAL_FILES files (100 of 1 MiB, as REFERENCE.md measured
+#              it; dd conv=fdatasync each), `gluster volume start VOL force`, then the time until every
 #              brick in `gluster volume heal VOL info` shows 0 entries (polled every 100 ms;
 #              `gluster volume heal VOL` is retried in the background until it is accepted);
 #              stall: SIGSTOP one brick's glusterfsd and time a 20 MiB dd (conv=fdatasync),
@@ -36,7 +37,7 @@
 #              connection: the honest comparison with cp through a mount until Bramble has
 #              one), one `fs ls`, one `fs get` per file, one `fs rm` per file, and one
 #              `fs stat` per file as the floor of such a step (CLI start, connection, one
-#              catalog read); heal: `chaos kill n3`, put 100 MiB, `chaos restart n3`, then
+#              catalog read); heal: `chaos kill n3`, put the same HEAL_FILES files, `chaos restart n3`, then
 #              the time from the restart command's return until `volume heal-info` has
 #              nothing pending (polled every 100 ms); stall: SIGSTOP n3's agent and time a
 #              20 MiB put (same cap), then SIGCONT and the time until it is healed;
@@ -83,7 +84,7 @@
 # SKIP_EC=0 (1: replica 2 only), SKIP_BUILD=0 (1: use the existing release binary),
 # BRAMBLE_BIN (a bramble binary to use instead, e.g. a copy that a rebuild cannot replace
 # mid-run; implies SKIP_BUILD=1), STALL_TIMEOUT=60 (seconds), HEAL_TIMEOUT=120 (seconds),
-# HEAL_ROUNDS=3 (the median is reported), SCRUB_TIMEOUT=600 (seconds a scrub pass may
+# HEAL_ROUNDS=3 (the median is reported), HEAL_FILES=100 (the heal's 100 MiB in files), SCRUB_TIMEOUT=600 (seconds a scrub pass may
 # take), SCRUB_LIFTED_MIB=100000 (the unthrottled pass's BRAMBLE_SCRUB_MIB_PER_SECOND),
 # GLUSTER_VOLUME=bramblebench (it and GLUSTER_VOLUME-ec are refused if they exist),
 # RESULT_FILE=bench/results/storage.json (where the results go).
@@ -107,6 +108,9 @@ SKIP_EC="${SKIP_EC:-0}"
 SCRUB_TIMEOUT="${SCRUB_TIMEOUT:-600}"
 SCRUB_LIFTED_MIB="${SCRUB_LIFTED_MIB:-100000}"
 HEAL_MIB=100
+# The heal's 100 MiB as this many files (REFERENCE.md's GlusterFS figures: 100 x 1 MiB;
+# GlusterFS heals file by file, Bramble block by block).
+HEAL_FILES="${HEAL_FILES:-100}"
 STALL_MIB=20
 RESULT="${RESULT_FILE:-$RESULTS_DIR/storage.json}"
 if [[ -n "${BRAMBLE_BIN:-}" ]]; then
@@ -205,6 +209,7 @@ log "all files under $WORK_DIR ($DISK_DEVICE, $DISK_FSTYPE); SIZE_MIB=$SIZE_MIB 
 rec params.size_mib "$SIZE_MIB"
 rec params.small_files "$SMALL_FILES"
 rec params.heal_mib "$HEAL_MIB"
+rec params.heal_files "$HEAL_FILES"
 rec params.stall_mib "$STALL_MIB"
 rec params.stall_timeout_s "$STALL_TIMEOUT"
 rec params.heal_timeout_s "$HEAL_TIMEOUT"
@@ -220,11 +225,14 @@ rec disk.fstype "$DISK_FSTYPE"
 rec machine.load_before "$(cut -d' ' -f1-3 /proc/loadavg)"
 
 SRC="$DATA/big.bin"
-HEAL_SRC="$DATA/heal.bin"
+HEAL_SRC="$DATA/heal"
 STALL_SRC="$DATA/stall.bin"
 log "writing the source files ($SIZE_MIB MiB, $HEAL_MIB MiB, $STALL_MIB MiB and $SMALL_FILES x 4 KiB of random bytes)"
 head -c "$((SIZE_MIB * 1048576))" /dev/urandom >"$SRC"
-head -c "$((HEAL_MIB * 1048576))" /dev/urandom >"$HEAL_SRC"
+mkdir -p "$HEAL_SRC"
+for ((i = 0; i < HEAL_FILES; i++)); do
+    head -c "$((HEAL_MIB * 1048576 / HEAL_FILES))" /dev/urandom >"$HEAL_SRC/$(printf 'h%04d' "$i")"
+done
 head -c "$((STALL_MIB * 1048576))" /dev/urandom >"$STALL_SRC"
 python3 - "$SMALL" "$SMALL_FILES" <<'PY'
 import os, sys
@@ -470,7 +478,10 @@ gluster_heal_round() {
     rec "$key.brick_exit_after_sigkill_s" "$(since "$t")"
     warm "$HEAL_SRC"
     t=$EPOCHREALTIME
-    dd if="$HEAL_SRC" of="$GLUSTER_MNT/heal-$round.bin" bs=1M conv=fdatasync status=none
+    mkdir "$GLUSTER_MNT/heal-$round"
+    for file in "$HEAL_SRC"/*; do
+        dd if="$file" of="$GLUSTER_MNT/heal-$round/${file##*/}" bs=1M conv=fdatasync status=none
+    done
     rec "$key.write_s" "$(since "$t")"
     rec "$key.entries_before" "$({ gluster --mode=script volume heal "$vol" info 2>/dev/null || true; } | awk '/^Number of entries: [0-9]+$/ { s += $4 } END { print s + 0 }')"
     t=$EPOCHREALTIME
@@ -517,14 +528,18 @@ gluster_heal_round() {
     else
         rec "$key.trigger_attempts" null
     fi
-    if [[ -z "$other" ]]; then
-        if cmp -s "$brick/heal-$round.bin" "$HEAL_SRC"; then rec "$key.brick_copy_verified" true; else rec "$key.brick_copy_verified" false; fi
-    else
-        if gluster_fragment_matches "$brick/heal-$round.bin" "$other/heal-$round.bin"; then
-            rec "$key.brick_fragment_verified" true
+    local verified=true
+    for file in "$HEAL_SRC"/*; do
+        if [[ -z "$other" ]]; then
+            cmp -s "$brick/heal-$round/${file##*/}" "$file" || verified=false
         else
-            rec "$key.brick_fragment_verified" false
+            gluster_fragment_matches "$brick/heal-$round/${file##*/}" "$other/heal-$round/${file##*/}" || verified=false
         fi
+    done
+    if [[ -z "$other" ]]; then
+        rec "$key.brick_copy_verified" "$verified"
+    else
+        rec "$key.brick_fragment_verified" "$verified"
     fi
     rec "$prefix.heal.trigger_refusal" "$(grep -m1 -i -A1 'unsuccessful' "$trigger.log" | tr '\n' ' ' || true)"
 }
@@ -752,6 +767,23 @@ bramble_rss bramble idle
 # json_field FILE KEY -> a top-level field of a JSON file.
 json_field() { python3 -c 'import json, sys; print(json.dumps(json.load(open(sys.argv[1])).get(sys.argv[2])))' "$1" "$2"; }
 
+# wait_reclaimed KEY: waits (up to 60 s) until every node's store-reclaim worker is idle
+# with an empty queue, so the blocks of files just removed are gone from every brick before
+# a node is killed (a deletion its brick misses leaves an orphan for scrub's hourly sweep,
+# which would also swell that brick's next scrub pass); the wait as KEY.reclaim_wait_s.
+wait_reclaimed() {
+    local t=$EPOCHREALTIME deadline=$((SECONDS + 60))
+    until "$BRAMBLE" workers --json --addr "$GW" 2>/dev/null | python3 -c '
+import json, sys
+busy = [n["node"] for n in json.load(sys.stdin) for w in n.get("workers") or []
+        if w["name"] == "store-reclaim" and (w["state"] != "idle" or (w.get("queue") or 0) > 0)]
+sys.exit(1 if busy else 0)'; do
+        ((SECONDS < deadline)) || { log "$1: store-reclaim still busy after 60 s"; break; }
+        sleep 0.2
+    done
+    rec "$1.reclaim_wait_s" "$(since "$t")"
+}
+
 # wait_healed VOLUME ADDR -> waits until nothing is pending (`heal-info --wait` asks every
 # 50 ms); prints "SECONDS POLLS OK" (POLLS is 1: one command).
 wait_healed() {
@@ -926,9 +958,13 @@ bramble_heal_round() {
     rec "$key.kill_dead_everywhere_s" "$(json_field "$SCRATCH_DIR/kill.json" seconds)"
     warm "$HEAL_SRC"
     t=$EPOCHREALTIME
-    "$BRAMBLE" fs put "$HEAL_SRC" "$vol:/heal-$round.bin" --addr "$GW" --json >"$SCRATCH_DIR/heal-put.json"
+    local missed=0 file
+    for file in "$HEAL_SRC"/*; do
+        "$BRAMBLE" fs put "$file" "$vol:/heal-$round/${file##*/}" --addr "$GW" --json >"$SCRATCH_DIR/heal-put.json"
+        missed=$((missed + $(json_field "$SCRATCH_DIR/heal-put.json" missed_copies)))
+    done
     rec "$key.write_s" "$(since "$t")"
-    rec "$key.missed_copies" "$(json_field "$SCRATCH_DIR/heal-put.json" missed_copies)"
+    rec "$key.missed_copies" "$missed"
     "$BRAMBLE" volume heal-info "$vol" --json --addr "$GW" >"$SCRATCH_DIR/heal-info-before.json"
     rec "$key.pending_before" "$(python3 -c 'import json, sys; print(sum(r["copies"] for r in json.load(open(sys.argv[1]))["pending"]))' "$SCRATCH_DIR/heal-info-before.json")"
     t=$EPOCHREALTIME
@@ -942,6 +978,7 @@ bramble_heal_round() {
     rec "$key.brick_blocks_after" "$(python3 -c 'import json, sys; print(json.dumps({b["node"]: (b.get("usage") or {}).get("blocks") for b in json.load(open(sys.argv[1]))["bricks"]}))' "$SCRATCH_DIR/status-after-heal.json")"
     log "$1: heal round $round: $HEAL_MIB MiB healed $heal_s s after $node's restart"
 }
+wait_reclaimed bramble
 for round in $(seq "$HEAL_ROUNDS"); do bramble_heal_round bramble vol0 n3 "$round"; done
 
 # Stall: n3's agent stopped (a hung board) during a 20 MiB put.
@@ -968,23 +1005,6 @@ keep_panic_logs "$CLUSTER_DIR" storage
 stop_cluster "$CLUSTER_DIR"
 
 # --- erasure coding 4+2 -----------------------------------------------------------------
-
-# wait_reclaimed KEY: waits (up to 60 s) until every node's store-reclaim worker is idle
-# with an empty queue, so the blocks of files just removed are gone from every brick before
-# a node is killed (a deletion its brick misses leaves an orphan for scrub's hourly sweep,
-# which would also swell that brick's next scrub pass); the wait as KEY.reclaim_wait_s.
-wait_reclaimed() {
-    local t=$EPOCHREALTIME deadline=$((SECONDS + 60))
-    until "$BRAMBLE" workers --json --addr "$GW" 2>/dev/null | python3 -c '
-import json, sys
-busy = [n["node"] for n in json.load(sys.stdin) for w in n.get("workers") or []
-        if w["name"] == "store-reclaim" and (w["state"] != "idle" or (w.get("queue") or 0) > 0)]
-sys.exit(1 if busy else 0)'; do
-        ((SECONDS < deadline)) || { log "$1: store-reclaim still busy after 60 s"; break; }
-        sleep 0.2
-    done
-    rec "$1.reclaim_wait_s" "$(since "$t")"
-}
 
 # scrub_passes NODE -> how many "scrub pass finished" lines NODE's agent.log holds.
 scrub_passes() {

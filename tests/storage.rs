@@ -184,6 +184,15 @@ fn the_recipes_striped_replicated_volume_survives_and_heals() {
         pending_heal(&cluster, "vol0") > 0,
         "n3 is owed the copies it missed"
     );
+    // A file removed while n3 is down: its blocks on n3's brick are deleted once n3 is
+    // back (the "n3 holds what n4 holds" check below), not left for scrub's hourly sweep.
+    cluster.bramble_ok(&[
+        "--addr",
+        &cluster.addr("n1").to_string(),
+        "fs",
+        "rm",
+        "vol0:/kernel.img",
+    ]);
     // Waiting for a heal that cannot happen (n3 is down) ends at the timeout, and says so.
     let waited = cluster.bramble(&[
         "volume",
@@ -210,9 +219,10 @@ fn the_recipes_striped_replicated_volume_survives_and_heals() {
     );
     assert_eq!(pending_heal(&cluster, "vol0"), 0);
     // Blocks of replaced versions may still be on their way out on either brick.
-    wait_until("n3 holds what n4 holds", Duration::from_secs(60), || {
+    let took = wait_until("n3 holds what n4 holds", Duration::from_secs(60), || {
         brick_blocks(&cluster, "n3", "vol0") == brick_blocks(&cluster, "n4", "vol0")
     });
+    println!("n3 dropped what was removed while it was down {took:?} after heal-info");
 
     // A frozen node (SIGSTOP: no reset, like a power cut) does not stop writers, even
     // before gossip has noticed: the write is sent at once.

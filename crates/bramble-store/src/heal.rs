@@ -21,7 +21,7 @@ use bramble_net::{ErrorKind, RpcError};
 use bramble_util::{Restart, WorkerContext, WorkerState, Workers};
 use tokio::task::JoinSet;
 
-use crate::file::{StoredEntry, now_ns};
+use crate::file::{BlockId, StoredEntry, now_ns};
 use crate::hints::Hint;
 use crate::node::{Reach, Storage};
 
@@ -78,7 +78,16 @@ impl Storage {
     /// owed after it.
     async fn heal_round(self: &Arc<Self>, worker: &WorkerContext) -> bool {
         let store = self.hints.clone();
-        let nodes = match tokio::task::spawn_blocking(move || store.nodes()).await {
+        let listed = tokio::task::spawn_blocking(move || {
+            let mut nodes = store.nodes()?;
+            for node in store.deletion_nodes()? {
+                if !nodes.contains(&node) {
+                    nodes.push(node);
+                }
+            }
+            Ok::<_, crate::hints::HintError>(nodes)
+        });
+        let nodes = match listed.await {
             Ok(Ok(nodes)) => nodes,
             Ok(Err(error)) => {
                 worker.report_error(&error.to_string());
@@ -106,12 +115,20 @@ impl Storage {
             worker.set_progress(format!("healing bricks on {node}"));
             if let Err(error) = self.heal_node(&node, &reach).await {
                 worker.report_error(&format!("healing bricks on {node}: {error}"));
+                continue;
+            }
+            if let Err(error) = self.deliver_deletions(&node, &reach).await {
+                worker.report_error(&format!("deleting what bricks on {node} missed: {error}"));
             }
         }
         let store = self.hints.clone();
         let mut owed = true;
-        if let Ok(Ok(counts)) = tokio::task::spawn_blocking(move || store.counts(None)).await {
-            let queue: u64 = counts.values().sum();
+        let queued = tokio::task::spawn_blocking(move || {
+            Ok::<_, crate::hints::HintError>(
+                store.counts(None)?.values().sum::<u64>() + store.pending_deletions()?,
+            )
+        });
+        if let Ok(Ok(queue)) = queued.await {
             worker.set_queue(queue);
             owed = queue > 0;
         }
@@ -184,6 +201,59 @@ impl Storage {
             if count == 0 && kept > 0 {
                 // Only undecidable hints are left; try them on a later round.
                 return Ok(());
+            }
+        }
+    }
+
+    /// Deletes on `node`'s bricks the blocks that were dropped while it was away; stops at
+    /// the first failure (the node is away again).
+    async fn deliver_deletions(
+        self: &Arc<Self>,
+        node: &str,
+        reach: &Arc<HashMap<String, Reach>>,
+    ) -> Result<(), RpcError> {
+        loop {
+            let store = self.hints.clone();
+            let owned = node.to_string();
+            let batch = tokio::task::spawn_blocking(move || {
+                store.deletions_for_node(&owned, crate::admin::MAX_DELETE_BLOCKS)
+            })
+            .await
+            .map_err(|error| RpcError::internal(error.to_string()))?
+            .map_err(|error| RpcError::internal(error.to_string()))?;
+            if batch.is_empty() {
+                return Ok(());
+            }
+            let mut per_brick: HashMap<(String, u64, usize), Vec<BlockId>> = HashMap::new();
+            for deletion in &batch {
+                per_brick
+                    .entry((deletion.volume.clone(), deletion.volume_id, deletion.brick))
+                    .or_default()
+                    .push(deletion.block);
+            }
+            let mut deleted = 0u64;
+            for ((volume, volume_id, brick), blocks) in per_brick {
+                let spec = match self.volume(&volume, Consistency::Stale).await {
+                    Ok((spec, _)) if spec.id == volume_id => spec,
+                    // The volume is gone or made anew: its bricks were cleared with it.
+                    Ok(_) => continue,
+                    Err(error) if error.kind == ErrorKind::NotFound => continue,
+                    Err(error) => return Err(error),
+                };
+                // The brick must still be on that node (a replace-brick clears a brick
+                // moved elsewhere; an add- or remove-brick renumbers them).
+                if spec.bricks.get(brick).map(|found| found.node.as_str()) != Some(node) {
+                    continue;
+                }
+                deleted += self.delete_copies(&spec, brick, blocks, reach).await?;
+            }
+            let store = self.hints.clone();
+            tokio::task::spawn_blocking(move || store.remove_deletions(&batch))
+                .await
+                .map_err(|error| RpcError::internal(error.to_string()))?
+                .map_err(|error| RpcError::internal(error.to_string()))?;
+            if deleted > 0 {
+                tracing::info!(node, deleted, "deleted the blocks a returning brick missed");
             }
         }
     }

@@ -8,6 +8,11 @@
 //! instead of copied. Hints are stored in `<data-dir>/store-hints.redb` and made durable
 //! before the write that produced them is acknowledged: a gateway that crashes after
 //! acknowledging still owes the copies when it restarts.
+//!
+//! The same file keeps the deletions a brick missed: the blocks a removal or an overwrite
+//! stopped referring to while the brick's node was away. They are delivered when it is
+//! back, as copies are, instead of waiting as orphans for scrub's hourly sweep. Block ids
+//! are never reused, so a block once unreferenced stays so and deleting it later is safe.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -19,6 +24,34 @@ use crate::file::BlockId;
 
 /// Hint key (`<node>\0<volume id>\0<brick>\0<block>`) to a postcard-encoded [`Hint`].
 const HINTS: TableDefinition<&str, &[u8]> = TableDefinition::new("hints");
+/// The same keys to a postcard-encoded [`Deletion`].
+const DELETIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("deletions");
+/// Most missed deletions kept: past it (a node away for long while much was removed)
+/// they are left to scrub's orphan sweep, and the file stays small.
+pub const MAX_DELETIONS: u64 = 200_000;
+
+/// A block copy a brick should delete (its file was removed or replaced meanwhile).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deletion {
+    pub node: String,
+    pub volume: String,
+    pub volume_id: u64,
+    pub brick: usize,
+    pub block: BlockId,
+}
+
+impl Deletion {
+    fn key(&self) -> String {
+        hint_key(&self.node, self.volume_id, self.brick, &self.block)
+    }
+}
+
+fn hint_key(node: &str, volume_id: u64, brick: usize, block: &BlockId) -> String {
+    format!(
+        "{node}\0{volume_id:016x}\0{brick:08x}\0{}",
+        block.file_name()
+    )
+}
 
 /// A block copy owed to a brick.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,13 +72,7 @@ pub struct Hint {
 
 impl Hint {
     fn key(&self) -> String {
-        format!(
-            "{}\0{:016x}\0{:08x}\0{}",
-            self.node,
-            self.volume_id,
-            self.brick,
-            self.block.file_name()
-        )
+        hint_key(&self.node, self.volume_id, self.brick, &self.block)
     }
 }
 
@@ -80,6 +107,9 @@ impl Hints {
         let transaction = database.begin_write().map_err(|e| error(e.to_string()))?;
         transaction
             .open_table(HINTS)
+            .map_err(|e| error(e.to_string()))?;
+        transaction
+            .open_table(DELETIONS)
             .map_err(|e| error(e.to_string()))?;
         transaction.commit().map_err(|e| error(e.to_string()))?;
         Ok(Hints {
@@ -136,8 +166,19 @@ impl Hints {
 
     /// The nodes that are owed copies.
     pub fn nodes(&self) -> Result<Vec<String>, HintError> {
+        self.nodes_in(HINTS)
+    }
+
+    /// The nodes that owe deletions.
+    pub fn deletion_nodes(&self) -> Result<Vec<String>, HintError> {
+        self.nodes_in(DELETIONS)
+    }
+
+    fn nodes_in(&self, definition: TableDefinition<&str, &[u8]>) -> Result<Vec<String>, HintError> {
         let transaction = self.database.begin_read().map_err(|e| self.error(e))?;
-        let table = transaction.open_table(HINTS).map_err(|e| self.error(e))?;
+        let table = transaction
+            .open_table(definition)
+            .map_err(|e| self.error(e))?;
         let mut nodes: Vec<String> = Vec::new();
         let mut start = String::new();
         // One seek per node: jump past every key of the node just seen.
@@ -167,6 +208,86 @@ impl Hints {
             }
         }
         transaction.commit().map_err(|e| self.error(e))
+    }
+
+    /// Records deletions bricks missed, durably, up to [`MAX_DELETIONS`] in all; returns
+    /// how many were kept.
+    pub fn add_deletions(&self, deletions: &[Deletion]) -> Result<usize, HintError> {
+        if deletions.is_empty() {
+            return Ok(0);
+        }
+        let transaction = self.database.begin_write().map_err(|e| self.error(e))?;
+        let mut kept = 0;
+        {
+            let mut table = transaction
+                .open_table(DELETIONS)
+                .map_err(|e| self.error(e))?;
+            let mut held = table.len().map_err(|e| self.error(e))?;
+            for deletion in deletions {
+                if held >= MAX_DELETIONS {
+                    break;
+                }
+                let value = postcard::to_allocvec(deletion).map_err(|e| self.error(e))?;
+                let before = table
+                    .insert(deletion.key().as_str(), value.as_slice())
+                    .map_err(|e| self.error(e))?;
+                if before.is_none() {
+                    held += 1;
+                }
+                kept += 1;
+            }
+        }
+        transaction.commit().map_err(|e| self.error(e))?;
+        Ok(kept)
+    }
+
+    /// Up to `limit` deletions `node` owes, in key order.
+    pub fn deletions_for_node(&self, node: &str, limit: usize) -> Result<Vec<Deletion>, HintError> {
+        let prefix = format!("{node}\0");
+        let transaction = self.database.begin_read().map_err(|e| self.error(e))?;
+        let table = transaction
+            .open_table(DELETIONS)
+            .map_err(|e| self.error(e))?;
+        let mut found = Vec::new();
+        for item in table.range(prefix.as_str()..).map_err(|e| self.error(e))? {
+            let (key, value) = item.map_err(|e| self.error(e))?;
+            if !key.value().starts_with(&prefix) || found.len() >= limit {
+                break;
+            }
+            match postcard::from_bytes::<Deletion>(value.value()) {
+                Ok(deletion) => found.push(deletion),
+                Err(error) => tracing::warn!(%error, "an unreadable deletion is skipped"),
+            }
+        }
+        Ok(found)
+    }
+
+    /// Forgets deletions (done, or no longer anyone's to do).
+    pub fn remove_deletions(&self, deletions: &[Deletion]) -> Result<(), HintError> {
+        if deletions.is_empty() {
+            return Ok(());
+        }
+        let transaction = self.database.begin_write().map_err(|e| self.error(e))?;
+        {
+            let mut table = transaction
+                .open_table(DELETIONS)
+                .map_err(|e| self.error(e))?;
+            for deletion in deletions {
+                table
+                    .remove(deletion.key().as_str())
+                    .map_err(|e| self.error(e))?;
+            }
+        }
+        transaction.commit().map_err(|e| self.error(e))
+    }
+
+    /// Deletions still waiting for their brick on this node.
+    pub fn pending_deletions(&self) -> Result<u64, HintError> {
+        let transaction = self.database.begin_read().map_err(|e| self.error(e))?;
+        let table = transaction
+            .open_table(DELETIONS)
+            .map_err(|e| self.error(e))?;
+        table.len().map_err(|e| self.error(e))
     }
 
     /// Every copy still waiting for its brick on this node: the heal queue's length. The
@@ -235,5 +356,44 @@ mod tests {
             hints.counts(Some("vol0")).unwrap()[&("vol0".to_string(), 1)],
             3
         );
+    }
+
+    fn deletion(node: &str, index: u32) -> Deletion {
+        Deletion {
+            node: node.to_string(),
+            volume: "vol0".to_string(),
+            volume_id: 9,
+            brick: 1,
+            block: BlockId { version: 6, index },
+        }
+    }
+
+    #[test]
+    fn missed_deletions_are_kept_apart_from_copies_and_survive_a_restart() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("hints.redb");
+        {
+            let hints = Hints::open(&path).unwrap();
+            hints.add(&[hint("n2", 0)]).unwrap();
+            let kept = hints
+                .add_deletions(&[deletion("n3", 0), deletion("n3", 1), deletion("n3", 1)])
+                .unwrap();
+            assert_eq!(kept, 3, "a repeated deletion is one entry, counted as kept");
+        }
+        let hints = Hints::open(&path).unwrap();
+        assert_eq!(hints.nodes().unwrap(), ["n2"]);
+        assert_eq!(hints.deletion_nodes().unwrap(), ["n3"]);
+        assert_eq!(hints.pending().unwrap(), 1);
+        assert_eq!(hints.pending_deletions().unwrap(), 2);
+        assert_eq!(
+            hints.deletions_for_node("n3", 10).unwrap(),
+            [deletion("n3", 0), deletion("n3", 1)]
+        );
+        hints.remove_deletions(&[deletion("n3", 0)]).unwrap();
+        assert_eq!(
+            hints.deletions_for_node("n3", 10).unwrap(),
+            [deletion("n3", 1)]
+        );
+        assert!(hints.deletions_for_node("n2", 10).unwrap().is_empty());
     }
 }

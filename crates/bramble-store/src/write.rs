@@ -585,8 +585,9 @@ impl Storage {
         })
     }
 
-    /// Removes blocks from every brick of their sets (best effort: a brick that is away
-    /// keeps them, unreferenced).
+    /// Removes blocks from every brick of their sets. A brick that is away, or that a
+    /// deletion fails on, is owed it: the deletion is remembered with the hints and
+    /// delivered when its node is back ([`crate::hints::Deletion`]).
     pub(crate) async fn discard_blocks(
         &self,
         spec: &VolumeSpec,
@@ -602,17 +603,53 @@ impl Storage {
                 per_brick.entry(brick).or_default().push(block);
             }
         }
+        let (away, here): (Vec<_>, Vec<_>) = per_brick
+            .into_iter()
+            .partition(|(brick, _)| self.is_away(&spec.bricks[*brick].node, reach));
         // Every brick at once: a removal or an overwrite waits for one round trip, not one
         // per brick (1,000 files of 4 KiB removed through the mount: 1.56 s before).
-        let deletions = per_brick
-            .into_iter()
-            .filter(|(brick, _)| !self.is_away(&spec.bricks[*brick].node, reach))
-            .map(|(brick, blocks)| async move {
-                if let Err(error) = self.delete_copies(spec, brick, blocks, reach).await {
-                    tracing::warn!(volume = %spec.name, brick, %error, "could not delete unreferenced blocks");
+        let deletions = here.into_iter().map(|(brick, blocks)| async move {
+            match self.delete_copies(spec, brick, blocks.clone(), reach).await {
+                Ok(_) => None,
+                Err(error) => {
+                    tracing::warn!(volume = %spec.name, brick, %error, "could not delete unreferenced blocks; the brick is owed the deletion");
+                    Some((brick, blocks))
                 }
-            });
-        futures::future::join_all(deletions).await;
+            }
+        });
+        let failed = futures::future::join_all(deletions).await;
+        let owed: Vec<crate::hints::Deletion> = away
+            .into_iter()
+            .chain(failed.into_iter().flatten())
+            .flat_map(|(brick, blocks)| {
+                blocks.into_iter().map(move |block| crate::hints::Deletion {
+                    node: spec.bricks[brick].node.clone(),
+                    volume: spec.name.clone(),
+                    volume_id: spec.id,
+                    brick,
+                    block,
+                })
+            })
+            .collect();
+        if owed.is_empty() {
+            return;
+        }
+        let hints = self.hints.clone();
+        let count = owed.len();
+        match tokio::task::spawn_blocking(move || hints.add_deletions(&owed)).await {
+            Ok(Ok(kept)) if kept < count => tracing::warn!(
+                volume = %spec.name,
+                dropped = count - kept,
+                "too many deletions owed to absent bricks; the rest are left to scrub's orphan sweep"
+            ),
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "could not remember the deletions absent bricks missed")
+            }
+            Err(error) => {
+                tracing::warn!(%error, "could not remember the deletions absent bricks missed")
+            }
+        }
     }
 }
 
