@@ -1257,11 +1257,7 @@ impl Filesystem for VolumeFs {
             };
             let handles = self.handles.clone();
             let Some((directory, start_after, ticket)) = read_ahead else {
-                lock(&handles).insert(
-                    next,
-                    Arc::new(tokio::sync::Mutex::new(Handle::Read(reader))),
-                );
-                return reply.opened(FileHandle(next), FopenFlags::empty());
+                return open_handle(&handles, next, Handle::Read(reader), reply);
             };
             let context = self.context();
             self.runtime.spawn(async move {
@@ -1269,11 +1265,7 @@ impl Filesystem for VolumeFs {
                 if let Some(bytes) = context.quick.bytes(&reader.path) {
                     reader.hold_whole(bytes);
                 }
-                lock(&handles).insert(
-                    next,
-                    Arc::new(tokio::sync::Mutex::new(Handle::Read(reader))),
-                );
-                reply.opened(FileHandle(next), FopenFlags::empty());
+                open_handle(&handles, next, Handle::Read(reader), reply);
             });
             return;
         }
@@ -1293,11 +1285,7 @@ impl Filesystem for VolumeFs {
                     Err(error) => return reply.error(errno(&error)),
                 }
             };
-            lock(&handles).insert(
-                next,
-                Arc::new(tokio::sync::Mutex::new(Handle::Write(Box::new(writer)))),
-            );
-            reply.opened(FileHandle(next), FopenFlags::empty());
+            open_handle(&handles, next, Handle::Write(Box::new(writer)), reply);
         });
     }
 
@@ -1474,11 +1462,7 @@ impl Filesystem for VolumeFs {
                     context
                         .known
                         .learn(&path, asked, entries.iter().map(name_of));
-                    lock(&handles).insert(
-                        next,
-                        Arc::new(tokio::sync::Mutex::new(Handle::Directory(entries))),
-                    );
-                    reply.opened(FileHandle(next), FopenFlags::empty());
+                    open_handle(&handles, next, Handle::Directory(entries), reply);
                 }
                 Err(error) => reply.error(errno(&error)),
             }
@@ -1713,6 +1697,22 @@ impl Filesystem for VolumeFs {
     }
 }
 
+/// Keeps an open file or directory under `number`.
+fn keep_handle(handles: &Mutex<HashMap<u64, SharedHandle>>, number: u64, handle: Handle) {
+    lock(handles).insert(number, Arc::new(tokio::sync::Mutex::new(handle)));
+}
+
+/// Keeps `handle` under `number` and answers the kernel's open with it.
+fn open_handle(
+    handles: &Mutex<HashMap<u64, SharedHandle>>,
+    number: u64,
+    handle: Handle,
+    reply: ReplyOpen,
+) {
+    keep_handle(handles, number, handle);
+    reply.opened(FileHandle(number), FopenFlags::empty());
+}
+
 /// Opens a new, empty file at `path` for writing under handle `next` and answers the
 /// kernel's create.
 #[allow(clippy::too_many_arguments)]
@@ -1737,10 +1737,7 @@ fn start_new_file(
     writer.exclusive = exclusive;
     context.writing_at(&path, 0);
     context.known.added(&path);
-    lock(handles).insert(
-        next,
-        Arc::new(tokio::sync::Mutex::new(Handle::Write(Box::new(writer)))),
-    );
+    keep_handle(handles, next, Handle::Write(Box::new(writer)));
     let inode = lock(&context.inodes).remember(&path);
     let entry = FsEntry {
         path,

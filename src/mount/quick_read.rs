@@ -181,21 +181,20 @@ impl QuickRead {
             in_order.then(|| child_path(directory, &sequence.last_opened))
         });
         holding.follow(directory, name);
+        let Some(start_after) = read_ahead else {
+            return Plan::Ask;
+        };
         holding.drop_expired(Instant::now());
-        match read_ahead {
-            Some(start_after)
-                if holding.bytes < CAPACITY_BYTES && !self.unsupported.load(Ordering::Relaxed) =>
-            {
-                Plan::ReadAhead {
-                    directory: directory.to_string(),
-                    start_after,
-                    ticket: Ticket {
-                        asked: Instant::now(),
-                        changes: holding.changes,
-                    },
-                }
-            }
-            _ => Plan::Ask,
+        if holding.bytes >= CAPACITY_BYTES || self.unsupported.load(Ordering::Relaxed) {
+            return Plan::Ask;
+        }
+        Plan::ReadAhead {
+            directory: directory.to_string(),
+            start_after,
+            ticket: Ticket {
+                asked: Instant::now(),
+                changes: holding.changes,
+            },
         }
     }
 

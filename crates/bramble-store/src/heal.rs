@@ -77,24 +77,21 @@ impl Storage {
     /// One pass over every node this node owes copies to; returns whether copies are still
     /// owed after it.
     async fn heal_round(self: &Arc<Self>, worker: &WorkerContext) -> bool {
-        let store = self.hints.clone();
-        let listed = tokio::task::spawn_blocking(move || {
-            let mut nodes = store.nodes()?;
-            for node in store.deletion_nodes()? {
-                if !nodes.contains(&node) {
-                    nodes.push(node);
+        let listed = self
+            .with_hints(|hints| {
+                let mut nodes = hints.nodes()?;
+                for node in hints.deletion_nodes()? {
+                    if !nodes.contains(&node) {
+                        nodes.push(node);
+                    }
                 }
-            }
-            Ok::<_, crate::hints::HintError>(nodes)
-        });
-        let nodes = match listed.await {
-            Ok(Ok(nodes)) => nodes,
-            Ok(Err(error)) => {
-                worker.report_error(&error.to_string());
-                return true;
-            }
+                Ok(nodes)
+            })
+            .await;
+        let nodes = match listed {
+            Ok(nodes) => nodes,
             Err(error) => {
-                worker.report_error(&error.to_string());
+                worker.report_error(&error.message);
                 return true;
             }
         };
@@ -121,14 +118,13 @@ impl Storage {
                 worker.report_error(&format!("deleting what bricks on {node} missed: {error}"));
             }
         }
-        let store = self.hints.clone();
         let mut owed = true;
-        let queued = tokio::task::spawn_blocking(move || {
-            Ok::<_, crate::hints::HintError>(
-                store.counts(None)?.values().sum::<u64>() + store.pending_deletions()?,
-            )
-        });
-        if let Ok(Ok(queue)) = queued.await {
+        let queued = self
+            .with_hints(|hints| {
+                Ok(hints.counts(None)?.values().sum::<u64>() + hints.pending_deletions()?)
+            })
+            .await;
+        if let Ok(queue) = queued {
             worker.set_queue(queue);
             owed = queue > 0;
         }
@@ -143,12 +139,10 @@ impl Storage {
         reach: &Arc<HashMap<String, Reach>>,
     ) -> Result<(), RpcError> {
         loop {
-            let store = self.hints.clone();
             let owned = node.to_string();
-            let batch = tokio::task::spawn_blocking(move || store.for_node(&owned, BATCH))
-                .await
-                .map_err(|error| RpcError::internal(error.to_string()))?
-                .map_err(|error| RpcError::internal(error.to_string()))?;
+            let batch = self
+                .with_hints(move |hints| hints.for_node(&owned, BATCH))
+                .await?;
             if batch.is_empty() {
                 return Ok(());
             }
@@ -185,11 +179,8 @@ impl Storage {
                 }
             }
             let count = finished.len();
-            let store = self.hints.clone();
-            tokio::task::spawn_blocking(move || store.remove(&finished))
-                .await
-                .map_err(|error| RpcError::internal(error.to_string()))?
-                .map_err(|error| RpcError::internal(error.to_string()))?;
+            self.with_hints(move |hints| hints.remove(&finished))
+                .await?;
             if count > 0 {
                 self.counters
                     .copies_healed
@@ -205,6 +196,18 @@ impl Storage {
         }
     }
 
+    /// Runs `work` on this node's hints file on a blocking thread (redb waits on the disk).
+    async fn with_hints<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&crate::hints::Hints) -> Result<T, crate::hints::HintError> + Send + 'static,
+    ) -> Result<T, RpcError> {
+        let hints = self.hints.clone();
+        tokio::task::spawn_blocking(move || work(&hints))
+            .await
+            .map_err(|error| RpcError::internal(error.to_string()))?
+            .map_err(|error| RpcError::internal(error.to_string()))
+    }
+
     /// Deletes on `node`'s bricks the blocks that were dropped while it was away; stops at
     /// the first failure (the node is away again).
     async fn deliver_deletions(
@@ -213,14 +216,12 @@ impl Storage {
         reach: &Arc<HashMap<String, Reach>>,
     ) -> Result<(), RpcError> {
         loop {
-            let store = self.hints.clone();
             let owned = node.to_string();
-            let batch = tokio::task::spawn_blocking(move || {
-                store.deletions_for_node(&owned, crate::admin::MAX_DELETE_BLOCKS)
-            })
-            .await
-            .map_err(|error| RpcError::internal(error.to_string()))?
-            .map_err(|error| RpcError::internal(error.to_string()))?;
+            let batch = self
+                .with_hints(move |hints| {
+                    hints.deletions_for_node(&owned, crate::admin::MAX_DELETE_BLOCKS)
+                })
+                .await?;
             if batch.is_empty() {
                 return Ok(());
             }
@@ -247,11 +248,8 @@ impl Storage {
                 }
                 deleted += self.delete_copies(&spec, brick, blocks, reach).await?;
             }
-            let store = self.hints.clone();
-            tokio::task::spawn_blocking(move || store.remove_deletions(&batch))
-                .await
-                .map_err(|error| RpcError::internal(error.to_string()))?
-                .map_err(|error| RpcError::internal(error.to_string()))?;
+            self.with_hints(move |hints| hints.remove_deletions(&batch))
+                .await?;
             if deleted > 0 {
                 tracing::info!(node, deleted, "deleted the blocks a returning brick missed");
             }
@@ -358,12 +356,10 @@ impl Storage {
 impl Storage {
     /// This node's pending copies for `volume`, by brick.
     pub async fn hint_counts(&self, volume: &str) -> Result<Vec<(usize, u64)>, RpcError> {
-        let store = self.hints.clone();
         let volume = volume.to_string();
-        let counts = tokio::task::spawn_blocking(move || store.counts(Some(&volume)))
-            .await
-            .map_err(|error| RpcError::internal(error.to_string()))?
-            .map_err(|error| RpcError::internal(error.to_string()))?;
+        let counts = self
+            .with_hints(move |hints| hints.counts(Some(&volume)))
+            .await?;
         Ok(counts
             .into_iter()
             .map(|((_, brick), count)| (brick, count))

@@ -145,20 +145,32 @@ impl Hints {
 
     /// Up to `limit` hints for `node`, in key order.
     pub fn for_node(&self, node: &str, limit: usize) -> Result<Vec<Hint>, HintError> {
+        self.for_node_in(HINTS, node, limit, "hint")
+    }
+
+    /// Up to `limit` values of `definition` for `node`, in key order; one that cannot be
+    /// decoded (`what` names it in the log) is skipped.
+    fn for_node_in<V: serde::de::DeserializeOwned>(
+        &self,
+        definition: TableDefinition<&str, &[u8]>,
+        node: &str,
+        limit: usize,
+        what: &str,
+    ) -> Result<Vec<V>, HintError> {
         let prefix = format!("{node}\0");
         let transaction = self.database.begin_read().map_err(|e| self.error(e))?;
-        let table = transaction.open_table(HINTS).map_err(|e| self.error(e))?;
+        let table = transaction
+            .open_table(definition)
+            .map_err(|e| self.error(e))?;
         let mut found = Vec::new();
         for item in table.range(prefix.as_str()..).map_err(|e| self.error(e))? {
             let (key, value) = item.map_err(|e| self.error(e))?;
             if !key.value().starts_with(&prefix) || found.len() >= limit {
                 break;
             }
-            match postcard::from_bytes::<Hint>(value.value()) {
-                Ok(hint) => found.push(hint),
-                Err(error) => {
-                    tracing::warn!(%error, "an unreadable hint is skipped");
-                }
+            match postcard::from_bytes::<V>(value.value()) {
+                Ok(decoded) => found.push(decoded),
+                Err(error) => tracing::warn!(%error, "an unreadable {what} is skipped"),
             }
         }
         Ok(found)
@@ -195,16 +207,25 @@ impl Hints {
 
     /// Forgets hints (done or no longer needed).
     pub fn remove(&self, hints: &[Hint]) -> Result<(), HintError> {
-        if hints.is_empty() {
+        self.remove_keys(HINTS, hints.iter().map(Hint::key))
+    }
+
+    /// Removes `keys` from `definition` in one transaction.
+    fn remove_keys(
+        &self,
+        definition: TableDefinition<&str, &[u8]>,
+        keys: impl ExactSizeIterator<Item = String>,
+    ) -> Result<(), HintError> {
+        if keys.len() == 0 {
             return Ok(());
         }
         let transaction = self.database.begin_write().map_err(|e| self.error(e))?;
         {
-            let mut table = transaction.open_table(HINTS).map_err(|e| self.error(e))?;
-            for hint in hints {
-                table
-                    .remove(hint.key().as_str())
-                    .map_err(|e| self.error(e))?;
+            let mut table = transaction
+                .open_table(definition)
+                .map_err(|e| self.error(e))?;
+            for key in keys {
+                table.remove(key.as_str()).map_err(|e| self.error(e))?;
             }
         }
         transaction.commit().map_err(|e| self.error(e))
@@ -243,42 +264,12 @@ impl Hints {
 
     /// Up to `limit` deletions `node` owes, in key order.
     pub fn deletions_for_node(&self, node: &str, limit: usize) -> Result<Vec<Deletion>, HintError> {
-        let prefix = format!("{node}\0");
-        let transaction = self.database.begin_read().map_err(|e| self.error(e))?;
-        let table = transaction
-            .open_table(DELETIONS)
-            .map_err(|e| self.error(e))?;
-        let mut found = Vec::new();
-        for item in table.range(prefix.as_str()..).map_err(|e| self.error(e))? {
-            let (key, value) = item.map_err(|e| self.error(e))?;
-            if !key.value().starts_with(&prefix) || found.len() >= limit {
-                break;
-            }
-            match postcard::from_bytes::<Deletion>(value.value()) {
-                Ok(deletion) => found.push(deletion),
-                Err(error) => tracing::warn!(%error, "an unreadable deletion is skipped"),
-            }
-        }
-        Ok(found)
+        self.for_node_in(DELETIONS, node, limit, "deletion")
     }
 
     /// Forgets deletions (done, or no longer anyone's to do).
     pub fn remove_deletions(&self, deletions: &[Deletion]) -> Result<(), HintError> {
-        if deletions.is_empty() {
-            return Ok(());
-        }
-        let transaction = self.database.begin_write().map_err(|e| self.error(e))?;
-        {
-            let mut table = transaction
-                .open_table(DELETIONS)
-                .map_err(|e| self.error(e))?;
-            for deletion in deletions {
-                table
-                    .remove(deletion.key().as_str())
-                    .map_err(|e| self.error(e))?;
-            }
-        }
-        transaction.commit().map_err(|e| self.error(e))
+        self.remove_keys(DELETIONS, deletions.iter().map(Deletion::key))
     }
 
     /// Deletions still waiting for their brick on this node.

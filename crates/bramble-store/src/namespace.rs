@@ -165,14 +165,10 @@ fn entry_of_found(path: &str, found: &Found) -> FsEntry {
     }
 }
 
-/// The bytes a listing carries for the file at `entry`: those kept in its record, when
-/// they match their hash.
-fn listed_content(entry: usize, record: &FileRecord) -> Option<ListedContent> {
-    let bytes = record.inline.as_ref()?.checked().ok()?;
-    Some(ListedContent {
-        entry: entry as u32,
-        bytes: bytes.to_vec(),
-    })
+/// The bytes a listing carries for a file: those kept in its record, when they match
+/// their hash.
+fn inline_bytes(record: &FileRecord) -> Option<Vec<u8>> {
+    Some(record.inline.as_ref()?.checked().ok()?.to_vec())
 }
 
 fn not_found(volume: &str, path: &str) -> RpcError {
@@ -232,10 +228,12 @@ impl Storage {
         match lookup(self, &spec.name, &path, Consistency::Linearizable).await? {
             None => return Err(not_found(volume, &path)),
             Some(Found::File { record, version }) => {
-                let mut contents = Vec::new();
-                if with_content {
-                    contents.extend(listed_content(0, &record));
-                }
+                let contents = with_content
+                    .then(|| inline_bytes(&record))
+                    .flatten()
+                    .map(|bytes| ListedContent { entry: 0, bytes })
+                    .into_iter()
+                    .collect();
                 return Ok(ContentListing {
                     listing: Listing {
                         entries: vec![entry_of_file(&path, &record, version)],
@@ -262,8 +260,8 @@ impl Storage {
                 forwarded: false,
             })
             .await?;
-        let mut entries = Vec::new();
-        let mut contents = Vec::new();
+        // Each entry with the bytes it carries (small files, when asked for).
+        let mut listed: Vec<(FsEntry, Option<Vec<u8>>)> = Vec::new();
         for (key, value) in &page.entries {
             if *key == prefix {
                 continue;
@@ -272,10 +270,8 @@ impl Storage {
                 continue;
             };
             if let StoredEntry::File(record) = decode(key, &value.value)? {
-                entries.push(entry_of_file(entry_path, &record, value.version));
-                if with_content {
-                    contents.extend(listed_content(entries.len() - 1, &record));
-                }
+                let bytes = with_content.then(|| inline_bytes(&record)).flatten();
+                listed.push((entry_of_file(entry_path, &record, value.version), bytes));
             }
         }
         for common in &page.common_prefixes {
@@ -294,19 +290,21 @@ impl Storage {
                 },
                 None => Found::ImplicitDirectory,
             };
-            entries.push(entry_of_found(entry_path, &found));
+            listed.push((entry_of_found(entry_path, &found), None));
         }
-        // Directories join the files in name order; the contents follow their entries.
-        let mut order: Vec<usize> = (0..entries.len()).collect();
-        order.sort_by(|a, b| entries[*a].path.cmp(&entries[*b].path));
-        let mut position = vec![0u32; entries.len()];
-        for (sorted, original) in order.iter().enumerate() {
-            position[*original] = sorted as u32;
+        // Directories join the files in name order, and the bytes stay with their entry.
+        listed.sort_by(|a, b| a.0.path.cmp(&b.0.path));
+        let mut entries = Vec::with_capacity(listed.len());
+        let mut contents = Vec::new();
+        for (index, (entry, bytes)) in listed.into_iter().enumerate() {
+            entries.push(entry);
+            if let Some(bytes) = bytes {
+                contents.push(ListedContent {
+                    entry: index as u32,
+                    bytes,
+                });
+            }
         }
-        for content in &mut contents {
-            content.entry = position[content.entry as usize];
-        }
-        entries.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(ContentListing {
             listing: Listing {
                 entries,
