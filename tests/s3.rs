@@ -79,6 +79,13 @@ fn stalled_s3_clients_are_cut_off() {
         String::from_utf8_lossy(&output.stderr),
         cluster.log("n3")
     );
+    // The resumed PUT's first 64 KiB, sent before its 3 s pause while ten stalled bodies
+    // wanted the write budget, was stored as a block of its own: 4 MiB in 5 blocks.
+    let resumed = cluster
+        .bramble_ok(&["fs", "stat", "stalls:/resumed", "--json"])
+        .json();
+    assert_eq!(resumed["size"].as_u64(), Some(4 * 1024 * 1024), "{resumed}");
+    assert_eq!(resumed["blocks"].as_u64(), Some(5), "{resumed}");
 }
 
 /// Runs `tests/s3_scopes.py <phase>` against n3's endpoint with the drill's keys.

@@ -15,6 +15,7 @@ use bramble_meta::api::Consistency;
 use bramble_meta::types::{Command, CommandResult, Condition, Operation};
 use bramble_net::{BodyReader, ErrorKind, RpcError};
 use bytes::{Bytes, BytesMut};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::JoinSet;
 
 use crate::admin::{FilePutHeader, FilePutReply};
@@ -32,6 +33,9 @@ use crate::volume::VolumeSpec;
 
 /// Blocks of one write in flight at once.
 const BLOCKS_IN_FLIGHT: usize = 4;
+/// How long a client may pause in the middle of a block while other writes wait for the
+/// node's write budget before what it has sent of that block is stored as it is.
+const STALLED_BLOCK_AFTER: Duration = Duration::from_secs(1);
 /// Once a block has its quorum, how long its other copies may still take before their
 /// bricks are left out (and owed the copy): a node that stops answering (a power cut,
 /// SIGSTOP) stalls a writer this long, once, instead of GlusterFS's 42 s ping timeout.
@@ -171,22 +175,52 @@ impl Storage {
         options: WriteOptions,
         reach: &HashMap<String, Reach>,
     ) -> Result<(FileRecord, Vec<Hint>), RpcError> {
-        let version = new_version();
         let block_size = spec.block_size as usize;
-        let mut records: Vec<BlockRecord> = Vec::new();
-        let mut in_flight: JoinSet<Result<BlockOutcome, RpcError>> = JoinSet::new();
-        let mut missed: Vec<BlockOutcome> = Vec::new();
+        let mut blocks = BlockSender {
+            storage: Arc::clone(self),
+            spec,
+            reach,
+            version: new_version(),
+            record_zeros: self.cluster_speaks(crate::patch::PATCH_PROTOCOL, reach),
+            records: Vec::new(),
+            in_flight: JoinSet::new(),
+            missed: Vec::new(),
+        };
         let mut size = 0u64;
         let mut md5 = options.compute_md5.then(md5::Md5::default);
-        let record_zeros = self.cluster_speaks(crate::patch::PATCH_PROTOCOL, reach);
         // The block being filled: allocated at its final size and filled by copying, so
         // a block costs one allocation of its own size and one copy, whatever the sizes
         // of the chunks it is made of (growing a buffer chunk by chunk reallocates it
-        // several times and leaves it up to twice as large as the block).
+        // several times and leaves it up to twice as large as the block). It holds its
+        // share of the node's write budget from its first byte, so blocks being filled
+        // count as well as blocks in flight: ten S3 parts at once used to fill ten blocks
+        // outside the budget.
         let mut assembling = BytesMut::new();
+        let mut filling_permit: Option<OwnedSemaphorePermit> = None;
         let written = async {
             loop {
-                let chunk = source.next_chunk().await?;
+                let chunk = if assembling.is_empty() {
+                    source.next_chunk().await?
+                } else {
+                    // A client that pauses while holding part of a block would keep its
+                    // budget from every other write: when it pauses long enough while
+                    // others want the budget, what it has sent is stored as a short block
+                    // (a record's blocks need not be of equal size).
+                    let mut next = std::pin::pin!(source.next_chunk());
+                    loop {
+                        tokio::select! {
+                            chunk = &mut next => break chunk?,
+                            () = tokio::time::sleep(STALLED_BLOCK_AFTER) => {
+                                if !assembling.is_empty()
+                                    && self.write_buffers.available_permits() < budget_kib(block_size) as usize
+                                {
+                                    let data = std::mem::take(&mut assembling).freeze();
+                                    blocks.send(data, filling_permit.take()).await?;
+                                }
+                            }
+                        }
+                    }
+                };
                 let finished = chunk.is_none();
                 let mut chunk = chunk.unwrap_or_default();
                 size += chunk.len() as u64;
@@ -196,6 +230,18 @@ impl Storage {
                 while !chunk.is_empty() || (finished && !assembling.is_empty()) {
                     if !chunk.is_empty() {
                         if assembling.capacity() == 0 {
+                            // Its share of the budget first (the semaphore is never
+                            // closed); a write holds at most one block being filled, and
+                            // blocks in flight finish without more, so waiting here
+                            // cannot deadlock.
+                            filling_permit = Some(
+                                Arc::clone(&self.write_buffers)
+                                    .acquire_many_owned(budget_kib(block_size))
+                                    .await
+                                    .map_err(|_| {
+                                        RpcError::internal("the write budget was closed")
+                                    })?,
+                            );
                             assembling = BytesMut::with_capacity(block_size);
                         }
                         let take = (block_size - assembling.len()).min(chunk.len());
@@ -205,72 +251,28 @@ impl Storage {
                         }
                     }
                     let data = std::mem::take(&mut assembling).freeze();
-                    if records.len() >= MAX_FILE_BLOCKS {
-                        return Err(RpcError::new(
-                            ErrorKind::TooLarge,
-                            format!(
-                                "a file may have at most {MAX_FILE_BLOCKS} blocks of {block_size} bytes"
-                            ),
-                        ));
-                    }
-                    let index = records.len() as u32;
-                    let hash = *blake3::hash(&data).as_bytes();
-                    if record_zeros && all_zeros(&data) {
-                        // Recorded, not stored: a run of zeros costs no disk.
-                        records.push(BlockRecord::zeros(data.len() as u32, hash));
-                        continue;
-                    }
-                    records.push(BlockRecord {
-                        length: data.len() as u32,
-                        hash,
-                        id: None,
-                    });
-                    if in_flight.len() >= BLOCKS_IN_FLIGHT
-                        && let Some(done) = in_flight.join_next().await
-                    {
-                        let outcome = settle(done)?;
-                        if !outcome.missed.is_empty() {
-                            missed.push(outcome);
-                        }
-                    }
-                    // The block's share of the node's write budget, held until its copies
-                    // are written (the semaphore is never closed).
-                    let kib = (data.len().div_ceil(1024) as u32)
-                        .min((crate::node::WRITE_BUFFER_BYTES / 1024) as u32);
-                    let permit = Arc::clone(&self.write_buffers)
-                        .acquire_many_owned(kib)
-                        .await
-                        .map_err(|_| RpcError::internal("the write budget was closed"))?;
-                    let storage = Arc::clone(self);
-                    let spec = spec.clone();
-                    let reach = reach.clone();
-                    in_flight.spawn(async move {
-                        let outcome = storage
-                            .write_block(&spec, BlockId { version, index }, hash, data, &reach)
-                            .await;
-                        drop(permit);
-                        outcome
-                    });
+                    blocks.send(data, filling_permit.take()).await?;
                 }
                 if finished {
                     break;
                 }
             }
-            while let Some(done) = in_flight.join_next().await {
-                let outcome = settle(done)?;
-                if !outcome.missed.is_empty() {
-                    missed.push(outcome);
-                }
-            }
-            Ok::<(), RpcError>(())
+            blocks.finish().await
         }
         .await;
+        let BlockSender {
+            version,
+            records,
+            mut in_flight,
+            missed,
+            ..
+        } = blocks;
         if let Err(error) = written {
             in_flight.abort_all();
-            let blocks = (0..records.len() as u32)
+            let stored = (0..records.len() as u32)
                 .map(|index| BlockId { version, index })
                 .collect();
-            self.discard_blocks(spec, blocks, reach).await;
+            self.discard_blocks(spec, stored, reach).await;
             return Err(error);
         }
         let record = FileRecord {
@@ -726,6 +728,91 @@ fn settle(
     joined: Result<Result<BlockOutcome, RpcError>, tokio::task::JoinError>,
 ) -> Result<BlockOutcome, RpcError> {
     joined.map_err(|error| RpcError::internal(format!("a block write failed: {error}")))?
+}
+
+/// A block's share of the node's write budget, in KiB (the budget counts KiB).
+fn budget_kib(block_size: usize) -> u32 {
+    (block_size.div_ceil(1024) as u32).min((crate::node::WRITE_BUFFER_BYTES / 1024) as u32)
+}
+
+/// The blocks of one write: hashed, recorded in order and sent to their sets, a few at a
+/// time, each holding its share of the node's write budget until its copies are written.
+struct BlockSender<'a> {
+    storage: Arc<Storage>,
+    spec: &'a VolumeSpec,
+    reach: &'a HashMap<String, Reach>,
+    version: u128,
+    /// Whether runs of zeros may be recorded instead of stored (every node reads them).
+    record_zeros: bool,
+    records: Vec<BlockRecord>,
+    in_flight: JoinSet<Result<BlockOutcome, RpcError>>,
+    /// Blocks some brick of whose set did not get its copy.
+    missed: Vec<BlockOutcome>,
+}
+
+impl BlockSender<'_> {
+    /// Records `data` as the next block and starts writing it, after the oldest block in
+    /// flight when [`BLOCKS_IN_FLIGHT`] are. `permit` (its budget) is held until written.
+    async fn send(
+        &mut self,
+        data: Bytes,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> Result<(), RpcError> {
+        if self.records.len() >= MAX_FILE_BLOCKS {
+            return Err(RpcError::new(
+                ErrorKind::TooLarge,
+                format!(
+                    "a file may have at most {MAX_FILE_BLOCKS} blocks of {} bytes",
+                    self.spec.block_size
+                ),
+            ));
+        }
+        let index = self.records.len() as u32;
+        let hash = *blake3::hash(&data).as_bytes();
+        if self.record_zeros && all_zeros(&data) {
+            // Recorded, not stored: a run of zeros costs no disk.
+            self.records
+                .push(BlockRecord::zeros(data.len() as u32, hash));
+            return Ok(());
+        }
+        self.records.push(BlockRecord {
+            length: data.len() as u32,
+            hash,
+            id: None,
+        });
+        if self.in_flight.len() >= BLOCKS_IN_FLIGHT
+            && let Some(done) = self.in_flight.join_next().await
+        {
+            self.note(settle(done)?);
+        }
+        let storage = Arc::clone(&self.storage);
+        let spec = self.spec.clone();
+        let reach = self.reach.clone();
+        let block = BlockId {
+            version: self.version,
+            index,
+        };
+        self.in_flight.spawn(async move {
+            let outcome = storage.write_block(&spec, block, hash, data, &reach).await;
+            drop(permit);
+            outcome
+        });
+        Ok(())
+    }
+
+    /// Waits for every block in flight.
+    async fn finish(&mut self) -> Result<(), RpcError> {
+        while let Some(done) = self.in_flight.join_next().await {
+            self.note(settle(done)?);
+        }
+        Ok(())
+    }
+
+    fn note(&mut self, outcome: BlockOutcome) {
+        if !outcome.missed.is_empty() {
+            self.missed.push(outcome);
+        }
+    }
 }
 
 /// What each brick of a block's set stores, in set order, with its hash: the block itself
