@@ -38,6 +38,12 @@ pub const MAX_BLOCK_TRANSFERS: usize = 32;
 /// aws-cli putting 1 GiB (ten parts at once), 16 MiB wrote 5-10 % faster and peaked 8 MB
 /// higher on the gateway and 9 MB higher on each brick.
 pub const WRITE_BUFFER_BYTES: usize = 8 * 1024 * 1024;
+/// Bytes of blocks this node's reads may hold fetched ahead of what their clients have
+/// taken, all reads together. Each read may always have one block of its own fetched
+/// beyond the budget, so a read never waits for another (a slow client can only cost
+/// the others their read-ahead); without a shared bound, aws-cli reading 1 GiB as ten
+/// ranged GETs at once made its gateway hold up to ten blocks for each.
+pub const READ_AHEAD_BUFFER_BYTES: usize = 8 * 1024 * 1024;
 
 /// The storage subsystem of one agent.
 pub struct Storage {
@@ -58,6 +64,9 @@ pub struct Storage {
     /// [`WRITE_BUFFER_BYTES`]. Apart from `transfers`, so a write waiting for its turn
     /// never keeps a brick on this node from storing the copies it is sent.
     pub(crate) write_buffers: Arc<Semaphore>,
+    /// Bounds the memory of the blocks reads fetch ahead, in KiB; see
+    /// [`READ_AHEAD_BUFFER_BYTES`].
+    pub(crate) read_ahead_buffers: Arc<Semaphore>,
     pub(crate) counters: Counters,
     /// Copies this node owes to bricks that missed them.
     pub(crate) hints: Arc<crate::hints::Hints>,
@@ -125,6 +134,7 @@ impl Storage {
             away: Mutex::new(HashMap::new()),
             transfers: Arc::new(Semaphore::new(MAX_BLOCK_TRANSFERS)),
             write_buffers: Arc::new(Semaphore::new(WRITE_BUFFER_BYTES / 1024)),
+            read_ahead_buffers: Arc::new(Semaphore::new(READ_AHEAD_BUFFER_BYTES / 1024)),
             counters: Counters::default(),
             patching: crate::patch::FileLocks::default(),
             reclaim: crate::reclaim::Reclaim::default(),

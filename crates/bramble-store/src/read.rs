@@ -13,6 +13,7 @@ use std::time::Duration;
 use bramble_meta::api::Consistency;
 use bramble_net::{BodySender, ErrorKind, RpcError};
 use bytes::Bytes;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::JoinHandle;
 
 use crate::admin::{FileGetHeader, FileGetReply};
@@ -114,7 +115,14 @@ impl Storage {
             .partition_point(|start| *start < end)
             .saturating_sub(1)) as u32;
         let reach = Arc::new(self.reach().await);
-        let mut ahead: VecDeque<(u32, JoinHandle<Result<Bytes, RpcError>>)> = VecDeque::new();
+        // Each block fetched ahead, with its share of the node's read-ahead budget (none
+        // for the one block a read may always have of its own).
+        type Fetch = (
+            u32,
+            JoinHandle<Result<Bytes, RpcError>>,
+            Option<OwnedSemaphorePermit>,
+        );
+        let mut ahead: VecDeque<Fetch> = VecDeque::new();
         let mut next = first;
         let fetch = |index: u32| {
             let storage = Arc::clone(self);
@@ -129,15 +137,32 @@ impl Storage {
         let outcome = async {
             while next <= last || !ahead.is_empty() {
                 while next <= last && ahead.len() < READ_AHEAD {
-                    ahead.push_back((next, fetch(next)));
+                    let permit = if ahead.is_empty() {
+                        None
+                    } else {
+                        let kib = record.blocks[next as usize].length.div_ceil(1024).max(1);
+                        match Arc::clone(&self.read_ahead_buffers).try_acquire_many_owned(kib) {
+                            Ok(permit) => Some(permit),
+                            // The budget is spent: this read goes on without read-ahead.
+                            Err(_) => break,
+                        }
+                    };
+                    ahead.push_back((next, fetch(next), permit));
                     next += 1;
                 }
-                let Some((index, handle)) = ahead.pop_front() else {
+                let Some((index, handle, permit)) = ahead.pop_front() else {
                     break;
                 };
-                let data = handle.await.map_err(|error| {
+                let mut data = handle.await.map_err(|error| {
                     RpcError::internal(format!("a block read failed: {error}"))
                 })??;
+                if let Some(permit) = permit {
+                    // The budget is held until the client has taken the last of the block.
+                    data = Bytes::from_owner(Budgeted {
+                        data,
+                        _permit: permit,
+                    });
+                }
                 let block_start = starts[index as usize];
                 let from = offset.saturating_sub(block_start) as usize;
                 let to = ((end - block_start).min(data.len() as u64)) as usize;
@@ -148,7 +173,7 @@ impl Storage {
             Ok::<(), RpcError>(())
         }
         .await;
-        for (_, handle) in &ahead {
+        for (_, handle, _) in &ahead {
             handle.abort();
         }
         outcome
@@ -430,6 +455,19 @@ impl Storage {
                 ),
             }
         });
+    }
+}
+
+/// A block's bytes with the read-ahead budget they hold, given back when the last slice
+/// of them is dropped.
+struct Budgeted {
+    data: Bytes,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl AsRef<[u8]> for Budgeted {
+    fn as_ref(&self) -> &[u8] {
+        &self.data
     }
 }
 

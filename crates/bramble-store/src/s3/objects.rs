@@ -232,7 +232,9 @@ impl BrambleS3 {
         start: u64,
         end: u64,
     ) -> StreamingBlob {
-        let (sender, receiver) = mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+        // One chunk queued (up to a block): the read's own read-ahead, within the node's
+        // budget, keeps the client fed; a deeper queue held blocks outside any bound.
+        let (sender, receiver) = mpsc::channel::<Result<Bytes, std::io::Error>>(1);
         let storage = self.storage.clone();
         let spec = spec.clone();
         tokio::spawn(async move {
