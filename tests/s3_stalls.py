@@ -81,17 +81,24 @@ STALLED_BODIES = 10
 PUT_WHILE_STALLED_LIMIT_S = 10
 
 
-def stalled_body(number):
+def presigned_put(key, size, first_bytes):
+    """A connection that has sent a presigned PUT's head announcing `size` bytes, and
+    `first_bytes` of its body."""
     url = s3.generate_presigned_url(
-        "put_object", Params={"Bucket": BUCKET, "Key": f"stalled-{number}"}, ExpiresIn=600
+        "put_object", Params={"Bucket": BUCKET, "Key": key}, ExpiresIn=600
     )
     parts = urllib.parse.urlsplit(url)
     sock = socket.create_connection((host, port))
     head = (
         f"PUT {parts.path}?{parts.query} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
-        f"Content-Length: {4 * 1024 * 1024}\r\n\r\n"
+        f"Content-Length: {size}\r\n\r\n"
     )
-    sock.sendall(head.encode() + os.urandom(64 * 1024))
+    sock.sendall(head.encode() + first_bytes)
+    return sock
+
+
+def stalled_body(number):
+    sock = presigned_put(f"stalled-{number}", 4 * 1024 * 1024, os.urandom(64 * 1024))
     results[f"stalled_body_{number}"] = wait_for_answer(sock, BODY_IDLE_TIMEOUT_S * 3)
 
 
@@ -100,16 +107,7 @@ RESUMED_BODY = os.urandom(RESUMED_SIZE)
 
 
 def resumed_body():
-    url = s3.generate_presigned_url(
-        "put_object", Params={"Bucket": BUCKET, "Key": "resumed"}, ExpiresIn=600
-    )
-    parts = urllib.parse.urlsplit(url)
-    sock = socket.create_connection((host, port))
-    head = (
-        f"PUT {parts.path}?{parts.query} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
-        f"Content-Length: {RESUMED_SIZE}\r\n\r\n"
-    )
-    sock.sendall(head.encode() + RESUMED_BODY[: 64 * 1024])
+    sock = presigned_put("resumed", RESUMED_SIZE, RESUMED_BODY[: 64 * 1024])
     time.sleep(3)
     sock.sendall(RESUMED_BODY[64 * 1024 :])
     results["resumed_body"] = wait_for_answer(sock, BODY_IDLE_TIMEOUT_S)

@@ -361,8 +361,13 @@ pub fn measure_host_milliseconds_per_event() -> f64 {
         }
         batches.push((thread_cpu_time() - started).as_secs_f64() * 1000.0 / f64::from(events));
     }
-    batches.sort_by(f64::total_cmp);
-    batches[batches.len() / 2]
+    median(batches)
+}
+
+/// The middle of `figures` (the upper middle of an even count); `figures` is never empty.
+fn median(mut figures: Vec<f64>) -> f64 {
+    figures.sort_by(f64::total_cmp);
+    figures[figures.len() / 2]
 }
 
 /// The longest and shortest probe run `calibrate-board` accepts, in milliseconds.
@@ -439,9 +444,7 @@ fn measure_as_the_board_runs(board: Board, first: &Calibration) -> Result<f64> {
         .map(|_| probe_in(&probe, board, first))
         .collect::<Result<Vec<f64>>>();
     probe.remove_node();
-    let mut figures = outcome?;
-    figures.sort_by(f64::total_cmp);
-    Ok(figures[figures.len() / 2])
+    Ok(median(outcome?))
 }
 
 fn probe_in(probe: &NodeCgroups, board: Board, first: &Calibration) -> Result<f64> {
