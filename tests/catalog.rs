@@ -180,6 +180,50 @@ async fn acknowledged_writes_through_random_nodes_survive_two_leader_kills() {
     assert_eq!(listed.len(), 1000);
 }
 
+/// A follower that missed more than one request's worth of log (16 MiB) catches up: the
+/// leader's appends carry a bounded number of entries. With openraft's default of 300
+/// entries an append, the 24 large values written while this follower was down made one
+/// request of 21 MB, which the follower refused, again and again, until a snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_that_missed_many_large_entries_catches_up() {
+    let cluster = TestCluster::up(3);
+    wait_for_voters(&cluster, 3);
+    let leader = wait_for_leader(&cluster);
+    let follower = cluster
+        .all()
+        .iter()
+        .find(|name| **name != leader)
+        .unwrap()
+        .to_string();
+    cluster.chaos("kill", &follower);
+    let client = admin_client(&cluster);
+    let leader_address = cluster.addr(&leader);
+    for index in 0..24u8 {
+        let request = WriteRequest {
+            command: Command::Put {
+                key: format!("large/{index:02}"),
+                value: vec![b'a' + index % 26; 900_000],
+            },
+            forwarded: false,
+        };
+        let result: CommandResult = client
+            .call(leader_address, METHOD_WRITE, &request)
+            .await
+            .unwrap();
+        assert!(
+            matches!(result, CommandResult::Written { .. }),
+            "{result:?}"
+        );
+    }
+    cluster.bramble_ok(&["kv", "put", "large-done/marker", "written"]);
+    cluster.chaos("restart", &follower);
+    wait_until(&format!("{follower} catches up"), LONG, || {
+        replica_of(&cluster, &follower, "large-done/").is_some_and(|replica| {
+            replica.get("large-done/marker").map(String::as_str) == Some("written")
+        })
+    });
+}
+
 #[test]
 fn a_killed_leader_is_replaced_and_writes_succeed_again() {
     let cluster = TestCluster::up(5);

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bramble_cluster::{Membership, NodeDir, NodeState, NodeView};
-use bramble_net::{ErrorKind, RpcClient, RpcError};
+use bramble_net::{ErrorKind, MAX_MEMBER_FRAME, RpcClient, RpcError};
 use bramble_util::{Restart, WorkerContext, WorkerState, Workers};
 use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
 use openraft::{ChangeMembers, Config, ServerState, SnapshotPolicy};
@@ -29,7 +29,8 @@ use crate::read_lease::ReadLease;
 use crate::settings::MetaSettings;
 use crate::store::{self, CatalogReader};
 use crate::types::{
-    Command, CommandResult, MetaNode, NodeId, Operation, Raft, VersionedValue, node_id_of,
+    Command, CommandResult, MAX_ENTRY_BYTES, MetaNode, NodeId, Operation, Raft, VersionedValue,
+    node_id_of,
 };
 use crate::watch::Watch;
 
@@ -60,6 +61,20 @@ pub fn desired_voters(members: usize) -> usize {
         _ => 5,
     }
 }
+
+/// Log entries a leader sends a follower in one append. With openraft's default, 300,
+/// a leader rebuilding its replication (on election and on every voter change, when it
+/// sends each follower batches from the middle of its log to find where they agree) sent
+/// 8.5 MB appends of small-file groups. An append to a follower that has stopped reading
+/// stays in memory until it times out: in bench/storage.sh's stall step (one node
+/// SIGSTOPped) the gateway, leading the catalog, went from 51 to 100 MB for a moment.
+/// 300 entries of up to [`MAX_ENTRY_BYTES`] could also outgrow the 16 MiB a member's
+/// request may take, and that follower would never catch up: this many always fit.
+const APPEND_BATCH_ENTRIES: u64 = (MAX_MEMBER_FRAME as usize / MAX_ENTRY_BYTES) as u64;
+const _: () = assert!(
+    APPEND_BATCH_ENTRIES >= 4,
+    "a follower catches up a few entries per append at least"
+);
 
 /// The control plane of one node.
 pub struct Meta {
@@ -107,6 +122,7 @@ impl Meta {
             // Keep some log past the snapshot so a briefly absent follower catches up from
             // the log; one away for longer gets the snapshot.
             max_in_snapshot_log_to_keep: (settings.snapshot_every_entries / 2).min(1_000),
+            max_payload_entries: APPEND_BATCH_ENTRIES,
             ..Default::default()
         }
         .validate()

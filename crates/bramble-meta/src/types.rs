@@ -61,6 +61,9 @@ pub const MAX_GROUP_COMMANDS: usize = 128;
 /// Most key and value bytes one [`Command::Group`] carries, all its commands together
 /// (a lone command of any allowed size is never grouped past this).
 pub const MAX_GROUP_BYTES: usize = 2 * MAX_VALUE_BYTES;
+/// Most bytes one log entry takes encoded: a group's keys and values and room for what
+/// encoding adds (lengths, tags, versions; a batch of 4,096 operations adds about 40 KiB).
+pub const MAX_ENTRY_BYTES: usize = MAX_GROUP_BYTES + 64 * 1024;
 
 /// A condition of a [`Command::Batch`]: `key` must be at `version` (0: must not exist).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

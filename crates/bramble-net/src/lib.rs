@@ -22,7 +22,7 @@ pub use mux::{
     ResponseWriter, StreamHandler, StreamRouter,
 };
 pub use rpc::{
-    CallError, Connection, ErrorKind, Handler, Router, RpcClient, RpcError, ServerLimits, serve,
-    serve_with_streams,
+    CallError, Connection, ErrorKind, Handler, MAX_MEMBER_FRAME, Router, RpcClient, RpcError,
+    ServerLimits, serve, serve_with_streams,
 };
 pub use tls::{CLUSTER_SERVER_NAME, Credential, Fingerprint, TlsError};

@@ -51,11 +51,14 @@ pub struct ServerLimits {
     pub handler_timeout: Duration,
 }
 
+/// [`ServerLimits::max_frame`] by default: the largest request a member may send.
+pub const MAX_MEMBER_FRAME: u32 = 16 * 1024 * 1024;
+
 impl Default for ServerLimits {
     fn default() -> Self {
         ServerLimits {
             max_connections: 512,
-            max_frame: 16 * 1024 * 1024,
+            max_frame: MAX_MEMBER_FRAME,
             max_anonymous_frame: 16 * 1024,
             handshake_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(30),
@@ -566,11 +569,12 @@ async fn write_frame<S: AsyncWrite + Unpin, T: Serialize>(
     stream: &mut S,
     value: &T,
 ) -> std::io::Result<()> {
-    let bytes = postcard::to_allocvec(value).map_err(std::io::Error::other)?;
-    let length = u32::try_from(bytes.len()).map_err(std::io::Error::other)?;
-    let mut buffer = Vec::with_capacity(bytes.len() + 4);
-    buffer.extend_from_slice(&length.to_be_bytes());
-    buffer.extend_from_slice(&bytes);
+    // Serialized once, straight after room for its length: a Raft append to a follower
+    // that has stopped reading stays in memory until it times out, and a second copy of
+    // it doubled what a leader held for every such follower.
+    let mut buffer = postcard::to_extend(value, vec![0u8; 4]).map_err(std::io::Error::other)?;
+    let length = u32::try_from(buffer.len() - 4).map_err(std::io::Error::other)?;
+    buffer[..4].copy_from_slice(&length.to_be_bytes());
     stream.write_all(&buffer).await?;
     stream.flush().await
 }
