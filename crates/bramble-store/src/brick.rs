@@ -5,10 +5,11 @@
 //! file starts with a header — a magic number, the block's BLAKE3 hash and its length —
 //! so a brick can check its own blocks (scrub) without asking the catalog.
 //!
-//! Writes are durable before they are acknowledged: the block goes to a temporary file
-//! in its final directory, is fsynced, renamed into place, and the directory is fsynced,
-//! so after a power cut a block is either whole or absent. Every read checks the hash; a
-//! mismatch is an error ([`BrickError::Corrupt`]), never data.
+//! Writes are durable before they are acknowledged: a new block is written under its
+//! name and fsynced, and its directory is fsynced; a block that is there already is
+//! replaced through a temporary file and a rename. After a power cut a block may be
+//! short or torn, never silently wrong: every read checks the hash, and a mismatch is an
+//! error ([`BrickError::Corrupt`]) that readers answer from another copy, never data.
 //!
 //! The calls block (file I/O and fsync): async callers run them on tokio's blocking pool.
 
@@ -192,29 +193,58 @@ impl BrickStore {
         }
         let target = self.block_path(block);
         let directory = target.parent().unwrap_or(&self.root).to_path_buf();
+        // A block new to the brick (nearly every put: a write makes a new version) is
+        // written where it stays. A temporary file and a rename cost a second journal
+        // commit per block (the file's fsync, then the directory's after the rename); in
+        // place, the directory's fsync finds the entry already committed with the file.
+        // A power cut mid-write can leave a short file under the block's name, which is
+        // no worse than a torn copy: every read checks the header's hash and length, a
+        // write is acknowledged only after the fsyncs, and a block that is there already
+        // is replaced through a temporary file, as before.
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&target)
+        {
+            Ok(file) => {
+                let written = write_block_file(&file, hash, data, &target)
+                    .and_then(|()| sync_directory(&directory));
+                if written.is_err() && is_same_file(&file, &target) {
+                    let _ = fs::remove_file(&target);
+                }
+                written
+            }
+            Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {
+                self.replace(block, hash, data, &target, &directory)
+            }
+            Err(error) => Err(BrickError::io(&target)(error)),
+        }
+    }
+
+    /// Replaces a block file that exists through a temporary file and a rename, so a
+    /// reader sees the old copy or the new one, never a mixture.
+    fn replace(
+        &self,
+        block: &BlockId,
+        hash: &[u8; 32],
+        data: &[u8],
+        target: &Path,
+        directory: &Path,
+    ) -> Result<(), BrickError> {
         let temporary = directory.join(format!(
             ".tmp-{}-{:x}",
             block.file_name(),
             crate::file::new_version() as u64
         ));
         let written = (|| {
-            let mut file = OpenOptions::new()
+            let file = OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .open(&temporary)
                 .map_err(BrickError::io(&temporary))?;
-            let mut header = [0u8; HEADER_BYTES];
-            header[..8].copy_from_slice(MAGIC);
-            header[8..40].copy_from_slice(hash);
-            header[40..44].copy_from_slice(&(data.len() as u32).to_le_bytes());
-            file.write_all(&header)
-                .map_err(BrickError::io(&temporary))?;
-            file.write_all(data).map_err(BrickError::io(&temporary))?;
-            file.sync_all().map_err(BrickError::io(&temporary))?;
-            fs::rename(&temporary, &target).map_err(BrickError::io(&target))?;
-            File::open(&directory)
-                .and_then(|handle| handle.sync_all())
-                .map_err(BrickError::io(&directory))
+            write_block_file(&file, hash, data, &temporary)?;
+            fs::rename(&temporary, target).map_err(BrickError::io(target))?;
+            sync_directory(directory)
         })();
         if written.is_err() {
             let _ = fs::remove_file(&temporary);
@@ -331,6 +361,39 @@ impl BrickStore {
     }
 }
 
+/// Writes a block file's header and data and fsyncs it.
+fn write_block_file(
+    mut file: &File,
+    hash: &[u8; 32],
+    data: &[u8],
+    path: &Path,
+) -> Result<(), BrickError> {
+    let mut header = [0u8; HEADER_BYTES];
+    header[..8].copy_from_slice(MAGIC);
+    header[8..40].copy_from_slice(hash);
+    header[40..44].copy_from_slice(&(data.len() as u32).to_le_bytes());
+    file.write_all(&header).map_err(BrickError::io(path))?;
+    file.write_all(data).map_err(BrickError::io(path))?;
+    file.sync_all().map_err(BrickError::io(path))
+}
+
+/// Makes a directory's entries durable.
+fn sync_directory(directory: &Path) -> Result<(), BrickError> {
+    File::open(directory)
+        .and_then(|handle| handle.sync_all())
+        .map_err(BrickError::io(directory))
+}
+
+/// Whether `path` still names the file open as `file` (and not one a concurrent put
+/// renamed over it), so a failed write removes only what it made.
+fn is_same_file(file: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), fs::metadata(path)) {
+        (Ok(ours), Ok(named)) => ours.dev() == named.dev() && ours.ino() == named.ino(),
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -376,6 +439,37 @@ mod tests {
         assert_eq!(brick.get(&block(0), Some(&hash)).unwrap(), data);
         assert!(brick.delete(&block(0)).unwrap());
         assert!(!brick.delete(&block(0)).unwrap());
+    }
+
+    /// What a power cut in the middle of writing a new block leaves: a short file under
+    /// the block's name. Reads call it corrupt rather than return it, and the heal's put
+    /// replaces it whole; no temporary file is left behind either way.
+    #[test]
+    fn a_torn_block_file_is_corrupt_and_a_put_replaces_it() {
+        let directory = tempfile::tempdir().unwrap();
+        let brick = BrickStore::open(directory.path(), "vol0", 7).unwrap();
+        let data: Vec<u8> = (0..300_000u32).map(|number| (number % 251) as u8).collect();
+        let hash = *blake3::hash(&data).as_bytes();
+        brick.put(&block(0), &hash, &data).unwrap();
+        let path = brick.block_path(&block(0));
+        let whole = fs::read(&path).unwrap();
+        for torn_length in [0, HEADER_BYTES - 1, HEADER_BYTES + 4096] {
+            fs::write(&path, &whole[..torn_length]).unwrap();
+            assert!(
+                matches!(
+                    brick.get(&block(0), Some(&hash)),
+                    Err(BrickError::Corrupt { .. })
+                ),
+                "a block file cut at {torn_length} bytes"
+            );
+            brick.put(&block(0), &hash, &data).unwrap();
+            assert_eq!(brick.get(&block(0), Some(&hash)).unwrap(), data);
+        }
+        let names: Vec<String> = fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, vec![block(0).file_name()]);
     }
 
     #[test]

@@ -161,8 +161,11 @@ impl Storage {
                             self.counters
                                 .orphans_removed
                                 .fetch_add(1, Ordering::Relaxed);
-                            continue;
                         }
+                        // No record reads it, so there is nothing to check: a young one
+                        // may be a write still under way (written in place, so short
+                        // until it is done), or a torn one that will go when old enough.
+                        continue;
                     }
                     let reader = store.clone();
                     let outcome = tokio::task::spawn_blocking(move || reader.get(&block, None))
