@@ -32,13 +32,14 @@ timed() {
     printf 'round %s  %-32s %-12s %6.2f s  %6.1f MiB/s\n' "$round" "$binary" "$label" \
         "$(echo "$ended - $started" | bc)" "$(echo "$SIZE_MIB / ($ended - $started)" | bc -l)"
 }
+# address NODE: NODE's address in the current cluster's `up --json`.
+address() { python3 -c 'import json, sys; print(next(n["addr"] for n in json.load(open(sys.argv[1]))["nodes"] if n["name"] == sys.argv[2]))' "$WORK/up.json" "$1"; }
 head -c "$((SIZE_MIB * 1024 * 1024))" /dev/urandom >"$WORK/big"
 for round in $(seq 1 "$ROUNDS"); do
     for binary in "$@"; do
         CURRENT="$binary"
         export BRAMBLE_DIR="$WORK/cluster"
         "$binary" up --bare --nodes 3 --json >"$WORK/up.json"
-        address() { python3 -c 'import json, sys; print(next(n["addr"] for n in json.load(open(sys.argv[1]))["nodes"] if n["name"] == sys.argv[2]))' "$WORK/up.json" "$1"; }
         n1="$(address n1)" n2="$(address n2)"
         "$binary" volume create vol0 --replica 2 n2 n3 >/dev/null
         drop_caches
