@@ -607,7 +607,9 @@ impl Meta {
             }
             // Snapshots of a large catalog are built and sent as one buffer, and bursts of
             // writes free many buffers: give the memory back to the kernel once a second
-            // when enough of it is free, instead of keeping it resident.
+            // when enough of it is free, instead of keeping it resident. Pooled block
+            // buffers that went unused for a second go first.
+            bramble_util::buffers::release_idle();
             bramble_util::memory::release_free_memory_if_worthwhile();
             if self.raft.metrics().borrow().current_leader != Some(self.self_id) {
                 down_since.clear();

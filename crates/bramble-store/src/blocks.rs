@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use bramble_net::{BodyReader, ErrorKind, MuxError, Priority, ResponseWriter, RpcError};
+use bramble_util::buffers;
 use bytes::Bytes;
 
 use crate::admin::{
@@ -89,13 +90,16 @@ impl Storage {
     }
 
     /// Reads one copy of `block` from brick `brick`, checked against `expected` (and
-    /// always against the hash in its brick header).
+    /// always against the hash in its brick header). `length` is the length it should have
+    /// (the size of the buffer it is read into; the caller checks it).
+    #[allow(clippy::too_many_arguments)]
     pub async fn get_copy(
         &self,
         spec: &VolumeSpec,
         brick: usize,
         block: BlockId,
         expected: Option<[u8; 32]>,
+        length: usize,
         reach: &HashMap<String, Reach>,
         timeout: Duration,
     ) -> Result<Bytes, RpcError> {
@@ -103,7 +107,7 @@ impl Storage {
             let store = self.local_brick(spec, brick)?;
             return blocking(move || store.get(&block, expected.as_ref()))
                 .await
-                .map(Bytes::from);
+                .map(buffers::into_bytes);
         }
         let address = self.address_of(spec, brick, reach)?;
         let header = BlockGetHeader {
@@ -120,7 +124,10 @@ impl Storage {
                 .await?;
             sender.finish().await?;
             let mut response = response.wait().await?;
-            response.body.read_to_end(MAX_STORED_BLOCK).await
+            response
+                .body
+                .read_to_end_sized(length.min(MAX_STORED_BLOCK), MAX_STORED_BLOCK)
+                .await
         };
         let data = tokio::time::timeout(timeout, exchange)
             .await
@@ -130,7 +137,7 @@ impl Storage {
         // sending it, and TLS (an AEAD) guarantees it arrived as sent: hashing it again
         // here would only spend a core on a 2-core board. The length is checked by the
         // caller.
-        Ok(Bytes::from(data))
+        Ok(buffers::into_bytes(data))
     }
 
     /// Removes blocks from brick `brick` (best effort: a brick that is away keeps them
@@ -250,7 +257,12 @@ impl Storage {
         }
         let store = self.local_brick(&spec, header.brick.brick)?;
         let (block, hash) = (header.block, header.hash);
-        blocking(move || store.put(&block, &hash, &data)).await?;
+        blocking(move || {
+            let stored = store.put(&block, &hash, &data);
+            buffers::give_back(data);
+            stored
+        })
+        .await?;
         response
             .send_all(&[], Bytes::new())
             .await
@@ -278,7 +290,7 @@ impl Storage {
             }
         };
         response
-            .send_all(&[], Bytes::from(data))
+            .send_all(&[], buffers::into_bytes(data))
             .await
             .map_err(mux_error)
     }

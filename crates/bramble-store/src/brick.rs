@@ -281,7 +281,7 @@ impl BrickStore {
         if length > MAX_STORED_BLOCK {
             return Err(corrupt(format!("the header claims {length} bytes")));
         }
-        let mut data = Vec::with_capacity(length);
+        let mut data = bramble_util::buffers::take(length);
         (&mut file)
             .take(length as u64 + 1)
             .read_to_end(&mut data)

@@ -321,6 +321,7 @@ impl Storage {
                     source,
                     hint.block,
                     Some(block_record.hash),
+                    block_record.length as usize,
                     reach,
                     crate::read::COPY_READ_TIMEOUT,
                 )

@@ -264,7 +264,15 @@ impl Storage {
                 let brick = bricks[position];
                 fetching.spawn(async move {
                     let outcome = storage
-                        .get_copy(&spec, brick, block, None, &reach, COPY_READ_TIMEOUT)
+                        .get_copy(
+                            &spec,
+                            brick,
+                            block,
+                            None,
+                            shard_length,
+                            &reach,
+                            COPY_READ_TIMEOUT,
+                        )
                         .await;
                     (position, outcome)
                 });
@@ -366,6 +374,7 @@ impl Storage {
                     brick,
                     block,
                     Some(record.hash),
+                    record.length as usize,
                     reach,
                     COPY_READ_TIMEOUT,
                 )

@@ -248,6 +248,8 @@ impl Storage {
                             *other,
                             block,
                             None,
+                            // The length is not known here; the buffer grows.
+                            0,
                             &reach,
                             crate::read::COPY_READ_TIMEOUT,
                         )
@@ -274,6 +276,8 @@ impl Storage {
                             *other,
                             block,
                             None,
+                            // The length is not known here; the buffer grows.
+                            0,
                             &reach,
                             crate::read::COPY_READ_TIMEOUT,
                         )

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 use bramble_meta::api::Consistency;
 use bramble_meta::types::{Command, CommandResult, Condition, Operation};
 use bramble_net::{BodyReader, ErrorKind, RpcError};
-use bytes::{Bytes, BytesMut};
+use bramble_util::buffers;
+use bytes::Bytes;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::JoinSet;
 
@@ -195,7 +196,8 @@ impl Storage {
         // share of the node's write budget from its first byte, so blocks being filled
         // count as well as blocks in flight: ten S3 parts at once used to fill ten blocks
         // outside the budget.
-        let mut assembling = BytesMut::new();
+        // Filled in a pooled buffer of the block's size (see `bramble_util::buffers`).
+        let mut assembling: Vec<u8> = Vec::new();
         let mut filling_permit: Option<OwnedSemaphorePermit> = None;
         let written = async {
             loop {
@@ -214,7 +216,7 @@ impl Storage {
                                 if !assembling.is_empty()
                                     && self.write_buffers.available_permits() < budget_kib(block_size) as usize
                                 {
-                                    let data = std::mem::take(&mut assembling).freeze();
+                                    let data = buffers::into_bytes(std::mem::take(&mut assembling));
                                     blocks.send(data, filling_permit.take()).await?;
                                 }
                             }
@@ -242,7 +244,7 @@ impl Storage {
                                         RpcError::internal("the write budget was closed")
                                     })?,
                             );
-                            assembling = BytesMut::with_capacity(block_size);
+                            assembling = buffers::take(block_size);
                         }
                         let take = (block_size - assembling.len()).min(chunk.len());
                         assembling.extend_from_slice(&chunk.split_to(take));
@@ -250,7 +252,7 @@ impl Storage {
                             continue;
                         }
                     }
-                    let data = std::mem::take(&mut assembling).freeze();
+                    let data = buffers::into_bytes(std::mem::take(&mut assembling));
                     blocks.send(data, filling_permit.take()).await?;
                 }
                 if finished {

@@ -1,5 +1,7 @@
 //! The bottom layer of Bramble: what every other crate needs and nothing above it knows.
 //!
+//! - [`buffers`]: a bounded pool of the large buffers blocks pass through, reused instead
+//!   of mapped afresh each time.
 //! - [`files`]: crash-safe writes (temp file, fsync, rename), private (0600) files for
 //!   secrets, and size-bounded reads so a corrupt or hostile file cannot exhaust memory.
 //! - [`mounts`]: decoding the kernel's mount tables.
@@ -14,6 +16,7 @@
 //! - [`time`]: wall-clock helpers.
 //! - [`workers`]: named background workers with their state, errors and restarts.
 
+pub mod buffers;
 pub mod files;
 pub mod memory;
 pub mod mounts;

@@ -21,8 +21,8 @@ pub const MALLOC_ARENAS: i32 = 8;
 pub const MMAP_THRESHOLD_BYTES: i32 = 256 * 1024;
 
 /// Limits glibc to [`MALLOC_ARENAS`] malloc arenas (its default is eight per core) and
-/// fixes its mmap threshold at [`MMAP_THRESHOLD_BYTES`]. Call once at start, before
-/// threads exist.
+/// fixes its mmap threshold at [`MMAP_THRESHOLD_BYTES`], and turns on the pool of block
+/// buffers ([`crate::buffers`]). Call once at start, before threads exist.
 pub fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator tuning; called before other threads start.
@@ -30,6 +30,8 @@ pub fn tune_allocator() {
         libc::mallopt(libc::M_ARENA_MAX, MALLOC_ARENAS);
         libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES);
     }
+    // Large block buffers are reused instead (bounded and released when idle).
+    crate::buffers::enable();
 }
 
 /// Newly freed heap memory worth handing back to the kernel: less than this, kept for reuse.

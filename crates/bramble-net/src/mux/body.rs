@@ -390,7 +390,7 @@ impl BodyReader {
         expected: usize,
         limit: usize,
     ) -> Result<Vec<u8>, MuxError> {
-        let mut body = Vec::with_capacity(expected.min(limit));
+        let mut body = bramble_util::buffers::take(expected.min(limit));
         while let Some(chunk) = self.next_chunk().await? {
             if body.len() + chunk.len() > limit {
                 return Err(MuxError::TooLarge(format!(
