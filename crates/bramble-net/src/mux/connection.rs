@@ -552,7 +552,7 @@ where
     R: AsyncRead + Unpin,
     F: FnMut(OpenedStream),
 {
-    let mut reader = BufReader::with_capacity(64 * 1024, read_half);
+    let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, read_half);
     let mut closed = shared.closed_signal();
     let limits = &shared.limits;
     let mut input_ended = false;
@@ -667,6 +667,12 @@ fn read_error(shared: &Shared, error: &std::io::Error) -> MuxError {
         reason,
     }
 }
+
+/// The reader's buffer: one TLS record's plaintext. Headers and small frames are read
+/// through it; a payload longer than it goes past it, straight into its block (tokio's
+/// `BufReader` reads past an empty buffer for any read at least its size). At 64 KiB, the
+/// size of a whole data frame, nearly every payload byte was copied twice.
+const READ_BUFFER_BYTES: usize = 16 * 1024;
 
 /// Bytes the reader allocates at a time for payloads. Frames are cut out of one such
 /// block (and the block is reused once they are all dropped) instead of each taking a
