@@ -20,6 +20,12 @@ pub const MALLOC_ARENAS: i32 = 8;
 /// resident, and at 32 MB with the threshold fixed here.
 pub const MMAP_THRESHOLD_BYTES: i32 = 256 * 1024;
 
+/// Free memory at the top of a heap that glibc hands back to the kernel by itself. Its
+/// default, 128 KiB, trimmed a heap on nearly every free of a mux payload block, and the
+/// next block page-faulted its memory back in; the agent trims once a second instead
+/// ([`release_free_memory_if_worthwhile`]).
+pub const TRIM_THRESHOLD_BYTES: i32 = 8 * 1024 * 1024;
+
 /// Limits glibc to [`MALLOC_ARENAS`] malloc arenas (its default is eight per core) and
 /// fixes its mmap threshold at [`MMAP_THRESHOLD_BYTES`], and turns on the pool of block
 /// buffers ([`crate::buffers`]). Call once at start, before threads exist.
@@ -29,6 +35,7 @@ pub fn tune_allocator() {
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, MALLOC_ARENAS);
         libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES);
     }
     // Large block buffers are reused instead (bounded and released when idle).
     crate::buffers::enable();

@@ -677,8 +677,10 @@ const READ_BUFFER_BYTES: usize = 16 * 1024;
 /// Bytes the reader allocates at a time for payloads. Frames are cut out of one such
 /// block (and the block is reused once they are all dropped) instead of each taking a
 /// fresh allocation, which cost page faults on every 64 KiB frame. Kept small because a
-/// chunk an application holds on to keeps its whole block alive.
-const PAYLOAD_BLOCK: usize = 256 * 1024;
+/// chunk an application holds on to keeps its whole block alive, and under the agent's
+/// mmap threshold (`bramble_util::memory`, 256 KiB) so that a new block is heap memory
+/// used before rather than a fresh mapping to fault in.
+const PAYLOAD_BLOCK: usize = 192 * 1024;
 
 async fn read_payload<R: AsyncRead + Unpin>(
     reader: &mut R,
